@@ -1,0 +1,577 @@
+//! The CommitLog: the Raft log of a broker group, as fixed-size segment files.
+//!
+//! Segment `k` is the file `commitlog/<20-digit k × segment_bytes>` and holds the positions
+//! `[k × segment_bytes, (k + 1) × segment_bytes)`. A record never spans two segments: when
+//! the next record does not fit (see [`CommitLog::append`]) the rest of the segment is filled
+//! with a blank record and the record starts the next segment. Because the rule depends only
+//! on record sizes and `segment_bytes`, replicas that hold the same entries hold the same
+//! bytes at the same positions.
+//!
+//! Record format: [`record`]. Invariants kept here:
+//! - records are chained (`prev_crc`) and indexes of non-blank records are consecutive;
+//! - `first <= synced <= written`; `written` is the end of the last complete record and is
+//!   published (release) only after the bytes are written, so a reader (acquire) below it
+//!   always sees whole records;
+//! - the synced marker (a [`SlotFile`]) is never above what is really synced: data is synced
+//!   first, then the marker is written and synced. Recovery treats a bad record below the
+//!   marker as corruption, and one at or above it as the torn end of the log.
+
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::disk::{Disk, DiskFile};
+use crate::error::{Result, StoreError};
+use crate::slotfile::SlotFile;
+use crate::types::{LogIndex, Position};
+use record::{EntryRef, HEADER_LEN, Invalid, RecordHeader, RecordKind};
+
+/// Directory of the segments.
+pub const DIR: &str = "commitlog";
+/// The synced-position marker.
+const SYNCED_MARKER: &str = "commitlog.synced";
+
+/// Name of the segment starting at `start`.
+pub fn segment_path(start: u64) -> String {
+    format!("{DIR}/{start:020}")
+}
+
+/// Where a scan or an append continues from: a position at a record boundary, the crc of
+/// the record before it, and the index the next entry must carry (if known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChainPoint {
+    pub position: Position,
+    pub prev_crc: u32,
+    /// Index of the last entry before `position`, if any.
+    pub last_index: Option<LogIndex>,
+}
+
+/// A record found by a recovery scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedRecord {
+    pub position: Position,
+    pub header: RecordHeader,
+}
+
+/// A record read back by position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub position: Position,
+    pub header: RecordHeader,
+    pub payload: Vec<u8>,
+}
+
+/// Where an appended entry landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLoc {
+    pub position: Position,
+    pub len: u32,
+}
+
+/// State shared by the writer, readers and the flusher.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    disk: Arc<dyn Disk>,
+    segment_bytes: u64,
+    /// Segment number → file. A lock because the writer adds and removes segments while
+    /// readers and the flusher look them up; it is held only to clone an `Arc` or edit the
+    /// map (no I/O, no await under it).
+    segments: RwLock<BTreeMap<u64, Arc<dyn DiskFile>>>,
+    written: AtomicU64,
+    synced: AtomicU64,
+    first: AtomicU64,
+    /// The marker, behind a lock that also serializes syncing with truncation: a sync must
+    /// not raise the marker over a range that a concurrent truncation is taking back. Held
+    /// during the sync I/O (never across an await).
+    flush: Mutex<FlushState>,
+}
+
+#[derive(Debug)]
+struct FlushState {
+    marker: SlotFile,
+    /// Set after a failed sync: nothing is synced or acknowledged after it (after a failed
+    /// fsync the kernel may have dropped the dirty pages; retrying would lie).
+    failed: Option<String>,
+}
+
+/// The writer's handle; readers use [`CommitLogReader`].
+#[derive(Debug)]
+pub struct CommitLog {
+    shared: Arc<Shared>,
+    /// The chain state after the last record written.
+    tail: ChainPoint,
+    buf: Vec<u8>,
+}
+
+/// A cheap, cloneable read handle.
+#[derive(Debug, Clone)]
+pub struct CommitLogReader {
+    shared: Arc<Shared>,
+}
+
+impl CommitLog {
+    /// Opens the CommitLog and recovers its end by scanning from `from` (the checkpoint).
+    /// Returns the log and every record found at or after `from`, in order.
+    ///
+    /// Errors with [`StoreError::Corrupt`] if a record below the synced marker does not
+    /// verify, or a segment the marker covers is missing.
+    pub fn open(disk: Arc<dyn Disk>, segment_bytes: u64, from: ChainPoint) -> Result<(Self, Vec<ScannedRecord>)> {
+        let mut segments = BTreeMap::new();
+        for name in disk.list(DIR)? {
+            let Some(start) = parse_segment_name(&name) else {
+                return Err(StoreError::corrupt(format!("{DIR}/{name}"), 0, "unexpected file in the commitlog"));
+            };
+            if start % segment_bytes != 0 {
+                return Err(StoreError::Config(format!(
+                    "segment {name} does not start at a multiple of segment_bytes {segment_bytes}"
+                )));
+            }
+            let file = disk.open(&segment_path(start))?;
+            if file.len() != segment_bytes {
+                return Err(StoreError::Config(format!(
+                    "segment {name} is {} bytes but segment_bytes is {segment_bytes}",
+                    file.len()
+                )));
+            }
+            segments.insert(start / segment_bytes, file);
+        }
+        let marker = SlotFile::open(disk.as_ref(), SYNCED_MARKER, from.position.0)?;
+        let first = segments.keys().next().map_or(from.position.0, |k| k * segment_bytes);
+        let shared = Arc::new(Shared {
+            disk,
+            segment_bytes,
+            segments: RwLock::new(segments),
+            written: AtomicU64::new(from.position.0),
+            synced: AtomicU64::new(from.position.0),
+            first: AtomicU64::new(first),
+            flush: Mutex::new(FlushState { marker, failed: None }),
+        });
+        let mut log = CommitLog { shared, tail: from, buf: Vec::new() };
+        let scanned = log.recover(from)?;
+        Ok((log, scanned))
+    }
+
+    fn recover(&mut self, from: ChainPoint) -> Result<Vec<ScannedRecord>> {
+        let sh = &self.shared;
+        let synced_marker = sh.flush_state().marker.value();
+        if from.position.0 < sh.first.load(Ordering::Acquire) {
+            return Err(StoreError::corrupt(
+                segment_path(from.position.0 / sh.segment_bytes * sh.segment_bytes),
+                from.position.0,
+                "the checkpoint points below the first segment",
+            ));
+        }
+        let (end, scanned, why) = sh.scan(from)?;
+        if end.position.0 < synced_marker {
+            let seg = end.position.0 / sh.segment_bytes * sh.segment_bytes;
+            let reason = why.map_or_else(|| "missing segment".to_string(), |w| w.to_string());
+            return Err(StoreError::corrupt(
+                segment_path(seg),
+                end.position.0,
+                format!("{reason}; the log was synced up to {synced_marker}"),
+            ));
+        }
+        if let Some(why) = why {
+            tracing::info!(position = end.position.0, %why, "commitlog: cut the torn tail");
+        }
+        // Segments past the one holding the end hold only unsynced bytes: drop them.
+        let keep = end.position.0 / sh.segment_bytes;
+        let extra: Vec<u64> = sh.segments_read().range(keep + 1..).map(|(k, _)| *k).collect();
+        for k in extra {
+            sh.remove_segment(k)?;
+        }
+        sh.written.store(end.position.0, Ordering::Release);
+        sh.synced.store(synced_marker.min(end.position.0), Ordering::Release);
+        self.tail = end;
+        Ok(scanned)
+    }
+
+    /// A read handle.
+    pub fn reader(&self) -> CommitLogReader {
+        CommitLogReader { shared: self.shared.clone() }
+    }
+
+    /// The chain state after the last record.
+    pub fn tail(&self) -> ChainPoint {
+        self.tail
+    }
+
+    /// Appends entries, in order, as consecutive records; returns where each landed. The
+    /// bytes are written (visible to readers) but not synced: see [`CommitLogReader::sync_to`].
+    ///
+    /// A record fits in the current segment if it leaves at least [`HEADER_LEN`] bytes free
+    /// for the blank that will close the segment (`pos_in_segment + len + HEADER_LEN <=
+    /// segment_bytes`); otherwise a blank fills the rest and the record opens the next segment.
+    pub fn append(&mut self, entries: &[EntryRef<'_>]) -> Result<Vec<RecordLoc>> {
+        self.shared.check_not_failed()?;
+        let seg_bytes = self.shared.segment_bytes;
+        let mut next_index = self.tail.last_index.map(|i| i.0 + 1);
+        for e in entries {
+            let len = HEADER_LEN as u64 + e.payload.len() as u64;
+            if e.kind == RecordKind::BLANK || len + HEADER_LEN as u64 > seg_bytes || len > record::RECORD_MAX as u64 {
+                return Err(StoreError::InvalidArgument(format!(
+                    "entry {} of {len} bytes (kind {}) cannot be stored in {seg_bytes}-byte segments",
+                    e.index, e.kind.0
+                )));
+            }
+            if next_index.is_some_and(|n| n != e.index.0) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "entry index {} does not follow {:?}",
+                    e.index, self.tail.last_index
+                )));
+            }
+            next_index = Some(e.index.0 + 1);
+        }
+        let mut locs = Vec::with_capacity(entries.len());
+        let mut pos = self.tail.position.0;
+        let mut crc = self.tail.prev_crc;
+        self.buf.clear();
+        let mut buf_start = pos;
+        if !entries.is_empty() {
+            self.shared.ensure_segment(pos / seg_bytes)?;
+        }
+        for e in entries {
+            let len = (HEADER_LEN + e.payload.len()) as u64;
+            let in_seg = pos % seg_bytes;
+            if in_seg + len + HEADER_LEN as u64 > seg_bytes {
+                let blank_len = seg_bytes - in_seg;
+                crc = record::encode_blank(&mut self.buf, blank_len as u32, crc);
+                self.write_buf(buf_start)?;
+                pos += blank_len;
+                self.shared.ensure_segment(pos / seg_bytes)?;
+                buf_start = pos;
+            }
+            crc = record::encode_record(&mut self.buf, e, crc);
+            locs.push(RecordLoc { position: Position(pos), len: len as u32 });
+            pos += len;
+        }
+        self.write_buf(buf_start)?;
+        if let Some(last) = entries.last() {
+            self.tail = ChainPoint {
+                position: Position(pos),
+                prev_crc: crc,
+                last_index: Some(last.index),
+            };
+        }
+        self.shared.written.store(pos, Ordering::Release);
+        Ok(locs)
+    }
+
+    /// Writes the encode buffer at `start` (all of it lies in one segment) and clears it.
+    fn write_buf(&mut self, start: u64) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let seg_bytes = self.shared.segment_bytes;
+        let file = self.shared.segment(start / seg_bytes).ok_or_else(|| {
+            StoreError::corrupt(segment_path(start / seg_bytes * seg_bytes), start, "segment vanished")
+        })?;
+        file.write_at(start % seg_bytes, &self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Removes every record at or after `at` (which must be a record boundary at or above
+    /// the first retained position); the chain continues from `at`'s predecessor.
+    ///
+    /// Durability order: the synced marker is lowered first, then the record at `at` is
+    /// overwritten with zeros and synced, so that neither a crash in between nor stale
+    /// records after `at` can bring the removed entries back.
+    pub fn truncate(&mut self, at: Position) -> Result<()> {
+        let sh = self.shared.clone();
+        let written = sh.written.load(Ordering::Acquire);
+        if at.0 >= written {
+            return Ok(());
+        }
+        let header = sh.read_header(at.0)?;
+        if header.kind == RecordKind::BLANK {
+            return Err(StoreError::InvalidArgument(format!("cannot truncate at {at}: a blank fill")));
+        }
+        let mut fs = sh.flush_state();
+        if fs.marker.value() > at.0 {
+            fs.marker.store(at.0)?;
+        }
+        sh.synced.fetch_min(at.0, Ordering::AcqRel);
+        let seg = at.0 / sh.segment_bytes;
+        let file = sh.segment(seg).expect("read_header found this segment");
+        let in_seg = at.0 % sh.segment_bytes;
+        file.write_at(in_seg, &[0u8; HEADER_LEN])?;
+        file.sync_range(in_seg, HEADER_LEN as u64)?;
+        drop(fs);
+        let extra: Vec<u64> = sh.segments_read().range(seg + 1..).map(|(k, _)| *k).collect();
+        for k in extra {
+            sh.remove_segment(k)?;
+        }
+        sh.written.store(at.0, Ordering::Release);
+        self.tail = ChainPoint {
+            position: at,
+            prev_crc: header.prev_crc,
+            last_index: header.index.0.checked_sub(1).map(LogIndex),
+        };
+        Ok(())
+    }
+
+    /// Deletes every whole segment that ends at or before `before`. The segment holding
+    /// `before` and everything after it are kept.
+    pub fn purge_before(&mut self, before: Position) -> Result<u64> {
+        let sh = &self.shared;
+        let last_seg = self.tail.position.0 / sh.segment_bytes;
+        let cut = (before.0 / sh.segment_bytes).min(last_seg);
+        let doomed: Vec<u64> = sh.segments_read().range(..cut).map(|(k, _)| *k).collect();
+        if let Some(&k) = doomed.last() {
+            sh.first.store((k + 1) * sh.segment_bytes, Ordering::Release);
+        }
+        for &k in &doomed {
+            sh.remove_segment(k)?;
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+impl CommitLogReader {
+    /// Syncs everything written up to `end` (a record boundary at or below
+    /// [`written`](Self::written)), then raises the synced marker. One call covers every
+    /// append before it: this is the group commit.
+    pub fn sync_to(&self, end: Position) -> Result<()> {
+        self.shared.sync_to(end.0)
+    }
+
+    /// Reads and verifies the record at `position`.
+    pub fn read(&self, position: Position) -> Result<Record> {
+        let sh = &self.shared;
+        let header = sh.read_header(position.0)?;
+        if header.kind == RecordKind::BLANK {
+            return Err(StoreError::InvalidArgument(format!("position {position} is a blank fill")));
+        }
+        let seg = position.0 / sh.segment_bytes;
+        let file = sh.segment(seg).expect("read_header found this segment");
+        let mut bytes = vec![0u8; header.len as usize];
+        file.read_at(position.0 % sh.segment_bytes, &mut bytes)?;
+        record::check_crc(&header, &bytes)
+            .map_err(|why| StoreError::corrupt(file.path(), position.0, why.to_string()))?;
+        bytes.drain(..HEADER_LEN);
+        Ok(Record { position, header, payload: bytes })
+    }
+
+    /// Reads `len` raw bytes at `position` (a message inside a record); they must lie below
+    /// the written end, inside one segment.
+    pub fn read_bytes(&self, position: Position, len: u32) -> Result<Vec<u8>> {
+        let sh = &self.shared;
+        sh.check_readable(position.0, u64::from(len))?;
+        let file = sh.segment(position.0 / sh.segment_bytes).ok_or(StoreError::OutOfRange {
+            what: "position",
+            value: position.0,
+            first: sh.first.load(Ordering::Acquire),
+            end: sh.written.load(Ordering::Acquire),
+        })?;
+        let mut bytes = vec![0u8; len as usize];
+        file.read_at(position.0 % sh.segment_bytes, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Reads the header of the record at `position` (verified only for a blank).
+    pub fn read_header(&self, position: Position) -> Result<RecordHeader> {
+        self.shared.read_header(position.0)
+    }
+
+    /// End of the last complete record written.
+    pub fn written(&self) -> Position {
+        Position(self.shared.written.load(Ordering::Acquire))
+    }
+
+    /// End of the synced prefix.
+    pub fn synced(&self) -> Position {
+        Position(self.shared.synced.load(Ordering::Acquire))
+    }
+
+    /// Start of the first retained segment.
+    pub fn first(&self) -> Position {
+        Position(self.shared.first.load(Ordering::Acquire))
+    }
+
+    /// Bytes per segment.
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared.segment_bytes
+    }
+
+    /// Start positions of the retained segments, in order.
+    pub fn segment_starts(&self) -> Vec<Position> {
+        let sh = &self.shared;
+        sh.segments_read().keys().map(|k| Position(k * sh.segment_bytes)).collect()
+    }
+
+    /// The sync error that stopped the log, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.flush_state().failed.clone()
+    }
+}
+
+impl Shared {
+    fn segments_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<dyn DiskFile>>> {
+        self.segments.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush_state(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.flush.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segment(&self, k: u64) -> Option<Arc<dyn DiskFile>> {
+        self.segments_read().get(&k).cloned()
+    }
+
+    fn ensure_segment(&self, k: u64) -> Result<()> {
+        if self.segment(k).is_some() {
+            return Ok(());
+        }
+        let file = self.disk.create(&segment_path(k * self.segment_bytes), self.segment_bytes)?;
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).insert(k, file);
+        Ok(())
+    }
+
+    fn remove_segment(&self, k: u64) -> Result<()> {
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).remove(&k);
+        self.disk.remove(&segment_path(k * self.segment_bytes))?;
+        Ok(())
+    }
+
+    fn check_not_failed(&self) -> Result<()> {
+        match &self.flush_state().failed {
+            Some(e) => Err(StoreError::Closed(format!("commitlog sync failed earlier: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_readable(&self, position: u64, len: u64) -> Result<()> {
+        let first = self.first.load(Ordering::Acquire);
+        let end = self.written.load(Ordering::Acquire);
+        if position < first || position.saturating_add(len) > end {
+            return Err(StoreError::OutOfRange { what: "position", value: position, first, end });
+        }
+        let seg_end = (position / self.segment_bytes + 1) * self.segment_bytes;
+        if position + len > seg_end {
+            return Err(StoreError::InvalidArgument(format!("[{position}, +{len}) crosses a segment end")));
+        }
+        Ok(())
+    }
+
+    fn read_header(&self, position: u64) -> Result<RecordHeader> {
+        self.check_readable(position, HEADER_LEN as u64)?;
+        let seg = position / self.segment_bytes;
+        let file = self.segment(seg).ok_or_else(|| {
+            StoreError::corrupt(segment_path(seg * self.segment_bytes), position, "segment missing")
+        })?;
+        let mut b = [0u8; HEADER_LEN];
+        file.read_at(position % self.segment_bytes, &mut b)?;
+        let room = (seg + 1) * self.segment_bytes - position;
+        let header = record::parse_header(&b, room)
+            .map_err(|why| StoreError::corrupt(file.path(), position, why.to_string()))?;
+        record::check_version(&b, file.path(), position)?;
+        if header.kind == RecordKind::BLANK {
+            record::check_crc(&header, &b).map_err(|why| StoreError::corrupt(file.path(), position, why.to_string()))?;
+        }
+        Ok(header)
+    }
+
+    fn sync_to(&self, end: u64) -> Result<()> {
+        let mut fs = self.flush_state();
+        if let Some(e) = &fs.failed {
+            return Err(StoreError::Closed(format!("commitlog sync failed earlier: {e}")));
+        }
+        let from = self.synced.load(Ordering::Acquire);
+        let end = end.min(self.written.load(Ordering::Acquire));
+        if end <= from {
+            return Ok(());
+        }
+        let result = self.sync_range(from, end).and_then(|()| fs.marker.store(end));
+        match result {
+            Ok(()) => {
+                self.synced.store(end, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                fs.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn sync_range(&self, from: u64, end: u64) -> Result<()> {
+        let mut pos = from;
+        while pos < end {
+            let seg = pos / self.segment_bytes;
+            let seg_end = (seg + 1) * self.segment_bytes;
+            let upto = end.min(seg_end);
+            let file = self.segment(seg).ok_or_else(|| {
+                StoreError::corrupt(segment_path(seg * self.segment_bytes), pos, "segment missing during sync")
+            })?;
+            file.sync_range(pos - seg * self.segment_bytes, upto - pos)?;
+            pos = upto;
+        }
+        Ok(())
+    }
+
+    /// Follows the chain from `from` to the first record that does not verify (or a
+    /// missing segment). Returns the chain point at the end, the records found, and why the
+    /// scan stopped (`None` for a clean end: zeros or a missing next segment).
+    fn scan(&self, from: ChainPoint) -> Result<(ChainPoint, Vec<ScannedRecord>, Option<Invalid>)> {
+        let mut at = from;
+        let mut out = Vec::new();
+        let mut header_buf = [0u8; HEADER_LEN];
+        let mut body = Vec::new();
+        loop {
+            let p = at.position.0;
+            let seg = p / self.segment_bytes;
+            let Some(file) = self.segment(seg) else { return Ok((at, out, None)) };
+            let in_seg = p % self.segment_bytes;
+            let room = self.segment_bytes - in_seg;
+            file.read_at(in_seg, &mut header_buf)?;
+            if header_buf.iter().all(|&b| b == 0) {
+                return Ok((at, out, None));
+            }
+            let h = match record::parse_header(&header_buf, room) {
+                Ok(h) => h,
+                Err(why) => return Ok((at, out, Some(why))),
+            };
+            if h.prev_crc != at.prev_crc {
+                return Ok((at, out, Some(Invalid::Chain { prev_crc: h.prev_crc, expected: at.prev_crc })));
+            }
+            if h.kind == RecordKind::BLANK {
+                if let Err(why) = record::check_crc(&h, &header_buf) {
+                    return Ok((at, out, Some(why)));
+                }
+                record::check_version(&header_buf, file.path(), p)?;
+                at.position = Position(p + u64::from(h.len));
+                at.prev_crc = h.crc;
+                continue;
+            }
+            body.resize(h.len as usize, 0);
+            file.read_at(in_seg, &mut body)?;
+            if let Err(why) = record::check_crc(&h, &body) {
+                return Ok((at, out, Some(why)));
+            }
+            record::check_version(&header_buf, file.path(), p)?;
+            if at.last_index.is_some_and(|i| i.0 + 1 != h.index.0) {
+                return Err(StoreError::corrupt(
+                    file.path(),
+                    p,
+                    format!("entry index {} does not follow {:?}", h.index, at.last_index),
+                ));
+            }
+            out.push(ScannedRecord { position: at.position, header: h });
+            at = ChainPoint {
+                position: Position(p + u64::from(h.len)),
+                prev_crc: h.crc,
+                last_index: Some(h.index),
+            };
+        }
+    }
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! ConsumeQueues: per topic-queue lists of where each message is, built when entries apply.
+//!
+//! The queue `(topic, queue_id)` lives in `consumequeue/<topic>/<queue_id>/`, as
+//! [`EntryFiles`] with magic `"RMQQ"`; entry `k` is queue offset `k`:
+//!
+//! | offset | size | field                                            |
+//! |--------|------|--------------------------------------------------|
+//! | 0      | 8    | `position` of the message in the CommitLog        |
+//! | 8      | 4    | `size` of the encoded message                    |
+//! | 12     | 8    | `tag_hash` ([`crate::message::tag_hash`])         |
+//!
+//! Topic names are written into paths with every byte outside `[A-Za-z0-9_-]` escaped as
+//! `%XX`, so no name can escape the directory. Positions grow with offsets within a queue,
+//! which is what lets time lookups and retention binary-search.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::codec::{le_u32, le_u64};
+use crate::disk::Disk;
+use crate::entryfile::{ENTRY_LEN, Entry, EntryFiles};
+use crate::error::Result;
+use crate::types::{Position, QueueOffset};
+
+/// Directory of the ConsumeQueues.
+pub const DIR: &str = "consumequeue";
+/// `"RMQQ"` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RMQQ");
+
+/// Identifies one queue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId {
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+/// One ConsumeQueue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    pub position: Position,
+    pub size: u32,
+    pub tag_hash: u64,
+}
+
+impl CqEntry {
+    pub(crate) fn encode(&self) -> Entry {
+        let mut e = [0u8; ENTRY_LEN];
+        e[0..8].copy_from_slice(&self.position.0.to_le_bytes());
+        e[8..12].copy_from_slice(&self.size.to_le_bytes());
+        e[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
+        e
+    }
+
+    pub(crate) fn decode(e: &Entry) -> Self {
+        Self { position: Position(le_u64(e, 0)), size: le_u32(e, 8), tag_hash: le_u64(e, 12) }
+    }
+}
+
+/// Escapes a topic name into one safe path component.
+pub fn escape_topic(topic: &str) -> String {
+    let mut out = String::with_capacity(topic.len());
+    for b in topic.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() { "%".to_string() } else { out }
+}
+
+/// Inverse of [`escape_topic`]; `None` for a name it could not have produced.
+pub fn unescape_topic(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn queue_dir(q: &QueueId) -> String {
+    format!("{DIR}/{}/{}", escape_topic(&q.topic), q.queue_id)
+}
+
+/// One queue.
+#[derive(Debug)]
+pub struct ConsumeQueue {
+    files: EntryFiles,
+}
+
+impl ConsumeQueue {
+    /// Appends the entry for the next queue offset; returns that offset.
+    pub fn append(&mut self, e: CqEntry) -> Result<QueueOffset> {
+        Ok(QueueOffset(self.files.append(&e.encode())?))
+    }
+
+    /// The entry at `offset`.
+    pub fn get(&self, offset: QueueOffset) -> Result<CqEntry> {
+        Ok(CqEntry::decode(&self.files.get(offset.0)?))
+    }
+
+    /// Smallest offset still held.
+    pub fn min_offset(&self) -> QueueOffset {
+        QueueOffset(self.files.first())
+    }
+
+    /// One past the largest offset: the offset the next message will get.
+    pub fn max_offset(&self) -> QueueOffset {
+        QueueOffset(self.files.end())
+    }
+
+    /// The first offset whose entry satisfies the monotonic `pred` (false…true), or
+    /// [`max_offset`](Self::max_offset) if none.
+    pub fn partition_point(&self, mut pred: impl FnMut(CqEntry) -> Result<bool>) -> Result<QueueOffset> {
+        let files = &self.files;
+        files.partition_point(|n| pred(CqEntry::decode(&files.get(n)?))).map(QueueOffset)
+    }
+}
+
+/// Every queue of the store, opened lazily.
+#[derive(Debug)]
+pub struct ConsumeQueues {
+    disk: Arc<dyn Disk>,
+    per_file: u64,
+    queues: BTreeMap<QueueId, ConsumeQueue>,
+}
+
+impl ConsumeQueues {
+    /// Opens every queue on disk with the end offsets recovered from the checkpoint
+    /// (`ends`); a queue absent from `ends` restarts empty (everything it holds was written
+    /// after the checkpoint and is rebuilt).
+    pub fn open(disk: Arc<dyn Disk>, per_file: u64, ends: &BTreeMap<QueueId, u64>) -> Result<Self> {
+        let mut queues = BTreeMap::new();
+        for topic_dir in list_dirs(disk.as_ref(), DIR)? {
+            let Some(topic) = unescape_topic(&topic_dir) else { continue };
+            for qdir in list_dirs(disk.as_ref(), &format!("{DIR}/{topic_dir}"))? {
+                let Ok(queue_id) = qdir.parse::<u32>() else { continue };
+                let id = QueueId { topic: topic.clone(), queue_id };
+                let end = ends.get(&id).copied().unwrap_or(0);
+                let files = EntryFiles::open(disk.clone(), &queue_dir(&id), MAGIC, per_file, 0, end)?;
+                queues.insert(id, ConsumeQueue { files });
+            }
+        }
+        Ok(Self { disk, per_file, queues })
+    }
+
+    /// The queue, if it exists.
+    pub fn get(&self, id: &QueueId) -> Option<&ConsumeQueue> {
+        self.queues.get(id)
+    }
+
+    /// The queue, created empty if it does not exist.
+    pub fn get_or_create(&mut self, id: &QueueId) -> Result<&mut ConsumeQueue> {
+        if !self.queues.contains_key(id) {
+            let files = EntryFiles::open(self.disk.clone(), &queue_dir(id), MAGIC, self.per_file, 0, 0)?;
+            self.queues.insert(id.clone(), ConsumeQueue { files });
+        }
+        Ok(self.queues.get_mut(id).expect("inserted above"))
+    }
+
+    /// Every queue, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&QueueId, &ConsumeQueue)> {
+        self.queues.iter()
+    }
+
+    /// Every queue's end offset (for the checkpoint).
+    pub fn ends(&self) -> BTreeMap<QueueId, u64> {
+        self.queues.iter().map(|(k, q)| (k.clone(), q.files.end())).collect()
+    }
+
+    /// Makes every queue durable.
+    pub fn sync(&mut self) -> Result<()> {
+        for q in self.queues.values_mut() {
+            q.files.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Drops, in every queue, the entries whose message lies before `first` (a CommitLog
+    /// position), deleting files that hold only such entries.
+    pub fn purge_before(&mut self, first: Position) -> Result<()> {
+        for q in self.queues.values_mut() {
+            let cut = q.partition_point(|e| Ok(e.position >= first))?;
+            q.files.purge_before(cut.0)?;
+        }
+        Ok(())
+    }
+
+    /// Cuts every queue back to the entries whose message lies before `end` (recovery:
+    /// entries at or past the dispatch checkpoint are rebuilt).
+    pub fn truncate_from(&mut self, end: Position) -> Result<()> {
+        for q in self.queues.values_mut() {
+            let cut = q.partition_point(|e| Ok(e.position >= end))?;
+            q.files.truncate(cut.0)?;
+        }
+        Ok(())
+    }
+}
+
+fn list_dirs(disk: &dyn Disk, dir: &str) -> Result<Vec<String>> {
+    Ok(disk.list_dirs(dir)?)
+}

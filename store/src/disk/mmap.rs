@@ -1,0 +1,267 @@
+//! [`MmapDisk`]: the production disk. Files are preallocated and memory-mapped (memmap2);
+//! `write_at` and `read_at` copy into and out of the mapping, `sync_range` is a synchronous
+//! `msync` of the range.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use memmap2::MmapRaw;
+
+use super::{Disk, DiskError, DiskFile, check_bounds, check_path};
+
+/// A directory on the real file system; see the module docs of [`crate::disk`].
+#[derive(Debug)]
+pub struct MmapDisk {
+    root: PathBuf,
+}
+
+impl MmapDisk {
+    /// Opens (creating if needed, durably) the directory `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskError> {
+        let root = root.into();
+        create_dirs_durably(&root)?;
+        Ok(Self { root })
+    }
+
+    fn full(&self, path: &str) -> Result<PathBuf, DiskError> {
+        check_path(path)?;
+        Ok(self.root.join(path))
+    }
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
+    let path = path.display().to_string();
+    move |source| DiskError::Io { op, path, source }
+}
+
+/// Creates `dir` and any missing parents, fsyncing each new directory's parent so the new
+/// entries survive a power loss.
+fn create_dirs_durably(dir: &Path) -> Result<(), DiskError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty() {
+            create_dirs_durably(parent)?;
+        }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io("mkdir", dir)(e)),
+    }
+    sync_parent(dir)
+}
+
+fn sync_parent(path: &Path) -> Result<(), DiskError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent).and_then(|d| d.sync_all()).map_err(io("fsync dir", parent))
+}
+
+impl Disk for MmapDisk {
+    fn create(&self, path: &str, len: u64) -> Result<Arc<dyn DiskFile>, DiskError> {
+        let full = self.full(path)?;
+        if let Some(parent) = full.parent() {
+            create_dirs_durably(parent)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&full)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    DiskError::Exists { path: path.to_string(), what: "already exists" }
+                } else {
+                    io("create", &full)(e)
+                }
+            })?;
+        file.set_len(len).map_err(io("set_len", &full))?;
+        preallocate(&file, len);
+        file.sync_all().map_err(io("fsync", &full))?;
+        sync_parent(&full)?;
+        Ok(Arc::new(MmapFile::new(path, file, len)?))
+    }
+
+    fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError> {
+        let full = self.full(path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&full).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                DiskError::Exists { path: path.to_string(), what: "does not exist" }
+            } else {
+                io("open", &full)(e)
+            }
+        })?;
+        let len = file.metadata().map_err(io("stat", &full))?.len();
+        Ok(Arc::new(MmapFile::new(path, file, len)?))
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.full(path).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), DiskError> {
+        let full = self.full(path)?;
+        std::fs::remove_file(&full).map_err(io("remove", &full))?;
+        sync_parent(&full)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
+        self.list_kind(dir, false)
+    }
+
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DiskError> {
+        self.list_kind(dir, true)
+    }
+}
+
+impl MmapDisk {
+    fn list_kind(&self, dir: &str, dirs: bool) -> Result<Vec<String>, DiskError> {
+        let full = if dir.is_empty() { self.root.clone() } else { self.full(dir)? };
+        let entries = match std::fs::read_dir(&full) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("readdir", &full)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io("readdir", &full))?;
+            let is_dir = entry.file_type().map_err(io("stat", &full))?.is_dir();
+            if is_dir != dirs {
+                continue;
+            }
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Reserves the blocks of a new file so that later writes do not allocate (which would make
+/// every `msync` commit file-system metadata). Best effort: a file system without
+/// `fallocate` still works, only slower.
+fn preallocate(file: &File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if len > 0 {
+            // SAFETY: plain syscall on an fd we own; no memory is passed.
+            let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+}
+
+#[derive(Debug)]
+struct MmapFile {
+    path: String,
+    file: File,
+    /// The mapping; `None` while the file is empty (a zero-length map is not allowed).
+    /// A lock because `set_len` replaces the mapping: readers and writers hold the read side
+    /// only for the copy (no await, no I/O while holding it), `set_len` takes the write side.
+    map: RwLock<Option<MmapRaw>>,
+    len: AtomicU64,
+    /// Set by `set_len`: the next sync must also persist the file size (fdatasync).
+    len_dirty: AtomicBool,
+}
+
+impl MmapFile {
+    fn new(path: &str, file: File, len: u64) -> Result<Self, DiskError> {
+        let map = Self::map(path, &file, len)?;
+        Ok(Self {
+            path: path.to_string(),
+            file,
+            map: RwLock::new(map),
+            len: AtomicU64::new(len),
+            len_dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn map(path: &str, file: &File, len: u64) -> Result<Option<MmapRaw>, DiskError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        MmapRaw::map_raw(file)
+            .map(Some)
+            .map_err(|source| DiskError::Io { op: "mmap", path: path.to_string(), source })
+    }
+
+    fn io_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
+        move |source| DiskError::Io { op, path: self.path.clone(), source }
+    }
+}
+
+impl DiskFile for MmapFile {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+        check_bounds(&self.path, offset, data.len() as u64, file_len)?;
+        if let Some(m) = map.as_ref() {
+            // SAFETY: bounds checked above against the live mapping, which cannot be replaced
+            // while we hold the read lock; callers never read this range concurrently (module
+            // contract), and `data` cannot overlap the mapping (it is a separate borrow).
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), m.as_mut_ptr().add(offset as usize), data.len());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+        check_bounds(&self.path, offset, buf.len() as u64, file_len)?;
+        if let Some(m) = map.as_ref() {
+            // SAFETY: as in `write_at`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(m.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len());
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_range(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        if self.len_dirty.swap(false, Ordering::AcqRel) {
+            // The size changed: msync does not persist metadata, fdatasync does (and it also
+            // covers every dirty page of the file).
+            if let Err(e) = self.file.sync_data() {
+                self.len_dirty.store(true, Ordering::Release);
+                return Err(self.io_err("fdatasync")(e));
+            }
+            return Ok(());
+        }
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+        check_bounds(&self.path, offset, len, file_len)?;
+        match map.as_ref() {
+            // Synchronous msync(MS_SYNC): a durability barrier for the range.
+            Some(m) if len > 0 => m.flush_range(offset as usize, len as usize).map_err(self.io_err("msync")),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        *map = None;
+        self.file.set_len(len).map_err(self.io_err("set_len"))?;
+        *map = Self::map(&self.path, &self.file, len)?;
+        self.len.store(len, Ordering::Release);
+        self.len_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! [`SimDisk`]: an in-memory disk for tests and the deterministic simulator.
+//!
+//! Each file keeps two images: `live` (what reads see: the page cache) and `durable` (what a
+//! power loss leaves). `sync_range` copies the range, and the length, from `live` into
+//! `durable`. A simulated process crash loses nothing (the `SimDisk` outlives the process and
+//! the page cache survives a process crash); [`SimDisk::power_loss`] resets every file to its
+//! durable image, except that a seeded random prefix of the most recent unsynced write may
+//! survive (a torn write).
+//!
+//! No thread, no clock: the randomness comes from the seed the caller passes (under madsim,
+//! from the simulation's RNG), so a run replays exactly.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{Disk, DiskError, DiskFile, check_bounds, check_path};
+
+/// An in-memory disk that can lose power; cheap to clone (clones share the files).
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    inner: Arc<Mutex<SimState>>,
+}
+
+/// Everything behind one lock: the disk is shared by the files of one simulated node, and
+/// every operation is a short copy with no await while holding it.
+#[derive(Debug, Default)]
+struct SimState {
+    files: BTreeMap<String, SimFileData>,
+    /// Identity of each file incarnation, so a handle to a removed file cannot touch a new
+    /// file created at the same path.
+    next_id: u64,
+    /// The most recent write not yet covered by a sync: (path, id, offset, len).
+    last_unsynced_write: Option<(String, u64, u64, u64)>,
+    stats: SimDiskStats,
+}
+
+#[derive(Debug, Default)]
+struct SimFileData {
+    id: u64,
+    live: Vec<u8>,
+    durable: Vec<u8>,
+}
+
+/// Counters for tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SimDiskStats {
+    pub writes: u64,
+    pub syncs: u64,
+    pub power_losses: u64,
+}
+
+/// What a power loss did, for test diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerLossReport {
+    /// The torn write that partly survived: path, offset, bytes kept of bytes written.
+    pub torn: Option<(String, u64, u64, u64)>,
+}
+
+impl SimDisk {
+    /// A new, empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, SimState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Simulates a power cut: every file goes back to what was synced, and a prefix of random
+    /// length (chosen from `seed`) of the last unsynced write survives on top of it.
+    pub fn power_loss(&self, seed: u64) -> PowerLossReport {
+        let mut st = self.state();
+        st.stats.power_losses += 1;
+        let last = st.last_unsynced_write.take();
+        let mut torn = None;
+        // Keep the torn prefix before the live images are thrown away.
+        let kept = last.and_then(|(path, id, offset, len)| {
+            let f = st.files.get(&path).filter(|f| f.id == id)?;
+            let keep = splitmix64(seed) % (len + 1);
+            let end = ((offset + keep) as usize).min(f.live.len());
+            let bytes = f.live.get(offset as usize..end)?.to_vec();
+            torn = Some((path.clone(), offset, bytes.len() as u64, len));
+            Some((path, offset, bytes))
+        });
+        for f in st.files.values_mut() {
+            f.live = f.durable.clone();
+        }
+        if let Some((path, offset, bytes)) = kept
+            && let Some(f) = st.files.get_mut(&path) {
+                let start = offset as usize;
+                let end = (start + bytes.len()).min(f.live.len());
+                if start < end {
+                    f.live[start..end].copy_from_slice(&bytes[..end - start]);
+                    // What survived a power loss is on the platter now.
+                    f.durable[start..end].copy_from_slice(&bytes[..end - start]);
+                }
+            }
+        PowerLossReport { torn }
+    }
+
+    /// Flips one bit of a file, in both its live and durable images (media corruption).
+    pub fn flip_bit(&self, path: &str, byte: u64, bit: u8) -> Result<(), DiskError> {
+        let mut st = self.state();
+        let f = st
+            .files
+            .get_mut(path)
+            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })?;
+        check_bounds(path, byte, 1, f.live.len() as u64)?;
+        f.live[byte as usize] ^= 1 << (bit % 8);
+        if (byte as usize) < f.durable.len() {
+            f.durable[byte as usize] ^= 1 << (bit % 8);
+        }
+        Ok(())
+    }
+
+    /// Operation counters.
+    pub fn stats(&self) -> SimDiskStats {
+        self.state().stats
+    }
+
+    /// Every path on the disk, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        self.state().files.keys().cloned().collect()
+    }
+}
+
+/// splitmix64: a tiny, well-mixed PRNG step; enough to pick a torn length from a seed.
+pub(crate) fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Disk for SimDisk {
+    fn create(&self, path: &str, len: u64) -> Result<Arc<dyn DiskFile>, DiskError> {
+        check_path(path)?;
+        let mut st = self.state();
+        if st.files.contains_key(path) {
+            return Err(DiskError::Exists { path: path.to_string(), what: "already exists" });
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        // `create` is durable: the zero-filled file exists in both images.
+        let data = SimFileData { id, live: vec![0; len as usize], durable: vec![0; len as usize] };
+        st.files.insert(path.to_string(), data);
+        Ok(Arc::new(SimFile { disk: self.clone(), path: path.to_string(), id }))
+    }
+
+    fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError> {
+        check_path(path)?;
+        let st = self.state();
+        let f = st
+            .files
+            .get(path)
+            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })?;
+        Ok(Arc::new(SimFile { disk: self.clone(), path: path.to_string(), id: f.id }))
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.state().files.contains_key(path)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), DiskError> {
+        check_path(path)?;
+        let mut st = self.state();
+        st.files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let st = self.state();
+        Ok(st
+            .files
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter_map(|(p, _)| {
+                let rest = &p[prefix.len()..];
+                (!rest.contains('/')).then(|| rest.to_string())
+            })
+            .collect())
+    }
+
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DiskError> {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let st = self.state();
+        let mut out: Vec<String> = st
+            .files
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter_map(|(p, _)| p[prefix.len()..].split_once('/').map(|(d, _)| d.to_string()))
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// A handle to one file of a [`SimDisk`].
+#[derive(Debug)]
+struct SimFile {
+    disk: SimDisk,
+    path: String,
+    id: u64,
+}
+
+impl SimFile {
+    fn with<R>(&self, f: impl FnOnce(&mut SimState) -> Result<R, DiskError>) -> Result<R, DiskError> {
+        let mut st = self.disk.state();
+        match st.files.get(&self.path) {
+            Some(d) if d.id == self.id => f(&mut st),
+            _ => Err(DiskError::Exists { path: self.path.clone(), what: "was removed" }),
+        }
+    }
+}
+
+impl DiskFile for SimFile {
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn len(&self) -> u64 {
+        self.with(|st| Ok(st.files[&self.path].live.len() as u64)).unwrap_or(0)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.with(|st| {
+            let f = st.files.get_mut(&self.path).expect("checked by with()");
+            check_bounds(&self.path, offset, data.len() as u64, f.live.len() as u64)?;
+            f.live[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            st.stats.writes += 1;
+            st.last_unsynced_write = Some((self.path.clone(), self.id, offset, data.len() as u64));
+            Ok(())
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.with(|st| {
+            let f = &st.files[&self.path];
+            check_bounds(&self.path, offset, buf.len() as u64, f.live.len() as u64)?;
+            buf.copy_from_slice(&f.live[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        })
+    }
+
+    fn sync_range(&self, offset: u64, len: u64) -> Result<(), DiskError> {
+        self.with(|st| {
+            let f = st.files.get_mut(&self.path).expect("checked by with()");
+            check_bounds(&self.path, offset, len, f.live.len() as u64)?;
+            // The length is metadata that any sync persists.
+            f.durable.resize(f.live.len(), 0);
+            let (s, e) = (offset as usize, (offset + len) as usize);
+            f.durable[s..e].copy_from_slice(&f.live[s..e]);
+            st.stats.syncs += 1;
+            if let Some((p, id, w_off, w_len)) = &st.last_unsynced_write
+                && *p == self.path && *id == self.id && *w_off >= offset && w_off + w_len <= offset + len {
+                    st.last_unsynced_write = None;
+                }
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        self.with(|st| {
+            let f = st.files.get_mut(&self.path).expect("checked by with()");
+            f.live.resize(len as usize, 0);
+            Ok(())
+        })
+    }
+}

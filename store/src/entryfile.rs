@@ -1,0 +1,255 @@
+//! Fixed-width entry files: the shared engine of the Raft index and the ConsumeQueue.
+//!
+//! Entry `n` lives in file `<dir>/<20-digit k × per_file>` with `k = n / per_file`, at byte
+//! `HEADER_LEN + (n % per_file) × ENTRY_LEN`. Which entries are valid (`[first, end)`) is
+//! not stored in these files: the owner recovers it from the checkpoint and the CommitLog
+//! (both structures are derived from the CommitLog), so a torn entry past the recovered end
+//! is simply overwritten.
+//!
+//! # File header (version 1, little-endian)
+//!
+//! | offset | size | field                                      |
+//! |--------|------|--------------------------------------------|
+//! | 0      | 4    | `magic` (per owner: `"RMQR"` Raft index, `"RMQQ"` ConsumeQueue) |
+//! | 4      | 1    | `version` = 1                               |
+//! | 5      | 1    | reserved, zero                              |
+//! | 6      | 2    | `entry_len` = 20                            |
+//! | 8      | 8    | `first`: number of the file's first entry    |
+//! | 16     | 8    | `per_file`: entries in the file              |
+//! | 24     | 4    | `crc`: CRC32C of bytes `[0, 24)`             |
+//! | 28     | 4    | reserved, zero                              |
+//! | 32     | …    | `per_file` entries of 20 bytes               |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::codec::{PutLe, le_u32, le_u64};
+use crate::disk::{Disk, DiskFile};
+use crate::error::{Result, StoreError};
+
+/// Bytes per entry.
+pub const ENTRY_LEN: usize = 20;
+/// Bytes of the file header.
+pub const HEADER_LEN: usize = 32;
+const VERSION: u8 = 1;
+/// Largest `per_file` accepted from a header (64 Mi entries, 1.25 GiB).
+pub const PER_FILE_MAX: u64 = 64 * 1024 * 1024;
+
+/// One 20-byte entry.
+pub type Entry = [u8; ENTRY_LEN];
+
+/// A set of entry files in one directory; see the module docs.
+#[derive(Debug)]
+pub struct EntryFiles {
+    disk: Arc<dyn Disk>,
+    dir: String,
+    magic: u32,
+    per_file: u64,
+    files: BTreeMap<u64, Arc<dyn DiskFile>>,
+    first: u64,
+    end: u64,
+    synced_end: u64,
+}
+
+fn encode_header(magic: u32, first: u64, per_file: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(HEADER_LEN);
+    b.put_u32(magic);
+    b.put_u8(VERSION);
+    b.put_u8(0);
+    b.put_u16(ENTRY_LEN as u16);
+    b.put_u64(first);
+    b.put_u64(per_file);
+    let crc = crc32c::crc32c(&b);
+    b.put_u32(crc);
+    b.put_u32(0);
+    b
+}
+
+impl EntryFiles {
+    /// Opens the files under `dir` with the valid range `[first, end)` as recovered by the
+    /// owner. Files wholly past `end` are removed (they hold only entries written after the
+    /// last checkpoint, which the owner rebuilds); a file whose header does not verify is
+    /// corruption.
+    pub fn open(disk: Arc<dyn Disk>, dir: &str, magic: u32, per_file: u64, first: u64, end: u64) -> Result<Self> {
+        if per_file == 0 || per_file > PER_FILE_MAX {
+            return Err(StoreError::Config(format!("entries per file {per_file} not in 1..={PER_FILE_MAX}")));
+        }
+        let mut files = BTreeMap::new();
+        for name in disk.list(dir)? {
+            let path = format!("{dir}/{name}");
+            let start: u64 = match (name.len() == 20).then(|| name.parse().ok()).flatten() {
+                Some(s) => s,
+                None => return Err(StoreError::corrupt(path, 0, "unexpected file")),
+            };
+            let file = disk.open(&path)?;
+            let mut h = [0u8; HEADER_LEN];
+            file.read_at(0, &mut h).map_err(|e| StoreError::corrupt(&path, 0, format!("short header: {e}")))?;
+            if le_u32(&h, 0) != magic || le_u32(&h, 24) != crc32c::crc32c(&h[..24]) {
+                return Err(StoreError::corrupt(&path, 0, "bad entry-file header"));
+            }
+            if h[4] != VERSION || usize::from(u16::from_le_bytes([h[6], h[7]])) != ENTRY_LEN {
+                return Err(StoreError::corrupt(&path, 0, format!("unknown version {} / entry size", h[4])));
+            }
+            if le_u64(&h, 8) != start || le_u64(&h, 16) != per_file {
+                return Err(StoreError::corrupt(&path, 8, "header does not match the file name or per_file"));
+            }
+            if file.len() != HEADER_LEN as u64 + per_file * ENTRY_LEN as u64 {
+                return Err(StoreError::corrupt(&path, 0, format!("length {}", file.len())));
+            }
+            if start >= end && start > first {
+                disk.remove(&path)?;
+                continue;
+            }
+            files.insert(start, file);
+        }
+        let first = first.max(files.keys().next().copied().unwrap_or(first));
+        let end = end.max(first);
+        Ok(Self { disk, dir: dir.to_string(), magic, per_file, files, first, end, synced_end: end })
+    }
+
+    /// First valid entry number.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// One past the last valid entry number.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    fn locate(&self, n: u64) -> (u64, u64) {
+        let start = n / self.per_file * self.per_file;
+        (start, HEADER_LEN as u64 + (n - start) * ENTRY_LEN as u64)
+    }
+
+    /// Appends one entry; returns its number.
+    pub fn append(&mut self, e: &Entry) -> Result<u64> {
+        let n = self.end;
+        let (start, at) = self.locate(n);
+        let file = match self.files.get(&start) {
+            Some(f) => f.clone(),
+            None => {
+                let path = format!("{}/{start:020}", self.dir);
+                let len = HEADER_LEN as u64 + self.per_file * ENTRY_LEN as u64;
+                let f = self.disk.create(&path, len)?;
+                f.write_at(0, &encode_header(self.magic, start, self.per_file))?;
+                f.sync_range(0, HEADER_LEN as u64)?;
+                self.files.insert(start, f.clone());
+                f
+            }
+        };
+        file.write_at(at, e)?;
+        self.end = n + 1;
+        Ok(n)
+    }
+
+    /// Reads entry `n`, which must be in `[first, end)`.
+    pub fn get(&self, n: u64) -> Result<Entry> {
+        if n < self.first || n >= self.end {
+            return Err(StoreError::OutOfRange { what: "entry", value: n, first: self.first, end: self.end });
+        }
+        let (start, at) = self.locate(n);
+        let file = self
+            .files
+            .get(&start)
+            .ok_or_else(|| StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing"))?;
+        let mut e = [0u8; ENTRY_LEN];
+        file.read_at(at, &mut e)?;
+        Ok(e)
+    }
+
+    /// Drops every entry at or after `end`.
+    pub fn truncate(&mut self, end: u64) -> Result<()> {
+        if end >= self.end {
+            return Ok(());
+        }
+        let end = end.max(self.first);
+        let keep_from = self.locate(end).0;
+        let doomed: Vec<u64> = self.files.range(keep_from + 1..).map(|(k, _)| *k).collect();
+        for k in doomed {
+            if k >= end {
+                self.files.remove(&k);
+                self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+            }
+        }
+        self.end = end;
+        self.synced_end = self.synced_end.min(end);
+        Ok(())
+    }
+
+    /// Drops every entry before `first`, deleting files that hold only such entries.
+    pub fn purge_before(&mut self, first: u64) -> Result<()> {
+        if first <= self.first {
+            return Ok(());
+        }
+        let first = first.min(self.end);
+        self.first = first;
+        let keep_from = self.locate(first).0;
+        let doomed: Vec<u64> = self.files.range(..keep_from).map(|(k, _)| *k).collect();
+        for k in doomed {
+            self.files.remove(&k);
+            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every entry below `end` durable.
+    pub fn sync(&mut self) -> Result<()> {
+        let mut n = self.synced_end.max(self.first);
+        while n < self.end {
+            let (start, at) = self.locate(n);
+            let upto = self.end.min(start + self.per_file);
+            if let Some(f) = self.files.get(&start) {
+                f.sync_range(at, (upto - n) * ENTRY_LEN as u64)?;
+            }
+            n = upto;
+        }
+        self.synced_end = self.end;
+        Ok(())
+    }
+
+    /// The smallest `n` in `[first, end)` for which `pred(n)` holds, given that `pred` is
+    /// monotonic (false…false true…true); `end` if none.
+    pub fn partition_point(&self, mut pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
+        let (mut lo, mut hi) = (self.first, self.end);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(mid)? {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// Removes every file (the whole structure is being deleted).
+    pub fn destroy(self) -> Result<()> {
+        for k in self.files.keys() {
+            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl EntryFiles {
+    /// Moves an empty range to start at `at` (used when a log starts past zero).
+    pub fn set_empty_at(&mut self, at: u64) -> Result<()> {
+        if self.first != self.end {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot restart a non-empty entry range [{}, {}) at {at}",
+                self.first, self.end
+            )));
+        }
+        let keep = self.locate(at).0;
+        let doomed: Vec<u64> = self.files.keys().copied().filter(|&k| k != keep).collect();
+        for k in doomed {
+            self.files.remove(&k);
+            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+        }
+        self.first = at;
+        self.end = at;
+        self.synced_end = at;
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The flusher: group commit in `Sync` mode, periodic sync in `Async` mode.
+//!
+//! One task owns the syncing. In `Sync` mode an appender calls
+//! [`FlushHandle::wait_durable`] with the end of what it appended; the flusher wakes, syncs
+//! everything written so far in one go (every append that arrived while the previous sync
+//! ran rides on the next one), raises the synced marker, and answers every waiter whose end
+//! is now covered. In `Async` mode `wait_durable` answers at once and the flusher syncs every
+//! `flush_interval_ms`.
+//!
+//! After a failed sync the flusher stops and every waiter, now and later, gets the error:
+//! after a failed fsync the kernel may have dropped the dirty pages, so a retry could
+//! acknowledge data that is not on disk.
+//!
+//! The task uses the workspace `tokio` (madsim under `--cfg madsim`) and does the sync
+//! inline: no OS thread, so it runs in the simulator.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::commitlog::CommitLogReader;
+use crate::config::FlushMode;
+use crate::error::{Result, StoreError};
+use crate::types::Position;
+
+/// Most waiters at once; past it `wait_durable` fails fast instead of queueing without bound.
+pub const WAITERS_MAX: usize = 1 << 16;
+
+/// Handle to the flusher task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FlushHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    reader: CommitLogReader,
+    mode: FlushMode,
+    interval: Duration,
+    notify: Notify,
+    /// Waiters by (end position, arrival number). A lock because appenders add and the
+    /// flusher drains; held only to edit the map (no I/O, no await).
+    state: Mutex<Waiters>,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    by_end: BTreeMap<(u64, u64), oneshot::Sender<Result<(), String>>>,
+    next_seq: u64,
+    failed: Option<String>,
+    stopped: bool,
+}
+
+impl FlushHandle {
+    /// Starts the flusher task on the current runtime.
+    pub fn spawn(reader: CommitLogReader, mode: FlushMode, flush_interval_ms: u64) -> Self {
+        let inner = Arc::new(Inner {
+            reader,
+            mode,
+            interval: Duration::from_millis(flush_interval_ms.max(1)),
+            notify: Notify::new(),
+            state: Mutex::new(Waiters::default()),
+        });
+        let task = inner.clone();
+        tokio::spawn(async move { task.run().await });
+        Self { inner }
+    }
+
+    /// Resolves once everything up to `end` is durable (`Sync` mode), or at once (`Async`).
+    pub async fn wait_durable(&self, end: Position) -> Result<()> {
+        if self.inner.mode == FlushMode::Async || self.inner.reader.synced() >= end {
+            return self.inner.check_failed();
+        }
+        let rx = {
+            let mut st = self.inner.lock();
+            if let Some(e) = &st.failed {
+                return Err(StoreError::Closed(format!("flush failed: {e}")));
+            }
+            if st.stopped {
+                return Err(StoreError::Closed("flusher stopped".into()));
+            }
+            if st.by_end.len() >= WAITERS_MAX {
+                return Err(StoreError::Closed(format!("more than {WAITERS_MAX} appends wait for a sync")));
+            }
+            let (tx, rx) = oneshot::channel();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.by_end.insert((end.0, seq), tx);
+            rx
+        };
+        self.inner.notify.notify_one();
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Closed(format!("flush failed: {e}"))),
+            Err(_) => Err(StoreError::Closed("flusher stopped".into())),
+        }
+    }
+
+    /// Stops the flusher after one last sync; waiters not covered by it get an error.
+    pub fn stop(&self) {
+        self.inner.lock().stopped = true;
+        self.inner.notify.notify_one();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.lock().failed {
+            Some(e) => Err(StoreError::Closed(format!("flush failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            match self.mode {
+                FlushMode::Sync => self.notify.notified().await,
+                FlushMode::Async => {
+                    tokio::select! {
+                        biased;
+                        _ = self.notify.notified() => {}
+                        _ = tokio::time::sleep(self.interval) => {}
+                    }
+                }
+            }
+            let stopping = self.lock().stopped;
+            let target = self.reader.written();
+            let result = self.reader.sync_to(target).map_err(|e| e.to_string());
+            let done = self.answer(result);
+            if done || stopping {
+                let mut st = self.lock();
+                st.stopped = true;
+                for (_, tx) in std::mem::take(&mut st.by_end) {
+                    let _ = tx.send(Err("flusher stopped".into()));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Answers the waiters the last sync covered; returns true if the flusher must stop.
+    fn answer(&self, result: Result<(), String>) -> bool {
+        let synced = self.reader.synced().0;
+        let mut st = self.lock();
+        match result {
+            Ok(()) => {
+                let rest = st.by_end.split_off(&(synced + 1, 0));
+                for (_, tx) in std::mem::replace(&mut st.by_end, rest) {
+                    let _ = tx.send(Ok(()));
+                }
+                // Waiters past the synced end (a truncation lowered it, or they arrived
+                // after the sync started) need another round.
+                if !st.by_end.is_empty() {
+                    self.notify.notify_one();
+                }
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commitlog sync failed; the store stops acknowledging writes");
+                for (_, tx) in std::mem::take(&mut st.by_end) {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                st.failed = Some(e);
+                true
+            }
+        }
+    }
+}

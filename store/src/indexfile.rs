@@ -1,0 +1,414 @@
+//! IndexFile: message key → CommitLog positions, for queries by key (and by unique id).
+//!
+//! A file is a hash table with chained entries. The slot of a key holds the number (+1) of
+//! the newest entry with that slot; each entry holds the number (+1) of the previous one. A
+//! query walks the chain from the newest entry, so results come out newest first. Only hashes
+//! are stored: the caller reads each message back to drop hash collisions.
+//!
+//! Files are `index/<20-digit sequence>`; a new file starts when one is full.
+//!
+//! # Layout (version 1, little-endian)
+//!
+//! Header, 64 bytes:
+//!
+//! | offset | size | field                                                    |
+//! |--------|------|----------------------------------------------------------|
+//! | 0      | 4    | `magic` = `"RMQX"`                                        |
+//! | 4      | 1    | `version` = 1                                             |
+//! | 5      | 3    | reserved, zero                                            |
+//! | 8      | 4    | `slot_count` (≤ [`SLOTS_MAX`])                            |
+//! | 12     | 4    | `max_entries` (≤ [`ENTRIES_MAX`])                         |
+//! | 16     | 8    | `begin_timestamp_ms`: store time of the first entry       |
+//! | 24     | 8    | `end_timestamp_ms`: store time of the newest entry        |
+//! | 32     | 8    | `begin_position` of the first entry's message             |
+//! | 40     | 8    | `end_position`: end of the newest entry's message         |
+//! | 48     | 4    | `entry_count`                                             |
+//! | 52     | 8    | reserved, zero                                            |
+//! | 60     | 4    | `crc`: CRC32C of bytes `[0, 60)`                           |
+//!
+//! Then `slot_count` slots of 4 bytes (entry number + 1; 0 = empty), then `max_entries`
+//! entries of 24 bytes:
+//!
+//! | offset | size | field                                                  |
+//! |--------|------|--------------------------------------------------------|
+//! | 0      | 4    | `key_hash` (CRC32C of `topic#key`)                     |
+//! | 4      | 8    | `position` of the message                               |
+//! | 12     | 4    | `size` of the message                                   |
+//! | 16     | 4    | `time_delta_ms` from `begin_timestamp_ms`               |
+//! | 20     | 4    | `prev`: previous entry in the chain (+1; 0 = none)      |
+//!
+//! Recovery never trusts slots written after the last checkpoint: it rebuilds the slots
+//! and the header of the newest file from its first `entry_count` (checkpointed, synced)
+//! entries, whose `prev` links only point backwards.
+
+use std::sync::Arc;
+
+use crate::codec::{PutLe, le_u32, le_u64};
+use crate::disk::{Disk, DiskFile};
+use crate::error::{Result, StoreError};
+use crate::types::Position;
+
+/// Directory of the index files.
+pub const DIR: &str = "index";
+const MAGIC: u32 = u32::from_le_bytes(*b"RMQX");
+const VERSION: u8 = 1;
+/// Bytes of the header.
+pub const HEADER_LEN: u64 = 64;
+/// Bytes per slot.
+pub const SLOT_LEN: u64 = 4;
+/// Bytes per entry.
+pub const ENTRY_LEN: u64 = 24;
+/// Most slots per file.
+pub const SLOTS_MAX: u32 = 64 * 1024 * 1024;
+/// Most entries per file.
+pub const ENTRIES_MAX: u32 = 256 * 1024 * 1024;
+
+/// The hash of `topic#key` stored in entries.
+pub fn key_hash(topic: &str, key: &str) -> u32 {
+    let h = crc32c::crc32c(topic.as_bytes());
+    let h = crc32c::crc32c_append(h, b"#");
+    crc32c::crc32c_append(h, key.as_bytes())
+}
+
+/// One hit of a query: where the message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexHit {
+    pub position: Position,
+    pub size: u32,
+    pub timestamp_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Header {
+    slot_count: u32,
+    max_entries: u32,
+    begin_ts: u64,
+    end_ts: u64,
+    begin_pos: u64,
+    end_pos: u64,
+    count: u32,
+}
+
+impl Header {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(HEADER_LEN as usize);
+        b.put_u32(MAGIC);
+        b.put_u8(VERSION);
+        b.extend_from_slice(&[0; 3]);
+        b.put_u32(self.slot_count);
+        b.put_u32(self.max_entries);
+        b.put_u64(self.begin_ts);
+        b.put_u64(self.end_ts);
+        b.put_u64(self.begin_pos);
+        b.put_u64(self.end_pos);
+        b.put_u32(self.count);
+        b.put_u64(0);
+        let crc = crc32c::crc32c(&b);
+        b.put_u32(crc);
+        b
+    }
+
+    fn decode(b: &[u8], path: &str) -> Result<Self> {
+        if le_u32(b, 0) != MAGIC {
+            return Err(StoreError::corrupt(path, 0, "bad index file magic"));
+        }
+        if le_u32(b, 60) != crc32c::crc32c(&b[..60]) {
+            return Err(StoreError::corrupt(path, 60, "bad index file header crc"));
+        }
+        if b[4] != VERSION {
+            return Err(StoreError::corrupt(path, 4, format!("unknown index file version {}", b[4])));
+        }
+        let h = Header {
+            slot_count: le_u32(b, 8),
+            max_entries: le_u32(b, 12),
+            begin_ts: le_u64(b, 16),
+            end_ts: le_u64(b, 24),
+            begin_pos: le_u64(b, 32),
+            end_pos: le_u64(b, 40),
+            count: le_u32(b, 48),
+        };
+        if h.slot_count == 0 || h.slot_count > SLOTS_MAX || h.max_entries == 0 || h.max_entries > ENTRIES_MAX {
+            return Err(StoreError::corrupt(path, 8, format!("bad sizes {} slots / {} entries", h.slot_count, h.max_entries)));
+        }
+        if h.count > h.max_entries {
+            return Err(StoreError::corrupt(path, 48, format!("entry count {} > {}", h.count, h.max_entries)));
+        }
+        Ok(h)
+    }
+
+    fn file_len(&self) -> u64 {
+        HEADER_LEN + u64::from(self.slot_count) * SLOT_LEN + u64::from(self.max_entries) * ENTRY_LEN
+    }
+
+    fn entry_at(&self, n: u32) -> u64 {
+        HEADER_LEN + u64::from(self.slot_count) * SLOT_LEN + u64::from(n) * ENTRY_LEN
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawEntry {
+    hash: u32,
+    position: u64,
+    size: u32,
+    delta: u32,
+    prev: u32,
+}
+
+/// One index file.
+#[derive(Debug)]
+struct IndexFile {
+    seq: u64,
+    file: Arc<dyn DiskFile>,
+    header: Header,
+}
+
+impl IndexFile {
+    fn read_entry(&self, n: u32) -> Result<RawEntry> {
+        if n >= self.header.count {
+            return Err(StoreError::corrupt(self.file.path(), 48, format!("entry {n} >= count {}", self.header.count)));
+        }
+        let mut b = [0u8; ENTRY_LEN as usize];
+        self.file.read_at(self.header.entry_at(n), &mut b)?;
+        Ok(RawEntry {
+            hash: le_u32(&b, 0),
+            position: le_u64(&b, 4),
+            size: le_u32(&b, 12),
+            delta: le_u32(&b, 16),
+            prev: le_u32(&b, 20),
+        })
+    }
+
+    fn read_slot(&self, slot: u32) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.file.read_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn write_slot(&self, slot: u32, v: u32) -> Result<()> {
+        self.file.write_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &v.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn has_room(&self, ts: u64) -> bool {
+        self.header.count < self.header.max_entries
+            && (self.header.count == 0 || ts.saturating_sub(self.header.begin_ts) <= u64::from(u32::MAX))
+    }
+
+    fn put(&mut self, hash: u32, position: Position, size: u32, ts: u64) -> Result<()> {
+        let h = &mut self.header;
+        if h.count == 0 {
+            h.begin_ts = ts;
+            h.begin_pos = position.0;
+        }
+        let slot = hash % h.slot_count;
+        let n = h.count;
+        let prev = self.read_slot(slot)?;
+        let delta = ts.saturating_sub(self.header.begin_ts) as u32;
+        let mut b = Vec::with_capacity(ENTRY_LEN as usize);
+        b.put_u32(hash);
+        b.put_u64(position.0);
+        b.put_u32(size);
+        b.put_u32(delta);
+        b.put_u32(prev);
+        self.file.write_at(self.header.entry_at(n), &b)?;
+        self.write_slot(slot, n + 1)?;
+        let h = &mut self.header;
+        h.count = n + 1;
+        h.end_ts = h.end_ts.max(ts);
+        h.end_pos = h.end_pos.max(position.0 + u64::from(size));
+        self.file.write_at(0, &h.encode())?;
+        Ok(())
+    }
+
+    fn query(&self, hash: u32, begin_ts: u64, end_ts: u64, max: usize, out: &mut Vec<IndexHit>) -> Result<()> {
+        let h = &self.header;
+        if h.count == 0 || h.end_ts < begin_ts || h.begin_ts > end_ts {
+            return Ok(());
+        }
+        let mut next = self.read_slot(hash % h.slot_count)?;
+        let mut steps = 0u32;
+        while next != 0 && out.len() < max {
+            let n = next - 1;
+            steps += 1;
+            if n >= h.count || steps > h.count {
+                // A link past the count or a cycle: never trust it, never loop on it.
+                return Err(StoreError::corrupt(self.file.path(), h.entry_at(n.min(h.count)), "broken index chain"));
+            }
+            let e = self.read_entry(n)?;
+            let ts = h.begin_ts + u64::from(e.delta);
+            if e.hash == hash && ts >= begin_ts && ts <= end_ts {
+                out.push(IndexHit { position: Position(e.position), size: e.size, timestamp_ms: ts });
+            }
+            if e.prev > n {
+                return Err(StoreError::corrupt(self.file.path(), h.entry_at(n), "index chain points forward"));
+            }
+            next = e.prev;
+        }
+        Ok(())
+    }
+
+    /// Recovery: keep the first `count` entries, rebuild slots and header from them.
+    fn rebuild(&mut self, count: u32, begin_ts: u64) -> Result<()> {
+        if count > self.header.max_entries {
+            return Err(StoreError::corrupt(self.file.path(), 48, format!("checkpoint count {count} too large")));
+        }
+        let slots_len = (u64::from(self.header.slot_count) * SLOT_LEN) as usize;
+        let mut slots = vec![0u8; slots_len];
+        let mut h = Header { slot_count: self.header.slot_count, max_entries: self.header.max_entries, ..Header::default() };
+        h.count = count;
+        let old_begin = begin_ts;
+        self.header = h;
+        for n in 0..count {
+            let e = self.read_entry(n)?;
+            if e.prev > n {
+                return Err(StoreError::corrupt(self.file.path(), self.header.entry_at(n), "index chain points forward"));
+            }
+            let s = (e.hash % h.slot_count) as usize * SLOT_LEN as usize;
+            slots[s..s + 4].copy_from_slice(&(n + 1).to_le_bytes());
+            let hh = &mut self.header;
+            if n == 0 {
+                hh.begin_pos = e.position;
+                hh.begin_ts = old_begin;
+            }
+            hh.end_ts = hh.end_ts.max(old_begin + u64::from(e.delta));
+            hh.end_pos = hh.end_pos.max(e.position + u64::from(e.size));
+        }
+        self.file.write_at(HEADER_LEN, &slots)?;
+        self.file.write_at(0, &self.header.encode())?;
+        self.file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Sizes of new index files.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexFileConfig {
+    pub slot_count: u32,
+    pub max_entries: u32,
+}
+
+/// Where the index stood at a checkpoint: the newest file and its entry count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IndexCheckpoint {
+    pub seq: u64,
+    pub count: u32,
+    /// The file's `begin_timestamp_ms` (its header may be torn after a crash).
+    pub begin_ts: u64,
+}
+
+/// Every index file, oldest first.
+#[derive(Debug)]
+pub struct IndexFiles {
+    disk: Arc<dyn Disk>,
+    config: IndexFileConfig,
+    files: Vec<IndexFile>,
+}
+
+fn path(seq: u64) -> String {
+    format!("{DIR}/{seq:020}")
+}
+
+impl IndexFiles {
+    /// Opens the index as it stood at `ckpt`: files after it are deleted, the checkpoint's
+    /// file is rebuilt from its first `ckpt.count` entries.
+    pub fn open(disk: Arc<dyn Disk>, config: IndexFileConfig, ckpt: IndexCheckpoint) -> Result<Self> {
+        if config.slot_count == 0 || config.slot_count > SLOTS_MAX || config.max_entries == 0 || config.max_entries > ENTRIES_MAX {
+            return Err(StoreError::Config(format!("index file sizes {config:?} out of range")));
+        }
+        let mut files = Vec::new();
+        for name in disk.list(DIR)? {
+            let p = format!("{DIR}/{name}");
+            let Some(seq) = (name.len() == 20).then(|| name.parse::<u64>().ok()).flatten() else {
+                return Err(StoreError::corrupt(p, 0, "unexpected file in the index directory"));
+            };
+            if seq > ckpt.seq || (seq == ckpt.seq && ckpt.count == 0) {
+                disk.remove(&p)?;
+                continue;
+            }
+            let file = disk.open(&p)?;
+            let mut hb = [0u8; HEADER_LEN as usize];
+            file.read_at(0, &mut hb).map_err(|e| StoreError::corrupt(&p, 0, format!("short header: {e}")))?;
+            let header = match Header::decode(&hb, &p) {
+                Ok(h) => h,
+                // The newest file's header is rewritten on every put and may be torn by a
+                // crash; its shape comes from the configuration and its content is rebuilt.
+                Err(_) if seq == ckpt.seq => Header {
+                    slot_count: config.slot_count,
+                    max_entries: config.max_entries,
+                    ..Header::default()
+                },
+                Err(e) => return Err(e),
+            };
+            if file.len() != header.file_len() {
+                return Err(StoreError::corrupt(p, 0, format!("length {} != {}", file.len(), header.file_len())));
+            }
+            let mut f = IndexFile { seq, file, header };
+            if seq == ckpt.seq {
+                f.rebuild(ckpt.count, ckpt.begin_ts)?;
+            }
+            files.push(f);
+        }
+        Ok(Self { disk, config, files })
+    }
+
+    /// Indexes `key` of a message of `topic` at `position`.
+    pub fn put(&mut self, topic: &str, key: &str, position: Position, size: u32, ts: u64) -> Result<()> {
+        let hash = key_hash(topic, key);
+        if !self.files.last().is_some_and(|f| f.has_room(ts)) {
+            self.roll()?;
+        }
+        self.files.last_mut().expect("roll added a file").put(hash, position, size, ts)
+    }
+
+    fn roll(&mut self) -> Result<()> {
+        if let Some(f) = self.files.last() {
+            f.file.sync_all()?;
+        }
+        let seq = self.files.last().map_or(0, |f| f.seq + 1);
+        let header = Header { slot_count: self.config.slot_count, max_entries: self.config.max_entries, ..Header::default() };
+        let file = self.disk.create(&path(seq), header.file_len())?;
+        file.write_at(0, &header.encode())?;
+        file.sync_range(0, HEADER_LEN)?;
+        self.files.push(IndexFile { seq, file, header });
+        Ok(())
+    }
+
+    /// Positions of messages of `topic` whose key hashes like `key`, stored within
+    /// `[begin_ts, end_ts]`, newest first, at most `max`.
+    pub fn query(&self, topic: &str, key: &str, begin_ts: u64, end_ts: u64, max: usize) -> Result<Vec<IndexHit>> {
+        let hash = key_hash(topic, key);
+        let mut out = Vec::new();
+        for f in self.files.iter().rev() {
+            if out.len() >= max {
+                break;
+            }
+            f.query(hash, begin_ts, end_ts, max, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Makes the newest file durable; returns the checkpoint it now supports.
+    pub fn sync(&mut self) -> Result<IndexCheckpoint> {
+        match self.files.last() {
+            Some(f) => {
+                f.file.sync_all()?;
+                Ok(IndexCheckpoint { seq: f.seq, count: f.header.count, begin_ts: f.header.begin_ts })
+            }
+            None => Ok(IndexCheckpoint::default()),
+        }
+    }
+
+    /// Deletes files whose every message lies before `first` (never the newest file).
+    pub fn purge_before(&mut self, first: Position) -> Result<()> {
+        while self.files.len() > 1 && self.files[0].header.end_pos <= first.0 {
+            let f = self.files.remove(0);
+            self.disk.remove(&path(f.seq))?;
+        }
+        Ok(())
+    }
+
+    /// Number of files (for tests and stats).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+}

@@ -1,0 +1,373 @@
+//! MetaStore: typed metadata tables in redb, on the same disk seam as everything else.
+//!
+//! Why redb and not sled: sled 0.34 is beta, last released in 2021, with open crash-durability
+//! reports, and it starts OS threads — which madsim forbids, so it could never run inside
+//! the deterministic simulation. redb is stable, crash-safe (copy-on-write B-trees with
+//! checksummed commit slots), starts no thread, and its `StorageBackend` trait lets its file
+//! live behind [`crate::disk`], so a simulated power loss reaches metadata too.
+//!
+//! Tables (keys → values):
+//! - `topics`: topic name → [`TopicConfig`] (encoded below);
+//! - `consumer_offsets`: (group, topic, queue id) → next queue offset to consume;
+//! - `state`: `"applied"` → the applied [`LogId`], `"checkpoint"` → the store [`Checkpoint`];
+//! - `cq_ends`: (topic, queue id) → ConsumeQueue end offset at the checkpoint.
+//!
+//! Encodings of values (little-endian, each starting with a version byte = 1):
+//! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
+//! - `LogId`: version u8, term u64, node_id u64, index u64;
+//! - `Checkpoint`: version u8, position u64, prev_crc u32, has_last u8, last_index u64,
+//!   log_first u64, dispatched_has u8, dispatched_index u64, dispatched_position u64, index_seq u64,
+//!   index_count u32, index_begin_ts u64, purged_has u8, purged_index u64.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+
+use crate::codec::{PutLe, Reader};
+use crate::commitlog::ChainPoint;
+use crate::consumequeue::QueueId;
+use crate::disk::{Disk, DiskFile};
+use crate::error::{Result, StoreError};
+use crate::indexfile::IndexCheckpoint;
+use crate::types::{LogId, LogIndex, Position};
+
+/// The redb file.
+pub const FILE: &str = "meta.redb";
+
+const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
+const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("consumer_offsets");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const CQ_ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("cq_ends");
+const VERSION: u8 = 1;
+
+/// Read and write permission bits of a topic (RocketMQ's `perm`).
+pub mod perm {
+    /// Consumers may read.
+    pub const READ: u32 = 4;
+    /// Producers may write.
+    pub const WRITE: u32 = 2;
+}
+
+/// A topic's configuration in this broker group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub name: String,
+    pub read_queue_nums: u32,
+    pub write_queue_nums: u32,
+    pub perm: u32,
+}
+
+impl TopicConfig {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(13);
+        b.put_u8(VERSION);
+        b.put_u32(self.read_queue_nums);
+        b.put_u32(self.write_queue_nums);
+        b.put_u32(self.perm);
+        b
+    }
+
+    fn decode(name: &str, b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b, "topic config");
+        check_version(r.u8()?, "topic config")?;
+        let t = TopicConfig { name: name.to_string(), read_queue_nums: r.u32()?, write_queue_nums: r.u32()?, perm: r.u32()? };
+        r.finish()?;
+        Ok(t)
+    }
+}
+
+/// What the store had made durable at its last checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// The CommitLog and Raft index are durable and consistent below this chain point.
+    pub log: ChainPoint,
+    /// First index held by the Raft index (equal to its end when it is empty).
+    pub log_first: LogIndex,
+    /// Highest log index dispatched into ConsumeQueue and IndexFile (durably), if any …
+    pub dispatched_index: Option<LogIndex>,
+    /// … and the end of its record: every ConsumeQueue entry below it is durable.
+    pub dispatched_position: Position,
+    /// The IndexFile's state.
+    pub index: IndexCheckpoint,
+    /// The Raft index was purged up to here (inclusive).
+    pub purged_index: Option<LogIndex>,
+}
+
+fn put_opt(b: &mut Vec<u8>, v: Option<LogIndex>) {
+    b.put_u8(u8::from(v.is_some()));
+    b.put_u64(v.map_or(0, |i| i.0));
+}
+
+fn get_opt(r: &mut Reader<'_>) -> Result<Option<LogIndex>> {
+    let has = r.u8()?;
+    let v = r.u64()?;
+    match has {
+        0 => Ok(None),
+        1 => Ok(Some(LogIndex(v))),
+        x => Err(StoreError::malformed("checkpoint", format!("option tag {x}"))),
+    }
+}
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(96);
+        b.put_u8(VERSION);
+        b.put_u64(self.log.position.0);
+        b.put_u32(self.log.prev_crc);
+        put_opt(&mut b, self.log.last_index);
+        b.put_u64(self.log_first.0);
+        put_opt(&mut b, self.dispatched_index);
+        b.put_u64(self.dispatched_position.0);
+        b.put_u64(self.index.seq);
+        b.put_u32(self.index.count);
+        b.put_u64(self.index.begin_ts);
+        put_opt(&mut b, self.purged_index);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b, "checkpoint");
+        check_version(r.u8()?, "checkpoint")?;
+        let c = Checkpoint {
+            log: ChainPoint { position: Position(r.u64()?), prev_crc: r.u32()?, last_index: get_opt(&mut r)? },
+            log_first: LogIndex(r.u64()?),
+            dispatched_index: get_opt(&mut r)?,
+            dispatched_position: Position(r.u64()?),
+            index: IndexCheckpoint { seq: r.u64()?, count: r.u32()?, begin_ts: r.u64()? },
+            purged_index: get_opt(&mut r)?,
+        };
+        r.finish()?;
+        Ok(c)
+    }
+}
+
+fn check_version(v: u8, what: &'static str) -> Result<()> {
+    if v != VERSION {
+        return Err(StoreError::malformed(what, format!("unknown version {v}")));
+    }
+    Ok(())
+}
+
+fn encode_log_id(id: &LogId) -> Vec<u8> {
+    let mut b = Vec::with_capacity(25);
+    b.put_u8(VERSION);
+    b.put_u64(id.term);
+    b.put_u64(id.node_id);
+    b.put_u64(id.index.0);
+    b
+}
+
+fn decode_log_id(b: &[u8]) -> Result<LogId> {
+    let mut r = Reader::new(b, "log id");
+    check_version(r.u8()?, "log id")?;
+    let id = LogId { term: r.u64()?, node_id: r.u64()?, index: LogIndex(r.u64()?) };
+    r.finish()?;
+    Ok(id)
+}
+
+fn meta_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Meta(e.to_string())
+}
+
+/// redb's storage, on the disk seam.
+#[derive(Debug)]
+struct SeamBackend {
+    file: Arc<dyn DiskFile>,
+}
+
+fn to_io(e: crate::disk::DiskError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl StorageBackend for SeamBackend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        Ok(self.file.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+        self.file.read_at(offset, out).map_err(to_io)
+    }
+
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.file.set_len(len).map_err(to_io)
+    }
+
+    fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+        self.file.sync_all().map_err(to_io)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.file.write_at(offset, data).map_err(to_io)
+    }
+}
+
+/// The metadata store; see the module docs.
+#[derive(Debug)]
+pub struct MetaStore {
+    db: Database,
+}
+
+impl MetaStore {
+    /// Opens (creating if missing) the metadata database.
+    pub fn open(disk: &dyn Disk) -> Result<Self> {
+        let file = if disk.exists(FILE) { disk.open(FILE)? } else { disk.create(FILE, 0)? };
+        let db = Database::builder().create_with_backend(SeamBackend { file }).map_err(meta_err)?;
+        let store = Self { db };
+        // Create every table once so that reads never meet a missing table.
+        let mut txn = store.begin(true)?;
+        txn.ensure_tables()?;
+        txn.commit()?;
+        Ok(store)
+    }
+
+    /// Starts a write transaction; `durable` commits wait for the data to be synced.
+    pub fn begin(&self, durable: bool) -> Result<MetaTxn> {
+        let mut txn = self.db.begin_write().map_err(meta_err)?;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(meta_err)?;
+        Ok(MetaTxn { txn })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_read().map_err(meta_err)?;
+        f(&txn)
+    }
+
+    /// One topic's configuration.
+    pub fn topic(&self, name: &str) -> Result<Option<TopicConfig>> {
+        self.read(|t| {
+            let table = t.open_table(TOPICS).map_err(meta_err)?;
+            match table.get(name).map_err(meta_err)? {
+                Some(v) => Ok(Some(TopicConfig::decode(name, v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Result<Vec<TopicConfig>> {
+        self.read(|t| {
+            let table = t.open_table(TOPICS).map_err(meta_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(meta_err)? {
+                let (k, v) = row.map_err(meta_err)?;
+                out.push(TopicConfig::decode(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The committed offset of a consumer group on one queue.
+    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+        self.read(|t| {
+            let table = t.open_table(OFFSETS).map_err(meta_err)?;
+            Ok(table.get((group, topic, queue_id)).map_err(meta_err)?.map(|v| v.value()))
+        })
+    }
+
+    /// Every committed offset: ((group, topic, queue id), offset).
+    pub fn consumer_offsets(&self) -> Result<Vec<((String, String, u32), u64)>> {
+        self.read(|t| {
+            let table = t.open_table(OFFSETS).map_err(meta_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(meta_err)? {
+                let (k, v) = row.map_err(meta_err)?;
+                let (g, tp, q) = k.value();
+                out.push(((g.to_string(), tp.to_string(), q), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Result<Option<LogId>> {
+        self.state("applied").and_then(|v| v.map(|b| decode_log_id(&b)).transpose())
+    }
+
+    /// The last checkpoint.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        self.state("checkpoint").and_then(|v| v.map(|b| Checkpoint::decode(&b)).transpose())
+    }
+
+    /// ConsumeQueue ends at the last checkpoint.
+    pub fn cq_ends(&self) -> Result<BTreeMap<QueueId, u64>> {
+        self.read(|t| {
+            let table = t.open_table(CQ_ENDS).map_err(meta_err)?;
+            let mut out = BTreeMap::new();
+            for row in table.iter().map_err(meta_err)? {
+                let (k, v) = row.map_err(meta_err)?;
+                let (topic, queue_id) = k.value();
+                out.insert(QueueId { topic: topic.to_string(), queue_id }, v.value());
+            }
+            Ok(out)
+        })
+    }
+
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|t| {
+            let table = t.open_table(STATE).map_err(meta_err)?;
+            Ok(table.get(key).map_err(meta_err)?.map(|v| v.value().to_vec()))
+        })
+    }
+}
+
+/// A write transaction: every change in it commits atomically.
+pub struct MetaTxn {
+    txn: redb::WriteTransaction,
+}
+
+impl MetaTxn {
+    fn ensure_tables(&mut self) -> Result<()> {
+        self.txn.open_table(TOPICS).map_err(meta_err)?;
+        self.txn.open_table(OFFSETS).map_err(meta_err)?;
+        self.txn.open_table(STATE).map_err(meta_err)?;
+        self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Creates or replaces a topic.
+    pub fn put_topic(&mut self, t: &TopicConfig) -> Result<()> {
+        let mut table = self.txn.open_table(TOPICS).map_err(meta_err)?;
+        table.insert(t.name.as_str(), t.encode().as_slice()).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Deletes a topic; returns whether it existed.
+    pub fn delete_topic(&mut self, name: &str) -> Result<bool> {
+        let mut table = self.txn.open_table(TOPICS).map_err(meta_err)?;
+        Ok(table.remove(name).map_err(meta_err)?.is_some())
+    }
+
+    /// Records a consumer group's offset on one queue.
+    pub fn set_consumer_offset(&mut self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
+        let mut table = self.txn.open_table(OFFSETS).map_err(meta_err)?;
+        table.insert((group, topic, queue_id), offset).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Records the last applied log id.
+    pub fn set_applied(&mut self, id: &LogId) -> Result<()> {
+        self.put_state("applied", &encode_log_id(id))
+    }
+
+    /// Records a checkpoint together with the ConsumeQueue ends it vouches for.
+    pub fn set_checkpoint(&mut self, c: &Checkpoint, cq_ends: &BTreeMap<QueueId, u64>) -> Result<()> {
+        self.put_state("checkpoint", &c.encode())?;
+        let mut table = self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
+        for (q, end) in cq_ends {
+            table.insert((q.topic.as_str(), q.queue_id), *end).map_err(meta_err)?;
+        }
+        Ok(())
+    }
+
+    fn put_state(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        let mut table = self.txn.open_table(STATE).map_err(meta_err)?;
+        table.insert(key, value).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Commits every change of the transaction atomically.
+    pub fn commit(self) -> Result<()> {
+        self.txn.commit().map_err(meta_err)
+    }
+}

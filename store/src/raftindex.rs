@@ -1,0 +1,114 @@
+//! The Raft index: Raft log index → (CommitLog position, record length, term), so that Raft
+//! can read, truncate and purge by index without scanning the CommitLog.
+//!
+//! Entry `n` of the underlying [`EntryFiles`] (magic `"RMQR"`) is log index `n`:
+//!
+//! | offset | size | field      |
+//! |--------|------|------------|
+//! | 0      | 8    | `position` |
+//! | 8      | 4    | `len`      |
+//! | 12     | 8    | `term`     |
+//!
+//! The index is derived from the CommitLog: on recovery it is cut back to the checkpoint
+//! and rebuilt from the records the CommitLog scan found after it.
+
+use std::sync::Arc;
+
+use crate::codec::{le_u32, le_u64};
+use crate::disk::Disk;
+use crate::entryfile::{ENTRY_LEN, Entry, EntryFiles};
+use crate::error::{Result, StoreError};
+use crate::types::{LogIndex, Position};
+
+/// Directory of the Raft index files.
+pub const DIR: &str = "raftindex";
+/// `"RMQR"` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"RMQR");
+
+/// Where one Raft entry lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub position: Position,
+    pub len: u32,
+    pub term: u64,
+}
+
+impl IndexEntry {
+    fn encode(&self) -> Entry {
+        let mut e = [0u8; ENTRY_LEN];
+        e[0..8].copy_from_slice(&self.position.0.to_le_bytes());
+        e[8..12].copy_from_slice(&self.len.to_le_bytes());
+        e[12..20].copy_from_slice(&self.term.to_le_bytes());
+        e
+    }
+
+    fn decode(e: &Entry) -> Self {
+        Self { position: Position(le_u64(e, 0)), len: le_u32(e, 8), term: le_u64(e, 12) }
+    }
+}
+
+/// The Raft index; see the module docs.
+#[derive(Debug)]
+pub struct RaftIndex {
+    files: EntryFiles,
+}
+
+impl RaftIndex {
+    /// Opens the index holding log indexes `[first, end)`.
+    pub fn open(disk: Arc<dyn Disk>, per_file: u64, first: LogIndex, end: LogIndex) -> Result<Self> {
+        Ok(Self { files: EntryFiles::open(disk, DIR, MAGIC, per_file, first.0, end.0)? })
+    }
+
+    /// Records where log index `index` lives. Indexes must be appended consecutively; the
+    /// first append to an empty index may start anywhere.
+    pub fn append(&mut self, index: LogIndex, entry: IndexEntry) -> Result<()> {
+        if self.files.first() == self.files.end() && index.0 != self.files.end() {
+            // An empty index may begin at any log index (after a purge of everything, or a
+            // snapshot install).
+            self.files.set_empty_at(index.0)?;
+        }
+        if index.0 != self.files.end() {
+            return Err(StoreError::InvalidArgument(format!(
+                "raft index append of {index} does not follow {}",
+                self.files.end()
+            )));
+        }
+        self.files.append(&entry.encode())?;
+        Ok(())
+    }
+
+    /// Where `index` lives.
+    pub fn get(&self, index: LogIndex) -> Result<IndexEntry> {
+        Ok(IndexEntry::decode(&self.files.get(index.0)?))
+    }
+
+    /// First index held.
+    pub fn first(&self) -> LogIndex {
+        LogIndex(self.files.first())
+    }
+
+    /// One past the last index held.
+    pub fn end(&self) -> LogIndex {
+        LogIndex(self.files.end())
+    }
+
+    /// The last index held, if any.
+    pub fn last(&self) -> Option<LogIndex> {
+        (self.files.end() > self.files.first()).then(|| LogIndex(self.files.end() - 1))
+    }
+
+    /// Drops every index at or after `end`.
+    pub fn truncate(&mut self, end: LogIndex) -> Result<()> {
+        self.files.truncate(end.0)
+    }
+
+    /// Drops every index before `first`.
+    pub fn purge_before(&mut self, first: LogIndex) -> Result<()> {
+        self.files.purge_before(first.0)
+    }
+
+    /// Makes every appended entry durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.files.sync()
+    }
+}

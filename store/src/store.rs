@@ -1,0 +1,420 @@
+//! The store: CommitLog + Raft index + ConsumeQueues + IndexFile + MetaStore, and the rules
+//! that keep them consistent across crashes.
+//!
+//! # Derived structures and the checkpoint
+//! The CommitLog is the only source of truth. The Raft index, the ConsumeQueues and the
+//! IndexFile are derived from it; a [`Checkpoint`] in the MetaStore (committed durably, in one
+//! redb transaction with every ConsumeQueue's end) records how far each was synced:
+//! - the Raft index is durable up to the checkpoint's chain point; on open the CommitLog is
+//!   scanned from there and the index rebuilt from the records found;
+//! - ConsumeQueues and the IndexFile are durable up to `dispatched_index`; on open they are cut
+//!   back to the checkpoint and the records in `(dispatched_index, applied]` are dispatched
+//!   again (`applied` is the state machine's applied log id in the MetaStore). Dispatch
+//!   assigns queue offsets in log order, so the replay assigns the same offsets.
+//!
+//! # Ownership
+//! One task owns the `Store` (`&mut self` for every change). Readers that must not wait for
+//! it use [`CommitLogReader`], and the group-commit flusher ([`crate::flush`]) holds one too.
+
+use std::sync::Arc;
+
+use crate::commitlog::record::{EntryRef, RecordKind};
+use crate::commitlog::{ChainPoint, CommitLog, CommitLogReader, Record, RecordLoc};
+use crate::config::StoreConfig;
+use crate::consumequeue::{ConsumeQueues, CqEntry, QueueId};
+use crate::disk::Disk;
+use crate::error::{Result, StoreError};
+use crate::indexfile::{IndexFileConfig, IndexFiles};
+use crate::message::{self, Message};
+use crate::meta::{Checkpoint, MetaStore};
+use crate::raftindex::{IndexEntry, RaftIndex};
+use crate::types::{LogIndex, Position, QueueOffset};
+
+/// A queue offset assigned to one message by dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub index: LogIndex,
+    pub queue: QueueId,
+    pub offset: QueueOffset,
+    pub position: Position,
+    pub size: u32,
+}
+
+/// What [`Store::delete_expired`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionReport {
+    pub segments_deleted: u64,
+    pub first_position: Position,
+}
+
+/// The storage engine of one replica; see the module docs.
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    log: CommitLog,
+    reader: CommitLogReader,
+    raft_index: RaftIndex,
+    cqs: ConsumeQueues,
+    index: IndexFiles,
+    meta: MetaStore,
+    ckpt: Checkpoint,
+    dispatched: Option<LogIndex>,
+    dispatched_position: Position,
+    purged: Option<LogIndex>,
+}
+
+impl Store {
+    /// Opens the store on `disk`, recovering from whatever state a crash left.
+    pub fn open(disk: Arc<dyn Disk>, config: StoreConfig) -> Result<Self> {
+        config.validate()?;
+        let meta = MetaStore::open(disk.as_ref())?;
+        let ckpt = meta.checkpoint()?.unwrap_or_default();
+        let (log, scanned) = CommitLog::open(disk.clone(), config.segment_bytes, ckpt.log)?;
+        let log_end = ckpt.log.last_index.map_or(ckpt.log_first, |i| LogIndex(i.0 + 1));
+        let mut raft_index = RaftIndex::open(disk.clone(), config.raft_index_per_file, ckpt.log_first, log_end)?;
+        for r in &scanned {
+            let e = IndexEntry { position: r.position, len: r.header.len, term: r.header.term };
+            raft_index.append(r.header.index, e)?;
+        }
+        let cqs = ConsumeQueues::open(disk.clone(), config.cq_per_file, &meta.cq_ends()?)?;
+        let index_cfg = IndexFileConfig { slot_count: config.index_slots, max_entries: config.index_max_entries };
+        let index = IndexFiles::open(disk.clone(), index_cfg, ckpt.index)?;
+        let reader = log.reader();
+        let mut store = Store {
+            config,
+            log,
+            reader,
+            raft_index,
+            cqs,
+            index,
+            meta,
+            ckpt,
+            dispatched: ckpt.dispatched_index,
+            dispatched_position: ckpt.dispatched_position,
+            purged: ckpt.purged_index,
+        };
+        store.cqs.truncate_from(ckpt.dispatched_position)?;
+        store.cqs.purge_before(store.reader.first())?;
+        store.redispatch()?;
+        Ok(store)
+    }
+
+    /// Dispatches again what the state machine had applied past the checkpoint.
+    fn redispatch(&mut self) -> Result<()> {
+        let Some(applied) = self.meta.applied()?.map(|a| a.index) else { return Ok(()) };
+        let last = self.raft_index.last();
+        let target = match last {
+            Some(l) if l < applied => {
+                tracing::warn!(%applied, last = %l, "applied index is past the end of the log (async flush lost the tail)");
+                l
+            }
+            Some(_) => applied,
+            None => return Ok(()),
+        };
+        self.dispatch_upto(target)?;
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// A read handle on the CommitLog (also what the flusher syncs through).
+    pub fn reader(&self) -> CommitLogReader {
+        self.reader.clone()
+    }
+
+    /// The metadata store.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// Appends Raft entries; returns where each landed. Written, not yet synced: in `Sync`
+    /// flush mode acknowledge only after [`crate::flush::FlushHandle::wait_durable`] (or
+    /// [`Store::sync`]) covers the last position.
+    pub fn append(&mut self, entries: &[EntryRef<'_>]) -> Result<Vec<RecordLoc>> {
+        for e in entries {
+            if (e.payload.len() as u64).saturating_add(crate::commitlog::record::HEADER_LEN as u64) > self.config.max_record_bytes {
+                return Err(StoreError::InvalidArgument(format!(
+                    "entry {} is {} bytes, over max_record_bytes {}",
+                    e.index,
+                    e.payload.len(),
+                    self.config.max_record_bytes
+                )));
+            }
+        }
+        let locs = self.log.append(entries)?;
+        for (e, loc) in entries.iter().zip(&locs) {
+            self.raft_index.append(e.index, IndexEntry { position: loc.position, len: loc.len, term: e.term })?;
+        }
+        Ok(locs)
+    }
+
+    /// Syncs everything appended so far (without the flusher).
+    pub fn sync(&self) -> Result<()> {
+        self.reader.sync_to(self.reader.written())
+    }
+
+    /// First index held, and the last one with its term (`None` if empty).
+    pub fn log_bounds(&self) -> Result<(LogIndex, Option<(LogIndex, u64)>)> {
+        let last = match self.raft_index.last() {
+            Some(i) => Some((i, self.raft_index.get(i)?.term)),
+            None => None,
+        };
+        Ok((self.raft_index.first(), last))
+    }
+
+    /// The entries purged so far (inclusive), if any.
+    pub fn purged(&self) -> Option<LogIndex> {
+        self.purged
+    }
+
+    /// Reads the entry at `index`, checking that the record is the one the index names.
+    pub fn read_entry(&self, index: LogIndex) -> Result<Record> {
+        let at = self.raft_index.get(index)?;
+        let rec = self.reader.read(at.position)?;
+        if rec.header.index != index || rec.header.term != at.term || rec.header.len != at.len {
+            return Err(StoreError::corrupt(
+                crate::raftindex::DIR,
+                index.0,
+                format!("raft index says {at:?} but the record there is {:?}", rec.header),
+            ));
+        }
+        Ok(rec)
+    }
+
+    /// The term of the entry at `index`.
+    pub fn term_of(&self, index: LogIndex) -> Result<u64> {
+        Ok(self.raft_index.get(index)?.term)
+    }
+
+    /// Removes every entry after `last_kept` (all of them if `None`). Only entries that were
+    /// never dispatched (never committed) may be removed.
+    pub fn truncate_after(&mut self, last_kept: Option<LogIndex>) -> Result<()> {
+        let from = last_kept.map_or(self.raft_index.first(), |i| LogIndex(i.0 + 1));
+        if from >= self.raft_index.end() {
+            return Ok(());
+        }
+        assert!(
+            self.dispatched.is_none_or(|d| d < from),
+            "truncating {from} would remove dispatched (committed) entry {:?}",
+            self.dispatched
+        );
+        let at = self.raft_index.get(from)?.position;
+        if self.ckpt.log.position > at {
+            // The checkpoint must never point past the end of the log.
+            let header = self.reader.read_header(at)?;
+            let point = ChainPoint { position: at, prev_crc: header.prev_crc, last_index: last_kept };
+            self.raft_index.truncate(from)?;
+            self.write_checkpoint(point)?;
+        }
+        self.log.truncate(at)?;
+        self.raft_index.truncate(from)?;
+        Ok(())
+    }
+
+    /// Forgets the entries up to `upto` (inclusive) for Raft (they stay in the CommitLog
+    /// until retention deletes their segment).
+    pub fn purge_upto(&mut self, upto: LogIndex) -> Result<()> {
+        if self.purged.is_some_and(|p| p >= upto) {
+            return Ok(());
+        }
+        self.raft_index.purge_before(LogIndex(upto.0 + 1))?;
+        self.purged = Some(upto);
+        self.checkpoint()
+    }
+
+    /// Builds ConsumeQueue and IndexFile entries for every entry in `(dispatched, upto]`, in
+    /// log order, and returns the queue offsets assigned. Idempotent: entries already
+    /// dispatched are skipped.
+    pub fn dispatch_upto(&mut self, upto: LogIndex) -> Result<Vec<Assigned>> {
+        let mut out = Vec::new();
+        let mut next = self.dispatched.map_or(self.raft_index.first(), |d| LogIndex(d.0 + 1));
+        while next <= upto {
+            let rec = self.read_entry(next)?;
+            if rec.header.kind == RecordKind::MESSAGES {
+                self.dispatch_messages(&rec, &mut out)?;
+            }
+            self.dispatched = Some(next);
+            self.dispatched_position = Position(rec.position.0 + u64::from(rec.header.len));
+            next = LogIndex(next.0 + 1);
+        }
+        Ok(out)
+    }
+
+    fn dispatch_messages(&mut self, rec: &Record, out: &mut Vec<Assigned>) -> Result<()> {
+        let base = rec.position.0 + crate::commitlog::record::HEADER_LEN as u64;
+        // The payload was verified by its CRC and was validated before it was proposed; a
+        // batch that still does not decode is skipped identically on every replica.
+        let spans = match message::split_batch(&rec.payload) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(index = %rec.header.index, error = %e, "undecodable messages entry; not dispatched");
+                return Ok(());
+            }
+        };
+        for span in spans {
+            let bytes = &rec.payload[span.offset as usize..(span.offset + span.len) as usize];
+            let m = match Message::decode(bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(index = %rec.header.index, error = %e, "undecodable message; not dispatched");
+                    continue;
+                }
+            };
+            let position = Position(base + u64::from(span.offset));
+            let queue = QueueId { topic: m.topic.clone(), queue_id: m.queue_id };
+            let entry = CqEntry { position, size: span.len, tag_hash: message::tag_hash(&m.tags) };
+            let offset = self.cqs.get_or_create(&queue)?.append(entry)?;
+            for key in m.keys.iter().chain(std::iter::once(&m.msg_id)).filter(|k| !k.is_empty()) {
+                self.index.put(&m.topic, key, position, span.len, m.store_timestamp_ms)?;
+            }
+            out.push(Assigned { index: rec.header.index, queue, offset, position, size: span.len });
+        }
+        Ok(())
+    }
+
+    /// The highest dispatched index.
+    pub fn dispatched(&self) -> Option<LogIndex> {
+        self.dispatched
+    }
+
+    /// Makes everything durable and records a checkpoint, so that the next open scans and
+    /// rebuilds only what comes after.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.sync()?;
+        let tail = self.log.tail();
+        self.write_checkpoint(tail)
+    }
+
+    fn write_checkpoint(&mut self, log: ChainPoint) -> Result<()> {
+        self.raft_index.sync()?;
+        self.cqs.sync()?;
+        let index = self.index.sync()?;
+        let ckpt = Checkpoint {
+            log,
+            log_first: self.raft_index.first(),
+            dispatched_index: self.dispatched,
+            dispatched_position: self.dispatched_position,
+            index,
+            purged_index: self.purged,
+        };
+        let mut txn = self.meta.begin(true)?;
+        txn.set_checkpoint(&ckpt, &self.cqs.ends())?;
+        txn.commit()?;
+        self.ckpt = ckpt;
+        Ok(())
+    }
+
+    /// The ConsumeQueue entry at `offset` of a queue.
+    pub fn cq_entry(&self, queue: &QueueId, offset: QueueOffset) -> Result<CqEntry> {
+        let q = self.cqs.get(queue).ok_or(StoreError::OutOfRange {
+            what: "queue offset",
+            value: offset.0,
+            first: 0,
+            end: 0,
+        })?;
+        q.get(offset)
+    }
+
+    /// The smallest and one-past-largest offsets of a queue (`(0, 0)` if it does not exist).
+    pub fn queue_bounds(&self, queue: &QueueId) -> (QueueOffset, QueueOffset) {
+        self.cqs.get(queue).map_or((QueueOffset(0), QueueOffset(0)), |q| (q.min_offset(), q.max_offset()))
+    }
+
+    /// Every queue with its bounds.
+    pub fn queues(&self) -> Vec<(QueueId, QueueOffset, QueueOffset)> {
+        self.cqs.iter().map(|(k, q)| (k.clone(), q.min_offset(), q.max_offset())).collect()
+    }
+
+    /// Reads and verifies the message at `position` (`size` bytes).
+    pub fn read_message(&self, position: Position, size: u32) -> Result<Message> {
+        let bytes = self.reader.read_bytes(position, size)?;
+        Message::decode(&bytes).map_err(|e| StoreError::corrupt(crate::commitlog::DIR, position.0, e.to_string()))
+    }
+
+    /// Reads the message at a queue offset.
+    pub fn read_queue_message(&self, queue: &QueueId, offset: QueueOffset) -> Result<Message> {
+        let e = self.cq_entry(queue, offset)?;
+        self.read_message(e.position, e.size)
+    }
+
+    /// The first offset of `queue` whose message was stored at or after `timestamp_ms`
+    /// (the queue's max offset if none).
+    pub fn offset_at_time(&self, queue: &QueueId, timestamp_ms: u64) -> Result<QueueOffset> {
+        let Some(q) = self.cqs.get(queue) else { return Ok(QueueOffset(0)) };
+        q.partition_point(|e| Ok(self.read_message(e.position, e.size)?.store_timestamp_ms >= timestamp_ms))
+    }
+
+    /// Messages of `topic` with key (or unique id) `key`, stored within
+    /// `[begin_ts, end_ts]`, newest first, at most `max`.
+    pub fn query_by_key(&self, topic: &str, key: &str, begin_ts: u64, end_ts: u64, max: usize) -> Result<Vec<(Position, Message)>> {
+        let mut out = Vec::new();
+        // Hash collisions are dropped here, so ask the index for more than `max` hits.
+        for hit in self.index.query(topic, key, begin_ts, end_ts, max.saturating_mul(4).max(16))? {
+            if out.len() >= max || hit.position < self.reader.first() {
+                continue;
+            }
+            let m = self.read_message(hit.position, hit.size)?;
+            if m.topic == topic && (m.msg_id == key || m.keys.iter().any(|k| k == key)) {
+                out.push((hit.position, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes whole CommitLog segments that are fully dispatched and older than
+    /// `file_reserved_time_ms` at `now_ms`; moves ConsumeQueue minimums and the Raft index
+    /// forward accordingly. A segment's age is taken from the first timestamped record of
+    /// the segment after it (when it stopped being written); the newest segment is never
+    /// deleted.
+    pub fn delete_expired(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        let seg = self.config.segment_bytes;
+        let starts = self.reader.segment_starts();
+        let mut cut = None;
+        for w in starts.windows(2) {
+            let (start, next) = (w[0], w[1]);
+            if next.0 > self.dispatched_position.0 {
+                break;
+            }
+            match self.first_timestamp(next)? {
+                Some(ts) if ts.saturating_add(self.config.file_reserved_time_ms) <= now_ms => cut = Some(next),
+                _ => break,
+            }
+            debug_assert_eq!(start.0 + seg, next.0);
+        }
+        let Some(new_first) = cut else {
+            return Ok(RetentionReport { segments_deleted: 0, first_position: self.reader.first() });
+        };
+        // The checkpoint must be at or past the new first position before segments go.
+        self.checkpoint()?;
+        let first_index = self.reader.read_header(new_first)?.index;
+        let deleted = self.log.purge_before(new_first)?;
+        self.cqs.purge_before(new_first)?;
+        self.index.purge_before(new_first)?;
+        if first_index > self.raft_index.first() {
+            self.raft_index.purge_before(first_index)?;
+            self.purged = Some(LogIndex(first_index.0 - 1)).max(self.purged);
+        }
+        self.write_checkpoint(self.log.tail())?;
+        Ok(RetentionReport { segments_deleted: deleted, first_position: new_first })
+    }
+
+    /// The timestamp of the first record with one, in the segment starting at `start`.
+    fn first_timestamp(&self, start: Position) -> Result<Option<u64>> {
+        let seg_end = start.0 + self.config.segment_bytes;
+        let mut p = start;
+        while p.0 < seg_end && p < self.reader.written() {
+            let h = self.reader.read_header(p)?;
+            if h.kind == RecordKind::BLANK {
+                return Ok(None);
+            }
+            if h.timestamp_ms > 0 {
+                return Ok(Some(h.timestamp_ms));
+            }
+            p = Position(p.0 + u64::from(h.len));
+        }
+        Ok(None)
+    }
+}
