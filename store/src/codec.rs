@@ -50,7 +50,11 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(StoreError::malformed(
                 self.what,
-                format!("needs {n} bytes at {} but only {} remain", self.pos, self.remaining()),
+                format!(
+                    "needs {n} bytes at {} but only {} remain",
+                    self.pos,
+                    self.remaining()
+                ),
             ));
         }
         let out = &self.buf[self.pos..self.pos + n];
@@ -82,7 +86,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn str16(&mut self, field: &'static str, max: usize) -> Result<&'a str> {
         let len = self.u16()? as usize;
         if len > max {
-            return Err(StoreError::malformed(self.what, format!("{field} length {len} exceeds {max}")));
+            return Err(StoreError::malformed(
+                self.what,
+                format!("{field} length {len} exceeds {max}"),
+            ));
         }
         std::str::from_utf8(self.bytes(len)?)
             .map_err(|_| StoreError::malformed(self.what, format!("{field} is not UTF-8")))
@@ -91,7 +98,10 @@ impl<'a> Reader<'a> {
     /// Fails unless every byte was consumed.
     pub(crate) fn finish(&self) -> Result<()> {
         if self.remaining() != 0 {
-            return Err(StoreError::malformed(self.what, format!("{} trailing bytes", self.remaining())));
+            return Err(StoreError::malformed(
+                self.what,
+                format!("{} trailing bytes", self.remaining()),
+            ));
         }
         Ok(())
     }

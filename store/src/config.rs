@@ -75,7 +75,10 @@ impl StoreConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(StoreError::Config(msg));
         if self.max_record_bytes < HEADER_LEN as u64 || self.max_record_bytes > RECORD_MAX as u64 {
-            return bad(format!("max_record_bytes {} not in {HEADER_LEN}..={RECORD_MAX}", self.max_record_bytes));
+            return bad(format!(
+                "max_record_bytes {} not in {HEADER_LEN}..={RECORD_MAX}",
+                self.max_record_bytes
+            ));
         }
         if self.segment_bytes < self.max_record_bytes + HEADER_LEN as u64 {
             return bad(format!(
@@ -83,16 +86,25 @@ impl StoreConfig {
                 self.segment_bytes, self.max_record_bytes
             ));
         }
-        for (name, v) in [("raft_index_per_file", self.raft_index_per_file), ("cq_per_file", self.cq_per_file)] {
+        for (name, v) in [
+            ("raft_index_per_file", self.raft_index_per_file),
+            ("cq_per_file", self.cq_per_file),
+        ] {
             if v == 0 || v > PER_FILE_MAX {
                 return bad(format!("{name} {v} not in 1..={PER_FILE_MAX}"));
             }
         }
         if self.index_slots == 0 || self.index_slots > SLOTS_MAX {
-            return bad(format!("index_slots {} not in 1..={SLOTS_MAX}", self.index_slots));
+            return bad(format!(
+                "index_slots {} not in 1..={SLOTS_MAX}",
+                self.index_slots
+            ));
         }
         if self.index_max_entries == 0 || self.index_max_entries > ENTRIES_MAX {
-            return bad(format!("index_max_entries {} not in 1..={ENTRIES_MAX}", self.index_max_entries));
+            return bad(format!(
+                "index_max_entries {} not in 1..={ENTRIES_MAX}",
+                self.index_max_entries
+            ));
         }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms must be positive".into());

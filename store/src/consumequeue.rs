@@ -52,7 +52,11 @@ impl CqEntry {
     }
 
     pub(crate) fn decode(e: &Entry) -> Self {
-        Self { position: Position(le_u64(e, 0)), size: le_u32(e, 8), tag_hash: le_u64(e, 12) }
+        Self {
+            position: Position(le_u64(e, 0)),
+            size: le_u32(e, 8),
+            tag_hash: le_u64(e, 12),
+        }
     }
 }
 
@@ -123,9 +127,14 @@ impl ConsumeQueue {
 
     /// The first offset whose entry satisfies the monotonic `pred` (false…true), or
     /// [`max_offset`](Self::max_offset) if none.
-    pub fn partition_point(&self, mut pred: impl FnMut(CqEntry) -> Result<bool>) -> Result<QueueOffset> {
+    pub fn partition_point(
+        &self,
+        mut pred: impl FnMut(CqEntry) -> Result<bool>,
+    ) -> Result<QueueOffset> {
         let files = &self.files;
-        files.partition_point(|n| pred(CqEntry::decode(&files.get(n)?))).map(QueueOffset)
+        files
+            .partition_point(|n| pred(CqEntry::decode(&files.get(n)?)))
+            .map(QueueOffset)
     }
 }
 
@@ -144,16 +153,28 @@ impl ConsumeQueues {
     pub fn open(disk: Arc<dyn Disk>, per_file: u64, ends: &BTreeMap<QueueId, u64>) -> Result<Self> {
         let mut queues = BTreeMap::new();
         for topic_dir in list_dirs(disk.as_ref(), DIR)? {
-            let Some(topic) = unescape_topic(&topic_dir) else { continue };
+            let Some(topic) = unescape_topic(&topic_dir) else {
+                continue;
+            };
             for qdir in list_dirs(disk.as_ref(), &format!("{DIR}/{topic_dir}"))? {
-                let Ok(queue_id) = qdir.parse::<u32>() else { continue };
-                let id = QueueId { topic: topic.clone(), queue_id };
+                let Ok(queue_id) = qdir.parse::<u32>() else {
+                    continue;
+                };
+                let id = QueueId {
+                    topic: topic.clone(),
+                    queue_id,
+                };
                 let end = ends.get(&id).copied().unwrap_or(0);
-                let files = EntryFiles::open(disk.clone(), &queue_dir(&id), MAGIC, per_file, 0, end)?;
+                let files =
+                    EntryFiles::open(disk.clone(), &queue_dir(&id), MAGIC, per_file, 0, end)?;
                 queues.insert(id, ConsumeQueue { files });
             }
         }
-        Ok(Self { disk, per_file, queues })
+        Ok(Self {
+            disk,
+            per_file,
+            queues,
+        })
     }
 
     /// The queue, if it exists.
@@ -164,7 +185,14 @@ impl ConsumeQueues {
     /// The queue, created empty if it does not exist.
     pub fn get_or_create(&mut self, id: &QueueId) -> Result<&mut ConsumeQueue> {
         if !self.queues.contains_key(id) {
-            let files = EntryFiles::open(self.disk.clone(), &queue_dir(id), MAGIC, self.per_file, 0, 0)?;
+            let files = EntryFiles::open(
+                self.disk.clone(),
+                &queue_dir(id),
+                MAGIC,
+                self.per_file,
+                0,
+                0,
+            )?;
             self.queues.insert(id.clone(), ConsumeQueue { files });
         }
         Ok(self.queues.get_mut(id).expect("inserted above"))
@@ -177,7 +205,10 @@ impl ConsumeQueues {
 
     /// Every queue's end offset (for the checkpoint).
     pub fn ends(&self) -> BTreeMap<QueueId, u64> {
-        self.queues.iter().map(|(k, q)| (k.clone(), q.files.end())).collect()
+        self.queues
+            .iter()
+            .map(|(k, q)| (k.clone(), q.files.end()))
+            .collect()
     }
 
     /// Makes every queue durable.

@@ -70,9 +70,18 @@ impl EntryFiles {
     /// owner. Files wholly past `end` are removed (they hold only entries written after the
     /// last checkpoint, which the owner rebuilds); a file whose header does not verify is
     /// corruption.
-    pub fn open(disk: Arc<dyn Disk>, dir: &str, magic: u32, per_file: u64, first: u64, end: u64) -> Result<Self> {
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        dir: &str,
+        magic: u32,
+        per_file: u64,
+        first: u64,
+        end: u64,
+    ) -> Result<Self> {
         if per_file == 0 || per_file > PER_FILE_MAX {
-            return Err(StoreError::Config(format!("entries per file {per_file} not in 1..={PER_FILE_MAX}")));
+            return Err(StoreError::Config(format!(
+                "entries per file {per_file} not in 1..={PER_FILE_MAX}"
+            )));
         }
         let mut files = BTreeMap::new();
         for name in disk.list(dir)? {
@@ -83,18 +92,31 @@ impl EntryFiles {
             };
             let file = disk.open(&path)?;
             let mut h = [0u8; HEADER_LEN];
-            file.read_at(0, &mut h).map_err(|e| StoreError::corrupt(&path, 0, format!("short header: {e}")))?;
+            file.read_at(0, &mut h)
+                .map_err(|e| StoreError::corrupt(&path, 0, format!("short header: {e}")))?;
             if le_u32(&h, 0) != magic || le_u32(&h, 24) != crc32c::crc32c(&h[..24]) {
                 return Err(StoreError::corrupt(&path, 0, "bad entry-file header"));
             }
             if h[4] != VERSION || usize::from(u16::from_le_bytes([h[6], h[7]])) != ENTRY_LEN {
-                return Err(StoreError::corrupt(&path, 0, format!("unknown version {} / entry size", h[4])));
+                return Err(StoreError::corrupt(
+                    &path,
+                    0,
+                    format!("unknown version {} / entry size", h[4]),
+                ));
             }
             if le_u64(&h, 8) != start || le_u64(&h, 16) != per_file {
-                return Err(StoreError::corrupt(&path, 8, "header does not match the file name or per_file"));
+                return Err(StoreError::corrupt(
+                    &path,
+                    8,
+                    "header does not match the file name or per_file",
+                ));
             }
             if file.len() != HEADER_LEN as u64 + per_file * ENTRY_LEN as u64 {
-                return Err(StoreError::corrupt(&path, 0, format!("length {}", file.len())));
+                return Err(StoreError::corrupt(
+                    &path,
+                    0,
+                    format!("length {}", file.len()),
+                ));
             }
             if start >= end && start > first {
                 disk.remove(&path)?;
@@ -104,7 +126,16 @@ impl EntryFiles {
         }
         let first = first.max(files.keys().next().copied().unwrap_or(first));
         let end = end.max(first);
-        Ok(Self { disk, dir: dir.to_string(), magic, per_file, files, first, end, synced_end: end })
+        Ok(Self {
+            disk,
+            dir: dir.to_string(),
+            magic,
+            per_file,
+            files,
+            first,
+            end,
+            synced_end: end,
+        })
     }
 
     /// First valid entry number.
@@ -146,13 +177,17 @@ impl EntryFiles {
     /// Reads entry `n`, which must be in `[first, end)`.
     pub fn get(&self, n: u64) -> Result<Entry> {
         if n < self.first || n >= self.end {
-            return Err(StoreError::OutOfRange { what: "entry", value: n, first: self.first, end: self.end });
+            return Err(StoreError::OutOfRange {
+                what: "entry",
+                value: n,
+                first: self.first,
+                end: self.end,
+            });
         }
         let (start, at) = self.locate(n);
-        let file = self
-            .files
-            .get(&start)
-            .ok_or_else(|| StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing"))?;
+        let file = self.files.get(&start).ok_or_else(|| {
+            StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing")
+        })?;
         let mut e = [0u8; ENTRY_LEN];
         file.read_at(at, &mut e)?;
         Ok(e)

@@ -11,7 +11,11 @@ pub enum StoreError {
     Disk(#[from] DiskError),
     /// Data that was durable does not verify: the store refuses to go on rather than skip it.
     #[error("corruption in {file} at byte {position}: {reason}")]
-    Corrupt { file: String, position: u64, reason: String },
+    Corrupt {
+        file: String,
+        position: u64,
+        reason: String,
+    },
     /// Bytes that do not decode as the format they claim to be (wire or disk).
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
@@ -20,7 +24,12 @@ pub enum StoreError {
     InvalidArgument(String),
     /// A position, index or offset that the store does not hold (purged or not yet written).
     #[error("{what} {value} is out of range [{first}, {end})")]
-    OutOfRange { what: &'static str, value: u64, first: u64, end: u64 },
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        first: u64,
+        end: u64,
+    },
     /// The configuration cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -37,10 +46,21 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 impl StoreError {
     pub(crate) fn malformed(what: &'static str, reason: impl Into<String>) -> Self {
-        Self::Malformed { what, reason: reason.into() }
+        Self::Malformed {
+            what,
+            reason: reason.into(),
+        }
     }
 
-    pub(crate) fn corrupt(file: impl Into<String>, position: u64, reason: impl Into<String>) -> Self {
-        Self::Corrupt { file: file.into(), position, reason: reason.into() }
+    pub(crate) fn corrupt(
+        file: impl Into<String>,
+        position: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::Corrupt {
+            file: file.into(),
+            position,
+            reason: reason.into(),
+        }
     }
 }

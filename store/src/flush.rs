@@ -82,7 +82,9 @@ impl FlushHandle {
                 return Err(StoreError::Closed("flusher stopped".into()));
             }
             if st.by_end.len() >= WAITERS_MAX {
-                return Err(StoreError::Closed(format!("more than {WAITERS_MAX} appends wait for a sync")));
+                return Err(StoreError::Closed(format!(
+                    "more than {WAITERS_MAX} appends wait for a sync"
+                )));
             }
             let (tx, rx) = oneshot::channel();
             let seq = st.next_seq;

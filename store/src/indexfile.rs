@@ -116,7 +116,11 @@ impl Header {
             return Err(StoreError::corrupt(path, 60, "bad index file header crc"));
         }
         if b[4] != VERSION {
-            return Err(StoreError::corrupt(path, 4, format!("unknown index file version {}", b[4])));
+            return Err(StoreError::corrupt(
+                path,
+                4,
+                format!("unknown index file version {}", b[4]),
+            ));
         }
         let h = Header {
             slot_count: le_u32(b, 8),
@@ -127,11 +131,26 @@ impl Header {
             end_pos: le_u64(b, 40),
             count: le_u32(b, 48),
         };
-        if h.slot_count == 0 || h.slot_count > SLOTS_MAX || h.max_entries == 0 || h.max_entries > ENTRIES_MAX {
-            return Err(StoreError::corrupt(path, 8, format!("bad sizes {} slots / {} entries", h.slot_count, h.max_entries)));
+        if h.slot_count == 0
+            || h.slot_count > SLOTS_MAX
+            || h.max_entries == 0
+            || h.max_entries > ENTRIES_MAX
+        {
+            return Err(StoreError::corrupt(
+                path,
+                8,
+                format!(
+                    "bad sizes {} slots / {} entries",
+                    h.slot_count, h.max_entries
+                ),
+            ));
         }
         if h.count > h.max_entries {
-            return Err(StoreError::corrupt(path, 48, format!("entry count {} > {}", h.count, h.max_entries)));
+            return Err(StoreError::corrupt(
+                path,
+                48,
+                format!("entry count {} > {}", h.count, h.max_entries),
+            ));
         }
         Ok(h)
     }
@@ -165,7 +184,11 @@ struct IndexFile {
 impl IndexFile {
     fn read_entry(&self, n: u32) -> Result<RawEntry> {
         if n >= self.header.count {
-            return Err(StoreError::corrupt(self.file.path(), 48, format!("entry {n} >= count {}", self.header.count)));
+            return Err(StoreError::corrupt(
+                self.file.path(),
+                48,
+                format!("entry {n} >= count {}", self.header.count),
+            ));
         }
         let mut b = [0u8; ENTRY_LEN as usize];
         self.file.read_at(self.header.entry_at(n), &mut b)?;
@@ -180,18 +203,21 @@ impl IndexFile {
 
     fn read_slot(&self, slot: u32) -> Result<u32> {
         let mut b = [0u8; 4];
-        self.file.read_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &mut b)?;
+        self.file
+            .read_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
     fn write_slot(&self, slot: u32, v: u32) -> Result<()> {
-        self.file.write_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &v.to_le_bytes())?;
+        self.file
+            .write_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &v.to_le_bytes())?;
         Ok(())
     }
 
     fn has_room(&self, ts: u64) -> bool {
         self.header.count < self.header.max_entries
-            && (self.header.count == 0 || ts.saturating_sub(self.header.begin_ts) <= u64::from(u32::MAX))
+            && (self.header.count == 0
+                || ts.saturating_sub(self.header.begin_ts) <= u64::from(u32::MAX))
     }
 
     fn put(&mut self, hash: u32, position: Position, size: u32, ts: u64) -> Result<()> {
@@ -220,7 +246,14 @@ impl IndexFile {
         Ok(())
     }
 
-    fn query(&self, hash: u32, begin_ts: u64, end_ts: u64, max: usize, out: &mut Vec<IndexHit>) -> Result<()> {
+    fn query(
+        &self,
+        hash: u32,
+        begin_ts: u64,
+        end_ts: u64,
+        max: usize,
+        out: &mut Vec<IndexHit>,
+    ) -> Result<()> {
         let h = &self.header;
         if h.count == 0 || h.end_ts < begin_ts || h.begin_ts > end_ts {
             return Ok(());
@@ -232,15 +265,27 @@ impl IndexFile {
             steps += 1;
             if n >= h.count || steps > h.count {
                 // A link past the count or a cycle: never trust it, never loop on it.
-                return Err(StoreError::corrupt(self.file.path(), h.entry_at(n.min(h.count)), "broken index chain"));
+                return Err(StoreError::corrupt(
+                    self.file.path(),
+                    h.entry_at(n.min(h.count)),
+                    "broken index chain",
+                ));
             }
             let e = self.read_entry(n)?;
             let ts = h.begin_ts + u64::from(e.delta);
             if e.hash == hash && ts >= begin_ts && ts <= end_ts {
-                out.push(IndexHit { position: Position(e.position), size: e.size, timestamp_ms: ts });
+                out.push(IndexHit {
+                    position: Position(e.position),
+                    size: e.size,
+                    timestamp_ms: ts,
+                });
             }
             if e.prev > n {
-                return Err(StoreError::corrupt(self.file.path(), h.entry_at(n), "index chain points forward"));
+                return Err(StoreError::corrupt(
+                    self.file.path(),
+                    h.entry_at(n),
+                    "index chain points forward",
+                ));
             }
             next = e.prev;
         }
@@ -250,18 +295,30 @@ impl IndexFile {
     /// Recovery: keep the first `count` entries, rebuild slots and header from them.
     fn rebuild(&mut self, count: u32, begin_ts: u64) -> Result<()> {
         if count > self.header.max_entries {
-            return Err(StoreError::corrupt(self.file.path(), 48, format!("checkpoint count {count} too large")));
+            return Err(StoreError::corrupt(
+                self.file.path(),
+                48,
+                format!("checkpoint count {count} too large"),
+            ));
         }
         let slots_len = (u64::from(self.header.slot_count) * SLOT_LEN) as usize;
         let mut slots = vec![0u8; slots_len];
-        let mut h = Header { slot_count: self.header.slot_count, max_entries: self.header.max_entries, ..Header::default() };
+        let mut h = Header {
+            slot_count: self.header.slot_count,
+            max_entries: self.header.max_entries,
+            ..Header::default()
+        };
         h.count = count;
         let old_begin = begin_ts;
         self.header = h;
         for n in 0..count {
             let e = self.read_entry(n)?;
             if e.prev > n {
-                return Err(StoreError::corrupt(self.file.path(), self.header.entry_at(n), "index chain points forward"));
+                return Err(StoreError::corrupt(
+                    self.file.path(),
+                    self.header.entry_at(n),
+                    "index chain points forward",
+                ));
             }
             let s = (e.hash % h.slot_count) as usize * SLOT_LEN as usize;
             slots[s..s + 4].copy_from_slice(&(n + 1).to_le_bytes());
@@ -311,15 +368,32 @@ fn path(seq: u64) -> String {
 impl IndexFiles {
     /// Opens the index as it stood at `ckpt`: files after it are deleted, the checkpoint's
     /// file is rebuilt from its first `ckpt.count` entries.
-    pub fn open(disk: Arc<dyn Disk>, config: IndexFileConfig, ckpt: IndexCheckpoint) -> Result<Self> {
-        if config.slot_count == 0 || config.slot_count > SLOTS_MAX || config.max_entries == 0 || config.max_entries > ENTRIES_MAX {
-            return Err(StoreError::Config(format!("index file sizes {config:?} out of range")));
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        config: IndexFileConfig,
+        ckpt: IndexCheckpoint,
+    ) -> Result<Self> {
+        if config.slot_count == 0
+            || config.slot_count > SLOTS_MAX
+            || config.max_entries == 0
+            || config.max_entries > ENTRIES_MAX
+        {
+            return Err(StoreError::Config(format!(
+                "index file sizes {config:?} out of range"
+            )));
         }
         let mut files = Vec::new();
         for name in disk.list(DIR)? {
             let p = format!("{DIR}/{name}");
-            let Some(seq) = (name.len() == 20).then(|| name.parse::<u64>().ok()).flatten() else {
-                return Err(StoreError::corrupt(p, 0, "unexpected file in the index directory"));
+            let Some(seq) = (name.len() == 20)
+                .then(|| name.parse::<u64>().ok())
+                .flatten()
+            else {
+                return Err(StoreError::corrupt(
+                    p,
+                    0,
+                    "unexpected file in the index directory",
+                ));
             };
             if seq > ckpt.seq || (seq == ckpt.seq && ckpt.count == 0) {
                 disk.remove(&p)?;
@@ -327,7 +401,8 @@ impl IndexFiles {
             }
             let file = disk.open(&p)?;
             let mut hb = [0u8; HEADER_LEN as usize];
-            file.read_at(0, &mut hb).map_err(|e| StoreError::corrupt(&p, 0, format!("short header: {e}")))?;
+            file.read_at(0, &mut hb)
+                .map_err(|e| StoreError::corrupt(&p, 0, format!("short header: {e}")))?;
             let header = match Header::decode(&hb, &p) {
                 Ok(h) => h,
                 // The newest file's header is rewritten on every put and may be torn by a
@@ -340,7 +415,11 @@ impl IndexFiles {
                 Err(e) => return Err(e),
             };
             if file.len() != header.file_len() {
-                return Err(StoreError::corrupt(p, 0, format!("length {} != {}", file.len(), header.file_len())));
+                return Err(StoreError::corrupt(
+                    p,
+                    0,
+                    format!("length {} != {}", file.len(), header.file_len()),
+                ));
             }
             let mut f = IndexFile { seq, file, header };
             if seq == ckpt.seq {
@@ -348,16 +427,30 @@ impl IndexFiles {
             }
             files.push(f);
         }
-        Ok(Self { disk, config, files })
+        Ok(Self {
+            disk,
+            config,
+            files,
+        })
     }
 
     /// Indexes `key` of a message of `topic` at `position`.
-    pub fn put(&mut self, topic: &str, key: &str, position: Position, size: u32, ts: u64) -> Result<()> {
+    pub fn put(
+        &mut self,
+        topic: &str,
+        key: &str,
+        position: Position,
+        size: u32,
+        ts: u64,
+    ) -> Result<()> {
         let hash = key_hash(topic, key);
         if !self.files.last().is_some_and(|f| f.has_room(ts)) {
             self.roll()?;
         }
-        self.files.last_mut().expect("roll added a file").put(hash, position, size, ts)
+        self.files
+            .last_mut()
+            .expect("roll added a file")
+            .put(hash, position, size, ts)
     }
 
     fn roll(&mut self) -> Result<()> {
@@ -365,7 +458,11 @@ impl IndexFiles {
             f.file.sync_all()?;
         }
         let seq = self.files.last().map_or(0, |f| f.seq + 1);
-        let header = Header { slot_count: self.config.slot_count, max_entries: self.config.max_entries, ..Header::default() };
+        let header = Header {
+            slot_count: self.config.slot_count,
+            max_entries: self.config.max_entries,
+            ..Header::default()
+        };
         let file = self.disk.create(&path(seq), header.file_len())?;
         file.write_at(0, &header.encode())?;
         file.sync_range(0, HEADER_LEN)?;
@@ -375,7 +472,14 @@ impl IndexFiles {
 
     /// Positions of messages of `topic` whose key hashes like `key`, stored within
     /// `[begin_ts, end_ts]`, newest first, at most `max`.
-    pub fn query(&self, topic: &str, key: &str, begin_ts: u64, end_ts: u64, max: usize) -> Result<Vec<IndexHit>> {
+    pub fn query(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ts: u64,
+        end_ts: u64,
+        max: usize,
+    ) -> Result<Vec<IndexHit>> {
         let hash = key_hash(topic, key);
         let mut out = Vec::new();
         for f in self.files.iter().rev() {
@@ -392,7 +496,11 @@ impl IndexFiles {
         match self.files.last() {
             Some(f) => {
                 f.file.sync_all()?;
-                Ok(IndexCheckpoint { seq: f.seq, count: f.header.count, begin_ts: f.header.begin_ts })
+                Ok(IndexCheckpoint {
+                    seq: f.seq,
+                    count: f.header.count,
+                    begin_ts: f.header.begin_ts,
+                })
             }
             None => Ok(IndexCheckpoint::default()),
         }

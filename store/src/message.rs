@@ -89,7 +89,9 @@ pub struct Message {
 
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<()> {
     if len > max {
-        return Err(StoreError::InvalidArgument(format!("{field} is {len} bytes, more than {max}")));
+        return Err(StoreError::InvalidArgument(format!(
+            "{field} is {len} bytes, more than {max}"
+        )));
     }
     Ok(())
 }
@@ -116,7 +118,10 @@ impl Message {
     }
 
     fn properties_len(&self) -> usize {
-        self.properties.iter().map(|(k, v)| 4 + k.len() + v.len()).sum()
+        self.properties
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum()
     }
 
     /// The encoded size of this message.
@@ -167,7 +172,11 @@ impl Message {
         }
         out.put_u32(self.body.len() as u32);
         out.extend_from_slice(&self.body);
-        assert_eq!(out.len() - start, len, "encoded_len must match the encoding");
+        assert_eq!(
+            out.len() - start,
+            len,
+            "encoded_len must match the encoding"
+        );
         let crc = crc32c::crc32c(&out[start + 8..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
         Ok(())
@@ -180,17 +189,26 @@ impl Message {
         if len != bytes.len() || !(MESSAGE_FIXED_LEN..=MESSAGE_MAX).contains(&len) {
             return Err(StoreError::malformed(
                 "message",
-                format!("length field {len} does not match {} available bytes", bytes.len()),
+                format!(
+                    "length field {len} does not match {} available bytes",
+                    bytes.len()
+                ),
             ));
         }
         let crc = r.u32()?;
         let actual = crc32c::crc32c(&bytes[8..]);
         if crc != actual {
-            return Err(StoreError::malformed("message", format!("crc {crc:#010x} != computed {actual:#010x}")));
+            return Err(StoreError::malformed(
+                "message",
+                format!("crc {crc:#010x} != computed {actual:#010x}"),
+            ));
         }
         let version = r.u8()?;
         if version != MESSAGE_VERSION {
-            return Err(StoreError::malformed("message", format!("unknown version {version}")));
+            return Err(StoreError::malformed(
+                "message",
+                format!("unknown version {version}"),
+            ));
         }
         r.bytes(3)?;
         let queue_id = r.u32()?;
@@ -205,7 +223,10 @@ impl Message {
         let tags = r.str16("tags", TAG_MAX)?.to_string();
         let key_count = r.u16()? as usize;
         if key_count > KEYS_MAX {
-            return Err(StoreError::malformed("message", format!("{key_count} keys, more than {KEYS_MAX}")));
+            return Err(StoreError::malformed(
+                "message",
+                format!("{key_count} keys, more than {KEYS_MAX}"),
+            ));
         }
         let mut keys = Vec::with_capacity(key_count);
         for _ in 0..key_count {
@@ -213,7 +234,10 @@ impl Message {
         }
         let props_len = r.u32()? as usize;
         if props_len > PROPERTIES_MAX {
-            return Err(StoreError::malformed("message", format!("properties {props_len} > {PROPERTIES_MAX}")));
+            return Err(StoreError::malformed(
+                "message",
+                format!("properties {props_len} > {PROPERTIES_MAX}"),
+            ));
         }
         let mut pr = Reader::new(r.bytes(props_len)?, "message properties");
         let mut properties = BTreeMap::new();
@@ -224,7 +248,10 @@ impl Message {
         }
         let body_len = r.u32()? as usize;
         if body_len > BODY_MAX {
-            return Err(StoreError::malformed("message", format!("body {body_len} > {BODY_MAX}")));
+            return Err(StoreError::malformed(
+                "message",
+                format!("body {body_len} > {BODY_MAX}"),
+            ));
         }
         let body = r.bytes(body_len)?.to_vec();
         r.finish()?;
@@ -275,17 +302,26 @@ pub fn split_batch(payload: &[u8]) -> Result<Vec<MessageSpan>> {
     let mut r = Reader::new(payload, "messages payload");
     let count = r.u32()? as usize;
     if count == 0 || count > BATCH_MESSAGES_MAX {
-        return Err(StoreError::malformed("messages payload", format!("count {count}")));
+        return Err(StoreError::malformed(
+            "messages payload",
+            format!("count {count}"),
+        ));
     }
     let mut spans = Vec::with_capacity(count.min(payload.len() / MESSAGE_FIXED_LEN + 1));
     for _ in 0..count {
         let offset = r.position();
         let len = r.u32()? as usize;
         if !(MESSAGE_FIXED_LEN..=MESSAGE_MAX).contains(&len) {
-            return Err(StoreError::malformed("messages payload", format!("message length {len}")));
+            return Err(StoreError::malformed(
+                "messages payload",
+                format!("message length {len}"),
+            ));
         }
         r.bytes(len - 4)?;
-        spans.push(MessageSpan { offset: offset as u32, len: len as u32 });
+        spans.push(MessageSpan {
+            offset: offset as u32,
+            len: len as u32,
+        });
     }
     r.finish()?;
     Ok(spans)
@@ -301,7 +337,11 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Message>> {
 
 /// The stable 64-bit tag hash stored in ConsumeQueue entries (0 for no tag).
 pub fn tag_hash(tags: &str) -> u64 {
-    if tags.is_empty() { 0 } else { u64::from(crc32c::crc32c(tags.as_bytes())) | (1 << 32) }
+    if tags.is_empty() {
+        0
+    } else {
+        u64::from(crc32c::crc32c(tags.as_bytes())) | (1 << 32)
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
+};
 
 use crate::codec::{PutLe, Reader};
 use crate::commitlog::ChainPoint;
@@ -71,7 +73,12 @@ impl TopicConfig {
     fn decode(name: &str, b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "topic config");
         check_version(r.u8()?, "topic config")?;
-        let t = TopicConfig { name: name.to_string(), read_queue_nums: r.u32()?, write_queue_nums: r.u32()?, perm: r.u32()? };
+        let t = TopicConfig {
+            name: name.to_string(),
+            read_queue_nums: r.u32()?,
+            write_queue_nums: r.u32()?,
+            perm: r.u32()?,
+        };
         r.finish()?;
         Ok(t)
     }
@@ -105,7 +112,10 @@ fn get_opt(r: &mut Reader<'_>) -> Result<Option<LogIndex>> {
     match has {
         0 => Ok(None),
         1 => Ok(Some(LogIndex(v))),
-        x => Err(StoreError::malformed("checkpoint", format!("option tag {x}"))),
+        x => Err(StoreError::malformed(
+            "checkpoint",
+            format!("option tag {x}"),
+        )),
     }
 }
 
@@ -130,11 +140,19 @@ impl Checkpoint {
         let mut r = Reader::new(b, "checkpoint");
         check_version(r.u8()?, "checkpoint")?;
         let c = Checkpoint {
-            log: ChainPoint { position: Position(r.u64()?), prev_crc: r.u32()?, last_index: get_opt(&mut r)? },
+            log: ChainPoint {
+                position: Position(r.u64()?),
+                prev_crc: r.u32()?,
+                last_index: get_opt(&mut r)?,
+            },
             log_first: LogIndex(r.u64()?),
             dispatched_index: get_opt(&mut r)?,
             dispatched_position: Position(r.u64()?),
-            index: IndexCheckpoint { seq: r.u64()?, count: r.u32()?, begin_ts: r.u64()? },
+            index: IndexCheckpoint {
+                seq: r.u64()?,
+                count: r.u32()?,
+                begin_ts: r.u64()?,
+            },
             purged_index: get_opt(&mut r)?,
         };
         r.finish()?;
@@ -161,7 +179,11 @@ fn encode_log_id(id: &LogId) -> Vec<u8> {
 fn decode_log_id(b: &[u8]) -> Result<LogId> {
     let mut r = Reader::new(b, "log id");
     check_version(r.u8()?, "log id")?;
-    let id = LogId { term: r.u64()?, node_id: r.u64()?, index: LogIndex(r.u64()?) };
+    let id = LogId {
+        term: r.u64()?,
+        node_id: r.u64()?,
+        index: LogIndex(r.u64()?),
+    };
     r.finish()?;
     Ok(id)
 }
@@ -211,8 +233,14 @@ pub struct MetaStore {
 impl MetaStore {
     /// Opens (creating if missing) the metadata database.
     pub fn open(disk: &dyn Disk) -> Result<Self> {
-        let file = if disk.exists(FILE) { disk.open(FILE)? } else { disk.create(FILE, 0)? };
-        let db = Database::builder().create_with_backend(SeamBackend { file }).map_err(meta_err)?;
+        let file = if disk.exists(FILE) {
+            disk.open(FILE)?
+        } else {
+            disk.create(FILE, 0)?
+        };
+        let db = Database::builder()
+            .create_with_backend(SeamBackend { file })
+            .map_err(meta_err)?;
         let store = Self { db };
         // Create every table once so that reads never meet a missing table.
         let mut txn = store.begin(true)?;
@@ -224,7 +252,12 @@ impl MetaStore {
     /// Starts a write transaction; `durable` commits wait for the data to be synced.
     pub fn begin(&self, durable: bool) -> Result<MetaTxn> {
         let mut txn = self.db.begin_write().map_err(meta_err)?;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(meta_err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(meta_err)?;
         Ok(MetaTxn { txn })
     }
 
@@ -261,7 +294,10 @@ impl MetaStore {
     pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
         self.read(|t| {
             let table = t.open_table(OFFSETS).map_err(meta_err)?;
-            Ok(table.get((group, topic, queue_id)).map_err(meta_err)?.map(|v| v.value()))
+            Ok(table
+                .get((group, topic, queue_id))
+                .map_err(meta_err)?
+                .map(|v| v.value()))
         })
     }
 
@@ -281,12 +317,14 @@ impl MetaStore {
 
     /// The last applied log id.
     pub fn applied(&self) -> Result<Option<LogId>> {
-        self.state("applied").and_then(|v| v.map(|b| decode_log_id(&b)).transpose())
+        self.state("applied")
+            .and_then(|v| v.map(|b| decode_log_id(&b)).transpose())
     }
 
     /// The last checkpoint.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
-        self.state("checkpoint").and_then(|v| v.map(|b| Checkpoint::decode(&b)).transpose())
+        self.state("checkpoint")
+            .and_then(|v| v.map(|b| Checkpoint::decode(&b)).transpose())
     }
 
     /// ConsumeQueue ends at the last checkpoint.
@@ -297,7 +335,13 @@ impl MetaStore {
             for row in table.iter().map_err(meta_err)? {
                 let (k, v) = row.map_err(meta_err)?;
                 let (topic, queue_id) = k.value();
-                out.insert(QueueId { topic: topic.to_string(), queue_id }, v.value());
+                out.insert(
+                    QueueId {
+                        topic: topic.to_string(),
+                        queue_id,
+                    },
+                    v.value(),
+                );
             }
             Ok(out)
         })
@@ -306,7 +350,10 @@ impl MetaStore {
     fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read(|t| {
             let table = t.open_table(STATE).map_err(meta_err)?;
-            Ok(table.get(key).map_err(meta_err)?.map(|v| v.value().to_vec()))
+            Ok(table
+                .get(key)
+                .map_err(meta_err)?
+                .map(|v| v.value().to_vec()))
         })
     }
 }
@@ -328,7 +375,9 @@ impl MetaTxn {
     /// Creates or replaces a topic.
     pub fn put_topic(&mut self, t: &TopicConfig) -> Result<()> {
         let mut table = self.txn.open_table(TOPICS).map_err(meta_err)?;
-        table.insert(t.name.as_str(), t.encode().as_slice()).map_err(meta_err)?;
+        table
+            .insert(t.name.as_str(), t.encode().as_slice())
+            .map_err(meta_err)?;
         Ok(())
     }
 
@@ -339,9 +388,17 @@ impl MetaTxn {
     }
 
     /// Records a consumer group's offset on one queue.
-    pub fn set_consumer_offset(&mut self, group: &str, topic: &str, queue_id: u32, offset: u64) -> Result<()> {
+    pub fn set_consumer_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<()> {
         let mut table = self.txn.open_table(OFFSETS).map_err(meta_err)?;
-        table.insert((group, topic, queue_id), offset).map_err(meta_err)?;
+        table
+            .insert((group, topic, queue_id), offset)
+            .map_err(meta_err)?;
         Ok(())
     }
 
@@ -351,11 +408,17 @@ impl MetaTxn {
     }
 
     /// Records a checkpoint together with the ConsumeQueue ends it vouches for.
-    pub fn set_checkpoint(&mut self, c: &Checkpoint, cq_ends: &BTreeMap<QueueId, u64>) -> Result<()> {
+    pub fn set_checkpoint(
+        &mut self,
+        c: &Checkpoint,
+        cq_ends: &BTreeMap<QueueId, u64>,
+    ) -> Result<()> {
         self.put_state("checkpoint", &c.encode())?;
         let mut table = self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
         for (q, end) in cq_ends {
-            table.insert((q.topic.as_str(), q.queue_id), *end).map_err(meta_err)?;
+            table
+                .insert((q.topic.as_str(), q.queue_id), *end)
+                .map_err(meta_err)?;
         }
         Ok(())
     }

@@ -43,7 +43,11 @@ impl IndexEntry {
     }
 
     fn decode(e: &Entry) -> Self {
-        Self { position: Position(le_u64(e, 0)), len: le_u32(e, 8), term: le_u64(e, 12) }
+        Self {
+            position: Position(le_u64(e, 0)),
+            len: le_u32(e, 8),
+            term: le_u64(e, 12),
+        }
     }
 }
 
@@ -55,8 +59,15 @@ pub struct RaftIndex {
 
 impl RaftIndex {
     /// Opens the index holding log indexes `[first, end)`.
-    pub fn open(disk: Arc<dyn Disk>, per_file: u64, first: LogIndex, end: LogIndex) -> Result<Self> {
-        Ok(Self { files: EntryFiles::open(disk, DIR, MAGIC, per_file, first.0, end.0)? })
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        per_file: u64,
+        first: LogIndex,
+        end: LogIndex,
+    ) -> Result<Self> {
+        Ok(Self {
+            files: EntryFiles::open(disk, DIR, MAGIC, per_file, first.0, end.0)?,
+        })
     }
 
     /// Records where log index `index` lives. Indexes must be appended consecutively; the

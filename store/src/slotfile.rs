@@ -53,7 +53,11 @@ fn decode(b: &[u8], path: &str, at: u64) -> Result<Option<(u64, u64)>> {
         return Ok(None);
     }
     if b[4] != SLOT_VERSION {
-        return Err(StoreError::corrupt(path, at, format!("unknown slot version {}", b[4])));
+        return Err(StoreError::corrupt(
+            path,
+            at,
+            format!("unknown slot version {}", b[4]),
+        ));
     }
     Ok(Some((le_u64(b, 8), le_u64(b, 16))))
 }
@@ -63,24 +67,34 @@ impl SlotFile {
     pub(crate) fn open(disk: &dyn Disk, path: &str, initial: u64) -> Result<Self> {
         if !disk.exists(path) {
             let file = disk.create(path, FILE_LEN)?;
-            let mut s = Self { file, seq: 0, value: initial };
+            let mut s = Self {
+                file,
+                seq: 0,
+                value: initial,
+            };
             s.store(initial)?;
             return Ok(s);
         }
         let file = disk.open(path)?;
         if file.len() != FILE_LEN {
-            return Err(StoreError::corrupt(path, 0, format!("length {} != {FILE_LEN}", file.len())));
+            return Err(StoreError::corrupt(
+                path,
+                0,
+                format!("length {} != {FILE_LEN}", file.len()),
+            ));
         }
         let mut best: Option<(u64, u64)> = None;
         for i in 0..2 {
             let mut b = [0u8; SLOT_LEN];
             file.read_at(i * SLOT_STRIDE, &mut b)?;
             if let Some((seq, value)) = decode(&b, path, i * SLOT_STRIDE)?
-                && best.is_none_or(|(s, _)| seq > s) {
-                    best = Some((seq, value));
-                }
+                && best.is_none_or(|(s, _)| seq > s)
+            {
+                best = Some((seq, value));
+            }
         }
-        let (seq, value) = best.ok_or_else(|| StoreError::corrupt(path, 0, "neither slot is valid"))?;
+        let (seq, value) =
+            best.ok_or_else(|| StoreError::corrupt(path, 0, "neither slot is valid"))?;
         Ok(Self { file, seq, value })
     }
 

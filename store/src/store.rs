@@ -70,14 +70,29 @@ impl Store {
         let meta = MetaStore::open(disk.as_ref())?;
         let ckpt = meta.checkpoint()?.unwrap_or_default();
         let (log, scanned) = CommitLog::open(disk.clone(), config.segment_bytes, ckpt.log)?;
-        let log_end = ckpt.log.last_index.map_or(ckpt.log_first, |i| LogIndex(i.0 + 1));
-        let mut raft_index = RaftIndex::open(disk.clone(), config.raft_index_per_file, ckpt.log_first, log_end)?;
+        let log_end = ckpt
+            .log
+            .last_index
+            .map_or(ckpt.log_first, |i| LogIndex(i.0 + 1));
+        let mut raft_index = RaftIndex::open(
+            disk.clone(),
+            config.raft_index_per_file,
+            ckpt.log_first,
+            log_end,
+        )?;
         for r in &scanned {
-            let e = IndexEntry { position: r.position, len: r.header.len, term: r.header.term };
+            let e = IndexEntry {
+                position: r.position,
+                len: r.header.len,
+                term: r.header.term,
+            };
             raft_index.append(r.header.index, e)?;
         }
         let cqs = ConsumeQueues::open(disk.clone(), config.cq_per_file, &meta.cq_ends()?)?;
-        let index_cfg = IndexFileConfig { slot_count: config.index_slots, max_entries: config.index_max_entries };
+        let index_cfg = IndexFileConfig {
+            slot_count: config.index_slots,
+            max_entries: config.index_max_entries,
+        };
         let index = IndexFiles::open(disk.clone(), index_cfg, ckpt.index)?;
         let reader = log.reader();
         let mut store = Store {
@@ -101,7 +116,9 @@ impl Store {
 
     /// Dispatches again what the state machine had applied past the checkpoint.
     fn redispatch(&mut self) -> Result<()> {
-        let Some(applied) = self.meta.applied()?.map(|a| a.index) else { return Ok(()) };
+        let Some(applied) = self.meta.applied()?.map(|a| a.index) else {
+            return Ok(());
+        };
         let last = self.raft_index.last();
         let target = match last {
             Some(l) if l < applied => {
@@ -135,7 +152,9 @@ impl Store {
     /// [`Store::sync`]) covers the last position.
     pub fn append(&mut self, entries: &[EntryRef<'_>]) -> Result<Vec<RecordLoc>> {
         for e in entries {
-            if (e.payload.len() as u64).saturating_add(crate::commitlog::record::HEADER_LEN as u64) > self.config.max_record_bytes {
+            if (e.payload.len() as u64).saturating_add(crate::commitlog::record::HEADER_LEN as u64)
+                > self.config.max_record_bytes
+            {
                 return Err(StoreError::InvalidArgument(format!(
                     "entry {} is {} bytes, over max_record_bytes {}",
                     e.index,
@@ -146,7 +165,14 @@ impl Store {
         }
         let locs = self.log.append(entries)?;
         for (e, loc) in entries.iter().zip(&locs) {
-            self.raft_index.append(e.index, IndexEntry { position: loc.position, len: loc.len, term: e.term })?;
+            self.raft_index.append(
+                e.index,
+                IndexEntry {
+                    position: loc.position,
+                    len: loc.len,
+                    term: e.term,
+                },
+            )?;
         }
         Ok(locs)
     }
@@ -178,7 +204,10 @@ impl Store {
             return Err(StoreError::corrupt(
                 crate::raftindex::DIR,
                 index.0,
-                format!("raft index says {at:?} but the record there is {:?}", rec.header),
+                format!(
+                    "raft index says {at:?} but the record there is {:?}",
+                    rec.header
+                ),
             ));
         }
         Ok(rec)
@@ -205,7 +234,11 @@ impl Store {
         if self.ckpt.log.position > at {
             // The checkpoint must never point past the end of the log.
             let header = self.reader.read_header(at)?;
-            let point = ChainPoint { position: at, prev_crc: header.prev_crc, last_index: last_kept };
+            let point = ChainPoint {
+                position: at,
+                prev_crc: header.prev_crc,
+                last_index: last_kept,
+            };
             self.raft_index.truncate(from)?;
             self.write_checkpoint(point)?;
         }
@@ -230,7 +263,9 @@ impl Store {
     /// dispatched are skipped.
     pub fn dispatch_upto(&mut self, upto: LogIndex) -> Result<Vec<Assigned>> {
         let mut out = Vec::new();
-        let mut next = self.dispatched.map_or(self.raft_index.first(), |d| LogIndex(d.0 + 1));
+        let mut next = self
+            .dispatched
+            .map_or(self.raft_index.first(), |d| LogIndex(d.0 + 1));
         while next <= upto {
             let rec = self.read_entry(next)?;
             if rec.header.kind == RecordKind::MESSAGES {
@@ -264,15 +299,40 @@ impl Store {
                 }
             };
             let position = Position(base + u64::from(span.offset));
-            let queue = QueueId { topic: m.topic.clone(), queue_id: m.queue_id };
-            let entry = CqEntry { position, size: span.len, tag_hash: message::tag_hash(&m.tags) };
+            let queue = QueueId {
+                topic: m.topic.clone(),
+                queue_id: m.queue_id,
+            };
+            let entry = CqEntry {
+                position,
+                size: span.len,
+                tag_hash: message::tag_hash(&m.tags),
+            };
             let offset = self.cqs.get_or_create(&queue)?.append(entry)?;
-            for key in m.keys.iter().chain(std::iter::once(&m.msg_id)).filter(|k| !k.is_empty()) {
-                self.index.put(&m.topic, key, position, span.len, m.store_timestamp_ms)?;
+            for key in m
+                .keys
+                .iter()
+                .chain(std::iter::once(&m.msg_id))
+                .filter(|k| !k.is_empty())
+            {
+                self.index
+                    .put(&m.topic, key, position, span.len, m.store_timestamp_ms)?;
             }
-            out.push(Assigned { index: rec.header.index, queue, offset, position, size: span.len });
+            out.push(Assigned {
+                index: rec.header.index,
+                queue,
+                offset,
+                position,
+                size: span.len,
+            });
         }
         Ok(())
+    }
+
+    /// Verifies every retained CommitLog record (see [`CommitLogReader::verify`]); returns
+    /// how many entries it checked.
+    pub fn verify(&self) -> Result<u64> {
+        self.reader.verify()
     }
 
     /// The highest dispatched index.
@@ -320,18 +380,26 @@ impl Store {
 
     /// The smallest and one-past-largest offsets of a queue (`(0, 0)` if it does not exist).
     pub fn queue_bounds(&self, queue: &QueueId) -> (QueueOffset, QueueOffset) {
-        self.cqs.get(queue).map_or((QueueOffset(0), QueueOffset(0)), |q| (q.min_offset(), q.max_offset()))
+        self.cqs
+            .get(queue)
+            .map_or((QueueOffset(0), QueueOffset(0)), |q| {
+                (q.min_offset(), q.max_offset())
+            })
     }
 
     /// Every queue with its bounds.
     pub fn queues(&self) -> Vec<(QueueId, QueueOffset, QueueOffset)> {
-        self.cqs.iter().map(|(k, q)| (k.clone(), q.min_offset(), q.max_offset())).collect()
+        self.cqs
+            .iter()
+            .map(|(k, q)| (k.clone(), q.min_offset(), q.max_offset()))
+            .collect()
     }
 
     /// Reads and verifies the message at `position` (`size` bytes).
     pub fn read_message(&self, position: Position, size: u32) -> Result<Message> {
         let bytes = self.reader.read_bytes(position, size)?;
-        Message::decode(&bytes).map_err(|e| StoreError::corrupt(crate::commitlog::DIR, position.0, e.to_string()))
+        Message::decode(&bytes)
+            .map_err(|e| StoreError::corrupt(crate::commitlog::DIR, position.0, e.to_string()))
     }
 
     /// Reads the message at a queue offset.
@@ -343,16 +411,30 @@ impl Store {
     /// The first offset of `queue` whose message was stored at or after `timestamp_ms`
     /// (the queue's max offset if none).
     pub fn offset_at_time(&self, queue: &QueueId, timestamp_ms: u64) -> Result<QueueOffset> {
-        let Some(q) = self.cqs.get(queue) else { return Ok(QueueOffset(0)) };
-        q.partition_point(|e| Ok(self.read_message(e.position, e.size)?.store_timestamp_ms >= timestamp_ms))
+        let Some(q) = self.cqs.get(queue) else {
+            return Ok(QueueOffset(0));
+        };
+        q.partition_point(|e| {
+            Ok(self.read_message(e.position, e.size)?.store_timestamp_ms >= timestamp_ms)
+        })
     }
 
     /// Messages of `topic` with key (or unique id) `key`, stored within
     /// `[begin_ts, end_ts]`, newest first, at most `max`.
-    pub fn query_by_key(&self, topic: &str, key: &str, begin_ts: u64, end_ts: u64, max: usize) -> Result<Vec<(Position, Message)>> {
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ts: u64,
+        end_ts: u64,
+        max: usize,
+    ) -> Result<Vec<(Position, Message)>> {
         let mut out = Vec::new();
         // Hash collisions are dropped here, so ask the index for more than `max` hits.
-        for hit in self.index.query(topic, key, begin_ts, end_ts, max.saturating_mul(4).max(16))? {
+        for hit in self
+            .index
+            .query(topic, key, begin_ts, end_ts, max.saturating_mul(4).max(16))?
+        {
             if out.len() >= max || hit.position < self.reader.first() {
                 continue;
             }
@@ -379,13 +461,18 @@ impl Store {
                 break;
             }
             match self.first_timestamp(next)? {
-                Some(ts) if ts.saturating_add(self.config.file_reserved_time_ms) <= now_ms => cut = Some(next),
+                Some(ts) if ts.saturating_add(self.config.file_reserved_time_ms) <= now_ms => {
+                    cut = Some(next)
+                }
                 _ => break,
             }
             debug_assert_eq!(start.0 + seg, next.0);
         }
         let Some(new_first) = cut else {
-            return Ok(RetentionReport { segments_deleted: 0, first_position: self.reader.first() });
+            return Ok(RetentionReport {
+                segments_deleted: 0,
+                first_position: self.reader.first(),
+            });
         };
         // The checkpoint must be at or past the new first position before segments go.
         self.checkpoint()?;
@@ -398,7 +485,10 @@ impl Store {
             self.purged = Some(LogIndex(first_index.0 - 1)).max(self.purged);
         }
         self.write_checkpoint(self.log.tail())?;
-        Ok(RetentionReport { segments_deleted: deleted, first_position: new_first })
+        Ok(RetentionReport {
+            segments_deleted: deleted,
+            first_position: new_first,
+        })
     }
 
     /// The timestamp of the first record with one, in the segment starting at `start`.

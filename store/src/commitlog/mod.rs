@@ -117,11 +117,19 @@ impl CommitLog {
     ///
     /// Errors with [`StoreError::Corrupt`] if a record below the synced marker does not
     /// verify, or a segment the marker covers is missing.
-    pub fn open(disk: Arc<dyn Disk>, segment_bytes: u64, from: ChainPoint) -> Result<(Self, Vec<ScannedRecord>)> {
+    pub fn open(
+        disk: Arc<dyn Disk>,
+        segment_bytes: u64,
+        from: ChainPoint,
+    ) -> Result<(Self, Vec<ScannedRecord>)> {
         let mut segments = BTreeMap::new();
         for name in disk.list(DIR)? {
             let Some(start) = parse_segment_name(&name) else {
-                return Err(StoreError::corrupt(format!("{DIR}/{name}"), 0, "unexpected file in the commitlog"));
+                return Err(StoreError::corrupt(
+                    format!("{DIR}/{name}"),
+                    0,
+                    "unexpected file in the commitlog",
+                ));
             };
             if start % segment_bytes != 0 {
                 return Err(StoreError::Config(format!(
@@ -138,7 +146,10 @@ impl CommitLog {
             segments.insert(start / segment_bytes, file);
         }
         let marker = SlotFile::open(disk.as_ref(), SYNCED_MARKER, from.position.0)?;
-        let first = segments.keys().next().map_or(from.position.0, |k| k * segment_bytes);
+        let first = segments
+            .keys()
+            .next()
+            .map_or(from.position.0, |k| k * segment_bytes);
         let shared = Arc::new(Shared {
             disk,
             segment_bytes,
@@ -146,9 +157,16 @@ impl CommitLog {
             written: AtomicU64::new(from.position.0),
             synced: AtomicU64::new(from.position.0),
             first: AtomicU64::new(first),
-            flush: Mutex::new(FlushState { marker, failed: None }),
+            flush: Mutex::new(FlushState {
+                marker,
+                failed: None,
+            }),
         });
-        let mut log = CommitLog { shared, tail: from, buf: Vec::new() };
+        let mut log = CommitLog {
+            shared,
+            tail: from,
+            buf: Vec::new(),
+        };
         let scanned = log.recover(from)?;
         Ok((log, scanned))
     }
@@ -178,19 +196,26 @@ impl CommitLog {
         }
         // Segments past the one holding the end hold only unsynced bytes: drop them.
         let keep = end.position.0 / sh.segment_bytes;
-        let extra: Vec<u64> = sh.segments_read().range(keep + 1..).map(|(k, _)| *k).collect();
+        let extra: Vec<u64> = sh
+            .segments_read()
+            .range(keep + 1..)
+            .map(|(k, _)| *k)
+            .collect();
         for k in extra {
             sh.remove_segment(k)?;
         }
         sh.written.store(end.position.0, Ordering::Release);
-        sh.synced.store(synced_marker.min(end.position.0), Ordering::Release);
+        sh.synced
+            .store(synced_marker.min(end.position.0), Ordering::Release);
         self.tail = end;
         Ok(scanned)
     }
 
     /// A read handle.
     pub fn reader(&self) -> CommitLogReader {
-        CommitLogReader { shared: self.shared.clone() }
+        CommitLogReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The chain state after the last record.
@@ -210,7 +235,10 @@ impl CommitLog {
         let mut next_index = self.tail.last_index.map(|i| i.0 + 1);
         for e in entries {
             let len = HEADER_LEN as u64 + e.payload.len() as u64;
-            if e.kind == RecordKind::BLANK || len + HEADER_LEN as u64 > seg_bytes || len > record::RECORD_MAX as u64 {
+            if e.kind == RecordKind::BLANK
+                || len + HEADER_LEN as u64 > seg_bytes
+                || len > record::RECORD_MAX as u64
+            {
                 return Err(StoreError::InvalidArgument(format!(
                     "entry {} of {len} bytes (kind {}) cannot be stored in {seg_bytes}-byte segments",
                     e.index, e.kind.0
@@ -244,7 +272,10 @@ impl CommitLog {
                 buf_start = pos;
             }
             crc = record::encode_record(&mut self.buf, e, crc);
-            locs.push(RecordLoc { position: Position(pos), len: len as u32 });
+            locs.push(RecordLoc {
+                position: Position(pos),
+                len: len as u32,
+            });
             pos += len;
         }
         self.write_buf(buf_start)?;
@@ -266,7 +297,11 @@ impl CommitLog {
         }
         let seg_bytes = self.shared.segment_bytes;
         let file = self.shared.segment(start / seg_bytes).ok_or_else(|| {
-            StoreError::corrupt(segment_path(start / seg_bytes * seg_bytes), start, "segment vanished")
+            StoreError::corrupt(
+                segment_path(start / seg_bytes * seg_bytes),
+                start,
+                "segment vanished",
+            )
         })?;
         file.write_at(start % seg_bytes, &self.buf)?;
         self.buf.clear();
@@ -287,7 +322,9 @@ impl CommitLog {
         }
         let header = sh.read_header(at.0)?;
         if header.kind == RecordKind::BLANK {
-            return Err(StoreError::InvalidArgument(format!("cannot truncate at {at}: a blank fill")));
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot truncate at {at}: a blank fill"
+            )));
         }
         let mut fs = sh.flush_state();
         if fs.marker.value() > at.0 {
@@ -300,7 +337,11 @@ impl CommitLog {
         file.write_at(in_seg, &[0u8; HEADER_LEN])?;
         file.sync_range(in_seg, HEADER_LEN as u64)?;
         drop(fs);
-        let extra: Vec<u64> = sh.segments_read().range(seg + 1..).map(|(k, _)| *k).collect();
+        let extra: Vec<u64> = sh
+            .segments_read()
+            .range(seg + 1..)
+            .map(|(k, _)| *k)
+            .collect();
         for k in extra {
             sh.remove_segment(k)?;
         }
@@ -321,7 +362,8 @@ impl CommitLog {
         let cut = (before.0 / sh.segment_bytes).min(last_seg);
         let doomed: Vec<u64> = sh.segments_read().range(..cut).map(|(k, _)| *k).collect();
         if let Some(&k) = doomed.last() {
-            sh.first.store((k + 1) * sh.segment_bytes, Ordering::Release);
+            sh.first
+                .store((k + 1) * sh.segment_bytes, Ordering::Release);
         }
         for &k in &doomed {
             sh.remove_segment(k)?;
@@ -343,7 +385,9 @@ impl CommitLogReader {
         let sh = &self.shared;
         let header = sh.read_header(position.0)?;
         if header.kind == RecordKind::BLANK {
-            return Err(StoreError::InvalidArgument(format!("position {position} is a blank fill")));
+            return Err(StoreError::InvalidArgument(format!(
+                "position {position} is a blank fill"
+            )));
         }
         let seg = position.0 / sh.segment_bytes;
         let file = sh.segment(seg).expect("read_header found this segment");
@@ -352,7 +396,11 @@ impl CommitLogReader {
         record::check_crc(&header, &bytes)
             .map_err(|why| StoreError::corrupt(file.path(), position.0, why.to_string()))?;
         bytes.drain(..HEADER_LEN);
-        Ok(Record { position, header, payload: bytes })
+        Ok(Record {
+            position,
+            header,
+            payload: bytes,
+        })
     }
 
     /// Reads `len` raw bytes at `position` (a message inside a record); they must lie below
@@ -360,12 +408,14 @@ impl CommitLogReader {
     pub fn read_bytes(&self, position: Position, len: u32) -> Result<Vec<u8>> {
         let sh = &self.shared;
         sh.check_readable(position.0, u64::from(len))?;
-        let file = sh.segment(position.0 / sh.segment_bytes).ok_or(StoreError::OutOfRange {
-            what: "position",
-            value: position.0,
-            first: sh.first.load(Ordering::Acquire),
-            end: sh.written.load(Ordering::Acquire),
-        })?;
+        let file = sh
+            .segment(position.0 / sh.segment_bytes)
+            .ok_or(StoreError::OutOfRange {
+                what: "position",
+                value: position.0,
+                first: sh.first.load(Ordering::Acquire),
+                end: sh.written.load(Ordering::Acquire),
+            })?;
         let mut bytes = vec![0u8; len as usize];
         file.read_at(position.0 % sh.segment_bytes, &mut bytes)?;
         Ok(bytes)
@@ -399,7 +449,40 @@ impl CommitLogReader {
     /// Start positions of the retained segments, in order.
     pub fn segment_starts(&self) -> Vec<Position> {
         let sh = &self.shared;
-        sh.segments_read().keys().map(|k| Position(k * sh.segment_bytes)).collect()
+        sh.segments_read()
+            .keys()
+            .map(|k| Position(k * sh.segment_bytes))
+            .collect()
+    }
+
+    /// Reads and verifies every retained record from the first segment to the written end
+    /// (magic, length, CRC, chain, consecutive indexes). Recovery verifies only what follows
+    /// the checkpoint; this is the full check an operator (or a test) can ask for.
+    pub fn verify(&self) -> Result<u64> {
+        let sh = &self.shared;
+        let first = sh.first.load(Ordering::Acquire);
+        let written = sh.written.load(Ordering::Acquire);
+        if first >= written {
+            return Ok(0);
+        }
+        // The first retained record chains to a purged one: take its prev_crc as given.
+        let header = sh.read_header(first)?;
+        let from = ChainPoint {
+            position: Position(first),
+            prev_crc: header.prev_crc,
+            last_index: None,
+        };
+        let (end, records, why) = sh.scan(from)?;
+        if end.position.0 < written {
+            let seg = end.position.0 / sh.segment_bytes * sh.segment_bytes;
+            let reason = why.map_or_else(|| "unexpected end".to_string(), |w| w.to_string());
+            return Err(StoreError::corrupt(
+                segment_path(seg),
+                end.position.0,
+                reason,
+            ));
+        }
+        Ok(records.len() as u64)
     }
 
     /// The sync error that stopped the log, if any.
@@ -425,20 +508,30 @@ impl Shared {
         if self.segment(k).is_some() {
             return Ok(());
         }
-        let file = self.disk.create(&segment_path(k * self.segment_bytes), self.segment_bytes)?;
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).insert(k, file);
+        let file = self
+            .disk
+            .create(&segment_path(k * self.segment_bytes), self.segment_bytes)?;
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k, file);
         Ok(())
     }
 
     fn remove_segment(&self, k: u64) -> Result<()> {
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).remove(&k);
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&k);
         self.disk.remove(&segment_path(k * self.segment_bytes))?;
         Ok(())
     }
 
     fn check_not_failed(&self) -> Result<()> {
         match &self.flush_state().failed {
-            Some(e) => Err(StoreError::Closed(format!("commitlog sync failed earlier: {e}"))),
+            Some(e) => Err(StoreError::Closed(format!(
+                "commitlog sync failed earlier: {e}"
+            ))),
             None => Ok(()),
         }
     }
@@ -447,11 +540,18 @@ impl Shared {
         let first = self.first.load(Ordering::Acquire);
         let end = self.written.load(Ordering::Acquire);
         if position < first || position.saturating_add(len) > end {
-            return Err(StoreError::OutOfRange { what: "position", value: position, first, end });
+            return Err(StoreError::OutOfRange {
+                what: "position",
+                value: position,
+                first,
+                end,
+            });
         }
         let seg_end = (position / self.segment_bytes + 1) * self.segment_bytes;
         if position + len > seg_end {
-            return Err(StoreError::InvalidArgument(format!("[{position}, +{len}) crosses a segment end")));
+            return Err(StoreError::InvalidArgument(format!(
+                "[{position}, +{len}) crosses a segment end"
+            )));
         }
         Ok(())
     }
@@ -460,7 +560,11 @@ impl Shared {
         self.check_readable(position, HEADER_LEN as u64)?;
         let seg = position / self.segment_bytes;
         let file = self.segment(seg).ok_or_else(|| {
-            StoreError::corrupt(segment_path(seg * self.segment_bytes), position, "segment missing")
+            StoreError::corrupt(
+                segment_path(seg * self.segment_bytes),
+                position,
+                "segment missing",
+            )
         })?;
         let mut b = [0u8; HEADER_LEN];
         file.read_at(position % self.segment_bytes, &mut b)?;
@@ -469,7 +573,8 @@ impl Shared {
             .map_err(|why| StoreError::corrupt(file.path(), position, why.to_string()))?;
         record::check_version(&b, file.path(), position)?;
         if header.kind == RecordKind::BLANK {
-            record::check_crc(&header, &b).map_err(|why| StoreError::corrupt(file.path(), position, why.to_string()))?;
+            record::check_crc(&header, &b)
+                .map_err(|why| StoreError::corrupt(file.path(), position, why.to_string()))?;
         }
         Ok(header)
     }
@@ -477,14 +582,18 @@ impl Shared {
     fn sync_to(&self, end: u64) -> Result<()> {
         let mut fs = self.flush_state();
         if let Some(e) = &fs.failed {
-            return Err(StoreError::Closed(format!("commitlog sync failed earlier: {e}")));
+            return Err(StoreError::Closed(format!(
+                "commitlog sync failed earlier: {e}"
+            )));
         }
         let from = self.synced.load(Ordering::Acquire);
         let end = end.min(self.written.load(Ordering::Acquire));
         if end <= from {
             return Ok(());
         }
-        let result = self.sync_range(from, end).and_then(|()| fs.marker.store(end));
+        let result = self
+            .sync_range(from, end)
+            .and_then(|()| fs.marker.store(end));
         match result {
             Ok(()) => {
                 self.synced.store(end, Ordering::Release);
@@ -504,7 +613,11 @@ impl Shared {
             let seg_end = (seg + 1) * self.segment_bytes;
             let upto = end.min(seg_end);
             let file = self.segment(seg).ok_or_else(|| {
-                StoreError::corrupt(segment_path(seg * self.segment_bytes), pos, "segment missing during sync")
+                StoreError::corrupt(
+                    segment_path(seg * self.segment_bytes),
+                    pos,
+                    "segment missing during sync",
+                )
             })?;
             file.sync_range(pos - seg * self.segment_bytes, upto - pos)?;
             pos = upto;
@@ -523,7 +636,9 @@ impl Shared {
         loop {
             let p = at.position.0;
             let seg = p / self.segment_bytes;
-            let Some(file) = self.segment(seg) else { return Ok((at, out, None)) };
+            let Some(file) = self.segment(seg) else {
+                return Ok((at, out, None));
+            };
             let in_seg = p % self.segment_bytes;
             let room = self.segment_bytes - in_seg;
             file.read_at(in_seg, &mut header_buf)?;
@@ -535,7 +650,14 @@ impl Shared {
                 Err(why) => return Ok((at, out, Some(why))),
             };
             if h.prev_crc != at.prev_crc {
-                return Ok((at, out, Some(Invalid::Chain { prev_crc: h.prev_crc, expected: at.prev_crc })));
+                return Ok((
+                    at,
+                    out,
+                    Some(Invalid::Chain {
+                        prev_crc: h.prev_crc,
+                        expected: at.prev_crc,
+                    }),
+                ));
             }
             if h.kind == RecordKind::BLANK {
                 if let Err(why) = record::check_crc(&h, &header_buf) {
@@ -556,10 +678,16 @@ impl Shared {
                 return Err(StoreError::corrupt(
                     file.path(),
                     p,
-                    format!("entry index {} does not follow {:?}", h.index, at.last_index),
+                    format!(
+                        "entry index {} does not follow {:?}",
+                        h.index, at.last_index
+                    ),
                 ));
             }
-            out.push(ScannedRecord { position: at.position, header: h });
+            out.push(ScannedRecord {
+                position: at.position,
+                header: h,
+            });
             at = ChainPoint {
                 position: Position(p + u64::from(h.len)),
                 prev_crc: h.crc,
@@ -570,7 +698,9 @@ impl Shared {
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
-    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
 }
 
 #[cfg(test)]

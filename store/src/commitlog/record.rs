@@ -72,7 +72,15 @@ pub struct EntryRef<'a> {
 pub(crate) fn encode_record(out: &mut Vec<u8>, entry: &EntryRef<'_>, prev_crc: u32) -> u32 {
     let start = out.len();
     let len = HEADER_LEN + entry.payload.len();
-    put_header(out, len as u32, prev_crc, entry.kind, entry.term, entry.index.0, entry.timestamp_ms);
+    put_header(
+        out,
+        len as u32,
+        prev_crc,
+        entry.kind,
+        entry.term,
+        entry.index.0,
+        entry.timestamp_ms,
+    );
     out.extend_from_slice(entry.payload);
     let crc = crc32c::crc32c(&out[start + 12..]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
@@ -89,7 +97,15 @@ pub(crate) fn encode_blank(out: &mut Vec<u8>, len: u32, prev_crc: u32) -> u32 {
     crc
 }
 
-fn put_header(out: &mut Vec<u8>, len: u32, prev_crc: u32, kind: RecordKind, term: u64, index: u64, ts: u64) {
+fn put_header(
+    out: &mut Vec<u8>,
+    len: u32,
+    prev_crc: u32,
+    kind: RecordKind,
+    term: u64,
+    index: u64,
+    ts: u64,
+) {
     out.put_u32(RECORD_MAGIC);
     out.put_u32(len);
     out.put_u32(0);
@@ -117,9 +133,14 @@ impl std::fmt::Display for Invalid {
         match self {
             Invalid::Magic(m) => write!(f, "bad magic {m:#010x}"),
             Invalid::Length(l) => write!(f, "bad length {l}"),
-            Invalid::Crc { stored, computed } => write!(f, "crc {stored:#010x} != computed {computed:#010x}"),
+            Invalid::Crc { stored, computed } => {
+                write!(f, "crc {stored:#010x} != computed {computed:#010x}")
+            }
             Invalid::Chain { prev_crc, expected } => {
-                write!(f, "prev_crc {prev_crc:#010x} does not chain to {expected:#010x}")
+                write!(
+                    f,
+                    "prev_crc {prev_crc:#010x} does not chain to {expected:#010x}"
+                )
             }
         }
     }
@@ -162,7 +183,10 @@ pub(crate) fn header_version(b: &[u8]) -> u8 {
 pub(crate) fn check_crc(h: &RecordHeader, b: &[u8]) -> std::result::Result<(), Invalid> {
     let computed = crc32c::crc32c(&b[12..]);
     if computed != h.crc {
-        return Err(Invalid::Crc { stored: h.crc, computed });
+        return Err(Invalid::Crc {
+            stored: h.crc,
+            computed,
+        });
     }
     Ok(())
 }
@@ -171,7 +195,11 @@ pub(crate) fn check_crc(h: &RecordHeader, b: &[u8]) -> std::result::Result<(), I
 pub(crate) fn check_version(b: &[u8], file: &str, position: u64) -> Result<()> {
     let v = header_version(b);
     if v != RECORD_VERSION {
-        return Err(StoreError::corrupt(file, position, format!("unknown record version {v}")));
+        return Err(StoreError::corrupt(
+            file,
+            position,
+            format!("unknown record version {v}"),
+        ));
     }
     Ok(())
 }

@@ -43,9 +43,10 @@ fn create_dirs_durably(dir: &Path) -> Result<(), DiskError> {
         return Ok(());
     }
     if let Some(parent) = dir.parent()
-        && !parent.as_os_str().is_empty() {
-            create_dirs_durably(parent)?;
-        }
+        && !parent.as_os_str().is_empty()
+    {
+        create_dirs_durably(parent)?;
+    }
     match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
@@ -59,7 +60,9 @@ fn sync_parent(path: &Path) -> Result<(), DiskError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(parent).and_then(|d| d.sync_all()).map_err(io("fsync dir", parent))
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync dir", parent))
 }
 
 impl Disk for MmapDisk {
@@ -75,7 +78,10 @@ impl Disk for MmapDisk {
             .open(&full)
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    DiskError::Exists { path: path.to_string(), what: "already exists" }
+                    DiskError::Exists {
+                        path: path.to_string(),
+                        what: "already exists",
+                    }
                 } else {
                     io("create", &full)(e)
                 }
@@ -89,13 +95,20 @@ impl Disk for MmapDisk {
 
     fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError> {
         let full = self.full(path)?;
-        let file = OpenOptions::new().read(true).write(true).open(&full).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                DiskError::Exists { path: path.to_string(), what: "does not exist" }
-            } else {
-                io("open", &full)(e)
-            }
-        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&full)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    DiskError::Exists {
+                        path: path.to_string(),
+                        what: "does not exist",
+                    }
+                } else {
+                    io("open", &full)(e)
+                }
+            })?;
         let len = file.metadata().map_err(io("stat", &full))?.len();
         Ok(Arc::new(MmapFile::new(path, file, len)?))
     }
@@ -121,7 +134,11 @@ impl Disk for MmapDisk {
 
 impl MmapDisk {
     fn list_kind(&self, dir: &str, dirs: bool) -> Result<Vec<String>, DiskError> {
-        let full = if dir.is_empty() { self.root.clone() } else { self.full(dir)? };
+        let full = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.full(dir)?
+        };
         let entries = match std::fs::read_dir(&full) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -190,11 +207,19 @@ impl MmapFile {
         }
         MmapRaw::map_raw(file)
             .map(Some)
-            .map_err(|source| DiskError::Io { op: "mmap", path: path.to_string(), source })
+            .map_err(|source| DiskError::Io {
+                op: "mmap",
+                path: path.to_string(),
+                source,
+            })
     }
 
     fn io_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
-        move |source| DiskError::Io { op, path: self.path.clone(), source }
+        move |source| DiskError::Io {
+            op,
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -216,7 +241,11 @@ impl DiskFile for MmapFile {
             // while we hold the read lock; callers never read this range concurrently (module
             // contract), and `data` cannot overlap the mapping (it is a separate borrow).
             unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), m.as_mut_ptr().add(offset as usize), data.len());
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    m.as_mut_ptr().add(offset as usize),
+                    data.len(),
+                );
             }
         }
         Ok(())
@@ -229,7 +258,11 @@ impl DiskFile for MmapFile {
         if let Some(m) = map.as_ref() {
             // SAFETY: as in `write_at`.
             unsafe {
-                std::ptr::copy_nonoverlapping(m.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len());
+                std::ptr::copy_nonoverlapping(
+                    m.as_ptr().add(offset as usize),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                );
             }
         }
         Ok(())
@@ -250,7 +283,9 @@ impl DiskFile for MmapFile {
         check_bounds(&self.path, offset, len, file_len)?;
         match map.as_ref() {
             // Synchronous msync(MS_SYNC): a durability barrier for the range.
-            Some(m) if len > 0 => m.flush_range(offset as usize, len as usize).map_err(self.io_err("msync")),
+            Some(m) if len > 0 => m
+                .flush_range(offset as usize, len as usize)
+                .map_err(self.io_err("msync")),
             _ => Ok(()),
         }
     }

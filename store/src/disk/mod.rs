@@ -109,18 +109,32 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
 pub(crate) fn check_path(path: &str) -> Result<(), DiskError> {
     let bad = path.is_empty()
         || path.starts_with('/')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        return Err(DiskError::InvalidPath { path: path.to_string() });
+        return Err(DiskError::InvalidPath {
+            path: path.to_string(),
+        });
     }
     Ok(())
 }
 
 /// Checks that `[offset, offset + len)` lies within a file of `file_len` bytes.
-pub(crate) fn check_bounds(path: &str, offset: u64, len: u64, file_len: u64) -> Result<(), DiskError> {
+pub(crate) fn check_bounds(
+    path: &str,
+    offset: u64,
+    len: u64,
+    file_len: u64,
+) -> Result<(), DiskError> {
     match offset.checked_add(len) {
         Some(end) if end <= file_len => Ok(()),
-        _ => Err(DiskError::OutOfBounds { path: path.to_string(), offset, len, file_len }),
+        _ => Err(DiskError::OutOfBounds {
+            path: path.to_string(),
+            offset,
+            len,
+            file_len,
+        }),
     }
 }
 

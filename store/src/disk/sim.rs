@@ -86,25 +86,26 @@ impl SimDisk {
             f.live = f.durable.clone();
         }
         if let Some((path, offset, bytes)) = kept
-            && let Some(f) = st.files.get_mut(&path) {
-                let start = offset as usize;
-                let end = (start + bytes.len()).min(f.live.len());
-                if start < end {
-                    f.live[start..end].copy_from_slice(&bytes[..end - start]);
-                    // What survived a power loss is on the platter now.
-                    f.durable[start..end].copy_from_slice(&bytes[..end - start]);
-                }
+            && let Some(f) = st.files.get_mut(&path)
+        {
+            let start = offset as usize;
+            let end = (start + bytes.len()).min(f.live.len());
+            if start < end {
+                f.live[start..end].copy_from_slice(&bytes[..end - start]);
+                // What survived a power loss is on the platter now.
+                f.durable[start..end].copy_from_slice(&bytes[..end - start]);
             }
+        }
         PowerLossReport { torn }
     }
 
     /// Flips one bit of a file, in both its live and durable images (media corruption).
     pub fn flip_bit(&self, path: &str, byte: u64, bit: u8) -> Result<(), DiskError> {
         let mut st = self.state();
-        let f = st
-            .files
-            .get_mut(path)
-            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })?;
+        let f = st.files.get_mut(path).ok_or_else(|| DiskError::Exists {
+            path: path.to_string(),
+            what: "does not exist",
+        })?;
         check_bounds(path, byte, 1, f.live.len() as u64)?;
         f.live[byte as usize] ^= 1 << (bit % 8);
         if (byte as usize) < f.durable.len() {
@@ -138,24 +139,39 @@ impl Disk for SimDisk {
         check_path(path)?;
         let mut st = self.state();
         if st.files.contains_key(path) {
-            return Err(DiskError::Exists { path: path.to_string(), what: "already exists" });
+            return Err(DiskError::Exists {
+                path: path.to_string(),
+                what: "already exists",
+            });
         }
         st.next_id += 1;
         let id = st.next_id;
         // `create` is durable: the zero-filled file exists in both images.
-        let data = SimFileData { id, live: vec![0; len as usize], durable: vec![0; len as usize] };
+        let data = SimFileData {
+            id,
+            live: vec![0; len as usize],
+            durable: vec![0; len as usize],
+        };
         st.files.insert(path.to_string(), data);
-        Ok(Arc::new(SimFile { disk: self.clone(), path: path.to_string(), id }))
+        Ok(Arc::new(SimFile {
+            disk: self.clone(),
+            path: path.to_string(),
+            id,
+        }))
     }
 
     fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError> {
         check_path(path)?;
         let st = self.state();
-        let f = st
-            .files
-            .get(path)
-            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })?;
-        Ok(Arc::new(SimFile { disk: self.clone(), path: path.to_string(), id: f.id }))
+        let f = st.files.get(path).ok_or_else(|| DiskError::Exists {
+            path: path.to_string(),
+            what: "does not exist",
+        })?;
+        Ok(Arc::new(SimFile {
+            disk: self.clone(),
+            path: path.to_string(),
+            id: f.id,
+        }))
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -168,11 +184,18 @@ impl Disk for SimDisk {
         st.files
             .remove(path)
             .map(|_| ())
-            .ok_or_else(|| DiskError::Exists { path: path.to_string(), what: "does not exist" })
+            .ok_or_else(|| DiskError::Exists {
+                path: path.to_string(),
+                what: "does not exist",
+            })
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let st = self.state();
         Ok(st
             .files
@@ -186,13 +209,21 @@ impl Disk for SimDisk {
     }
 
     fn list_dirs(&self, dir: &str) -> Result<Vec<String>, DiskError> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         let st = self.state();
         let mut out: Vec<String> = st
             .files
             .range(prefix.clone()..)
             .take_while(|(p, _)| p.starts_with(&prefix))
-            .filter_map(|(p, _)| p[prefix.len()..].split_once('/').map(|(d, _)| d.to_string()))
+            .filter_map(|(p, _)| {
+                p[prefix.len()..]
+                    .split_once('/')
+                    .map(|(d, _)| d.to_string())
+            })
             .collect();
         out.dedup();
         Ok(out)
@@ -208,11 +239,17 @@ struct SimFile {
 }
 
 impl SimFile {
-    fn with<R>(&self, f: impl FnOnce(&mut SimState) -> Result<R, DiskError>) -> Result<R, DiskError> {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut SimState) -> Result<R, DiskError>,
+    ) -> Result<R, DiskError> {
         let mut st = self.disk.state();
         match st.files.get(&self.path) {
             Some(d) if d.id == self.id => f(&mut st),
-            _ => Err(DiskError::Exists { path: self.path.clone(), what: "was removed" }),
+            _ => Err(DiskError::Exists {
+                path: self.path.clone(),
+                what: "was removed",
+            }),
         }
     }
 }
@@ -223,7 +260,8 @@ impl DiskFile for SimFile {
     }
 
     fn len(&self) -> u64 {
-        self.with(|st| Ok(st.files[&self.path].live.len() as u64)).unwrap_or(0)
+        self.with(|st| Ok(st.files[&self.path].live.len() as u64))
+            .unwrap_or(0)
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
@@ -256,9 +294,13 @@ impl DiskFile for SimFile {
             f.durable[s..e].copy_from_slice(&f.live[s..e]);
             st.stats.syncs += 1;
             if let Some((p, id, w_off, w_len)) = &st.last_unsynced_write
-                && *p == self.path && *id == self.id && *w_off >= offset && w_off + w_len <= offset + len {
-                    st.last_unsynced_write = None;
-                }
+                && *p == self.path
+                && *id == self.id
+                && *w_off >= offset
+                && w_off + w_len <= offset + len
+            {
+                st.last_unsynced_write = None;
+            }
             Ok(())
         })
     }
