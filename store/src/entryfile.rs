@@ -288,3 +288,57 @@ impl EntryFiles {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::SimDisk;
+
+    #[test]
+    fn header_golden_bytes() {
+        let h = encode_header(u32::from_le_bytes(*b"RMQQ"), 256, 128);
+        let mut expected = b"RMQQ".to_vec();
+        expected.extend_from_slice(&[1, 0]);
+        expected.extend_from_slice(&20u16.to_le_bytes());
+        expected.extend_from_slice(&256u64.to_le_bytes());
+        expected.extend_from_slice(&128u64.to_le_bytes());
+        let crc = crc32c::crc32c(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
+        expected.extend_from_slice(&[0; 4]);
+        assert_eq!(h, expected);
+        assert_eq!(h.len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn files_roll_truncate_purge_and_reject_bad_headers() {
+        let disk = Arc::new(SimDisk::new());
+        let magic = u32::from_le_bytes(*b"TEST");
+        let mut f = EntryFiles::open(disk.clone(), "q", magic, 4, 0, 0).unwrap();
+        for i in 0..10u8 {
+            assert_eq!(f.append(&[i; ENTRY_LEN]).unwrap(), u64::from(i));
+        }
+        assert_eq!(disk.list("q").unwrap().len(), 3);
+        assert_eq!(f.get(9).unwrap(), [9; ENTRY_LEN]);
+        f.truncate(5).unwrap();
+        assert_eq!(f.end(), 5);
+        assert_eq!(disk.list("q").unwrap().len(), 2);
+        assert!(f.get(5).is_err());
+        assert_eq!(f.append(&[50; ENTRY_LEN]).unwrap(), 5);
+        f.purge_before(4).unwrap();
+        assert_eq!(f.first(), 4);
+        assert_eq!(disk.list("q").unwrap().len(), 1);
+        assert!(f.get(3).is_err());
+        assert_eq!(f.partition_point(|n| Ok(f.get(n)?[0] >= 50)).unwrap(), 5);
+        f.sync().unwrap();
+        drop(f);
+        // A damaged header is corruption, named with its file.
+        disk.flip_bit("q/00000000000000000004", 9, 0).unwrap();
+        let err = EntryFiles::open(disk.clone(), "q", magic, 4, 4, 6).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { ref file, .. } if file == "q/00000000000000000004"), "{err}");
+        // A wrong magic (another structure's files) is refused too.
+        disk.flip_bit("q/00000000000000000004", 9, 0).unwrap();
+        assert!(EntryFiles::open(disk.clone(), "q", u32::from_le_bytes(*b"OTHR"), 4, 4, 6).is_err());
+        // A per_file out of range is a configuration error.
+        assert!(matches!(EntryFiles::open(disk, "q", magic, 0, 0, 0), Err(StoreError::Config(_))));
+    }
+}

@@ -520,3 +520,75 @@ impl IndexFiles {
         self.files.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::SimDisk;
+
+    #[test]
+    fn header_and_entry_golden_bytes() {
+        let h = Header { slot_count: 8, max_entries: 16, begin_ts: 1, end_ts: 2, begin_pos: 3, end_pos: 4, count: 5 };
+        let b = h.encode();
+        let mut expected = b"RMQX".to_vec();
+        expected.extend_from_slice(&[1, 0, 0, 0]);
+        expected.extend_from_slice(&8u32.to_le_bytes());
+        expected.extend_from_slice(&16u32.to_le_bytes());
+        for v in [1u64, 2, 3, 4] {
+            expected.extend_from_slice(&v.to_le_bytes());
+        }
+        expected.extend_from_slice(&5u32.to_le_bytes());
+        expected.extend_from_slice(&[0; 8]);
+        let crc = crc32c::crc32c(&expected);
+        expected.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(b, expected);
+        assert_eq!(Header::decode(&b, "x").unwrap(), h);
+        assert_eq!(h.file_len(), 64 + 8 * 4 + 16 * 24);
+
+        let disk = SimDisk::new();
+        let cfg = IndexFileConfig { slot_count: 8, max_entries: 16 };
+        let mut idx = IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
+        idx.put("T", "k", Position(0x10), 0x20, 1000).unwrap();
+        idx.put("T", "k", Position(0x30), 0x20, 1005).unwrap();
+        let f = disk.open("index/00000000000000000000").unwrap();
+        let mut e = [0u8; 24];
+        f.read_at(64 + 8 * 4 + 24, &mut e).unwrap();
+        let hash = key_hash("T", "k");
+        let mut want = hash.to_le_bytes().to_vec();
+        want.extend_from_slice(&0x30u64.to_le_bytes());
+        want.extend_from_slice(&0x20u32.to_le_bytes());
+        want.extend_from_slice(&5u32.to_le_bytes());
+        want.extend_from_slice(&1u32.to_le_bytes()); // prev = entry 0, stored +1
+        assert_eq!(e.to_vec(), want);
+        let mut slot = [0u8; 4];
+        f.read_at(64 + u64::from(hash % 8) * 4, &mut slot).unwrap();
+        assert_eq!(u32::from_le_bytes(slot), 2);
+    }
+
+    #[test]
+    fn header_checks_reject_bad_sizes_and_versions() {
+        let mut h = Header { slot_count: 8, max_entries: 16, ..Header::default() }.encode();
+        h[4] = 9;
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..].copy_from_slice(&crc.to_le_bytes());
+        assert!(Header::decode(&h, "x").unwrap_err().to_string().contains("unknown index file version"));
+        let big = Header { slot_count: SLOTS_MAX + 1, max_entries: 16, ..Header::default() }.encode();
+        assert!(Header::decode(&big, "x").is_err());
+        let over = Header { slot_count: 8, max_entries: 16, count: 17, ..Header::default() }.encode();
+        assert!(Header::decode(&over, "x").is_err());
+    }
+
+    #[test]
+    fn a_cycle_or_forward_link_is_corruption_not_a_hang() {
+        let disk = SimDisk::new();
+        let cfg = IndexFileConfig { slot_count: 1, max_entries: 8 };
+        let mut idx = IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
+        for i in 0..3 {
+            idx.put("T", "k", Position(i), 1, 1).unwrap();
+        }
+        // Point entry 0's prev at entry 2 (+1 = 3): a cycle.
+        let f = disk.open("index/00000000000000000000").unwrap();
+        f.write_at(64 + 4 + 20, &3u32.to_le_bytes()).unwrap();
+        assert!(matches!(idx.query("T", "k", 0, u64::MAX, 100), Err(StoreError::Corrupt { .. })));
+    }
+}

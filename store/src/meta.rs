@@ -434,3 +434,56 @@ impl MetaTxn {
         self.txn.commit().map_err(meta_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_encodings_golden_bytes() {
+        let t = TopicConfig { name: "T".into(), read_queue_nums: 4, write_queue_nums: 2, perm: 6 };
+        assert_eq!(t.encode(), [&[1u8][..], &4u32.to_le_bytes(), &2u32.to_le_bytes(), &6u32.to_le_bytes()].concat());
+        assert_eq!(TopicConfig::decode("T", &t.encode()).unwrap(), t);
+        let id = LogId { term: 7, node_id: 2, index: LogIndex(9) };
+        assert_eq!(encode_log_id(&id), [&[1u8][..], &7u64.to_le_bytes(), &2u64.to_le_bytes(), &9u64.to_le_bytes()].concat());
+        assert_eq!(decode_log_id(&encode_log_id(&id)).unwrap(), id);
+        let c = Checkpoint {
+            log: ChainPoint { position: Position(100), prev_crc: 0xABCD, last_index: Some(LogIndex(5)) },
+            log_first: LogIndex(1),
+            dispatched_index: None,
+            dispatched_position: Position(50),
+            index: IndexCheckpoint { seq: 2, count: 3, begin_ts: 4 },
+            purged_index: Some(LogIndex(0)),
+        };
+        let b = c.encode();
+        let expected = [
+            &[1u8][..],
+            &100u64.to_le_bytes(),
+            &0xABCDu32.to_le_bytes(),
+            &[1],
+            &5u64.to_le_bytes(),
+            &1u64.to_le_bytes(),
+            &[0],
+            &0u64.to_le_bytes(),
+            &50u64.to_le_bytes(),
+            &2u64.to_le_bytes(),
+            &3u32.to_le_bytes(),
+            &4u64.to_le_bytes(),
+            &[1],
+            &0u64.to_le_bytes(),
+        ]
+        .concat();
+        assert_eq!(b, expected);
+        assert_eq!(Checkpoint::decode(&b).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(TopicConfig::decode("T", &[2, 0, 0]).is_err());
+        assert!(TopicConfig::decode("T", &[1, 0]).is_err());
+        assert!(decode_log_id(&[1; 30]).is_err(), "trailing bytes");
+        let mut c = Checkpoint::default().encode();
+        c[13] = 7; // option tag
+        assert!(Checkpoint::decode(&c).is_err());
+    }
+}

@@ -32,6 +32,8 @@ struct SimState {
     /// The most recent write not yet covered by a sync: (path, id, offset, len).
     last_unsynced_write: Option<(String, u64, u64, u64)>,
     stats: SimDiskStats,
+    /// Fault injection: every sync fails with an I/O error while set.
+    fail_syncs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +114,11 @@ impl SimDisk {
             f.durable[byte as usize] ^= 1 << (bit % 8);
         }
         Ok(())
+    }
+
+    /// Makes every later sync fail with an I/O error (like EIO from fsync) until cleared.
+    pub fn set_fail_syncs(&self, fail: bool) {
+        self.state().fail_syncs = fail;
     }
 
     /// Operation counters.
@@ -286,6 +293,13 @@ impl DiskFile for SimFile {
 
     fn sync_range(&self, offset: u64, len: u64) -> Result<(), DiskError> {
         self.with(|st| {
+            if st.fail_syncs {
+                return Err(DiskError::Io {
+                    op: "sync",
+                    path: self.path.clone(),
+                    source: std::io::Error::other("injected sync failure"),
+                });
+            }
             let f = st.files.get_mut(&self.path).expect("checked by with()");
             check_bounds(&self.path, offset, len, f.live.len() as u64)?;
             // The length is metadata that any sync persists.
