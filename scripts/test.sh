@@ -19,7 +19,10 @@ export CARGO_TARGET_DIR=target/sim
 export RUSTFLAGS="--cfg madsim"
 echo "== madsim build (workspace)"
 cargo build --workspace
+# Seeds are explicit so a run is reproducible; a failure prints MADSIM_TEST_SEED=<n>.
 echo "== madsim simulation seeds"
-MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-200}" cargo test -p raftmq-sim
+MADSIM_TEST_SEED="${MADSIM_TEST_SEED:-1}" MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-200}" MADSIM_TEST_JOBS=2 \
+  cargo test -p raftmq-sim
 echo "== madsim determinism check"
-MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 cargo test -p raftmq-sim
+MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
+  cargo test -p raftmq-sim --test store_crash store_survives

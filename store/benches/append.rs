@@ -1,1 +1,171 @@
-fn main() {}
+//! Append throughput of the store versus the raw limit of the same disk, in one run.
+//!
+//! For 1 KiB messages in batches of 1, 16 and 128 (one batch = one Raft entry = one record):
+//! - `raw_fdatasync`: plain `std::fs` on the same disk: a preallocated file, sequential
+//!   `write` of the batch's bytes, then `fdatasync` — the limit a synchronous log can reach
+//!   with one sync per batch;
+//! - `store_sync`: `Store::append`, then wait for the group-commit flusher to make it
+//!   durable (msync of the range, then the synced marker) — one batch in flight, so every
+//!   batch pays its own sync, as the raw loop does;
+//! - `store_sync_pipelined`: the same with 8 batches in flight, as Raft drives the log
+//!   (appends continue while a sync runs, so one sync covers several batches);
+//! - `store_async`: `Store::append` only (the flusher syncs every 500 ms).
+//!
+//! The payload is encoded once: this measures the storage engine, not message encoding.
+//! Run: `cargo bench -p raftmq-store --bench append`.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use raftmq_store::flush::FlushHandle;
+use raftmq_store::message::encode_batch;
+use raftmq_store::{
+    EntryRef, FlushMode, LogIndex, Message, MmapDisk, RecordKind, Store, StoreConfig,
+};
+
+const MSG_BYTES: usize = 1024;
+const BATCHES: [usize; 3] = [1, 16, 128];
+
+fn bench_dir() -> tempfile::TempDir {
+    // Same file system for the raw loop and the store.
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+fn payload(batch: usize) -> Vec<u8> {
+    let m = Message {
+        topic: "bench".into(),
+        body: vec![b'x'; MSG_BYTES],
+        ..Message::default()
+    };
+    encode_batch(&vec![m; batch]).expect("encode")
+}
+
+fn config(mode: FlushMode) -> StoreConfig {
+    StoreConfig {
+        segment_bytes: 256 << 20,
+        flush_mode: mode,
+        ..StoreConfig::default()
+    }
+}
+
+fn raw(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append");
+    for &batch in &BATCHES {
+        let bytes = payload(batch);
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::new("raw_fdatasync", batch), &batch, |b, _| {
+            let dir = bench_dir();
+            let path = dir.path().join("raw");
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            let file_len: u64 = 256 << 20;
+            // Preallocate with real zeros so that the loop never changes file metadata.
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..(file_len >> 20) {
+                f.write_all(&zeros).unwrap();
+            }
+            f.sync_all().unwrap();
+            let mut pos = 0u64;
+            b.iter(|| {
+                if pos + bytes.len() as u64 > file_len {
+                    pos = 0;
+                }
+                f.seek(SeekFrom::Start(pos)).unwrap();
+                f.write_all(&bytes).unwrap();
+                f.sync_data().unwrap();
+                pos += bytes.len() as u64;
+            });
+        });
+    }
+    g.finish();
+}
+
+/// Appends `iters` batches, keeping up to `in_flight` waiting for durability.
+async fn store_loop(
+    store: &mut Store,
+    flusher: Option<&FlushHandle>,
+    next: &mut u64,
+    bytes: &[u8],
+    iters: u64,
+    in_flight: usize,
+) -> Duration {
+    let start = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..iters {
+        let e = EntryRef {
+            term: 1,
+            index: LogIndex(*next),
+            kind: RecordKind::MESSAGES,
+            timestamp_ms: 1,
+            payload: bytes,
+        };
+        store.append(&[e]).expect("append");
+        *next += 1;
+        if let Some(f) = flusher {
+            let f = f.clone();
+            let end = store.reader().written();
+            pending.push_back(tokio::spawn(async move { f.wait_durable(end).await }));
+            while pending.len() >= in_flight {
+                pending
+                    .pop_front()
+                    .expect("non-empty")
+                    .await
+                    .expect("join")
+                    .expect("durable");
+            }
+        }
+    }
+    for p in pending {
+        p.await.expect("join").expect("durable");
+    }
+    start.elapsed()
+}
+
+fn store(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for &batch in &BATCHES {
+        let bytes = payload(batch);
+        g.throughput(Throughput::Elements(batch as u64));
+        for (name, mode, in_flight) in [
+            ("store_sync", FlushMode::Sync, 1),
+            ("store_sync_pipelined", FlushMode::Sync, 8),
+            ("store_async", FlushMode::Async, 0),
+        ] {
+            g.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
+                let dir = bench_dir();
+                let disk = Arc::new(MmapDisk::open(dir.path()).unwrap());
+                let mut store = Store::open(disk, config(mode)).unwrap();
+                let flusher = rt.block_on(async { FlushHandle::spawn(store.reader(), mode, 500) });
+                let mut next = 1u64;
+                let f = (mode == FlushMode::Sync).then_some(&flusher);
+                b.iter_custom(|iters| {
+                    rt.block_on(store_loop(
+                        &mut store, f, &mut next, &bytes, iters, in_flight,
+                    ))
+                });
+                flusher.stop();
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = raw, store
+}
+criterion_main!(benches);

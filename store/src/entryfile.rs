@@ -334,11 +334,19 @@ mod tests {
         // A damaged header is corruption, named with its file.
         disk.flip_bit("q/00000000000000000004", 9, 0).unwrap();
         let err = EntryFiles::open(disk.clone(), "q", magic, 4, 4, 6).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { ref file, .. } if file == "q/00000000000000000004"), "{err}");
+        assert!(
+            matches!(err, StoreError::Corrupt { ref file, .. } if file == "q/00000000000000000004"),
+            "{err}"
+        );
         // A wrong magic (another structure's files) is refused too.
         disk.flip_bit("q/00000000000000000004", 9, 0).unwrap();
-        assert!(EntryFiles::open(disk.clone(), "q", u32::from_le_bytes(*b"OTHR"), 4, 4, 6).is_err());
+        assert!(
+            EntryFiles::open(disk.clone(), "q", u32::from_le_bytes(*b"OTHR"), 4, 4, 6).is_err()
+        );
         // A per_file out of range is a configuration error.
-        assert!(matches!(EntryFiles::open(disk, "q", magic, 0, 0, 0), Err(StoreError::Config(_))));
+        assert!(matches!(
+            EntryFiles::open(disk, "q", magic, 0, 0, 0),
+            Err(StoreError::Config(_))
+        ));
     }
 }

@@ -528,7 +528,15 @@ mod tests {
 
     #[test]
     fn header_and_entry_golden_bytes() {
-        let h = Header { slot_count: 8, max_entries: 16, begin_ts: 1, end_ts: 2, begin_pos: 3, end_pos: 4, count: 5 };
+        let h = Header {
+            slot_count: 8,
+            max_entries: 16,
+            begin_ts: 1,
+            end_ts: 2,
+            begin_pos: 3,
+            end_pos: 4,
+            count: 5,
+        };
         let b = h.encode();
         let mut expected = b"RMQX".to_vec();
         expected.extend_from_slice(&[1, 0, 0, 0]);
@@ -546,8 +554,12 @@ mod tests {
         assert_eq!(h.file_len(), 64 + 8 * 4 + 16 * 24);
 
         let disk = SimDisk::new();
-        let cfg = IndexFileConfig { slot_count: 8, max_entries: 16 };
-        let mut idx = IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
+        let cfg = IndexFileConfig {
+            slot_count: 8,
+            max_entries: 16,
+        };
+        let mut idx =
+            IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
         idx.put("T", "k", Position(0x10), 0x20, 1000).unwrap();
         idx.put("T", "k", Position(0x30), 0x20, 1005).unwrap();
         let f = disk.open("index/00000000000000000000").unwrap();
@@ -567,28 +579,56 @@ mod tests {
 
     #[test]
     fn header_checks_reject_bad_sizes_and_versions() {
-        let mut h = Header { slot_count: 8, max_entries: 16, ..Header::default() }.encode();
+        let mut h = Header {
+            slot_count: 8,
+            max_entries: 16,
+            ..Header::default()
+        }
+        .encode();
         h[4] = 9;
         let crc = crc32c::crc32c(&h[..60]);
         h[60..].copy_from_slice(&crc.to_le_bytes());
-        assert!(Header::decode(&h, "x").unwrap_err().to_string().contains("unknown index file version"));
-        let big = Header { slot_count: SLOTS_MAX + 1, max_entries: 16, ..Header::default() }.encode();
+        assert!(
+            Header::decode(&h, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown index file version")
+        );
+        let big = Header {
+            slot_count: SLOTS_MAX + 1,
+            max_entries: 16,
+            ..Header::default()
+        }
+        .encode();
         assert!(Header::decode(&big, "x").is_err());
-        let over = Header { slot_count: 8, max_entries: 16, count: 17, ..Header::default() }.encode();
+        let over = Header {
+            slot_count: 8,
+            max_entries: 16,
+            count: 17,
+            ..Header::default()
+        }
+        .encode();
         assert!(Header::decode(&over, "x").is_err());
     }
 
     #[test]
     fn a_cycle_or_forward_link_is_corruption_not_a_hang() {
         let disk = SimDisk::new();
-        let cfg = IndexFileConfig { slot_count: 1, max_entries: 8 };
-        let mut idx = IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
+        let cfg = IndexFileConfig {
+            slot_count: 1,
+            max_entries: 8,
+        };
+        let mut idx =
+            IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
         for i in 0..3 {
             idx.put("T", "k", Position(i), 1, 1).unwrap();
         }
         // Point entry 0's prev at entry 2 (+1 = 3): a cycle.
         let f = disk.open("index/00000000000000000000").unwrap();
         f.write_at(64 + 4 + 20, &3u32.to_le_bytes()).unwrap();
-        assert!(matches!(idx.query("T", "k", 0, u64::MAX, 100), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            idx.query("T", "k", 0, u64::MAX, 100),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

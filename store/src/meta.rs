@@ -441,18 +441,53 @@ mod tests {
 
     #[test]
     fn value_encodings_golden_bytes() {
-        let t = TopicConfig { name: "T".into(), read_queue_nums: 4, write_queue_nums: 2, perm: 6 };
-        assert_eq!(t.encode(), [&[1u8][..], &4u32.to_le_bytes(), &2u32.to_le_bytes(), &6u32.to_le_bytes()].concat());
+        let t = TopicConfig {
+            name: "T".into(),
+            read_queue_nums: 4,
+            write_queue_nums: 2,
+            perm: 6,
+        };
+        assert_eq!(
+            t.encode(),
+            [
+                &[1u8][..],
+                &4u32.to_le_bytes(),
+                &2u32.to_le_bytes(),
+                &6u32.to_le_bytes()
+            ]
+            .concat()
+        );
         assert_eq!(TopicConfig::decode("T", &t.encode()).unwrap(), t);
-        let id = LogId { term: 7, node_id: 2, index: LogIndex(9) };
-        assert_eq!(encode_log_id(&id), [&[1u8][..], &7u64.to_le_bytes(), &2u64.to_le_bytes(), &9u64.to_le_bytes()].concat());
+        let id = LogId {
+            term: 7,
+            node_id: 2,
+            index: LogIndex(9),
+        };
+        assert_eq!(
+            encode_log_id(&id),
+            [
+                &[1u8][..],
+                &7u64.to_le_bytes(),
+                &2u64.to_le_bytes(),
+                &9u64.to_le_bytes()
+            ]
+            .concat()
+        );
         assert_eq!(decode_log_id(&encode_log_id(&id)).unwrap(), id);
         let c = Checkpoint {
-            log: ChainPoint { position: Position(100), prev_crc: 0xABCD, last_index: Some(LogIndex(5)) },
+            log: ChainPoint {
+                position: Position(100),
+                prev_crc: 0xABCD,
+                last_index: Some(LogIndex(5)),
+            },
             log_first: LogIndex(1),
             dispatched_index: None,
             dispatched_position: Position(50),
-            index: IndexCheckpoint { seq: 2, count: 3, begin_ts: 4 },
+            index: IndexCheckpoint {
+                seq: 2,
+                count: 3,
+                begin_ts: 4,
+            },
             purged_index: Some(LogIndex(0)),
         };
         let b = c.encode();

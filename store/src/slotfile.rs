@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(SlotFile::open(&disk, "m", 0).unwrap().value(), 10);
         // Both damaged: corruption, not a guess.
         disk.flip_bit("m", 17, 2).unwrap();
-        assert!(matches!(SlotFile::open(&disk, "m", 0), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            SlotFile::open(&disk, "m", 0),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -155,7 +158,9 @@ mod tests {
             s.store(5).unwrap();
             // Write the next value without its sync, then lose power.
             let seq = s.seq + 1;
-            s.file.write_at((seq % 2) * SLOT_STRIDE, &encode(seq, 6)).unwrap();
+            s.file
+                .write_at((seq % 2) * SLOT_STRIDE, &encode(seq, 6))
+                .unwrap();
             disk.power_loss(seed);
             let v = SlotFile::open(&disk, "m", 0).unwrap().value();
             assert!(v == 5 || v == 6, "seed {seed}: {v}");

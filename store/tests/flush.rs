@@ -9,7 +9,10 @@ use raftmq_store::flush::FlushHandle;
 use raftmq_store::{FlushMode, LogIndex, SimDisk};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -22,7 +25,11 @@ fn sync_mode_groups_concurrent_appends_into_few_syncs() {
         let mut waits = Vec::new();
         // 100 appends arrive before the flusher runs once: they must share syncs.
         for i in 0..100u64 {
-            common::append_batch(&mut s, 1, &[common::msg("T", 0, format!("g{i}").as_bytes(), i)]);
+            common::append_batch(
+                &mut s,
+                1,
+                &[common::msg("T", 0, format!("g{i}").as_bytes(), i)],
+            );
             let end = s.reader().written();
             let f = flusher.clone();
             waits.push(tokio::spawn(async move { f.wait_durable(end).await }));
@@ -73,7 +80,10 @@ fn async_mode_acknowledges_at_once_and_syncs_on_a_timer() {
         // … until the interval passes.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while s.reader().synced() < end {
-            assert!(tokio::time::Instant::now() < deadline, "async flush never ran");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "async flush never ran"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -87,7 +97,10 @@ fn a_failed_sync_fails_every_waiter_and_every_later_append() {
         let flusher = FlushHandle::spawn(s.reader(), FlushMode::Sync, 500);
         common::append_batch(&mut s, 1, &[common::msg("T", 0, b"a", 1)]);
         disk.set_fail_syncs(true);
-        let err = flusher.wait_durable(s.reader().written()).await.unwrap_err();
+        let err = flusher
+            .wait_durable(s.reader().written())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("injected sync failure"), "{err}");
         // Clearing the fault does not resurrect the log: the dirty pages may be gone.
         disk.set_fail_syncs(false);

@@ -16,9 +16,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::{Disk, DiskError, DiskFile, check_bounds, check_path};
 
 /// An in-memory disk that can lose power; cheap to clone (clones share the files).
+///
+/// A clone is a *view* bound to one process incarnation: after [`SimDisk::fence`], every
+/// operation through an older view (and the files opened through it) fails, as nothing a
+/// killed process does can reach the disk any more — not even its destructors, which a
+/// simulator may run after the kill.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
     inner: Arc<Mutex<SimState>>,
+    epoch: u64,
 }
 
 /// Everything behind one lock: the disk is shared by the files of one simulated node, and
@@ -34,6 +40,8 @@ struct SimState {
     stats: SimDiskStats,
     /// Fault injection: every sync fails with an I/O error while set.
     fail_syncs: bool,
+    /// The live incarnation; views with an older epoch are fenced off.
+    epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +74,36 @@ impl SimDisk {
 
     fn state(&self) -> MutexGuard<'_, SimState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state, if this view belongs to the live incarnation.
+    fn live_state(&self, path: &str) -> Result<MutexGuard<'_, SimState>, DiskError> {
+        let st = self.state();
+        if st.epoch != self.epoch {
+            return Err(DiskError::Io {
+                op: "access",
+                path: path.to_string(),
+                source: std::io::Error::other(
+                    "fenced: the process incarnation that opened this disk is dead",
+                ),
+            });
+        }
+        Ok(st)
+    }
+
+    /// Ends the current incarnation: every existing view and file handle stops working.
+    /// Call it when the simulated process is killed, before restarting it.
+    pub fn fence(&self) {
+        self.state().epoch += 1;
+    }
+
+    /// A view for the current incarnation (what a restarted process opens).
+    pub fn incarnation(&self) -> SimDisk {
+        let epoch = self.state().epoch;
+        SimDisk {
+            inner: self.inner.clone(),
+            epoch,
+        }
     }
 
     /// Simulates a power cut: every file goes back to what was synced, and a prefix of random
@@ -144,7 +182,7 @@ pub(crate) fn splitmix64(mut x: u64) -> u64 {
 impl Disk for SimDisk {
     fn create(&self, path: &str, len: u64) -> Result<Arc<dyn DiskFile>, DiskError> {
         check_path(path)?;
-        let mut st = self.state();
+        let mut st = self.live_state(path)?;
         if st.files.contains_key(path) {
             return Err(DiskError::Exists {
                 path: path.to_string(),
@@ -169,7 +207,7 @@ impl Disk for SimDisk {
 
     fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError> {
         check_path(path)?;
-        let st = self.state();
+        let st = self.live_state(path)?;
         let f = st.files.get(path).ok_or_else(|| DiskError::Exists {
             path: path.to_string(),
             what: "does not exist",
@@ -187,7 +225,7 @@ impl Disk for SimDisk {
 
     fn remove(&self, path: &str) -> Result<(), DiskError> {
         check_path(path)?;
-        let mut st = self.state();
+        let mut st = self.live_state(path)?;
         st.files
             .remove(path)
             .map(|_| ())
@@ -250,7 +288,7 @@ impl SimFile {
         &self,
         f: impl FnOnce(&mut SimState) -> Result<R, DiskError>,
     ) -> Result<R, DiskError> {
-        let mut st = self.disk.state();
+        let mut st = self.disk.live_state(&self.path)?;
         match st.files.get(&self.path) {
             Some(d) if d.id == self.id => f(&mut st),
             _ => Err(DiskError::Exists {

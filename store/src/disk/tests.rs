@@ -142,3 +142,21 @@ fn flip_bit_changes_one_bit() {
     assert_eq!(b, [0, 0, 2, 0]);
     assert!(disk.flip_bit("f", 4, 0).is_err());
 }
+
+#[test]
+fn a_fenced_incarnation_can_no_longer_touch_the_disk() {
+    let disk = SimDisk::new();
+    let old = disk.incarnation();
+    let f = old.create("f", 8).unwrap();
+    f.write_at(0, b"old").unwrap();
+    disk.fence();
+    assert!(f.write_at(0, b"zombie").is_err());
+    assert!(f.sync_all().is_err());
+    assert!(old.create("g", 1).is_err());
+    assert!(old.remove("f").is_err());
+    let new = disk.incarnation();
+    let g = new.open("f").unwrap();
+    let mut b = [0u8; 3];
+    g.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"old");
+}
