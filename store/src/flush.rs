@@ -135,6 +135,9 @@ impl Inner {
             let target = self.reader.written();
             let result = self.reader.sync_to(target).map_err(|e| e.to_string());
             let done = self.answer(result);
+            if !done && self.reader.wants_spare() {
+                prepare_spare(self.reader.clone());
+            }
             if done || stopping {
                 let mut st = self.lock();
                 st.stopped = true;
@@ -173,4 +176,18 @@ impl Inner {
             }
         }
     }
+}
+
+/// Makes the next CommitLog segment ahead of time, off the flusher: on a blocking-pool thread
+/// in production; inline under madsim, where threads are forbidden and `SimDisk` is instant.
+fn prepare_spare(reader: CommitLogReader) {
+    let work = move || {
+        if let Err(e) = reader.prepare_spare() {
+            tracing::warn!(error = %e, "could not prepare the next commitlog segment; the roll will create it");
+        }
+    };
+    #[cfg(not(madsim))]
+    drop(tokio::task::spawn_blocking(work));
+    #[cfg(madsim)]
+    work();
 }

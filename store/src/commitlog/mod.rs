@@ -32,6 +32,17 @@ use record::{EntryRef, HEADER_LEN, Invalid, RecordHeader, RecordKind};
 pub const DIR: &str = "commitlog";
 /// The synced-position marker.
 const SYNCED_MARKER: &str = "commitlog.synced";
+/// A zero-filled file made ahead of time, renamed into place when the log rolls (creating
+/// and zero-filling a segment takes long: it must not stall an append).
+const SPARE: &str = "commitlog.spare";
+
+/// The spare segment's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spare {
+    Absent,
+    Creating,
+    Ready,
+}
 
 /// Name of the segment starting at `start`.
 pub fn segment_path(start: u64) -> String {
@@ -86,6 +97,9 @@ pub(crate) struct Shared {
     /// not raise the marker over a range that a concurrent truncation is taking back. Held
     /// during the sync I/O (never across an await).
     flush: Mutex<FlushState>,
+    /// A lock because the writer takes the spare while a background task may be making it;
+    /// held only to flip the state and, by the writer, for the rename (no await under it).
+    spare: Mutex<Spare>,
 }
 
 #[derive(Debug)]
@@ -146,6 +160,10 @@ impl CommitLog {
             segments.insert(start / segment_bytes, file);
         }
         let marker = SlotFile::open(disk.as_ref(), SYNCED_MARKER, from.position.0)?;
+        if disk.exists(SPARE) {
+            // Possibly half zero-filled when the process died: make a new one later.
+            disk.remove(SPARE)?;
+        }
         let first = segments
             .keys()
             .next()
@@ -161,6 +179,7 @@ impl CommitLog {
                 marker,
                 failed: None,
             }),
+            spare: Mutex::new(Spare::Absent),
         });
         let mut log = CommitLog {
             shared,
@@ -485,6 +504,43 @@ impl CommitLogReader {
         Ok(records.len() as u64)
     }
 
+    /// Whether a spare segment should be made now: none exists or is being made, and the
+    /// writer is past half of its segment.
+    pub fn wants_spare(&self) -> bool {
+        let sh = &self.shared;
+        let in_seg = sh.written.load(Ordering::Acquire) % sh.segment_bytes;
+        in_seg >= sh.segment_bytes / 2
+            && *sh.spare.lock().unwrap_or_else(|p| p.into_inner()) == Spare::Absent
+    }
+
+    /// Makes the spare segment (zero-filled, durable) if there is none; the next roll renames
+    /// it into place instead of creating a segment. Blocking I/O: run it off the append path.
+    pub fn prepare_spare(&self) -> Result<bool> {
+        let sh = &self.shared;
+        {
+            let mut spare = sh.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if *spare != Spare::Absent {
+                return Ok(false);
+            }
+            *spare = Spare::Creating;
+        }
+        if sh.disk.exists(SPARE) {
+            sh.disk.remove(SPARE)?;
+        }
+        let result = sh.disk.create(SPARE, sh.segment_bytes);
+        let mut spare = sh.spare.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                *spare = Spare::Ready;
+                Ok(true)
+            }
+            Err(e) => {
+                *spare = Spare::Absent;
+                Err(e.into())
+            }
+        }
+    }
+
     /// The sync error that stopped the log, if any.
     pub fn failure(&self) -> Option<String> {
         self.shared.flush_state().failed.clone()
@@ -508,9 +564,18 @@ impl Shared {
         if self.segment(k).is_some() {
             return Ok(());
         }
-        let file = self
-            .disk
-            .create(&segment_path(k * self.segment_bytes), self.segment_bytes)?;
+        let path = segment_path(k * self.segment_bytes);
+        let file = {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if *spare == Spare::Ready {
+                *spare = Spare::Absent;
+                self.disk.rename(SPARE, &path)?;
+                self.disk.open(&path)?
+            } else {
+                drop(spare);
+                self.disk.create(&path, self.segment_bytes)?
+            }
+        };
         self.segments
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -301,3 +301,31 @@ fn an_unknown_record_version_is_rejected_not_skipped() {
         "{err}"
     );
 }
+
+#[test]
+fn a_prepared_spare_becomes_the_next_segment_and_a_leftover_one_is_dropped() {
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk);
+    let r = log.reader();
+    assert!(!r.wants_spare());
+    let half = vec![1u8; SEG as usize / 2];
+    log.append(&[entry(1, &half)]).unwrap();
+    assert!(r.wants_spare());
+    assert!(r.prepare_spare().unwrap());
+    assert!(!r.wants_spare(), "a ready spare is not made twice");
+    assert!(!r.prepare_spare().unwrap());
+    assert!(disk.exists(SPARE));
+    log.append(&[entry(2, &half)]).unwrap();
+    assert!(!disk.exists(SPARE), "the roll renamed the spare into place");
+    assert_eq!(r.segment_starts(), vec![Position(0), Position(SEG)]);
+    r.sync_to(r.written()).unwrap();
+    // A spare left by a crash is removed at open; the log is intact.
+    log.reader().prepare_spare().unwrap_or(false);
+    let spare = disk.create(SPARE, 10);
+    assert!(spare.is_ok() || disk.exists(SPARE));
+    drop(log);
+    let (log, scanned) = open(&disk);
+    assert!(!disk.exists(SPARE));
+    assert_eq!(scanned.len(), 2);
+    assert_eq!(log.reader().read(Position(SEG)).unwrap().payload, half);
+}

@@ -87,7 +87,7 @@ impl Disk for MmapDisk {
                 }
             })?;
         file.set_len(len).map_err(io("set_len", &full))?;
-        preallocate(&file, len);
+        preallocate(&file, len).map_err(io("zero-fill", &full))?;
         file.sync_all().map_err(io("fsync", &full))?;
         sync_parent(&full)?;
         Ok(Arc::new(MmapFile::new(path, file, len)?))
@@ -121,6 +121,25 @@ impl Disk for MmapDisk {
         let full = self.full(path)?;
         std::fs::remove_file(&full).map_err(io("remove", &full))?;
         sync_parent(&full)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
+        let (src, dst) = (self.full(from)?, self.full(to)?);
+        if dst.exists() {
+            return Err(DiskError::Exists {
+                path: to.to_string(),
+                what: "already exists",
+            });
+        }
+        if let Some(parent) = dst.parent() {
+            create_dirs_durably(parent)?;
+        }
+        std::fs::rename(&src, &dst).map_err(io("rename", &src))?;
+        sync_parent(&dst)?;
+        if src.parent() != dst.parent() {
+            sync_parent(&src)?;
+        }
+        Ok(())
     }
 
     fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
@@ -160,10 +179,12 @@ impl MmapDisk {
     }
 }
 
-/// Reserves the blocks of a new file so that later writes do not allocate (which would make
-/// every `msync` commit file-system metadata). Best effort: a file system without
-/// `fallocate` still works, only slower.
-fn preallocate(file: &File, len: u64) {
+/// Really preallocates a new file: reserve its blocks (`fallocate`, best effort), then
+/// write zeros over all of it. Blocks that `fallocate` merely reserves are "unwritten
+/// extents": the first write to each turns it into a written one, a metadata change that
+/// makes every `msync` commit the file-system journal (a full fsync's cost). Written zeros
+/// leave later writes as pure overwrites, so a sync is a data-only flush.
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -172,8 +193,16 @@ fn preallocate(file: &File, len: u64) {
             let _ = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, len);
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut at = 0;
+    while at < len {
+        let n = CHUNK.min(len - at) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

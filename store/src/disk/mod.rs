@@ -17,7 +17,7 @@
 //! # To ensure correctness
 //! An implementation of [`Disk`] and [`DiskFile`] must guarantee:
 //! - `create` returns only when the new file (of the requested length, zero-filled) and its
-//!   directory entry are durable; `remove` returns only when the removal is durable.
+//!   directory entry are durable; `remove` and `rename` return only when the change is durable.
 //! - After `sync_range(off, len)` returns `Ok`, the bytes `[off, off + len)` and the file's
 //!   length are durable: a power loss cannot take them back.
 //! - Bytes written and not yet synced may be lost on power loss, entirely or in part; bytes
@@ -74,6 +74,9 @@ pub trait Disk: Send + Sync + Debug + 'static {
     fn exists(&self, path: &str) -> bool;
     /// Removes a file; durable when it returns. Removing a missing file is an error.
     fn remove(&self, path: &str) -> Result<(), DiskError>;
+    /// Renames a file, replacing nothing (the target must not exist); durable when it
+    /// returns. Handles opened at the old path must not be used afterwards.
+    fn rename(&self, from: &str, to: &str) -> Result<(), DiskError>;
     /// The names (not paths) of the files directly under `dir`, sorted. A missing directory
     /// lists as empty.
     fn list(&self, dir: &str) -> Result<Vec<String>, DiskError>;

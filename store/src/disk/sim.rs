@@ -235,13 +235,37 @@ impl Disk for SimDisk {
             })
     }
 
+    fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
+        check_path(from)?;
+        check_path(to)?;
+        let mut st = self.live_state(from)?;
+        if st.files.contains_key(to) {
+            return Err(DiskError::Exists {
+                path: to.to_string(),
+                what: "already exists",
+            });
+        }
+        let f = st.files.remove(from).ok_or_else(|| DiskError::Exists {
+            path: from.to_string(),
+            what: "does not exist",
+        })?;
+        // A rename is durable at once (the directory is synced), like create and remove.
+        st.files.insert(to.to_string(), f);
+        if let Some(w) = st.last_unsynced_write.as_mut() {
+            if w.0 == from {
+                w.0 = to.to_string();
+            }
+        }
+        Ok(())
+    }
+
     fn list(&self, dir: &str) -> Result<Vec<String>, DiskError> {
         let prefix = if dir.is_empty() {
             String::new()
         } else {
             format!("{dir}/")
         };
-        let st = self.state();
+        let st = self.live_state(dir)?;
         Ok(st
             .files
             .range(prefix.clone()..)
@@ -259,7 +283,7 @@ impl Disk for SimDisk {
         } else {
             format!("{dir}/")
         };
-        let st = self.state();
+        let st = self.live_state(dir)?;
         let mut out: Vec<String> = st
             .files
             .range(prefix.clone()..)

@@ -36,8 +36,20 @@ fn exercise(disk: &dyn Disk) {
     empty.write_at(0, b"0123456789").unwrap();
     assert_eq!(disk.list("a").unwrap(), vec!["empty".to_string()]);
     assert_eq!(disk.list_dirs("a").unwrap(), vec!["b".to_string()]);
+    assert_eq!(disk.list_dirs("").unwrap(), vec!["a".to_string()]);
     assert_eq!(disk.list("a/b").unwrap(), vec!["file".to_string()]);
     assert!(disk.list("nope").unwrap().is_empty());
+    disk.rename("a/empty", "c/moved").unwrap();
+    assert!(!disk.exists("a/empty"));
+    let moved = disk.open("c/moved").unwrap();
+    let mut ten = [0u8; 10];
+    moved.read_at(0, &mut ten).unwrap();
+    assert_eq!(&ten, b"0123456789");
+    assert!(matches!(
+        disk.rename("c/moved", "a/b/file"),
+        Err(DiskError::Exists { .. })
+    ));
+    assert!(disk.rename("nope", "x").is_err());
     let again = disk.open("a/b/file").unwrap();
     let mut two = [0u8; 2];
     again.read_at(0, &mut two).unwrap();
