@@ -70,14 +70,14 @@ pub fn check_order(h: &History, log: &FinalLog) -> Vec<Violation> {
     let mut out = Vec::new();
     for (w, _) in &h.acked {
         let Some(&i) = pos.get(w) else { continue };
-        if let Some(&(prev, pi)) = last.get(&w.client) {
-            if pi >= i {
-                out.push(Violation::Reordered {
-                    client: w.client,
-                    earlier: prev,
-                    later: *w,
-                });
-            }
+        if let Some(&(prev, pi)) = last.get(&w.client)
+            && pi >= i
+        {
+            out.push(Violation::Reordered {
+                client: w.client,
+                earlier: prev,
+                later: *w,
+            });
         }
         last.insert(w.client, (*w, i));
     }
@@ -96,10 +96,10 @@ pub fn check_log_shape(h: &History, log: &FinalLog) -> Vec<Violation> {
     let mut seen: BTreeMap<WriteId, Vec<u64>> = BTreeMap::new();
     let mut prev: Option<u64> = None;
     for (&i, &w) in log {
-        if let Some(p) = prev {
-            if i != p + 1 {
-                out.push(Violation::Gap { after: p, next: i });
-            }
+        if let Some(p) = prev
+            && i != p + 1
+        {
+            out.push(Violation::Gap { after: p, next: i });
         }
         prev = Some(i);
         seen.entry(w).or_default().push(i);

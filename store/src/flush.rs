@@ -3,8 +3,10 @@
 //! One task owns the syncing. In `Sync` mode an appender calls
 //! [`FlushHandle::wait_durable`] with the end of what it appended; the flusher wakes, syncs
 //! everything written so far in one go (every append that arrived while the previous sync
-//! ran rides on the next one), raises the synced marker, and answers every waiter whose end
-//! is now covered. In `Async` mode `wait_durable` answers at once and the flusher syncs every
+//! ran rides on the next one), and answers every waiter whose end is now covered. The synced
+//! marker (what recovery trusts to tell corruption from a torn tail) is raised by a second,
+//! separate flush; to keep that flush off the acknowledgement path it is done at most every
+//! [`MARKER_LAG_MS`] under load and at once when the flusher goes idle. In `Async` mode `wait_durable` answers at once and the flusher syncs every
 //! `flush_interval_ms`.
 //!
 //! After a failed sync the flusher stops and every waiter, now and later, gets the error:
@@ -25,6 +27,10 @@ use crate::config::FlushMode;
 use crate::error::{Result, StoreError};
 use crate::types::Position;
 
+/// How long, at most, the synced marker trails the acknowledged end under load (it catches
+/// up as soon as the flusher is idle this long).
+pub const MARKER_LAG_MS: u64 = 10;
+
 /// Most waiters at once; past it `wait_durable` fails fast instead of queueing without bound.
 pub const WAITERS_MAX: usize = 1 << 16;
 
@@ -39,6 +45,8 @@ struct Inner {
     reader: CommitLogReader,
     mode: FlushMode,
     interval: Duration,
+    /// How long the synced marker may trail the acknowledged end while appends keep coming.
+    marker_lag: Duration,
     notify: Notify,
     /// Waiters by (end position, arrival number). A lock because appenders add and the
     /// flusher drains; held only to edit the map (no I/O, no await).
@@ -60,6 +68,7 @@ impl FlushHandle {
             reader,
             mode,
             interval: Duration::from_millis(flush_interval_ms.max(1)),
+            marker_lag: Duration::from_millis(MARKER_LAG_MS),
             notify: Notify::new(),
             state: Mutex::new(Waiters::default()),
         });
@@ -120,9 +129,24 @@ impl Inner {
     }
 
     async fn run(self: Arc<Self>) {
+        let mut marker_at = tokio::time::Instant::now();
         loop {
+            let marker_lags = self.reader.synced_marker() < self.reader.synced();
             match self.mode {
-                FlushMode::Sync => self.notify.notified().await,
+                FlushMode::Sync => {
+                    tokio::select! {
+                        biased;
+                        _ = self.notify.notified() => {}
+                        // Idle with the marker behind: bring it up to date now.
+                        _ = tokio::time::sleep(self.marker_lag), if marker_lags => {
+                            if self.marker_round() {
+                                return;
+                            }
+                            marker_at = tokio::time::Instant::now();
+                            continue;
+                        }
+                    }
+                }
                 FlushMode::Async => {
                     tokio::select! {
                         biased;
@@ -133,8 +157,19 @@ impl Inner {
             }
             let stopping = self.lock().stopped;
             let target = self.reader.written();
-            let result = self.reader.sync_to(target).map_err(|e| e.to_string());
-            let done = self.answer(result);
+            // Sync mode acknowledges after the data flush alone; the marker follows at most
+            // `marker_lag` later (see `CommitLogReader::sync_data_to`). Async mode and the
+            // last round before stopping sync both.
+            let result = if self.mode == FlushMode::Sync && !stopping {
+                self.reader.sync_data_to(target)
+            } else {
+                self.reader.sync_to(target)
+            };
+            let mut done = self.answer(result.map_err(|e| e.to_string()));
+            if !done && self.mode == FlushMode::Sync && marker_at.elapsed() >= self.marker_lag {
+                done = self.marker_round();
+                marker_at = tokio::time::Instant::now();
+            }
             if !done && self.reader.wants_spare() {
                 prepare_spare(self.reader.clone());
             }
@@ -146,6 +181,14 @@ impl Inner {
                 }
                 return;
             }
+        }
+    }
+
+    /// Raises the synced marker; returns true if the flusher must stop (the sync failed).
+    fn marker_round(&self) -> bool {
+        match self.reader.sync_marker() {
+            Ok(()) => false,
+            Err(e) => self.answer(Err(e.to_string())),
         }
     }
 

@@ -51,6 +51,9 @@ pub mod perm {
     pub const WRITE: u32 = 2;
 }
 
+/// Identifies a committed consumer offset: (consumer group, topic, queue id).
+pub type OffsetKey = (String, String, u32);
+
 /// A topic's configuration in this broker group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
@@ -302,7 +305,7 @@ impl MetaStore {
     }
 
     /// Every committed offset: ((group, topic, queue id), offset).
-    pub fn consumer_offsets(&self) -> Result<Vec<((String, String, u32), u64)>> {
+    pub fn consumer_offsets(&self) -> Result<Vec<(OffsetKey, u64)>> {
         self.read(|t| {
             let table = t.open_table(OFFSETS).map_err(meta_err)?;
             let mut out = Vec::new();

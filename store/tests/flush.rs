@@ -132,3 +132,39 @@ fn stop_answers_pending_waiters() {
         assert!(flusher.wait_durable(s.reader().written()).await.is_err());
     });
 }
+
+#[test]
+fn the_synced_marker_trails_under_load_and_catches_up_when_idle() {
+    rt().block_on(async {
+        let disk = SimDisk::new();
+        let mut s = common::open(&disk);
+        let flusher = FlushHandle::spawn(s.reader(), FlushMode::Sync, 500);
+        common::append_batch(&mut s, 1, &[common::msg("T", 0, b"a", 1)]);
+        let end = s.reader().written();
+        flusher.wait_durable(end).await.unwrap();
+        assert_eq!(s.reader().synced(), end, "acknowledged means synced");
+        // Idle: within a few marker intervals the marker reaches the synced end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while s.reader().synced_marker() < end {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the marker never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(raftmq_store::flush::MARKER_LAG_MS)).await;
+        }
+        // Now a bit flip in that record is corruption, not a torn tail.
+        drop(s);
+        flusher.stop();
+        disk.flip_bit(&raftmq_store::commitlog::segment_path(0), 50, 1)
+            .unwrap();
+        let err = raftmq_store::Store::open(
+            std::sync::Arc::new(disk.incarnation()),
+            raftmq_store::StoreConfig::for_tests(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, raftmq_store::StoreError::Corrupt { .. }),
+            "{err}"
+        );
+    });
+}

@@ -23,7 +23,7 @@ fn durable_commits_survive_repeated_power_loss() {
             let commits = 5 + (seed * 7 + round * 3) % 40;
             for _ in 0..commits {
                 n += 1;
-                let durable = (n + seed) % 3 != 0;
+                let durable = !(n + seed).is_multiple_of(3);
                 let mut txn = meta.begin(durable).unwrap();
                 for q in 0..(n % 50) as u32 {
                     txn.set_consumer_offset(

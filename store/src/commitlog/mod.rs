@@ -14,7 +14,9 @@
 //!   always sees whole records;
 //! - the synced marker (a [`SlotFile`]) is never above what is really synced: data is synced
 //!   first, then the marker is written and synced. Recovery treats a bad record below the
-//!   marker as corruption, and one at or above it as the torn end of the log.
+//!   marker as corruption, and one at or above it as the torn end of the log. The group-commit
+//!   flusher lets the marker trail the synced end by a bounded time so that an acknowledgement
+//!   costs one flush, not two (see [`CommitLogReader::sync_data_to`]).
 
 pub mod record;
 
@@ -385,7 +387,9 @@ impl CommitLog {
                 .store((k + 1) * sh.segment_bytes, Ordering::Release);
         }
         for &k in &doomed {
-            sh.remove_segment(k)?;
+            if !sh.recycle_segment(k)? {
+                sh.remove_segment(k)?;
+            }
         }
         Ok(doomed.len() as u64)
     }
@@ -396,7 +400,27 @@ impl CommitLogReader {
     /// [`written`](Self::written)), then raises the synced marker. One call covers every
     /// append before it: this is the group commit.
     pub fn sync_to(&self, end: Position) -> Result<()> {
-        self.shared.sync_to(end.0)
+        self.shared.sync_to(end.0, true)
+    }
+
+    /// Syncs everything written up to `end` without raising the synced marker: the data is
+    /// durable (acknowledge it), and one data-only flush is paid instead of two. The marker
+    /// then trails the synced end until [`sync_marker`](Self::sync_marker); recovery reports a
+    /// bad record below the marker as corruption and cuts one at or above it, so while it
+    /// trails, a record acknowledged in that gap that later rots on disk would be cut, not
+    /// reported. Nothing acknowledged is lost by it: the data itself is durable.
+    pub fn sync_data_to(&self, end: Position) -> Result<()> {
+        self.shared.sync_to(end.0, false)
+    }
+
+    /// Raises the synced marker to the synced end (one small write and sync).
+    pub fn sync_marker(&self) -> Result<()> {
+        self.shared.sync_to(0, true)
+    }
+
+    /// The synced marker: recovery treats a bad record below it as corruption.
+    pub fn synced_marker(&self) -> Position {
+        Position(self.shared.flush_state().marker.value())
     }
 
     /// Reads and verifies the record at `position`.
@@ -583,6 +607,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Keeps a deleted segment as the spare when there is none: its blocks are already
+    /// written, so reusing it spares the zero-filling of a new one (the way PostgreSQL recycles
+    /// WAL segments). Its stale records can never join the log: they do not chain
+    /// (`prev_crc`) to the records written over them. Returns whether it was recycled.
+    fn recycle_segment(&self, k: u64) -> Result<bool> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if *spare != Spare::Absent {
+            return Ok(false);
+        }
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&k);
+        self.disk
+            .rename(&segment_path(k * self.segment_bytes), SPARE)?;
+        *spare = Spare::Ready;
+        Ok(true)
+    }
+
     fn remove_segment(&self, k: u64) -> Result<()> {
         self.segments
             .write()
@@ -644,31 +687,37 @@ impl Shared {
         Ok(header)
     }
 
-    fn sync_to(&self, end: u64) -> Result<()> {
+    /// Syncs the data up to `end`; with `marker`, also raises the synced marker to it.
+    fn sync_to(&self, end: u64, marker: bool) -> Result<()> {
         let mut fs = self.flush_state();
         if let Some(e) = &fs.failed {
             return Err(StoreError::Closed(format!(
                 "commitlog sync failed earlier: {e}"
             )));
         }
-        let from = self.synced.load(Ordering::Acquire);
+        // Nothing below the first retained segment is left to sync (retention removed it).
+        let from = self
+            .synced
+            .load(Ordering::Acquire)
+            .max(self.first.load(Ordering::Acquire));
         let end = end.min(self.written.load(Ordering::Acquire));
-        if end <= from {
-            return Ok(());
-        }
-        let result = self
-            .sync_range(from, end)
-            .and_then(|()| fs.marker.store(end));
-        match result {
-            Ok(()) => {
+        let mut result = Ok(());
+        if end > from {
+            result = self.sync_range(from, end);
+            if result.is_ok() {
                 self.synced.store(end, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => {
-                fs.failed = Some(e.to_string());
-                Err(e)
             }
         }
+        if marker && result.is_ok() {
+            let synced = self.synced.load(Ordering::Acquire);
+            if fs.marker.value() < synced {
+                result = fs.marker.store(synced);
+            }
+        }
+        if let Err(e) = &result {
+            fs.failed = Some(e.to_string());
+        }
+        result
     }
 
     fn sync_range(&self, from: u64, end: u64) -> Result<()> {

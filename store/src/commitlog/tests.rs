@@ -258,6 +258,31 @@ fn purge_deletes_whole_segments_only() {
         Err(StoreError::OutOfRange { .. })
     ));
     assert!(!disk.exists(&segment_path(0)));
+    assert!(!disk.exists(&segment_path(SEG)));
+    // One deleted segment was kept as the spare, stale content and all …
+    assert!(disk.exists(SPARE));
+    let last_index = log.tail().last_index.unwrap().0;
+    let first_kept = log.reader().read_header(Position(2 * SEG)).unwrap();
+    // … and is reused by the next roll; its stale records never join the log.
+    for i in last_index + 1..=last_index + 6 {
+        log.append(&[entry(i, &payload)]).unwrap();
+    }
+    assert!(!disk.exists(SPARE));
+    let r = log.reader();
+    r.sync_to(r.written()).unwrap();
+    drop(log);
+    let from = ChainPoint {
+        position: Position(2 * SEG),
+        prev_crc: first_kept.prev_crc,
+        last_index: Some(LogIndex(first_kept.index.0 - 1)),
+    };
+    let (log, scanned) = CommitLog::open(Arc::new(disk.clone()), SEG, from).unwrap();
+    assert_eq!(log.tail().last_index, Some(LogIndex(last_index + 6)));
+    assert_eq!(
+        scanned.len() as u64,
+        last_index + 6 - first_kept.index.0 + 1
+    );
+    assert_eq!(log.reader().verify().unwrap(), scanned.len() as u64);
 }
 
 #[test]

@@ -262,22 +262,13 @@ impl DiskFile for MmapFile {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        use std::os::unix::fs::FileExt;
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
         check_bounds(&self.path, offset, data.len() as u64, file_len)?;
-        if let Some(m) = map.as_ref() {
-            // SAFETY: bounds checked above against the live mapping, which cannot be replaced
-            // while we hold the read lock; callers never read this range concurrently (module
-            // contract), and `data` cannot overlap the mapping (it is a separate borrow).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    data.as_ptr(),
-                    m.as_mut_ptr().add(offset as usize),
-                    data.len(),
-                );
-            }
-        }
-        Ok(())
+        self.file
+            .write_all_at(data, offset)
+            .map_err(self.io_err("pwrite"))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {

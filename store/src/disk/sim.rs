@@ -251,10 +251,8 @@ impl Disk for SimDisk {
         })?;
         // A rename is durable at once (the directory is synced), like create and remove.
         st.files.insert(to.to_string(), f);
-        if let Some(w) = st.last_unsynced_write.as_mut() {
-            if w.0 == from {
-                w.0 = to.to_string();
-            }
+        if let Some(w) = st.last_unsynced_write.as_mut().filter(|w| w.0 == from) {
+            w.0 = to.to_string();
         }
         Ok(())
     }
