@@ -59,9 +59,15 @@ fn check(data_dir: PathBuf, segment_bytes: u64) -> anyhow::Result<()> {
     );
     let disk =
         MmapDisk::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    // max_record_bytes only limits new appends; a smaller segment must still pass validation.
+    let defaults = StoreConfig::default();
+    let max_record_bytes = defaults
+        .max_record_bytes
+        .min(segment_bytes.saturating_sub(64));
     let config = StoreConfig {
         segment_bytes,
-        ..StoreConfig::default()
+        max_record_bytes,
+        ..defaults
     };
     let store = Store::open(Arc::new(disk), config).context("recovering the store")?;
     let entries = store.verify().context("verifying the CommitLog")?;

@@ -45,6 +45,7 @@ fn store_check_finds_corruption_in_a_written_store() {
             disk,
             StoreConfig {
                 segment_bytes: seg,
+                max_record_bytes: 64 * 1024,
                 ..StoreConfig::default()
             },
         )
