@@ -243,3 +243,38 @@ impl ConsumeQueues {
 fn list_dirs(disk: &dyn Disk, dir: &str) -> Result<Vec<String>> {
     Ok(disk.list_dirs(dir)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_golden_bytes() {
+        let e = CqEntry {
+            position: Position(0x0102_0304_0506_0708),
+            size: 0x0A0B_0C0D,
+            tag_hash: 0x1112_1314_1516_1718,
+        };
+        let b = e.encode();
+        let mut want = 0x0102_0304_0506_0708u64.to_le_bytes().to_vec();
+        want.extend_from_slice(&0x0A0B_0C0Du32.to_le_bytes());
+        want.extend_from_slice(&0x1112_1314_1516_1718u64.to_le_bytes());
+        assert_eq!(b.to_vec(), want);
+        assert_eq!(CqEntry::decode(&b), e);
+        assert_eq!(MAGIC.to_le_bytes(), *b"RMQQ");
+    }
+
+    #[test]
+    fn topic_names_escape_to_one_safe_path_component() {
+        for name in ["Topic_1-a", "%RETRY%group", "a|b", "../etc", "a/b", "", "é"] {
+            let esc = escape_topic(name);
+            assert!(
+                !esc.contains('/') && esc != "." && esc != "..",
+                "{name} -> {esc}"
+            );
+            assert_eq!(unescape_topic(&esc).as_deref(), Some(name));
+        }
+        assert_eq!(escape_topic("Topic_1-a"), "Topic_1-a");
+        assert_eq!(unescape_topic("%zz"), None);
+    }
+}

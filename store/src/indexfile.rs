@@ -59,7 +59,7 @@ pub const SLOT_LEN: u64 = 4;
 /// Bytes per entry.
 pub const ENTRY_LEN: u64 = 24;
 /// Most slots per file.
-pub const SLOTS_MAX: u32 = 64 * 1024 * 1024;
+pub const SLOTS_MAX: u32 = 16 * 1024 * 1024;
 /// Most entries per file.
 pub const ENTRIES_MAX: u32 = 256 * 1024 * 1024;
 
