@@ -16,9 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::codec::{le_u32, le_u64};
 use crate::disk::Disk;
-use crate::entryfile::{ENTRY_LEN, Entry, EntryFiles};
+use crate::entryfile::{Entry, EntryFiles, pack, unpack};
 use crate::error::Result;
 use crate::types::{Position, QueueOffset};
 
@@ -44,18 +43,15 @@ pub struct CqEntry {
 
 impl CqEntry {
     pub(crate) fn encode(&self) -> Entry {
-        let mut e = [0u8; ENTRY_LEN];
-        e[0..8].copy_from_slice(&self.position.0.to_le_bytes());
-        e[8..12].copy_from_slice(&self.size.to_le_bytes());
-        e[12..20].copy_from_slice(&self.tag_hash.to_le_bytes());
-        e
+        pack(self.position.0, self.size, self.tag_hash)
     }
 
     pub(crate) fn decode(e: &Entry) -> Self {
+        let (position, size, tag_hash) = unpack(e);
         Self {
-            position: Position(le_u64(e, 0)),
-            size: le_u32(e, 8),
-            tag_hash: le_u64(e, 12),
+            position: Position(position),
+            size,
+            tag_hash,
         }
     }
 }

@@ -38,6 +38,21 @@ pub const PER_FILE_MAX: u64 = 64 * 1024 * 1024;
 /// One 20-byte entry.
 pub type Entry = [u8; ENTRY_LEN];
 
+/// Both users of entry files store the same shape, `position u64 | len u32 | extra u64`
+/// (the extra is a term or a tag hash): one packing for both.
+pub(crate) fn pack(position: u64, len: u32, extra: u64) -> Entry {
+    let mut e = [0u8; ENTRY_LEN];
+    e[0..8].copy_from_slice(&position.to_le_bytes());
+    e[8..12].copy_from_slice(&len.to_le_bytes());
+    e[12..20].copy_from_slice(&extra.to_le_bytes());
+    e
+}
+
+/// Inverse of [`pack`].
+pub(crate) fn unpack(e: &Entry) -> (u64, u32, u64) {
+    (le_u64(e, 0), le_u32(e, 8), le_u64(e, 12))
+}
+
 /// A set of entry files in one directory; see the module docs.
 #[derive(Debug)]
 pub struct EntryFiles {

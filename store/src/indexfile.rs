@@ -70,6 +70,39 @@ pub fn key_hash(topic: &str, key: &str) -> u32 {
     crc32c::crc32c_append(h, key.as_bytes())
 }
 
+/// A query by key: messages of `topic` with `key`, stored within `[begin_ms, end_ms]`, at
+/// most `max`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyQuery<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub begin_ms: u64,
+    pub end_ms: u64,
+    pub max: usize,
+}
+
+impl<'a> KeyQuery<'a> {
+    /// Every time, at most `max` hits.
+    pub fn new(topic: &'a str, key: &'a str, max: usize) -> Self {
+        Self {
+            topic,
+            key,
+            begin_ms: 0,
+            end_ms: u64::MAX,
+            max,
+        }
+    }
+
+    /// Only messages stored within `[begin_ms, end_ms]`.
+    pub fn between(self, begin_ms: u64, end_ms: u64) -> Self {
+        Self {
+            begin_ms,
+            end_ms,
+            ..self
+        }
+    }
+}
+
 /// One hit of a query: where the message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexHit {
@@ -246,14 +279,8 @@ impl IndexFile {
         Ok(())
     }
 
-    fn query(
-        &self,
-        hash: u32,
-        begin_ts: u64,
-        end_ts: u64,
-        max: usize,
-        out: &mut Vec<IndexHit>,
-    ) -> Result<()> {
+    fn query(&self, hash: u32, q: &KeyQuery<'_>, out: &mut Vec<IndexHit>) -> Result<()> {
+        let (begin_ts, end_ts, max) = (q.begin_ms, q.end_ms, q.max);
         let h = &self.header;
         if h.count == 0 || h.end_ts < begin_ts || h.begin_ts > end_ts {
             return Ok(());
@@ -470,23 +497,16 @@ impl IndexFiles {
         Ok(())
     }
 
-    /// Positions of messages of `topic` whose key hashes like `key`, stored within
-    /// `[begin_ts, end_ts]`, newest first, at most `max`.
-    pub fn query(
-        &self,
-        topic: &str,
-        key: &str,
-        begin_ts: u64,
-        end_ts: u64,
-        max: usize,
-    ) -> Result<Vec<IndexHit>> {
-        let hash = key_hash(topic, key);
+    /// Positions of messages of `q.topic` whose key hashes like `q.key`, stored within
+    /// `[q.begin_ms, q.end_ms]`, newest first, at most `q.max`.
+    pub fn query(&self, q: &KeyQuery<'_>) -> Result<Vec<IndexHit>> {
+        let hash = key_hash(q.topic, q.key);
         let mut out = Vec::new();
         for f in self.files.iter().rev() {
-            if out.len() >= max {
+            if out.len() >= q.max {
                 break;
             }
-            f.query(hash, begin_ts, end_ts, max, &mut out)?;
+            f.query(hash, q, &mut out)?;
         }
         Ok(out)
     }
@@ -627,7 +647,7 @@ mod tests {
         let f = disk.open("index/00000000000000000000").unwrap();
         f.write_at(64 + 4 + 20, &3u32.to_le_bytes()).unwrap();
         assert!(matches!(
-            idx.query("T", "k", 0, u64::MAX, 100),
+            idx.query(&KeyQuery::new("T", "k", 100)),
             Err(StoreError::Corrupt { .. })
         ));
     }

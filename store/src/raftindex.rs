@@ -14,9 +14,8 @@
 
 use std::sync::Arc;
 
-use crate::codec::{le_u32, le_u64};
 use crate::disk::Disk;
-use crate::entryfile::{ENTRY_LEN, Entry, EntryFiles};
+use crate::entryfile::{Entry, EntryFiles, pack, unpack};
 use crate::error::{Result, StoreError};
 use crate::types::{LogIndex, Position};
 
@@ -35,18 +34,15 @@ pub struct IndexEntry {
 
 impl IndexEntry {
     fn encode(&self) -> Entry {
-        let mut e = [0u8; ENTRY_LEN];
-        e[0..8].copy_from_slice(&self.position.0.to_le_bytes());
-        e[8..12].copy_from_slice(&self.len.to_le_bytes());
-        e[12..20].copy_from_slice(&self.term.to_le_bytes());
-        e
+        pack(self.position.0, self.len, self.term)
     }
 
     fn decode(e: &Entry) -> Self {
+        let (position, len, term) = unpack(e);
         Self {
-            position: Position(le_u64(e, 0)),
-            len: le_u32(e, 8),
-            term: le_u64(e, 12),
+            position: Position(position),
+            len,
+            term,
         }
     }
 }

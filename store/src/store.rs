@@ -24,7 +24,7 @@ use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueues, CqEntry, QueueId};
 use crate::disk::Disk;
 use crate::error::{Result, StoreError};
-use crate::indexfile::{IndexFileConfig, IndexFiles};
+use crate::indexfile::{IndexFileConfig, IndexFiles, KeyQuery};
 use crate::message::{self, Message};
 use crate::meta::{Checkpoint, MetaStore};
 use crate::raftindex::{IndexEntry, RaftIndex};
@@ -419,22 +419,15 @@ impl Store {
         })
     }
 
-    /// Messages of `topic` with key (or unique id) `key`, stored within
-    /// `[begin_ts, end_ts]`, newest first, at most `max`.
-    pub fn query_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        begin_ts: u64,
-        end_ts: u64,
-        max: usize,
-    ) -> Result<Vec<(Position, Message)>> {
+    /// Messages matching `q` by key or unique id, newest first (hash collisions removed).
+    pub fn query_by_key(&self, q: &KeyQuery<'_>) -> Result<Vec<(Position, Message)>> {
+        let (topic, key, max) = (q.topic, q.key, q.max);
         let mut out = Vec::new();
         // Hash collisions are dropped here, so ask the index for more than `max` hits.
-        for hit in self
-            .index
-            .query(topic, key, begin_ts, end_ts, max.saturating_mul(4).max(16))?
-        {
+        for hit in self.index.query(&KeyQuery {
+            max: max.saturating_mul(4).max(16),
+            ..*q
+        })? {
             if out.len() >= max || hit.position < self.reader.first() {
                 continue;
             }

@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use raftmq_store::consumequeue::QueueId;
+use raftmq_store::indexfile::KeyQuery;
 use raftmq_store::meta::TopicConfig;
 use raftmq_store::{LogIndex, Position, QueueOffset, SimDisk, Store, StoreConfig, StoreError};
 
@@ -88,7 +89,7 @@ fn index_file_collisions_and_newest_first() {
     }
     s.dispatch_upto(LogIndex(200)).unwrap();
     // Each k{n} was used 4 times; newest first.
-    let hits = s.query_by_key("T", "k7", 0, u64::MAX, 10).unwrap();
+    let hits = s.query_by_key(&KeyQuery::new("T", "k7", 10)).unwrap();
     let bodies: Vec<Vec<u8>> = hits.iter().map(|(_, m)| m.body.clone()).collect();
     assert_eq!(
         bodies,
@@ -100,27 +101,31 @@ fn index_file_collisions_and_newest_first() {
         ]
     );
     // Bounded by max, newest first.
-    let hits = s.query_by_key("T", "shared", 0, u64::MAX, 3).unwrap();
+    let hits = s.query_by_key(&KeyQuery::new("T", "shared", 3)).unwrap();
     let bodies: Vec<Vec<u8>> = hits.iter().map(|(_, m)| m.body.clone()).collect();
     assert_eq!(
         bodies,
         vec![b"b199".to_vec(), b"b198".to_vec(), b"b197".to_vec()]
     );
     // Time range.
-    let hits = s.query_by_key("T", "k7", 1100, 1160, 10).unwrap();
+    let hits = s
+        .query_by_key(&KeyQuery::new("T", "k7", 10).between(1100, 1160))
+        .unwrap();
     assert_eq!(hits.len(), 2);
     // By unique id, and other topics do not match.
     assert_eq!(
-        s.query_by_key("T", "id-b42", 0, u64::MAX, 5).unwrap().len(),
+        s.query_by_key(&KeyQuery::new("T", "id-b42", 5))
+            .unwrap()
+            .len(),
         1
     );
     assert!(
-        s.query_by_key("U", "k7", 0, u64::MAX, 5)
+        s.query_by_key(&KeyQuery::new("U", "k7", 5))
             .unwrap()
             .is_empty()
     );
     assert!(
-        s.query_by_key("T", "absent", 0, u64::MAX, 5)
+        s.query_by_key(&KeyQuery::new("T", "absent", 5))
             .unwrap()
             .is_empty()
     );
@@ -150,7 +155,7 @@ fn index_files_roll_and_survive_restart() {
     // Entries rebuilt after the checkpoint are found again, old ones too.
     for i in [0u64, 19, 20, 39] {
         let hits = s
-            .query_by_key("T", &format!("key-r{i}"), 0, u64::MAX, 5)
+            .query_by_key(&KeyQuery::new("T", &format!("key-r{i}"), 5))
             .unwrap();
         assert_eq!(hits.len(), 1, "key r{i}");
     }
@@ -283,12 +288,14 @@ fn retention_deletes_old_applied_segments_and_moves_queue_minimums() {
     let r2 = s.delete_expired(u64::MAX).unwrap();
     assert_eq!(s.reader().segment_starts().len(), 1, "{r2:?}");
     assert!(
-        s.query_by_key("T", "rk0", 0, u64::MAX, 5)
+        s.query_by_key(&KeyQuery::new("T", "rk0", 5))
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        s.query_by_key("T", "rk99", 0, u64::MAX, 5).unwrap().len(),
+        s.query_by_key(&KeyQuery::new("T", "rk99", 5))
+            .unwrap()
+            .len(),
         1
     );
     let first = s.reader().first();
