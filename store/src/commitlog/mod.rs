@@ -276,8 +276,11 @@ impl CommitLog {
         let mut locs = Vec::with_capacity(entries.len());
         let mut pos = self.tail.position.0;
         let mut crc = self.tail.prev_crc;
+        // Headers are encoded into `buf`; payloads are written from the caller's slices.
+        // `run` is the entries of the current segment, written with one vectored write.
         self.buf.clear();
-        let mut buf_start = pos;
+        let mut run: Vec<&EntryRef<'_>> = Vec::new();
+        let mut run_start = pos;
         if !entries.is_empty() {
             self.shared.ensure_segment(pos / seg_bytes)?;
         }
@@ -287,19 +290,21 @@ impl CommitLog {
             if in_seg + len + HEADER_LEN as u64 > seg_bytes {
                 let blank_len = seg_bytes - in_seg;
                 crc = record::encode_blank(&mut self.buf, blank_len as u32, crc);
-                self.write_buf(buf_start)?;
+                self.write_run(run_start, &run, true)?;
+                run.clear();
                 pos += blank_len;
                 self.shared.ensure_segment(pos / seg_bytes)?;
-                buf_start = pos;
+                run_start = pos;
             }
-            crc = record::encode_record(&mut self.buf, e, crc);
+            crc = record::encode_header(&mut self.buf, e, crc);
+            run.push(e);
             locs.push(RecordLoc {
                 position: Position(pos),
                 len: len as u32,
             });
             pos += len;
         }
-        self.write_buf(buf_start)?;
+        self.write_run(run_start, &run, false)?;
         if let Some(last) = entries.last() {
             self.tail = ChainPoint {
                 position: Position(pos),
@@ -311,8 +316,9 @@ impl CommitLog {
         Ok(locs)
     }
 
-    /// Writes the encode buffer at `start` (all of it lies in one segment) and clears it.
-    fn write_buf(&mut self, start: u64) -> Result<()> {
+    /// Writes the records of `run` (headers from `buf`, in order, then a blank header if
+    /// `blank`) at `start`, all inside one segment, as one vectored write; clears `buf`.
+    fn write_run(&mut self, start: u64, run: &[&EntryRef<'_>], blank: bool) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -324,7 +330,19 @@ impl CommitLog {
                 "segment vanished",
             )
         })?;
-        file.write_at(start % seg_bytes, &self.buf)?;
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(2 * run.len() + 1);
+        for (k, e) in run.iter().enumerate() {
+            slices.push(&self.buf[k * HEADER_LEN..(k + 1) * HEADER_LEN]);
+            slices.push(e.payload);
+        }
+        if blank {
+            slices.push(&self.buf[run.len() * HEADER_LEN..]);
+        }
+        debug_assert_eq!(
+            self.buf.len(),
+            (run.len() + usize::from(blank)) * HEADER_LEN
+        );
+        file.write_vectored_at(start % seg_bytes, &slices)?;
         self.buf.clear();
         Ok(())
     }

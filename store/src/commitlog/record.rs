@@ -67,9 +67,10 @@ pub struct EntryRef<'a> {
     pub payload: &'a [u8],
 }
 
-/// Appends a full record (header + payload) for `entry`, chained to `prev_crc`; returns
-/// the new record's crc.
-pub(crate) fn encode_record(out: &mut Vec<u8>, entry: &EntryRef<'_>, prev_crc: u32) -> u32 {
+/// Appends the header of `entry`'s record, chained to `prev_crc`, with the crc over the
+/// header's tail and the payload (which is not copied: the writer hands both to one
+/// vectored write); returns the record's crc.
+pub(crate) fn encode_header(out: &mut Vec<u8>, entry: &EntryRef<'_>, prev_crc: u32) -> u32 {
     let start = out.len();
     let len = HEADER_LEN + entry.payload.len();
     put_header(
@@ -81,9 +82,16 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, entry: &EntryRef<'_>, prev_crc: u
         entry.index.0,
         entry.timestamp_ms,
     );
-    out.extend_from_slice(entry.payload);
-    let crc = crc32c::crc32c(&out[start + 12..]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 12..]), entry.payload);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
+/// Appends a full record (header + payload) for `entry`; returns its crc.
+#[cfg(test)]
+pub(crate) fn encode_record(out: &mut Vec<u8>, entry: &EntryRef<'_>, prev_crc: u32) -> u32 {
+    let crc = encode_header(out, entry, prev_crc);
+    out.extend_from_slice(entry.payload);
     crc
 }
 

@@ -271,6 +271,16 @@ impl DiskFile for MmapFile {
             .map_err(self.io_err("pwrite"))
     }
 
+    fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+            check_bounds(&self.path, offset, total, file_len)?;
+        }
+        pwritev_all(&self.file, offset, bufs).map_err(self.io_err("pwritev"))
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
@@ -319,4 +329,60 @@ impl DiskFile for MmapFile {
         self.len_dirty.store(true, Ordering::Release);
         Ok(())
     }
+}
+
+/// `pwritev` until every byte is written (short writes continue where they stopped), at
+/// most `IOV_MAX` slices per call.
+fn pwritev_all(file: &File, mut offset: u64, bufs: &[&[u8]]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let mut bufs: Vec<&[u8]> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    let mut first = 0;
+    while first < bufs.len() {
+        let batch = &bufs[first..bufs.len().min(first + IOV_MAX)];
+        let iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: every iovec points into a live slice borrowed for this call; the kernel only
+        // reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        let mut left = n as usize;
+        offset += left as u64;
+        // Skip what was written: whole slices, then the written prefix of a partial one.
+        while left > 0 {
+            let len = bufs[first].len();
+            if left >= len {
+                left -= len;
+                first += 1;
+            } else {
+                bufs[first] = &bufs[first][left..];
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }

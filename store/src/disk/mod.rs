@@ -96,6 +96,16 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     }
     /// Writes `data` at `offset`; `offset + data.len()` must be within the file.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
+    /// Writes the slices back to back from `offset`, as one write where the platform allows
+    /// (no copy into a staging buffer). The default writes them one by one.
+    fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(at, b)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Fills `buf` from `offset`; `offset + buf.len()` must be within the file.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError>;
     /// Makes `[offset, offset + len)` and the file length durable.

@@ -11,6 +11,15 @@ fn exercise(disk: &dyn Disk) {
     let mut buf = [0u8; 5];
     f.read_at(100, &mut buf).unwrap();
     assert_eq!(&buf, b"hello");
+    f.write_vectored_at(200, &[b"ab", b"", b"cde", &[b'f'; 3000]])
+        .unwrap();
+    let mut v = [0u8; 8];
+    f.read_at(200, &mut v).unwrap();
+    assert_eq!(&v, b"abcdefff");
+    assert!(matches!(
+        f.write_vectored_at(4000, &[b"x", &[0; 96]]),
+        Err(DiskError::OutOfBounds { .. })
+    ));
     f.sync_range(0, 4096).unwrap();
     assert!(matches!(
         f.write_at(4094, b"abc"),
