@@ -11,7 +11,9 @@
 //! - `store_sync_grouped`: appends acknowledged by the group-commit flusher task, 8 batches in
 //!   flight, as Raft drives the log (appends continue while a sync runs, so one sync covers
 //!   several batches; the runtime's task hand-offs are included);
-//! - `store_async`: `Store::append` only (the flusher syncs every 500 ms).
+//! - `store_async`: `Store::append` only (the flusher syncs every 500 ms);
+//! - `store_sync_recycled` (batch 128): `store_sync` on a log that is not zero-filling a new
+//!   segment meanwhile, as a log whose retention recycles segments runs.
 //!
 //! The payload is encoded once: this measures the storage engine, not message encoding.
 //! Run: `cargo bench -p raftmq-store --bench append`.
@@ -164,17 +166,30 @@ fn store(c: &mut Criterion) {
     for &batch in &BATCHES {
         let bytes = payload(batch);
         g.throughput(Throughput::Elements(batch as u64));
-        for (name, mode, in_flight) in [
-            ("store_sync", FlushMode::Sync, 1),
-            ("store_sync_grouped", FlushMode::Sync, 8),
-            ("store_async", FlushMode::Async, 0),
+        for (name, mode, in_flight, segment_bytes) in [
+            ("store_sync", FlushMode::Sync, 1, 1u64 << 30),
+            ("store_sync_grouped", FlushMode::Sync, 8, 1 << 30),
+            ("store_async", FlushMode::Async, 0, 1 << 30),
+            // A log whose next segment is recycled by retention: no zero-filling in the
+            // window (4 GiB segments, spare made before timing).
+            ("store_sync_recycled", FlushMode::Sync, 1, 4 << 30),
         ] {
+            if segment_bytes > 1 << 30 && batch != 128 {
+                continue;
+            }
             // One store per case, opened and warmed (its first segment made) before timing;
-            // the timed loop includes everything an append costs in steady state, also the
-            // background preparation of the next segment.
+            // the timed loop includes everything an append costs, also the background
+            // zero-filling of the next segment once the writer is half-way through this one.
             let dir = bench_dir();
             let disk = Arc::new(MmapDisk::open(dir.path()).unwrap());
-            let mut store = Store::open(disk, config(mode)).unwrap();
+            let cfg = StoreConfig {
+                segment_bytes,
+                ..config(mode)
+            };
+            let mut store = Store::open(disk, cfg).unwrap();
+            if segment_bytes > 1 << 30 {
+                store.reader().prepare_spare().unwrap();
+            }
             let flusher = rt.block_on(async { FlushHandle::spawn(store.reader(), mode, 500) });
             let mut next = 1u64;
             let f = (mode == FlushMode::Sync).then_some(&flusher);

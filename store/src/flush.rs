@@ -230,7 +230,40 @@ fn prepare_spare(reader: CommitLogReader) {
         }
     };
     #[cfg(not(madsim))]
-    drop(tokio::task::spawn_blocking(work));
+    drop(tokio::task::spawn_blocking(move || {
+        // Zero-filling a segment is bulk I/O that nobody waits for: let the device serve the
+        // flusher's syncs first (honoured by I/O schedulers with priorities, e.g. mq-deadline).
+        set_io_priority_idle(true);
+        work();
+        set_io_priority_idle(false);
+    }));
     #[cfg(madsim)]
     work();
+}
+
+/// Puts the calling thread in the idle I/O class (or back to the default). Best effort.
+#[cfg(not(madsim))]
+fn set_io_priority_idle(idle: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+        const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+        let prio = if idle {
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
+        } else {
+            0
+        };
+        // SAFETY: ioprio_set(who = this thread, prio) takes no pointers.
+        let _ = unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0 as libc::c_long,
+                prio,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = idle;
 }
