@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/raftmq/v1/common.proto"];
+    let protos = [
+        "proto/raftmq/v1/common.proto",
+        "proto/raftmq/raft/v1/raft.proto",
+    ];
     let includes = ["proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

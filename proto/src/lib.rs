@@ -12,6 +12,13 @@ pub mod v1 {
     tonic::include_proto!("raftmq.v1");
 }
 
+/// Generated from `raftmq/raft/v1/raft.proto`: Raft's internal service between replicas.
+pub mod raft {
+    pub mod v1 {
+        tonic::include_proto!("raftmq.raft.v1");
+    }
+}
+
 pub use v1::ErrorCode;
 
 #[cfg(test)]

@@ -1,10 +1,24 @@
-//! raftmq-raft: openraft 0.10 over the raftmq store.
+//! raftmq-raft: openraft 0.10 over the raftmq store. The CommitLog **is** the Raft log:
+//! an entry is written once, as a CommitLog record, and everything else (Raft index,
+//! ConsumeQueues, IndexFile, metadata) is derived from it.
 //!
-//! This crate will hold the openraft `TypeConfig`, the `RaftLogStorage` implemented directly
-//! over the store's CommitLog and Raft index (the CommitLog *is* the Raft log: nothing is
-//! written twice), the state machine that applies committed entries into ConsumeQueue,
-//! IndexFile and MetaStore, and the tonic `RaftService` network.
-//!
-//! It is intentionally empty until the replication issue lands; it exists now so that the
-//! workspace pins and builds openraft (`=0.10.0-alpha.37`) in both the normal and the
-//! `--cfg madsim` builds.
+//! - [`types`]: the `TypeConfig`, the replicated [`types::Command`]s, entry ↔ record;
+//! - [`log_store`]: `RaftLogStorage`/`RaftLogReader` over the store (durability contract);
+//! - [`state_machine`]: apply (queue offsets in log order), snapshots;
+//! - [`network`]: the tonic `RaftService`, client and server;
+//! - [`rt`]: the `AsyncRuntime` on the workspace tokio (real or madsim);
+//! - [`replica`]: one replica: start, group-commit writer, membership.
+
+pub mod log_store;
+pub mod network;
+pub mod replica;
+pub mod rt;
+pub mod state_machine;
+pub mod types;
+
+/// The generated `RaftService` types.
+pub use raftmq_proto::raft::v1 as proto;
+
+pub use log_store::{Mutations, ReplicaStore};
+pub use replica::{BatchLimits, RaftTimeouts, Replica, ReplicaConfig, StartError, WriteError};
+pub use types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TypeConfig};

@@ -11,6 +11,8 @@
 //! - `consumer_offsets`: (group, topic, queue id) → next queue offset to consume;
 //! - `state`: `"applied"` → the applied [`LogId`], `"checkpoint"` → the store [`Checkpoint`];
 //! - `cq_ends`: (topic, queue id) → ConsumeQueue end offset at the checkpoint.
+//! - `raft`: key → bytes owned by the Raft layer (the vote, the applied membership, the
+//!   snapshot); each value carries its own version, documented in `raftmq-raft`.
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
@@ -41,6 +43,7 @@ const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("consumer_offsets");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const CQ_ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("cq_ends");
+const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 const VERSION: u8 = 1;
 
 /// Read and write permission bits of a topic (RocketMQ's `perm`).
@@ -269,6 +272,14 @@ impl MetaStore {
         f(&txn)
     }
 
+    /// A value of the Raft layer, if set.
+    pub fn raft(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|t| {
+            let table = t.open_table(RAFT).map_err(meta_err)?;
+            Ok(table.get(key).map_err(meta_err)?.map(|v| v.value().to_vec()))
+        })
+    }
+
     /// One topic's configuration.
     pub fn topic(&self, name: &str) -> Result<Option<TopicConfig>> {
         self.read(|t| {
@@ -372,6 +383,7 @@ impl MetaTxn {
         self.txn.open_table(OFFSETS).map_err(meta_err)?;
         self.txn.open_table(STATE).map_err(meta_err)?;
         self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
+        self.txn.open_table(RAFT).map_err(meta_err)?;
         Ok(())
     }
 
@@ -423,6 +435,13 @@ impl MetaTxn {
                 .insert((q.topic.as_str(), q.queue_id), *end)
                 .map_err(meta_err)?;
         }
+        Ok(())
+    }
+
+    /// Stores a value of the Raft layer (see the `raft` table in the module docs).
+    pub fn put_raft(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        let mut table = self.txn.open_table(RAFT).map_err(meta_err)?;
+        table.insert(key, value).map_err(meta_err)?;
         Ok(())
     }
 

@@ -1,0 +1,237 @@
+//! openraft's log storage over the store: the CommitLog **is** the Raft log.
+//!
+//! [`ReplicaStore`] is one replica's [`Store`] shared by the three users openraft demands as
+//! separate objects (log storage, log readers, state machine). It sits behind a
+//! `std::sync::Mutex` because every store call is short and synchronous (writes go to the
+//! page cache or `SimDisk`; syncs happen in the flusher task, outside the lock) and nothing
+//! awaits while holding it.
+//!
+//! # Durability contract (what openraft relies on)
+//! - `append` writes the records, then signals [`IOFlushed`] only once the flusher reports
+//!   them synced, in [`FlushMode::Sync`]. In [`FlushMode::Async`] it signals after the write
+//!   (RocketMQ's `ASYNC_FLUSH`: a power loss of a majority can lose acknowledged entries; the
+//!   operator chose that).
+//! - `save_vote` commits the vote durably (a redb `Immediate` commit) before it returns.
+//! - The last purged log id is stored with the purge, so `get_log_state` can name it after the
+//!   Raft index forgot the entry.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use raftmq_store::flush::FlushHandle;
+use raftmq_store::{FlushMode, LogIndex, Position, Store, StoreError};
+
+use crate::types::{EncodedEntry, Entry, LogId, TypeConfig, Vote, decode_value, encode_value, log_id};
+
+/// MetaStore keys of the Raft layer (values: version byte + JSON).
+pub(crate) mod keys {
+    pub const VOTE: &str = "vote";
+    pub const PURGED: &str = "purged";
+    pub const MEMBERSHIP: &str = "membership";
+    pub const SNAPSHOT: &str = "snapshot";
+}
+
+/// Deliberate bugs for proving that the simulator's checkers fire. Never set in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// Signal `IOFlushed` right after the write, before the sync, even in `Sync` mode.
+    pub ack_before_sync: bool,
+}
+
+/// One replica's store, shared; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ReplicaStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Mutex<Store>,
+    flusher: FlushHandle,
+    mode: FlushMode,
+    mutations: Mutations,
+}
+
+pub(crate) fn io_err(e: StoreError) -> io::Error {
+    io::Error::other(e)
+}
+
+impl ReplicaStore {
+    /// Wraps an opened store and starts its flusher (must run inside a runtime).
+    pub fn new(store: Store, mutations: Mutations) -> Self {
+        let cfg = store.config().clone();
+        let flusher = FlushHandle::spawn(store.reader(), cfg.flush_mode, cfg.flush_interval_ms);
+        ReplicaStore {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                flusher,
+                mode: cfg.flush_mode,
+                mutations,
+            }),
+        }
+    }
+
+    /// Locks the store for a short synchronous operation (never hold it across an await).
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock broke an invariant; the process is going down.
+        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group-commit flusher.
+    pub fn flusher(&self) -> &FlushHandle {
+        &self.inner.flusher
+    }
+
+    /// Stops the flusher (after a last sync).
+    pub fn stop(&self) {
+        self.inner.flusher.stop();
+    }
+
+    fn read_value<T: for<'de> serde::Deserialize<'de>>(&self, key: &str) -> io::Result<Option<T>> {
+        let raw = self.lock().meta().raft(key).map_err(io_err)?;
+        raw.map(|b| decode_value(&b, key)).transpose()
+    }
+
+    fn write_value<T: serde::Serialize>(&self, key: &str, v: &T, durable: bool) -> io::Result<()> {
+        let store = self.lock();
+        let mut txn = store.meta().begin(durable).map_err(io_err)?;
+        txn.put_raft(key, &encode_value(v)).map_err(io_err)?;
+        txn.commit().map_err(io_err)
+    }
+
+    /// Entries `[start, end)` decoded.
+    fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let store = self.lock();
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);
+        for i in start..end {
+            let rec = store.read_entry(LogIndex(i)).map_err(io_err)?;
+            let enc = EncodedEntry {
+                term: rec.header.term,
+                index: rec.header.index.0,
+                kind: rec.header.kind,
+                timestamp_ms: rec.header.timestamp_ms,
+                payload: rec.payload,
+            };
+            out.push(enc.decode()?);
+        }
+        Ok(out)
+    }
+
+    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        let (_, last) = self.lock().log_bounds().map_err(io_err)?;
+        Ok(last.map(|(i, t)| log_id(t, i.0)))
+    }
+}
+
+/// openraft's log storage handle.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    rs: ReplicaStore,
+}
+
+impl LogStore {
+    pub fn new(rs: ReplicaStore) -> Self {
+        LogStore { rs }
+    }
+}
+
+/// A log reader (replication tasks hold one each).
+pub type LogReader = LogStore;
+
+fn range_to_bounds(range: &impl RangeBounds<u64>, first: u64, end: u64) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => first,
+    };
+    let stop = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => end,
+    };
+    (start.max(first), stop.min(end))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (first, last) = self.rs.lock().log_bounds().map_err(io_err)?;
+        let end = last.map_or(first.0, |(l, _)| l.0 + 1);
+        let (start, stop) = range_to_bounds(&range, first.0, end);
+        if start >= stop {
+            return Ok(Vec::new());
+        }
+        self.rs.entries(start, stop)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.rs.read_value(keys::VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let purged: Option<LogId> = self.rs.read_value(keys::PURGED)?;
+        let last = self.rs.last_log_id()?.or_else(|| purged.clone());
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.rs.write_value(keys::VOTE, vote, true)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let encoded: Vec<EncodedEntry> = entries.into_iter().map(|e| EncodedEntry::encode(&e)).collect();
+        if encoded.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let refs: Vec<_> = encoded.iter().map(EncodedEntry::as_ref).collect();
+        let end = {
+            let mut store = self.rs.lock();
+            let locs = store.append(&refs).map_err(io_err)?;
+            let last = locs.last().expect("one location per entry, and entries is not empty");
+            Position(last.position.0 + u64::from(last.len))
+        };
+        if self.rs.inner.mode == FlushMode::Async || self.rs.inner.mutations.ack_before_sync {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let flusher = self.rs.inner.flusher.clone();
+        tokio::spawn(async move {
+            let r = flusher.wait_durable(end).await.map_err(io_err);
+            callback.io_completed(r);
+        });
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let keep = last_log_id.map(|l| LogIndex(l.index));
+        self.rs.lock().truncate_after(keep).map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Record the purged id first: if we crash in between, the index still holds the
+        // entries and a second purge is a no-op.
+        self.rs.write_value(keys::PURGED, &log_id, true)?;
+        self.rs.lock().purge_upto(LogIndex(log_id.index)).map_err(io_err)
+    }
+}

@@ -1,0 +1,446 @@
+//! Raft between replicas over a tonic `RaftService` (see `proto/raftmq/raft/v1/raft.proto`).
+//!
+//! Client side: [`NetworkFactory`] gives openraft one [`PeerClient`] per target, over a lazily
+//! connected channel (a peer that is down is `Unreachable`, which makes openraft back off).
+//! An append is capped at [`APPEND_BYTES_MAX`] bytes of entries: a longer run is cut and the
+//! answer turned into `PartialSuccess` up to the last entry sent, so openraft continues from
+//! there.
+//!
+//! Server side: [`RaftServer`] decodes every request, checking each field before use (a missing
+//! vote, an entry kind above 255, an undecodable payload, or a request for another group is
+//! `INVALID_ARGUMENT` / `FAILED_PRECONDITION`, never a panic), then hands it to `Raft`.
+
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::impls::BasicNode;
+use raftmq_proto::raft::v1 as pb;
+use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
+use raftmq_store::RecordKind;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{
+    EncodedEntry, LogId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote, decode_value, encode_value,
+    log_id,
+};
+
+/// Bytes of entry payload in one AppendEntries request, at most (plus at least one entry).
+pub const APPEND_BYTES_MAX: usize = 16 << 20;
+/// Largest gRPC message a replica sends or accepts (one entry may be up to the store's
+/// largest record, 64 MiB, and a snapshot is small metadata).
+pub const GRPC_MESSAGE_MAX: usize = 80 << 20;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+// ---- conversions -------------------------------------------------------------------------
+
+fn pb_vote(v: &Vote) -> pb::Vote {
+    pb::Vote {
+        term: v.leader_id.term,
+        node_id: v.leader_id.voted_for,
+        committed: v.committed,
+    }
+}
+
+fn vote_from(v: Option<pb::Vote>) -> Result<Vote, tonic::Status> {
+    let v = v.ok_or_else(|| tonic::Status::invalid_argument("missing vote"))?;
+    Ok(if v.committed {
+        Vote::new_committed(v.term, v.node_id)
+    } else {
+        Vote::new(v.term, v.node_id)
+    })
+}
+
+fn pb_log_id(l: &LogId) -> pb::LogId {
+    pb::LogId {
+        term: l.leader_id.term,
+        index: l.index,
+    }
+}
+
+fn log_id_from(l: Option<pb::LogId>) -> Option<LogId> {
+    l.map(|l| log_id(l.term, l.index))
+}
+
+fn pb_entry(e: EncodedEntry) -> pb::Entry {
+    pb::Entry {
+        term: e.term,
+        index: e.index,
+        kind: u32::from(e.kind.0),
+        timestamp_ms: e.timestamp_ms,
+        payload: e.payload,
+    }
+}
+
+fn entry_from(e: pb::Entry) -> Result<crate::types::Entry, tonic::Status> {
+    let kind = u8::try_from(e.kind)
+        .map_err(|_| tonic::Status::invalid_argument(format!("entry kind {} > 255", e.kind)))?;
+    EncodedEntry {
+        term: e.term,
+        index: e.index,
+        kind: RecordKind(kind),
+        timestamp_ms: e.timestamp_ms,
+        payload: e.payload,
+    }
+    .decode()
+    .map_err(|err| tonic::Status::invalid_argument(format!("entry {}: {err}", e.index)))
+}
+
+fn status_to_rpc<E: std::error::Error>(s: tonic::Status) -> RPCError<TypeConfig, E> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            RPCError::Unreachable(Unreachable::new(&s))
+        }
+        _ => RPCError::Network(NetworkError::new(&s)),
+    }
+}
+
+// ---- client ------------------------------------------------------------------------------
+
+/// Makes [`PeerClient`]s for openraft.
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    group: pb::GroupId,
+}
+
+impl NetworkFactory {
+    pub fn new(group: &str, segment_bytes: u64) -> Self {
+        NetworkFactory {
+            group: pb::GroupId {
+                name: group.to_string(),
+                segment_bytes,
+            },
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            group: self.group.clone(),
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// One peer, seen from the leader (or a candidate).
+pub struct PeerClient {
+    group: pb::GroupId,
+    target: NodeId,
+    addr: String,
+    client: Option<RaftServiceClient<Channel>>,
+}
+
+impl PeerClient {
+    fn client<E: std::error::Error>(&mut self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig, E>> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let c = RaftServiceClient::new(ep.connect_lazy())
+            .max_decoding_message_size(GRPC_MESSAGE_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_MAX);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn call<T, E: std::error::Error>(
+        &mut self,
+        ttl: Duration,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RPCError<TypeConfig, E>> {
+        match tokio::time::timeout(ttl, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => {
+                if s.code() == tonic::Code::Unavailable {
+                    // Reconnect next time (the peer may have restarted on a new connection).
+                    self.client = None;
+                }
+                Err(status_to_rpc(s))
+            }
+            // A peer that does not answer in time is treated as unreachable: openraft backs
+            // off instead of hammering a partitioned replica.
+            Err(_) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from replica {} within {ttl:?}", self.target),
+            )))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let total = rpc.entries.len();
+        let mut bytes = 0usize;
+        let mut entries = Vec::with_capacity(total);
+        let mut last_sent = None;
+        for e in &rpc.entries {
+            let enc = EncodedEntry::encode(e);
+            if !entries.is_empty() && bytes + enc.payload.len() > APPEND_BYTES_MAX {
+                break;
+            }
+            bytes += enc.payload.len();
+            last_sent = Some(e.log_id.clone());
+            entries.push(pb_entry(enc));
+        }
+        let cut = entries.len() < total;
+        let req = pb::AppendEntriesRequest {
+            group: Some(self.group.clone()),
+            vote: Some(pb_vote(&rpc.vote)),
+            prev_log_id: rpc.prev_log_id.as_ref().map(pb_log_id),
+            leader_commit: rpc.leader_commit.as_ref().map(pb_log_id),
+            entries,
+        };
+        let mut c = self.client()?;
+        let resp = self.call(option.hard_ttl(), c.append_entries(req)).await?;
+        use pb::append_entries_response::Kind;
+        let kind = Kind::try_from(resp.kind)
+            .map_err(|_| RPCError::Network(NetworkError::new(&std::io::Error::other("unknown append response kind"))))?;
+        Ok(match kind {
+            Kind::Success if cut => AppendEntriesResponse::PartialSuccess(last_sent),
+            Kind::Success => AppendEntriesResponse::Success,
+            Kind::PartialSuccess => AppendEntriesResponse::PartialSuccess(log_id_from(resp.matched)),
+            Kind::Conflict => AppendEntriesResponse::Conflict,
+            Kind::HigherVote => {
+                let v = vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+                AppendEntriesResponse::HigherVote(v)
+            }
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = pb::VoteRequest {
+            group: Some(self.group.clone()),
+            vote: Some(pb_vote(&rpc.vote)),
+            last_log_id: rpc.last_log_id.as_ref().map(pb_log_id),
+            leadership_transfer: rpc.leadership_transfer,
+        };
+        let mut c = self.client()?;
+        let resp = self.call(option.hard_ttl(), c.vote(req)).await?;
+        let vote = vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+        Ok(VoteResponse {
+            vote,
+            vote_granted: resp.vote_granted,
+            last_log_id: log_id_from(resp.last_log_id),
+        })
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = pb::InstallSnapshotRequest {
+            group: Some(self.group.clone()),
+            vote: Some(pb_vote(&vote)),
+            meta: encode_value(&snapshot.meta),
+            data: snapshot.snapshot,
+        };
+        let mut c = self.client().map_err(rpc_to_streaming)?;
+        let resp = self
+            .call(option.hard_ttl(), c.install_snapshot(req))
+            .await
+            .map_err(rpc_to_streaming)?;
+        let vote = vote_from(resp.vote)
+            .map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
+        Ok(SnapshotResponse { vote })
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let r = pb::TransferLeaderRequest {
+            group: Some(self.group.clone()),
+            from_leader: Some(pb_vote(req.from_leader())),
+            to: *req.to_node_id(),
+            last_log_id: req.last_log_id().map(pb_log_id),
+        };
+        let mut c = self.client()?;
+        let resp = self.call(option.hard_ttl(), c.transfer_leader(r)).await?;
+        if resp.rejected.is_empty() {
+            Ok(Ok(()))
+        } else {
+            Err(RPCError::Network(NetworkError::new(&std::io::Error::other(resp.rejected))))
+        }
+    }
+}
+
+fn rpc_to_streaming(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Timeout(t) => StreamingError::Timeout(t),
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+    }
+}
+
+// ---- server ------------------------------------------------------------------------------
+
+/// The `RaftService` of one replica.
+#[derive(Clone)]
+pub struct RaftServer {
+    group: pb::GroupId,
+    raft: Raft,
+}
+
+impl RaftServer {
+    pub fn new(group: &str, segment_bytes: u64, raft: Raft) -> Self {
+        RaftServer {
+            group: pb::GroupId {
+                name: group.to_string(),
+                segment_bytes,
+            },
+            raft,
+        }
+    }
+
+    /// The tonic service, with message size limits.
+    pub fn into_service(self) -> pb::raft_service_server::RaftServiceServer<Self> {
+        pb::raft_service_server::RaftServiceServer::new(self)
+            .max_decoding_message_size(GRPC_MESSAGE_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_MAX)
+    }
+
+    fn check_group(&self, group: &Option<pb::GroupId>) -> Result<(), tonic::Status> {
+        let Some(g) = group else {
+            return Err(tonic::Status::invalid_argument("missing group"));
+        };
+        if *g != self.group {
+            return Err(tonic::Status::failed_precondition(format!(
+                "this replica is group {:?} with {}-byte segments; the request is for {:?} with {}-byte segments",
+                self.group.name, self.group.segment_bytes, g.name, g.segment_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::unavailable(e.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<pb::AppendEntriesRequest>,
+    ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+        let r = request.into_inner();
+        self.check_group(&r.group)?;
+        let vote = vote_from(r.vote)?;
+        let entries = r
+            .entries
+            .into_iter()
+            .map(entry_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let req = AppendEntriesRequest {
+            vote,
+            prev_log_id: log_id_from(r.prev_log_id),
+            leader_commit: log_id_from(r.leader_commit),
+            entries,
+        };
+        let resp = self.raft.append_entries(req).await.map_err(raft_err)?;
+        use pb::append_entries_response::Kind;
+        let out = match resp {
+            AppendEntriesResponse::Success => pb::AppendEntriesResponse {
+                kind: Kind::Success as i32,
+                ..Default::default()
+            },
+            AppendEntriesResponse::PartialSuccess(m) => pb::AppendEntriesResponse {
+                kind: Kind::PartialSuccess as i32,
+                matched: m.as_ref().map(pb_log_id),
+                vote: None,
+            },
+            AppendEntriesResponse::Conflict => pb::AppendEntriesResponse {
+                kind: Kind::Conflict as i32,
+                ..Default::default()
+            },
+            AppendEntriesResponse::HigherVote(v) => pb::AppendEntriesResponse {
+                kind: Kind::HigherVote as i32,
+                matched: None,
+                vote: Some(pb_vote(&v)),
+            },
+        };
+        Ok(tonic::Response::new(out))
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<pb::VoteRequest>,
+    ) -> Result<tonic::Response<pb::VoteResponse>, tonic::Status> {
+        let r = request.into_inner();
+        self.check_group(&r.group)?;
+        let req = VoteRequest {
+            vote: vote_from(r.vote)?,
+            last_log_id: log_id_from(r.last_log_id),
+            leadership_transfer: r.leadership_transfer,
+        };
+        let resp = self.raft.vote(req).await.map_err(raft_err)?;
+        Ok(tonic::Response::new(pb::VoteResponse {
+            vote: Some(pb_vote(&resp.vote)),
+            vote_granted: resp.vote_granted,
+            last_log_id: resp.last_log_id.as_ref().map(pb_log_id),
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<pb::InstallSnapshotRequest>,
+    ) -> Result<tonic::Response<pb::InstallSnapshotResponse>, tonic::Status> {
+        let r = request.into_inner();
+        self.check_group(&r.group)?;
+        let vote = vote_from(r.vote)?;
+        let meta: SnapshotMeta = decode_value(&r.meta, "snapshot meta")
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let snapshot = openraft::storage::Snapshot {
+            meta,
+            snapshot: r.data,
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(raft_err)?;
+        Ok(tonic::Response::new(pb::InstallSnapshotResponse {
+            vote: Some(pb_vote(&resp.vote)),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: tonic::Request<pb::TransferLeaderRequest>,
+    ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
+        let r = request.into_inner();
+        self.check_group(&r.group)?;
+        let req = TransferLeaderRequest::new(vote_from(r.from_leader)?, r.to, log_id_from(r.last_log_id));
+        let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_err)?;
+        Ok(tonic::Response::new(pb::TransferLeaderResponse {
+            rejected: resp.err().map(|e| e.to_string()).unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,453 @@
+//! One replica of a broker group: its store, its openraft instance, its group-commit writer,
+//! and the membership operations.
+//!
+//! # Group commit
+//! Concurrent writes go through one writer task per replica ([`Writer`]), reached through a
+//! bounded channel ([`WRITE_QUEUE_MAX`] requests: beyond that, callers wait, which is the
+//! back-pressure). The task takes every request already queued, up to
+//! [`BatchLimits::max_messages`] messages and [`BatchLimits::max_bytes`] bytes, stamps the
+//! store time, encodes them as one `Messages` entry and hands it to openraft without waiting
+//! for the commit (`client_write_ff`), so the next batch is formed while this one replicates:
+//! Raft pipelines batches. A small task per batch waits for the apply result and splits the
+//! assigned offsets back to the callers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::impls::{BasicNode, ProgressResponder};
+use openraft::{ChangeMembers, Config, SnapshotPolicy};
+use raftmq_store::message::encode_batch;
+use raftmq_store::{Disk, Message, Store, StoreConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log_store::{LogStore, Mutations, ReplicaStore};
+use crate::network::{NetworkFactory, RaftServer};
+use crate::state_machine::StateMachine;
+use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, Raft};
+
+/// Requests waiting for the writer, at most.
+pub const WRITE_QUEUE_MAX: usize = 4096;
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] raftmq_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write or an admin operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WriteError {
+    /// This replica does not lead; the leader is given when known.
+    #[error("not the leader (leader: {leader_id:?} at {leader_addr:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The replica is shutting down or Raft stopped; the write may or may not have been
+    /// committed (indeterminate).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// How much the writer puts in one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_messages: 1024,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Raft timing (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTimeouts {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTimeouts {
+    fn default() -> Self {
+        RaftTimeouts {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+        }
+    }
+}
+
+/// Everything one replica needs; validated by [`ReplicaConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The broker group (every replica of it uses the same name).
+    pub group: String,
+    pub node_id: NodeId,
+    pub store: StoreConfig,
+    pub timeouts: RaftTimeouts,
+    pub batch: BatchLimits,
+    /// Test-only deliberate bugs.
+    pub mutations: Mutations,
+}
+
+impl ReplicaConfig {
+    /// Checks the configuration; errors carry the numbers.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let bad = |m: String| Err(StartError::Config(m));
+        if self.group.is_empty() || self.group.len() > 127 {
+            return bad(format!("group name must be 1..=127 bytes, got {}", self.group.len()));
+        }
+        let t = self.timeouts;
+        if t.heartbeat_ms == 0 || t.election_min_ms <= t.heartbeat_ms * 2 || t.election_max_ms <= t.election_min_ms {
+            return bad(format!(
+                "need 0 < heartbeat_ms ({}) < election_min_ms/2 ({}) and election_min_ms < election_max_ms ({})",
+                t.heartbeat_ms, t.election_min_ms, t.election_max_ms
+            ));
+        }
+        if self.batch.max_messages == 0 || self.batch.max_bytes == 0 {
+            return bad("batch limits must be positive".into());
+        }
+        if self.batch.max_bytes as u64 + 64 * 1024 > self.store.max_record_bytes {
+            return bad(format!(
+                "batch max_bytes {} must leave 64 KiB of headroom under the store's max_record_bytes {}",
+                self.batch.max_bytes, self.store.max_record_bytes
+            ));
+        }
+        self.store.validate()?;
+        Ok(())
+    }
+
+    fn raft_config(&self) -> Result<Config, StartError> {
+        let c = Config {
+            cluster_name: self.group.clone(),
+            heartbeat_interval: self.timeouts.heartbeat_ms,
+            election_timeout_min: self.timeouts.election_min_ms,
+            election_timeout_max: self.timeouts.election_max_ms,
+            // The log is purged by retention, never by entry count (see DESIGN.md).
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            max_payload_entries: 256,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| StartError::Config(e.to_string()))
+    }
+}
+
+/// The voters of a group, checked before they are used: an odd count (so a quorum is a
+/// strict majority that survives `(n-1)/2` failures) and distinct addresses.
+pub fn validate_voters(voters: &BTreeMap<NodeId, String>) -> Result<(), WriteError> {
+    if voters.is_empty() || voters.len() % 2 == 0 {
+        return Err(WriteError::InvalidArgument(format!(
+            "a group needs an odd number of voters, got {}",
+            voters.len()
+        )));
+    }
+    let addrs: BTreeSet<&String> = voters.values().collect();
+    if addrs.len() != voters.len() {
+        return Err(WriteError::InvalidArgument("two voters share an address".into()));
+    }
+    Ok(())
+}
+
+struct WriteReq {
+    messages: Vec<Message>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Vec<AssignedOffset>, WriteError>>,
+}
+
+/// Handle to the group-commit writer task; see the module docs.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<WriteReq>,
+}
+
+/// A running replica.
+#[derive(Clone)]
+pub struct Replica {
+    config: Arc<ReplicaConfig>,
+    raft: Raft,
+    store: ReplicaStore,
+    writer: Writer,
+}
+
+fn map_write_err(e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        // The entry was proposed and then discarded by a new leader: not committed.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => WriteError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            WriteError::InvalidArgument(c.to_string())
+        }
+        RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
+            WriteError::InvalidArgument(p.to_string())
+        }
+        RaftError::Fatal(f) => WriteError::Unavailable(f.to_string()),
+    }
+}
+
+fn map_client_write_err(e: ClientWriteError<crate::types::TypeConfig>) -> WriteError {
+    map_write_err(RaftError::APIError(e))
+}
+
+impl Replica {
+    /// Opens the store on `disk` and starts Raft (must run inside a runtime). A new replica
+    /// waits to be initialized ([`Replica::initialize`]) or added by a leader.
+    pub async fn start(disk: Arc<dyn Disk>, config: ReplicaConfig) -> Result<Replica, StartError> {
+        config.validate()?;
+        let raft_config = Arc::new(config.raft_config()?);
+        let store = Store::open(disk, config.store.clone())?;
+        let rs = ReplicaStore::new(store, config.mutations);
+        let sm = StateMachine::open(rs.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
+        let network = NetworkFactory::new(&config.group, config.store.segment_bytes);
+        let raft = Raft::new(config.node_id, raft_config, network, LogStore::new(rs.clone()), sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
+        tokio::spawn(run_writer(raft.clone(), config.batch, rx));
+        Ok(Replica {
+            config: Arc::new(config),
+            raft,
+            store: rs,
+            writer: Writer { tx },
+        })
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The shared store (for reads: ConsumeQueues, messages, metadata).
+    pub fn store(&self) -> &ReplicaStore {
+        &self.store
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The `RaftService` to add to this replica's gRPC server.
+    pub fn raft_service(&self) -> crate::proto::raft_service_server::RaftServiceServer<RaftServer> {
+        RaftServer::new(&self.config.group, self.config.store.segment_bytes, self.raft.clone()).into_service()
+    }
+
+    /// Forms a new group of `voters` (node id → address); call on one replica only.
+    pub async fn initialize(&self, voters: &BTreeMap<NodeId, String>) -> Result<(), WriteError> {
+        validate_voters(voters)?;
+        let nodes: BTreeMap<NodeId, BasicNode> = voters
+            .iter()
+            .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+            .collect();
+        self.raft.initialize(nodes).await.map_err(|e| match e {
+            RaftError::APIError(e) => WriteError::InvalidArgument(e.to_string()),
+            RaftError::Fatal(f) => WriteError::Unavailable(f.to_string()),
+        })
+    }
+
+    /// Appends messages through group commit; returns the queue offsets assigned, in order.
+    pub async fn write(&self, messages: Vec<Message>) -> Result<Vec<AssignedOffset>, WriteError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut bytes = 0;
+        for m in &messages {
+            m.validate().map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+            bytes += m.encoded_len();
+        }
+        if bytes > self.config.batch.max_bytes {
+            return Err(WriteError::InvalidArgument(format!(
+                "{bytes} bytes in one write, over the {} byte limit",
+                self.config.batch.max_bytes
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .tx
+            .send(WriteReq {
+                messages,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| WriteError::Unavailable("writer dropped the request".into()))?
+    }
+
+    /// Replicates a metadata command; resolves once applied.
+    pub async fn propose(&self, cmd: MetaCommand) -> Result<CommandResult, WriteError> {
+        let r = self.raft.client_write(Command::Meta(cmd)).await.map_err(map_write_err)?;
+        Ok(r.data)
+    }
+
+    /// Adds a learner (it starts receiving the log; it does not vote).
+    pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), WriteError> {
+        self.raft
+            .add_learner(id, BasicNode { addr: addr.to_string() }, true)
+            .await
+            .map(|_| ())
+            .map_err(map_write_err)
+    }
+
+    /// Makes `voters` the voter set (learners among them are promoted; voters left out
+    /// become learners and may then be removed with [`Replica::remove`]).
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        if voters.is_empty() || voters.len() % 2 == 0 {
+            return Err(WriteError::InvalidArgument(format!(
+                "a group needs an odd number of voters, got {}",
+                voters.len()
+            )));
+        }
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+            .map(|_| ())
+            .map_err(map_write_err)
+    }
+
+    /// Removes a replica that is not a voter any more.
+    pub async fn remove(&self, id: NodeId) -> Result<(), WriteError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(map_write_err)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), WriteError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|f| WriteError::Unavailable(f.to_string()))
+    }
+
+    /// Stops Raft and the flusher.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        self.store.stop();
+    }
+}
+
+async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<WriteReq>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].messages.len();
+        let mut bytes = batch[0].bytes;
+        while count < limits.max_messages && bytes < limits.max_bytes {
+            match rx.try_recv() {
+                Ok(r) => {
+                    if count + r.messages.len() > limits.max_messages || bytes + r.bytes > limits.max_bytes {
+                        // Does not fit: it opens the next batch.
+                        propose_batch(&raft, std::mem::take(&mut batch)).await;
+                        count = r.messages.len();
+                        bytes = r.bytes;
+                        batch.push(r);
+                    } else {
+                        count += r.messages.len();
+                        bytes += r.bytes;
+                        batch.push(r);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        propose_batch(&raft, batch).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>) {
+    if batch.is_empty() {
+        return;
+    }
+    let timestamp_ms = now_ms();
+    let mut counts = Vec::with_capacity(batch.len());
+    let mut all = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for r in batch {
+        counts.push(r.messages.len());
+        for mut m in r.messages {
+            m.store_timestamp_ms = timestamp_ms;
+            all.push(m);
+        }
+        replies.push(r.reply);
+    }
+    let encoded = match encode_batch(&all) {
+        Ok(b) => b,
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(WriteError::InvalidArgument(e.to_string())));
+            }
+            return;
+        }
+    };
+    let (responder, rx) = ProgressResponder::complete_only();
+    let cmd = Command::Messages {
+        timestamp_ms,
+        batch: encoded,
+    };
+    if let Err(f) = raft.client_write_ff(cmd, Some(responder)).await {
+        for r in replies {
+            let _ = r.send(Err(WriteError::Unavailable(f.to_string())));
+        }
+        return;
+    }
+    tokio::spawn(async move {
+        let result = match rx.await {
+            Ok(Ok(resp)) => Ok(resp.data.assigned),
+            Ok(Err(e)) => Err(map_client_write_err(e)),
+            Err(_) => Err(WriteError::Unavailable("raft dropped the write".into())),
+        };
+        match result {
+            Ok(assigned) if assigned.len() == counts.iter().sum::<usize>() => {
+                let mut it = assigned.into_iter();
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(it.by_ref().take(n).collect()));
+                }
+            }
+            Ok(assigned) => {
+                let msg = format!(
+                    "apply assigned {} offsets for {} messages",
+                    assigned.len(),
+                    counts.iter().sum::<usize>()
+                );
+                tracing::error!("{msg}");
+                for r in replies {
+                    let _ = r.send(Err(WriteError::Unavailable(msg.clone())));
+                }
+            }
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,289 @@
+//! The Raft type configuration, the commands a group replicates, and how an openraft entry
+//! becomes a CommitLog record (and back).
+//!
+//! # Entry ↔ record
+//! Every openraft entry is one CommitLog record whose header carries the entry's term and
+//! index (see `raftmq_store::commitlog::record`). The record's `kind` says what the payload is:
+//!
+//! | kind | payload | header `timestamp_ms` |
+//! |------|---------|-----------------------|
+//! | 1 `MESSAGES` | a message batch (`raftmq_store::message`), the store's own format | the leader's store time |
+//! | 2 `RAFT_BLANK` | empty (the no-op a new leader commits) | 0 |
+//! | 3 `MEMBERSHIP` | `version u8 = 1` + the membership as JSON | 0 |
+//! | 4 `COMMAND` | `version u8 = 1` + a [`MetaCommand`] as JSON | 0 |
+//!
+//! The same five fields travel over the network ([`EncodedEntry`]), so a follower writes
+//! exactly the bytes the leader wrote: committed CommitLogs are byte-identical. Metadata
+//! commands are rare and small, hence JSON; messages are the hot path and are never
+//! re-encoded.
+//!
+//! Log ids use openraft's standard leader id (one leader per term), so a log id is
+//! `(term, index)`: exactly what a record header holds.
+
+use std::fmt;
+use std::io;
+
+use openraft::impls::leader_id_std;
+use openraft::{EntryPayload, Membership};
+use raftmq_store::{LogIndex, RecordKind};
+use serde::{Deserialize, Serialize};
+
+use crate::rt::RaftRuntime;
+
+/// A replica's id within its group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// raftmq's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::impls::BasicNode,
+        LeaderId = leader_id_std::LeaderId<u64, NodeId>,
+        AsyncRuntime = RaftRuntime,
+);
+
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
+
+/// Record kind of the blank entry a new leader commits.
+pub const RAFT_BLANK: RecordKind = RecordKind(2);
+/// Record kind of a membership entry.
+pub const MEMBERSHIP: RecordKind = RecordKind(3);
+/// Record kind of a metadata command.
+pub const COMMAND: RecordKind = RecordKind(4);
+/// Version byte of JSON payloads (kinds 3 and 4).
+const JSON_VERSION: u8 = 1;
+
+/// What a group replicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A batch of messages in the store's message format, validated before it was proposed.
+    /// `timestamp_ms` is the leader's store time, written into the record header.
+    Messages { timestamp_ms: u64, batch: Vec<u8> },
+    /// A metadata change.
+    Meta(MetaCommand),
+}
+
+/// Metadata changes, applied to the MetaStore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Create or update a topic.
+    PutTopic(TopicSpec),
+    /// Delete a topic.
+    DeleteTopic { name: String },
+    /// Record a consumer group's offsets.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<OffsetCommit>,
+    },
+}
+
+/// A topic's configuration as replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: String,
+    pub read_queue_nums: u32,
+    pub write_queue_nums: u32,
+    pub perm: u32,
+}
+
+/// One queue's committed consumer offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Messages { batch, .. } => write!(f, "Messages({} bytes)", batch.len()),
+            Command::Meta(m) => write!(f, "{m:?}"),
+        }
+    }
+}
+
+/// What apply assigned to one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedOffset {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    /// CommitLog position of the message (the same on every replica).
+    pub position: u64,
+    pub size: u32,
+}
+
+/// The state machine's answer to one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Queue offsets of the entry's messages, in batch order.
+    pub assigned: Vec<AssignedOffset>,
+}
+
+/// An entry in its record form: what is written to the CommitLog and sent to followers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEntry {
+    pub term: u64,
+    pub index: u64,
+    pub kind: RecordKind,
+    pub timestamp_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn json_payload<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![JSON_VERSION];
+    // Serializing plain data structs to a Vec cannot fail.
+    serde_json::to_writer(&mut out, v).expect("plain data serializes");
+    out
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(payload: &[u8], what: &str) -> io::Result<T> {
+    match payload.split_first() {
+        Some((&JSON_VERSION, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| bad(format!("{what}: {e}")))
+        }
+        Some((v, _)) => Err(bad(format!("{what}: unknown version {v}"))),
+        None => Err(bad(format!("{what}: empty payload"))),
+    }
+}
+
+impl EncodedEntry {
+    /// The record form of `entry`.
+    pub fn encode(entry: &Entry) -> EncodedEntry {
+        let (kind, timestamp_ms, payload) = match &entry.payload {
+            EntryPayload::Blank => (RAFT_BLANK, 0, Vec::new()),
+            EntryPayload::Normal(Command::Messages {
+                timestamp_ms,
+                batch,
+            }) => (RecordKind::MESSAGES, *timestamp_ms, batch.clone()),
+            EntryPayload::Normal(Command::Meta(m)) => (COMMAND, 0, json_payload(m)),
+            EntryPayload::Membership(m) => (MEMBERSHIP, 0, json_payload(m)),
+        };
+        EncodedEntry {
+            term: entry.log_id.leader_id.term,
+            index: entry.log_id.index,
+            kind,
+            timestamp_ms,
+            payload,
+        }
+    }
+
+    /// The openraft entry this record holds; errors (never panics) on anything malformed.
+    pub fn decode(self) -> io::Result<Entry> {
+        let payload = match self.kind {
+            RecordKind::MESSAGES => EntryPayload::Normal(Command::Messages {
+                timestamp_ms: self.timestamp_ms,
+                batch: self.payload,
+            }),
+            RAFT_BLANK if self.payload.is_empty() => EntryPayload::Blank,
+            RAFT_BLANK => return Err(bad("blank entry with a payload")),
+            COMMAND => EntryPayload::Normal(Command::Meta(from_json(&self.payload, "command")?)),
+            MEMBERSHIP => {
+                let m: Membership<NodeId, openraft::impls::BasicNode> =
+                    from_json(&self.payload, "membership")?;
+                EntryPayload::Membership(m)
+            }
+            other => return Err(bad(format!("unknown entry kind {}", other.0))),
+        };
+        Ok(Entry {
+            log_id: log_id(self.term, self.index),
+            payload,
+        })
+    }
+
+    /// As the store appends it.
+    pub fn as_ref(&self) -> raftmq_store::EntryRef<'_> {
+        raftmq_store::EntryRef {
+            term: self.term,
+            index: LogIndex(self.index),
+            kind: self.kind,
+            timestamp_ms: self.timestamp_ms,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A log id from its parts.
+pub fn log_id(term: u64, index: u64) -> LogId {
+    openraft::LogId::new(openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term), index)
+}
+
+/// JSON with a version byte, for small Raft values kept in the MetaStore.
+pub(crate) fn encode_value<T: Serialize>(v: &T) -> Vec<u8> {
+    json_payload(v)
+}
+
+/// Inverse of [`encode_value`].
+pub(crate) fn decode_value<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> io::Result<T> {
+    from_json(b, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_records() {
+        let entries = [
+            Entry {
+                log_id: log_id(3, 7),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: log_id(3, 8),
+                payload: EntryPayload::Normal(Command::Messages {
+                    timestamp_ms: 42,
+                    batch: vec![1, 2, 3],
+                }),
+            },
+            Entry {
+                log_id: log_id(4, 9),
+                payload: EntryPayload::Normal(Command::Meta(MetaCommand::DeleteTopic {
+                    name: "t".into(),
+                })),
+            },
+        ];
+        for e in entries {
+            let enc = EncodedEntry::encode(&e);
+            assert_eq!(enc.clone().decode().expect("decodes"), e);
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        let base = EncodedEntry {
+            term: 1,
+            index: 1,
+            kind: COMMAND,
+            timestamp_ms: 0,
+            payload: vec![],
+        };
+        for (kind, payload) in [
+            (COMMAND, vec![]),
+            (COMMAND, vec![9, b'{', b'}']),
+            (COMMAND, vec![1, b'{']),
+            (RAFT_BLANK, vec![0]),
+            (MEMBERSHIP, vec![1, b'[']),
+            (RecordKind(77), vec![]),
+        ] {
+            let e = EncodedEntry {
+                kind,
+                payload,
+                ..base.clone()
+            };
+            assert!(e.decode().is_err());
+        }
+    }
+}
