@@ -9,6 +9,7 @@
 //! - [`rt`]: the `AsyncRuntime` on the workspace tokio (real or madsim);
 //! - [`replica`]: one replica: start, group-commit writer, membership.
 
+pub mod inspect;
 pub mod log_store;
 pub mod network;
 pub mod replica;
