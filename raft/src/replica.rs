@@ -84,9 +84,9 @@ pub struct RaftTimeouts {
 impl Default for RaftTimeouts {
     fn default() -> Self {
         RaftTimeouts {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 800,
+            heartbeat_ms: 60,
+            election_min_ms: 300,
+            election_max_ms: 600,
         }
     }
 }

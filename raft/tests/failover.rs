@@ -180,6 +180,16 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
         let _ = n.server.await;
         (i, n.id, n.addr, n.dir.clone(), t0)
     };
+    println!("old leader stopped in {:?}", stopped_at.elapsed());
+    {
+        let nodes = nodes.clone();
+        let t = wait_for("new leader", Duration::from_secs(10), move || {
+            let g = nodes.try_read().ok()?;
+            leader_of(&g).map(|_| Instant::now())
+        })
+        .await?;
+        println!("new leader after {:?}", t - stopped_at);
+    }
     let first_after = {
         let acks = acks.clone();
         wait_for("a write acknowledged by a new leader", Duration::from_secs(10), move || {

@@ -11,6 +11,10 @@
 //! failing seed prints `MADSIM_TEST_SEED=<n>`, which replays it exactly.
 
 pub mod history;
+pub mod replica_checks;
+
+#[cfg(madsim)]
+pub mod raft_scenario;
 
 #[cfg(madsim)]
 pub mod store_scenario;
