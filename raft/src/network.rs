@@ -163,18 +163,20 @@ impl PeerClient {
         match tokio::time::timeout(ttl, fut).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(s)) => {
-                if s.code() == tonic::Code::Unavailable {
-                    // Reconnect next time (the peer may have restarted on a new connection).
-                    self.client = None;
-                }
+                // Reconnect next time: the peer may have restarted, or the connection may be
+                // broken in a way the channel does not notice.
+                self.client = None;
                 Err(status_to_rpc(s))
             }
             // A peer that does not answer in time is treated as unreachable: openraft backs
-            // off instead of hammering a partitioned replica.
-            Err(_) => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
+            // off instead of hammering a partitioned replica. The connection is dropped.
+            Err(_) => {
+                self.client = None;
+                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer from replica {} within {ttl:?}", self.target),
-            )))),
+            ))))
+            }
         }
     }
 }
@@ -301,6 +303,14 @@ fn rpc_to_streaming(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
 
 // ---- server ------------------------------------------------------------------------------
 
+/// The tonic service type (the simulated build's server type carries an interceptor).
+#[cfg(not(madsim))]
+pub type RaftService = pb::raft_service_server::RaftServiceServer<RaftServer>;
+/// The tonic service type (the simulated build's server type carries an interceptor).
+#[cfg(madsim)]
+pub type RaftService =
+    pb::raft_service_server::RaftServiceServer<RaftServer, tonic::codegen::IdentityInterceptor>;
+
 /// The `RaftService` of one replica.
 #[derive(Clone)]
 pub struct RaftServer {
@@ -320,7 +330,7 @@ impl RaftServer {
     }
 
     /// The tonic service, with message size limits.
-    pub fn into_service(self) -> pb::raft_service_server::RaftServiceServer<Self> {
+    pub fn into_service(self) -> RaftService {
         pb::raft_service_server::RaftServiceServer::new(self)
             .max_decoding_message_size(GRPC_MESSAGE_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_MAX)

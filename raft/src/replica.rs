@@ -121,10 +121,19 @@ impl ReplicaConfig {
         if self.batch.max_messages == 0 || self.batch.max_bytes == 0 {
             return bad("batch limits must be positive".into());
         }
-        if self.batch.max_bytes as u64 + 64 * 1024 > self.store.max_record_bytes {
+        // A batch is a 4-byte count plus the messages, in one record with a 44-byte header.
+        let record = self.batch.max_bytes as u64 + 4 + raftmq_store::commitlog::record::HEADER_LEN as u64;
+        if record > self.store.max_record_bytes {
             return bad(format!(
-                "batch max_bytes {} must leave 64 KiB of headroom under the store's max_record_bytes {}",
+                "a full batch (max_bytes {}) makes a {record}-byte record, over the store's max_record_bytes {}",
                 self.batch.max_bytes, self.store.max_record_bytes
+            ));
+        }
+        if self.batch.max_messages > raftmq_store::message::BATCH_MESSAGES_MAX {
+            return bad(format!(
+                "batch max_messages {} is over {}",
+                self.batch.max_messages,
+                raftmq_store::message::BATCH_MESSAGES_MAX
             ));
         }
         self.store.validate()?;
@@ -247,7 +256,7 @@ impl Replica {
     }
 
     /// The `RaftService` to add to this replica's gRPC server.
-    pub fn raft_service(&self) -> crate::proto::raft_service_server::RaftServiceServer<RaftServer> {
+    pub fn raft_service(&self) -> crate::network::RaftService {
         RaftServer::new(&self.config.group, self.config.store.segment_bytes, self.raft.clone()).into_service()
     }
 

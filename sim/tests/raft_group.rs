@@ -9,7 +9,22 @@ use raftmq_sim::raft_scenario::{Fault, ScenarioConfig, run};
 /// Every seed must pass every checker.
 #[madsim::test]
 async fn group_survives_faults() {
-    let outcome = run(ScenarioConfig::default()).await;
+    if std::env::var("RAFTMQ_SIM_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let mut cfg = ScenarioConfig::default();
+    // Triage aid: RAFTMQ_SIM_FAULTS=KillRestart,PowerLoss limits the fault kinds.
+    if let Ok(list) = std::env::var("RAFTMQ_SIM_FAULTS") {
+        cfg.faults = cfg
+            .faults
+            .into_iter()
+            .filter(|f| list.split(',').any(|n| n == format!("{f:?}")))
+            .collect();
+    }
+    let outcome = run(cfg).await;
     assert!(outcome.is_clean(), "checkers fired:\n{}", outcome.report());
     assert!(
         outcome.history.acked.len() > 10,
