@@ -26,3 +26,5 @@ MADSIM_TEST_SEED="${MADSIM_TEST_SEED:-1}" MADSIM_TEST_NUM="${MADSIM_TEST_NUM:-20
 echo "== madsim determinism check"
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test store_crash store_survives
+MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
+  cargo test -p raftmq-sim --test raft_group group_survives

@@ -24,7 +24,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use raftmq_store::flush::FlushHandle;
 use raftmq_store::{FlushMode, LogIndex, Position, Store, StoreError};
 
-use crate::types::{EncodedEntry, Entry, LogId, TypeConfig, Vote, decode_value, encode_value, log_id};
+use crate::types::{
+    EncodedEntry, Entry, LogId, TypeConfig, Vote, decode_value, encode_value, log_id,
+};
 
 /// MetaStore keys of the Raft layer (values: version byte + JSON).
 pub(crate) mod keys {
@@ -194,12 +196,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.rs.write_value(keys::VOTE, vote, true)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let encoded: Vec<EncodedEntry> = entries.into_iter().map(|e| EncodedEntry::encode(&e)).collect();
+        let encoded: Vec<EncodedEntry> = entries
+            .into_iter()
+            .map(|e| EncodedEntry::encode(&e))
+            .collect();
         if encoded.is_empty() {
             callback.io_completed(Ok(()));
             return Ok(());
@@ -208,7 +217,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let end = {
             let mut store = self.rs.lock();
             let locs = store.append(&refs).map_err(io_err)?;
-            let last = locs.last().expect("one location per entry, and entries is not empty");
+            let last = locs
+                .last()
+                .expect("one location per entry, and entries is not empty");
             Position(last.position.0 + u64::from(last.len))
         };
         if self.rs.inner.mode == FlushMode::Async || self.rs.inner.mutations.ack_before_sync {
@@ -232,6 +243,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purged id first: if we crash in between, the index still holds the
         // entries and a second purge is a no-op.
         self.rs.write_value(keys::PURGED, &log_id, true)?;
-        self.rs.lock().purge_upto(LogIndex(log_id.index)).map_err(io_err)
+        self.rs
+            .lock()
+            .purge_upto(LogIndex(log_id.index))
+            .map_err(io_err)
     }
 }

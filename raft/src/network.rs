@@ -13,12 +13,12 @@
 use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::impls::BasicNode;
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_store::RecordKind;
@@ -141,7 +141,9 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    fn client<E: std::error::Error>(&mut self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig, E>> {
+    fn client<E: std::error::Error>(
+        &mut self,
+    ) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig, E>> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
@@ -172,10 +174,12 @@ impl PeerClient {
             // off instead of hammering a partitioned replica. The connection is dropped.
             Err(_) => {
                 self.client = None;
-                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer from replica {} within {ttl:?}", self.target),
-            ))))
+                Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer from replica {} within {ttl:?}", self.target),
+                    ),
+                )))
             }
         }
     }
@@ -213,15 +217,21 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let mut c = self.client()?;
         let resp = self.call(option.hard_ttl(), c.append_entries(req)).await?;
         use pb::append_entries_response::Kind;
-        let kind = Kind::try_from(resp.kind)
-            .map_err(|_| RPCError::Network(NetworkError::new(&std::io::Error::other("unknown append response kind"))))?;
+        let kind = Kind::try_from(resp.kind).map_err(|_| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(
+                "unknown append response kind",
+            )))
+        })?;
         Ok(match kind {
             Kind::Success if cut => AppendEntriesResponse::PartialSuccess(last_sent),
             Kind::Success => AppendEntriesResponse::Success,
-            Kind::PartialSuccess => AppendEntriesResponse::PartialSuccess(log_id_from(resp.matched)),
+            Kind::PartialSuccess => {
+                AppendEntriesResponse::PartialSuccess(log_id_from(resp.matched))
+            }
             Kind::Conflict => AppendEntriesResponse::Conflict,
             Kind::HigherVote => {
-                let v = vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+                let v =
+                    vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
                 AppendEntriesResponse::HigherVote(v)
             }
         })
@@ -266,8 +276,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .call(option.hard_ttl(), c.install_snapshot(req))
             .await
             .map_err(rpc_to_streaming)?;
-        let vote = vote_from(resp.vote)
-            .map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
+        let vote =
+            vote_from(resp.vote).map_err(|s| StreamingError::Network(NetworkError::new(&s)))?;
         Ok(SnapshotResponse { vote })
     }
 
@@ -287,7 +297,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         if resp.rejected.is_empty() {
             Ok(Ok(()))
         } else {
-            Err(RPCError::Network(NetworkError::new(&std::io::Error::other(resp.rejected))))
+            Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(resp.rejected),
+            )))
         }
     }
 }
@@ -447,8 +459,13 @@ impl pb::raft_service_server::RaftService for RaftServer {
     ) -> Result<tonic::Response<pb::TransferLeaderResponse>, tonic::Status> {
         let r = request.into_inner();
         self.check_group(&r.group)?;
-        let req = TransferLeaderRequest::new(vote_from(r.from_leader)?, r.to, log_id_from(r.last_log_id));
-        let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_err)?;
+        let req =
+            TransferLeaderRequest::new(vote_from(r.from_leader)?, r.to, log_id_from(r.last_log_id));
+        let resp = self
+            .raft
+            .handle_transfer_leader(req)
+            .await
+            .map_err(raft_err)?;
         Ok(tonic::Response::new(pb::TransferLeaderResponse {
             rejected: resp.err().map(|e| e.to_string()).unwrap_or_default(),
         }))

@@ -109,10 +109,16 @@ impl ReplicaConfig {
     pub fn validate(&self) -> Result<(), StartError> {
         let bad = |m: String| Err(StartError::Config(m));
         if self.group.is_empty() || self.group.len() > 127 {
-            return bad(format!("group name must be 1..=127 bytes, got {}", self.group.len()));
+            return bad(format!(
+                "group name must be 1..=127 bytes, got {}",
+                self.group.len()
+            ));
         }
         let t = self.timeouts;
-        if t.heartbeat_ms == 0 || t.election_min_ms <= t.heartbeat_ms * 2 || t.election_max_ms <= t.election_min_ms {
+        if t.heartbeat_ms == 0
+            || t.election_min_ms <= t.heartbeat_ms * 2
+            || t.election_max_ms <= t.election_min_ms
+        {
             return bad(format!(
                 "need 0 < heartbeat_ms ({}) < election_min_ms/2 ({}) and election_min_ms < election_max_ms ({})",
                 t.heartbeat_ms, t.election_min_ms, t.election_max_ms
@@ -122,7 +128,8 @@ impl ReplicaConfig {
             return bad("batch limits must be positive".into());
         }
         // A batch is a 4-byte count plus the messages, in one record with a 44-byte header.
-        let record = self.batch.max_bytes as u64 + 4 + raftmq_store::commitlog::record::HEADER_LEN as u64;
+        let record =
+            self.batch.max_bytes as u64 + 4 + raftmq_store::commitlog::record::HEADER_LEN as u64;
         if record > self.store.max_record_bytes {
             return bad(format!(
                 "a full batch (max_bytes {}) makes a {record}-byte record, over the store's max_record_bytes {}",
@@ -167,7 +174,9 @@ pub fn validate_voters(voters: &BTreeMap<NodeId, String>) -> Result<(), WriteErr
     }
     let addrs: BTreeSet<&String> = voters.values().collect();
     if addrs.len() != voters.len() {
-        return Err(WriteError::InvalidArgument("two voters share an address".into()));
+        return Err(WriteError::InvalidArgument(
+            "two voters share an address".into(),
+        ));
     }
     Ok(())
 }
@@ -193,7 +202,9 @@ pub struct Replica {
     writer: Writer,
 }
 
-fn map_write_err(e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>) -> WriteError {
+fn map_write_err(
+    e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+) -> WriteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
             leader_id: f.leader_id,
@@ -228,9 +239,15 @@ impl Replica {
         let rs = ReplicaStore::new(store, config.mutations);
         let sm = StateMachine::open(rs.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
         let network = NetworkFactory::new(&config.group, config.store.segment_bytes);
-        let raft = Raft::new(config.node_id, raft_config, network, LogStore::new(rs.clone()), sm)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network,
+            LogStore::new(rs.clone()),
+            sm,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         tokio::spawn(run_writer(raft.clone(), config.batch, rx));
         Ok(Replica {
@@ -257,7 +274,12 @@ impl Replica {
 
     /// The `RaftService` to add to this replica's gRPC server.
     pub fn raft_service(&self) -> crate::network::RaftService {
-        RaftServer::new(&self.config.group, self.config.store.segment_bytes, self.raft.clone()).into_service()
+        RaftServer::new(
+            &self.config.group,
+            self.config.store.segment_bytes,
+            self.raft.clone(),
+        )
+        .into_service()
     }
 
     /// Forms a new group of `voters` (node id → address); call on one replica only.
@@ -280,7 +302,8 @@ impl Replica {
         }
         let mut bytes = 0;
         for m in &messages {
-            m.validate().map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+            m.validate()
+                .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
             bytes += m.encoded_len();
         }
         if bytes > self.config.batch.max_bytes {
@@ -305,14 +328,24 @@ impl Replica {
 
     /// Replicates a metadata command; resolves once applied.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<CommandResult, WriteError> {
-        let r = self.raft.client_write(Command::Meta(cmd)).await.map_err(map_write_err)?;
+        let r = self
+            .raft
+            .client_write(Command::Meta(cmd))
+            .await
+            .map_err(map_write_err)?;
         Ok(r.data)
     }
 
     /// Adds a learner (it starts receiving the log; it does not vote).
     pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<(), WriteError> {
         self.raft
-            .add_learner(id, BasicNode { addr: addr.to_string() }, true)
+            .add_learner(
+                id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
             .await
             .map(|_| ())
             .map_err(map_write_err)
@@ -367,7 +400,9 @@ async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<Writ
         while count < limits.max_messages && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(r) => {
-                    if count + r.messages.len() > limits.max_messages || bytes + r.bytes > limits.max_bytes {
+                    if count + r.messages.len() > limits.max_messages
+                        || bytes + r.bytes > limits.max_bytes
+                    {
                         // Does not fit: it opens the next batch.
                         propose_batch(&raft, std::mem::take(&mut batch)).await;
                         count = r.messages.len();

@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use openraft::AsyncRuntime;
 use openraft::async_runtime::{
-    Mpsc, MpscReceiver, MpscSender, MpscWeakSender, Oneshot, OneshotSender, SendError,
-    TryRecvError,
+    Mpsc, MpscReceiver, MpscSender, MpscWeakSender, Oneshot, OneshotSender, SendError, TryRecvError,
 };
 use rand::SeedableRng;
 
@@ -172,7 +171,10 @@ impl AsyncRuntime for RaftRuntime {
         sleep_until_std(deadline.0)
     }
 
-    fn timeout<R, F: Future<Output = R> + Send>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + Send>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         Timeout {
             future: Box::pin(future),
             sleep: Box::pin(tokio::time::sleep(duration)),

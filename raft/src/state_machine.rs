@@ -217,7 +217,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut txn = store.meta().begin(true).map_err(io_err)?;
         txn.put_raft(keys::SNAPSHOT, &data).map_err(io_err)?;
         txn.commit().map_err(io_err)?;
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -231,7 +234,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + Send,
     {
         let mut batch = Vec::new();
         let mut responders = Vec::new();
@@ -260,7 +265,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// entry (same term), every entry up to it is committed and identical to the leader's, so
     /// applying the local log reaches exactly the snapshot's state. Otherwise the store must
     /// restart from the leader's chain point: see the note in the function body.
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let state: SnapshotState = decode_value(&snapshot, "snapshot")?;
         let Some(last) = meta.last_log_id.clone() else {
             return Ok(());
@@ -268,23 +277,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if state.last_log_id.as_ref() != Some(&last) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot meta {last} disagrees with its data {:?}", state.last_log_id),
+                format!(
+                    "snapshot meta {last} disagrees with its data {:?}",
+                    state.last_log_id
+                ),
             ));
         }
         let local_term = self.rs.lock().term_of(LogIndex(last.index)).ok();
         if local_term == Some(last.leader_id.term) {
             let from = self.applied.as_ref().map_or(0, |a| a.index + 1);
-            let first = self.rs.lock().log_bounds().map_err(io_err)?.0 .0;
+            let first = self.rs.lock().log_bounds().map_err(io_err)?.0.0;
             let entries = {
                 let mut reader = crate::log_store::LogStore::new(self.rs.clone());
                 use openraft::storage::RaftLogReader;
-                reader.try_get_log_entries(from.max(first)..last.index + 1).await?
+                reader
+                    .try_get_log_entries(from.max(first)..last.index + 1)
+                    .await?
             };
             self.apply_entries(&entries)?;
             self.membership = meta.last_membership.clone();
             let store = self.rs.lock();
             let mut txn = store.meta().begin(true).map_err(io_err)?;
-            txn.put_raft(keys::MEMBERSHIP, &encode_value(&self.membership)).map_err(io_err)?;
+            txn.put_raft(keys::MEMBERSHIP, &encode_value(&self.membership))
+                .map_err(io_err)?;
             txn.put_raft(keys::SNAPSHOT, &snapshot).map_err(io_err)?;
             txn.commit().map_err(io_err)?;
             return Ok(());

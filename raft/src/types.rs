@@ -217,7 +217,10 @@ impl EncodedEntry {
 
 /// A log id from its parts.
 pub fn log_id(term: u64, index: u64) -> LogId {
-    openraft::LogId::new(openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term), index)
+    openraft::LogId::new(
+        openraft::alias::CommittedLeaderIdOf::<TypeConfig>::new(term),
+        index,
+    )
 }
 
 /// JSON with a version byte, for small Raft values kept in the MetaStore.

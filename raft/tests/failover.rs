@@ -38,7 +38,11 @@ fn config(id: NodeId) -> ReplicaConfig {
     }
 }
 
-async fn start(id: NodeId, dir: std::path::PathBuf, addr: Option<SocketAddr>) -> anyhow::Result<Node> {
+async fn start(
+    id: NodeId,
+    dir: std::path::PathBuf,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Node> {
     let disk = Arc::new(MmapDisk::open(&dir)?);
     let replica = Replica::start(disk, config(id)).await?;
     let incoming = tonic::transport::server::TcpIncoming::bind(
@@ -78,7 +82,11 @@ fn leader_of(nodes: &[Option<Node>]) -> Option<usize> {
     None
 }
 
-async fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = f() {
@@ -113,7 +121,12 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
         .flatten()
         .map(|n| (n.id, n.addr.to_string()))
         .collect();
-    nodes[0].as_ref().expect("started").replica.initialize(&voters).await?;
+    nodes[0]
+        .as_ref()
+        .expect("started")
+        .replica
+        .initialize(&voters)
+        .await?;
 
     let nodes = Arc::new(tokio::sync::RwLock::new(nodes));
     let acks = Arc::new(Mutex::new(Acks::default()));
@@ -147,7 +160,8 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
                         assert_eq!(a.len(), 1);
                         assert_eq!(a[0].queue_id, c);
                         let mut g = acks.lock().expect("acks lock");
-                        g.by_id.insert(id.clone(), (c, a[0].queue_offset, Instant::now(), leader));
+                        g.by_id
+                            .insert(id.clone(), (c, a[0].queue_offset, Instant::now(), leader));
                         g.per_client.entry(c).or_default().push(id);
                         seq += 1;
                     }
@@ -167,7 +181,12 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
         let acks = acks.clone();
         move || (acks.lock().expect("acks lock").by_id.len() >= n).then_some(())
     };
-    wait_for("300 acknowledged writes", Duration::from_secs(30), acked(300)).await?;
+    wait_for(
+        "300 acknowledged writes",
+        Duration::from_secs(30),
+        acked(300),
+    )
+    .await?;
 
     // Stop the leader's server and its Raft.
     let (old_idx, old_id, old_addr, old_dir, stopped_at) = {
@@ -192,27 +211,41 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     }
     let first_after = {
         let acks = acks.clone();
-        wait_for("a write acknowledged by a new leader", Duration::from_secs(10), move || {
-            let g = acks.lock().expect("acks lock");
-            g.by_id
-                .values()
-                .filter(|(_, _, t, l)| *t > stopped_at && *l != old_id)
-                .map(|(_, _, t, _)| *t)
-                .min()
-        })
+        wait_for(
+            "a write acknowledged by a new leader",
+            Duration::from_secs(10),
+            move || {
+                let g = acks.lock().expect("acks lock");
+                g.by_id
+                    .values()
+                    .filter(|(_, _, t, l)| *t > stopped_at && *l != old_id)
+                    .map(|(_, _, t, _)| *t)
+                    .min()
+            },
+        )
         .await?
     };
     let failover = first_after - stopped_at;
     println!("failover: leader stop -> first acknowledged write on the new leader: {failover:?}");
 
     let before = acks.lock().expect("acks lock").by_id.len();
-    wait_for("300 more writes", Duration::from_secs(30), acked(before + 300)).await?;
+    wait_for(
+        "300 more writes",
+        Duration::from_secs(30),
+        acked(before + 300),
+    )
+    .await?;
 
     // The old leader rejoins on its old address and data.
     let node = start(old_id, old_dir, Some(old_addr)).await?;
     nodes.write().await[old_idx] = Some(node);
     let before = acks.lock().expect("acks lock").by_id.len();
-    wait_for("200 more writes", Duration::from_secs(30), acked(before + 200)).await?;
+    wait_for(
+        "200 more writes",
+        Duration::from_secs(30),
+        acked(before + 200),
+    )
+    .await?;
     stop_writes.store(true, std::sync::atomic::Ordering::Release);
     for c in clients {
         c.await?;
@@ -221,7 +254,8 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     // Convergence: every replica applies the leader's last index.
     let g = nodes.read().await;
     let leader = leader_of(&g).expect("a leader at the end");
-    let target = applied_index(g[leader].as_ref().expect("present").replica.store()).expect("applied");
+    let target =
+        applied_index(g[leader].as_ref().expect("present").replica.store()).expect("applied");
     for n in g.iter().flatten() {
         let rs = n.replica.store().clone();
         wait_for("replica to converge", Duration::from_secs(20), move || {
@@ -230,8 +264,13 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
         .await?;
     }
     let old = g[old_idx].as_ref().expect("restarted");
-    let m = openraft::async_runtime::WatchReceiver::borrow_watched(&old.replica.raft().metrics()).clone();
-    assert!(!m.state.is_leader() || leader == old_idx, "old leader state {:?}", m.state);
+    let m = openraft::async_runtime::WatchReceiver::borrow_watched(&old.replica.raft().metrics())
+        .clone();
+    assert!(
+        !m.state.is_leader() || leader == old_idx,
+        "old leader state {:?}",
+        m.state
+    );
 
     // Committed logs are byte-identical; queues agree.
     let logs: Vec<_> = g
@@ -258,12 +297,22 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     for (id, (q, off, _, _)) in &acks.by_id {
         let msgs = &queues[0][&("T".to_string(), *q)];
         let found = msgs.iter().find(|(o, _)| o == off).map(|(_, m)| m);
-        assert_eq!(found, Some(id), "acknowledged {id} at {q}/{off} is not there");
+        assert_eq!(
+            found,
+            Some(id),
+            "acknowledged {id} at {q}/{off} is not there"
+        );
     }
     for (c, ids) in &acks.per_client {
         let offs: Vec<u64> = ids.iter().map(|i| acks.by_id[i].1).collect();
-        assert!(offs.windows(2).all(|w| w[0] < w[1]), "client {c} acks out of order");
+        assert!(
+            offs.windows(2).all(|w| w[0] < w[1]),
+            "client {c} acks out of order"
+        );
     }
-    println!("acknowledged writes: {}, failover {failover:?}", acks.by_id.len());
+    println!(
+        "acknowledged writes: {}, failover {failover:?}",
+        acks.by_id.len()
+    );
     Ok(())
 }

@@ -206,9 +206,17 @@ async fn client(id: u32, writes: u32, registry: Registry, history: Arc<Mutex<His
             // NotLeader means not committed; counting it as indeterminate is merely lenient.
             other => {
                 if std::env::var("RAFTMQ_SIM_LOG").is_ok() {
-                    eprintln!("CLIENT {id}-{} {:?}", w.seq, other.map(|r| r.map(|a| a.len())));
+                    eprintln!(
+                        "CLIENT {id}-{} {:?}",
+                        w.seq,
+                        other.map(|r| r.map(|a| a.len()))
+                    );
                 }
-                history.lock().expect("history lock").indeterminate.insert(w);
+                history
+                    .lock()
+                    .expect("history lock")
+                    .indeterminate
+                    .insert(w);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -257,7 +265,11 @@ impl Cluster {
             }
             Fault::OneWayLoss => {
                 let j = (pick + thread_rng().gen_range(1..REPLICAS)) % REPLICAS;
-                self.note(format!("t={t}ms drop n{}->n{} for {hold:?}", pick + 1, j + 1));
+                self.note(format!(
+                    "t={t}ms drop n{}->n{} for {hold:?}",
+                    pick + 1,
+                    j + 1
+                ));
                 net.clog_link(self.nodes[pick].id(), self.nodes[j].id());
                 tokio::time::sleep(hold).await;
                 net.unclog_link(self.nodes[pick].id(), self.nodes[j].id());
@@ -272,7 +284,11 @@ impl Cluster {
             Fault::PowerLoss => {
                 self.down(pick);
                 let report = self.disks[pick].power_loss(thread_rng().r#gen());
-                self.note(format!("t={t}ms power loss n{}, torn {:?}", pick + 1, report.torn));
+                self.note(format!(
+                    "t={t}ms power loss n{}, torn {:?}",
+                    pick + 1,
+                    report.torn
+                ));
                 tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..500))).await;
                 self.up(pick);
             }
@@ -351,13 +367,19 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
 
     // Form the group.
     wait_until("replicas start", Duration::from_secs(5), || {
-        registry.lock().expect("registry lock").iter().all(Option::is_some)
+        registry
+            .lock()
+            .expect("registry lock")
+            .iter()
+            .all(Option::is_some)
     })
     .await;
     let voters: BTreeMap<NodeId, String> = (0..REPLICAS)
         .map(|i| (i as NodeId + 1, addr(i).to_string()))
         .collect();
-    let first = registry.lock().expect("registry lock")[0].clone().expect("started");
+    let first = registry.lock().expect("registry lock")[0]
+        .clone()
+        .expect("started");
     first.initialize(&voters).await.expect("initialize");
 
     // Watch leaders per term.
@@ -368,17 +390,32 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         monitor_node.spawn(async move {
             let mut tick = 0u64;
             loop {
-                let reps: Vec<Replica> = registry.lock().expect("registry lock").iter().flatten().cloned().collect();
+                let reps: Vec<Replica> = registry
+                    .lock()
+                    .expect("registry lock")
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
                 for r in reps {
                     let m = r.raft().metrics().borrow_watched().clone();
                     if m.state.is_leader() {
-                        leaders.lock().expect("leaders lock").entry(m.current_term).or_default().insert(r.node_id());
+                        leaders
+                            .lock()
+                            .expect("leaders lock")
+                            .entry(m.current_term)
+                            .or_default()
+                            .insert(r.node_id());
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 tick += 1;
                 if std::env::var("RAFTMQ_SIM_LOG").is_ok() && tick % 200 == 0 {
-                    eprintln!("MONITOR {:?}\n{}", std::time::SystemTime::now(), describe(&registry));
+                    eprintln!(
+                        "MONITOR {:?}\n{}",
+                        std::time::SystemTime::now(),
+                        describe(&registry)
+                    );
                 }
             }
         });
@@ -387,7 +424,12 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     let clients_node = handle.create_node().name("clients").build();
     let mut clients = Vec::new();
     for c in 0..cfg.clients {
-        clients.push(clients_node.spawn(client(c, cfg.writes_per_client, registry.clone(), history.clone())));
+        clients.push(clients_node.spawn(client(
+            c,
+            cfg.writes_per_client,
+            registry.clone(),
+            history.clone(),
+        )));
     }
 
     let start = tokio::time::Instant::now();
@@ -397,7 +439,10 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         let fault = cfg.faults[thread_rng().gen_range(0..cfg.faults.len())];
         cluster.inject(fault, start.elapsed().as_millis()).await;
     }
-    cluster.note(format!("t={}ms faults stop, all healed", start.elapsed().as_millis()));
+    cluster.note(format!(
+        "t={}ms faults stop, all healed",
+        start.elapsed().as_millis()
+    ));
 
     for c in clients {
         c.await.expect("client task");
@@ -434,8 +479,19 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     );
 
     // Convergence: every replica applies the leader's last entry.
-    let (_, l) = leader(&registry).expect("a leader after healing");
-    let target = l.raft().metrics().borrow_watched().last_log_index.expect("leader has a log");
+    let mut found = None;
+    wait_until("a leader after healing", Duration::from_secs(10), || {
+        found = leader(&registry);
+        found.is_some()
+    })
+    .await;
+    let (_, l) = found.expect("found just above");
+    let target = l
+        .raft()
+        .metrics()
+        .borrow_watched()
+        .last_log_index
+        .expect("leader has a log");
     wait_until("replicas converge", Duration::from_secs(20), || {
         registry
             .lock()
@@ -446,7 +502,13 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     })
     .await;
 
-    let reps: Vec<Replica> = registry.lock().expect("registry lock").iter().flatten().cloned().collect();
+    let reps: Vec<Replica> = registry
+        .lock()
+        .expect("registry lock")
+        .iter()
+        .flatten()
+        .cloned()
+        .collect();
     let logs: Vec<Vec<RawRecord>> = reps
         .iter()
         .map(|r| raw_log(r.store(), target).expect("read log"))

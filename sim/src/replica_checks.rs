@@ -12,13 +12,22 @@ pub enum ReplicaViolation {
     /// Two replicas hold different bytes for a committed entry.
     LogsDiffer { a: usize, b: usize, index: u64 },
     /// Two replicas hold a different number of committed entries after convergence.
-    LogLength { a: usize, b: usize, len_a: usize, len_b: usize },
+    LogLength {
+        a: usize,
+        b: usize,
+        len_a: usize,
+        len_b: usize,
+    },
     /// Applied queues differ between two replicas.
     QueuesDiffer { a: usize, b: usize },
     /// Two leaders in one term.
     TwoLeaders { term: u64, leaders: Vec<NodeId> },
     /// A queue's offsets have a hole.
-    QueueGap { queue: (String, u32), after: u64, next: u64 },
+    QueueGap {
+        queue: (String, u32),
+        after: u64,
+        next: u64,
+    },
 }
 
 /// Committed logs byte-identical (each is the raw log up to the commit index) and applied
@@ -35,7 +44,11 @@ pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<
             });
         }
         if let Some((x, _)) = logs[0].iter().zip(&logs[b]).find(|(x, y)| x != y) {
-            out.push(ReplicaViolation::LogsDiffer { a: 0, b, index: x.index });
+            out.push(ReplicaViolation::LogsDiffer {
+                a: 0,
+                b,
+                index: x.index,
+            });
         }
     }
     for b in 1..queues.len() {
@@ -87,11 +100,23 @@ mod tests {
     fn replica_checker_fires_on_divergence() {
         let a = vec![rec(1, 1), rec(2, 2)];
         let b = vec![rec(1, 1), rec(2, 9)];
-        let q: QueueContents = BTreeMap::from([(("T".into(), 0), vec![(0, "x".into()), (2, "y".into())])]);
+        let q: QueueContents =
+            BTreeMap::from([(("T".into(), 0), vec![(0, "x".into()), (2, "y".into())])]);
         let v = check_replicas(&[a.clone(), b], &[q.clone(), QueueContents::new()]);
-        assert!(v.contains(&ReplicaViolation::LogsDiffer { a: 0, b: 1, index: 2 }));
+        assert!(v.contains(&ReplicaViolation::LogsDiffer {
+            a: 0,
+            b: 1,
+            index: 2
+        }));
         assert!(v.contains(&ReplicaViolation::QueuesDiffer { a: 0, b: 1 }));
-        assert!(v.iter().any(|x| matches!(x, ReplicaViolation::QueueGap { after: 0, next: 2, .. })));
+        assert!(v.iter().any(|x| matches!(
+            x,
+            ReplicaViolation::QueueGap {
+                after: 0,
+                next: 2,
+                ..
+            }
+        )));
         assert!(check_replicas(&[a.clone(), a], &[]).is_empty());
     }
 

@@ -276,7 +276,10 @@ impl MetaStore {
     pub fn raft(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read(|t| {
             let table = t.open_table(RAFT).map_err(meta_err)?;
-            Ok(table.get(key).map_err(meta_err)?.map(|v| v.value().to_vec()))
+            Ok(table
+                .get(key)
+                .map_err(meta_err)?
+                .map(|v| v.value().to_vec()))
         })
     }
 
