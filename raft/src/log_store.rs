@@ -181,7 +181,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let purged: Option<LogId> = self.rs.read_value(keys::PURGED)?;
-        let last = self.rs.last_log_id()?.or_else(|| purged.clone());
+        let last = self.rs.last_log_id()?.or(purged);
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: last,

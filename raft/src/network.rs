@@ -203,7 +203,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 break;
             }
             bytes += enc.payload.len();
-            last_sent = Some(e.log_id.clone());
+            last_sent = Some(e.log_id);
             entries.push(pb_entry(enc));
         }
         let cut = entries.len() < total;

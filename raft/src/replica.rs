@@ -166,7 +166,7 @@ impl ReplicaConfig {
 /// The voters of a group, checked before they are used: an odd count (so a quorum is a
 /// strict majority that survives `(n-1)/2` failures) and distinct addresses.
 pub fn validate_voters(voters: &BTreeMap<NodeId, String>) -> Result<(), WriteError> {
-    if voters.is_empty() || voters.len() % 2 == 0 {
+    if voters.is_empty() || voters.len().is_multiple_of(2) {
         return Err(WriteError::InvalidArgument(format!(
             "a group needs an odd number of voters, got {}",
             voters.len()
@@ -354,7 +354,7 @@ impl Replica {
     /// Makes `voters` the voter set (learners among them are promoted; voters left out
     /// become learners and may then be removed with [`Replica::remove`]).
     pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
-        if voters.is_empty() || voters.len() % 2 == 0 {
+        if voters.is_empty() || voters.len().is_multiple_of(2) {
             return Err(WriteError::InvalidArgument(format!(
                 "a group needs an odd number of voters, got {}",
                 voters.len()

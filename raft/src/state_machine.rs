@@ -87,7 +87,7 @@ impl StateMachine {
         let store = self.rs.lock();
         let meta = store.meta();
         Ok(SnapshotState {
-            last_log_id: self.applied.clone(),
+            last_log_id: self.applied,
             membership: self.membership.clone(),
             topics: meta
                 .topics()
@@ -142,14 +142,14 @@ impl StateMachine {
                     apply_meta(&mut txn, m).map_err(io_err)?;
                 }
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(e.log_id.clone()), m.clone());
+                    self.membership = StoredMembership::new(Some(e.log_id), m.clone());
                     txn.put_raft(keys::MEMBERSHIP, &encode_value(&self.membership))
                         .map_err(io_err)?;
                 }
             }
             // Keep the store's dispatch in step for non-message entries too.
             store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
-            last = Some(e.log_id.clone());
+            last = Some(e.log_id);
             results.push(result);
         }
         if let Some(l) = last {
@@ -209,7 +209,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
         let state = std::mem::replace(&mut self.state, Err(io::Error::other("snapshot taken")))?;
         let meta = SnapshotMeta {
-            last_log_id: state.last_log_id.clone(),
+            last_log_id: state.last_log_id,
             last_membership: state.membership.clone(),
         };
         let data = encode_value(&state);
@@ -229,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -271,7 +271,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let state: SnapshotState = decode_value(&snapshot, "snapshot")?;
-        let Some(last) = meta.last_log_id.clone() else {
+        let Some(last) = meta.last_log_id else {
             return Ok(());
         };
         if state.last_log_id.as_ref() != Some(&last) {
