@@ -1,6 +1,7 @@
 //! Three replicas over real gRPC on loopback, real files: writes flow, the leader's server is
 //! stopped, a new leader is elected and writes continue; no acknowledged write is lost; the
 //! old leader rejoins as a follower and converges to a byte-identical committed log.
+#![cfg(not(madsim))]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -26,7 +26,7 @@ use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::Handle;
 use openraft::async_runtime::WatchReceiver;
 use raftmq_raft::inspect::{QueueContents, RawRecord, queue_contents, raw_log};
-use raftmq_raft::{Mutations, NodeId, Replica, ReplicaConfig, WriteError};
+use raftmq_raft::{Mutations, NodeId, Replica, ReplicaConfig};
 use raftmq_store::{Message, SimDisk, StoreConfig};
 
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
@@ -410,7 +410,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 tick += 1;
-                if std::env::var("RAFTMQ_SIM_LOG").is_ok() && tick % 200 == 0 {
+                if std::env::var("RAFTMQ_SIM_LOG").is_ok() && tick.is_multiple_of(200) {
                     eprintln!(
                         "MONITOR {:?}\n{}",
                         std::time::SystemTime::now(),
