@@ -121,23 +121,24 @@ impl StateMachine {
                 results.push(CommandResult::default());
                 continue;
             }
-            let mut result = CommandResult::default();
+            // Dispatch every entry once, in log order (it keeps the store's dispatched index in
+            // step with the applied one); only `Messages` entries assign queue offsets.
+            let assigned = store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
+            let result = CommandResult {
+                assigned: assigned
+                    .into_iter()
+                    .filter(|a| a.index.0 == index)
+                    .map(|a| AssignedOffset {
+                        topic: a.queue.topic,
+                        queue_id: a.queue.queue_id,
+                        queue_offset: a.offset.0,
+                        position: a.position.0,
+                        size: a.size,
+                    })
+                    .collect(),
+            };
             match &e.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(Command::Messages { .. }) => {
-                    let assigned = store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
-                    result.assigned = assigned
-                        .into_iter()
-                        .filter(|a| a.index.0 == index)
-                        .map(|a| AssignedOffset {
-                            topic: a.queue.topic,
-                            queue_id: a.queue.queue_id,
-                            queue_offset: a.offset.0,
-                            position: a.position.0,
-                            size: a.size,
-                        })
-                        .collect();
-                }
+                EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
                 EntryPayload::Normal(Command::Meta(m)) => {
                     apply_meta(&mut txn, m).map_err(io_err)?;
                 }
@@ -147,8 +148,6 @@ impl StateMachine {
                         .map_err(io_err)?;
                 }
             }
-            // Keep the store's dispatch in step for non-message entries too.
-            store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
             last = Some(e.log_id);
             results.push(result);
         }

@@ -313,6 +313,17 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The replicas that are running now.
+fn live_replicas(registry: &Registry) -> Vec<Replica> {
+    registry
+        .lock()
+        .expect("registry lock")
+        .iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
 /// Each live replica's Raft state, for failure reports.
 fn describe(registry: &Registry) -> String {
     let g = registry.lock().expect("registry lock");
@@ -390,13 +401,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         monitor_node.spawn(async move {
             let mut tick = 0u64;
             loop {
-                let reps: Vec<Replica> = registry
-                    .lock()
-                    .expect("registry lock")
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .collect();
+                let reps = live_replicas(&registry);
                 for r in reps {
                     let m = r.raft().metrics().borrow_watched().clone();
                     if m.state.is_leader() {
@@ -502,13 +507,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     })
     .await;
 
-    let reps: Vec<Replica> = registry
-        .lock()
-        .expect("registry lock")
-        .iter()
-        .flatten()
-        .cloned()
-        .collect();
+    let reps = live_replicas(&registry);
     let logs: Vec<Vec<RawRecord>> = reps
         .iter()
         .map(|r| raw_log(r.store(), target).expect("read log"))
