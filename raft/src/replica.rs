@@ -19,7 +19,7 @@ use openraft::impls::{BasicNode, ProgressResponder};
 use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use raftmq_store::message::encode_batch;
 use raftmq_store::{Disk, Message, Store, StoreConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::log_store::{LogStore, Mutations, ReplicaStore};
 use crate::network::{NetworkFactory, RaftServer};
@@ -28,6 +28,11 @@ use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, 
 
 /// Requests waiting for the writer, at most.
 pub const WRITE_QUEUE_MAX: usize = 4096;
+/// Batches proposed and not yet applied, at most. Raft replicates one AppendEntries at a
+/// time per follower, so a few batches in flight keep it busy; past that, proposing every
+/// request on arrival would make one entry per message (and pay Raft's per-entry cost for
+/// each), while waiting lets the queue fill the next batch: group commit.
+pub const INFLIGHT_BATCHES_MAX: usize = 4;
 
 /// Why a replica could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +120,14 @@ impl ReplicaConfig {
             ));
         }
         let t = self.timeouts;
+        let append_min = crate::network::APPEND_TIMEOUT_MIN.as_millis() as u64;
         if t.heartbeat_ms == 0
             || t.election_min_ms <= t.heartbeat_ms * 2
+            || t.election_min_ms <= append_min
             || t.election_max_ms <= t.election_min_ms
         {
             return bad(format!(
-                "need 0 < heartbeat_ms ({}) < election_min_ms/2 ({}) and election_min_ms < election_max_ms ({})",
+                "need 0 < heartbeat_ms ({}) < election_min_ms/2 ({}), election_min_ms > {append_min} and election_min_ms < election_max_ms ({})",
                 t.heartbeat_ms, t.election_min_ms, t.election_max_ms
             ));
         }
@@ -393,7 +400,12 @@ impl Replica {
 }
 
 async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<WriteReq>) {
+    let inflight = Arc::new(Semaphore::new(INFLIGHT_BATCHES_MAX));
     while let Some(first) = rx.recv().await {
+        // While the pipeline is full, requests pile up in the queue and ride the next batch.
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         let mut count = batch[0].messages.len();
         let mut bytes = batch[0].bytes;
@@ -404,7 +416,7 @@ async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<Writ
                         || bytes + r.bytes > limits.max_bytes
                     {
                         // Does not fit: it opens the next batch.
-                        propose_batch(&raft, std::mem::take(&mut batch)).await;
+                        propose_batch(&raft, std::mem::take(&mut batch), None).await;
                         count = r.messages.len();
                         bytes = r.bytes;
                         batch.push(r);
@@ -417,7 +429,7 @@ async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<Writ
                 Err(_) => break,
             }
         }
-        propose_batch(&raft, batch).await;
+        propose_batch(&raft, batch, Some(permit)).await;
     }
 }
 
@@ -427,7 +439,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>) {
+/// Proposes one batch; `permit` (a slot of the writer's pipeline) is held until the batch
+/// is applied or has failed.
+async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>, permit: Option<OwnedSemaphorePermit>) {
     if batch.is_empty() {
         return;
     }
@@ -464,7 +478,10 @@ async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>) {
         return;
     }
     tokio::spawn(async move {
-        let result = match rx.await {
+        let outcome = rx.await;
+        // The pipeline slot frees as soon as Raft is done with the batch.
+        drop(permit);
+        let result = match outcome {
             Ok(Ok(resp)) => Ok(resp.data.assigned),
             Ok(Err(e)) => Err(map_client_write_err(e)),
             Err(_) => Err(WriteError::Unavailable("raft dropped the write".into())),

@@ -46,7 +46,7 @@ async fn start(
 ) -> anyhow::Result<Node> {
     let disk = Arc::new(MmapDisk::open(&dir)?);
     let replica = Replica::start(disk, config(id)).await?;
-    let incoming = tonic::transport::server::TcpIncoming::bind(
+    let incoming = raftmq_raft::network::listen(
         addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address")),
     )?;
     let addr = incoming.local_addr()?;

@@ -6,6 +6,12 @@
 //! (both structures are derived from the CommitLog), so a torn entry past the recovered end
 //! is simply overwritten.
 //!
+//! Appends are buffered: the newest entries (at most [`PENDING_MAX`] bytes, never across a
+//! file boundary) wait in memory and go out in one write when the buffer fills, before a
+//! sync, a purge, or a roll to the next file. One `pwrite` per 20-byte entry cost a system
+//! call per message on the apply path; the buffer makes it one per few thousand. Reads see
+//! the buffer, and losing it in a crash loses nothing the owner does not rebuild.
+//!
 //! # File header (version 1, little-endian)
 //!
 //! | offset | size | field                                      |
@@ -37,6 +43,8 @@ pub const PER_FILE_MAX: u64 = 64 * 1024 * 1024;
 
 /// One 20-byte entry.
 pub type Entry = [u8; ENTRY_LEN];
+/// Bytes of appended entries held in memory before they are written out.
+pub const PENDING_MAX: usize = 64 << 10;
 
 /// Both users of entry files store the same shape, `position u64 | len u32 | extra u64`
 /// (the extra is a term or a tag hash): one packing for both.
@@ -64,6 +72,9 @@ pub struct EntryFiles {
     first: u64,
     end: u64,
     synced_end: u64,
+    /// Entries `[pending_from, end)`, appended and not yet written (all in one file).
+    pending: Vec<u8>,
+    pending_from: u64,
 }
 
 fn encode_header(magic: u32, first: u64, per_file: u64) -> Vec<u8> {
@@ -150,6 +161,8 @@ impl EntryFiles {
             first,
             end,
             synced_end: end,
+            pending: Vec::new(),
+            pending_from: end,
         })
     }
 
@@ -168,25 +181,48 @@ impl EntryFiles {
         (start, HEADER_LEN as u64 + (n - start) * ENTRY_LEN as u64)
     }
 
-    /// Appends one entry; returns its number.
+    /// Appends one entry (buffered, see the module docs); returns its number.
     pub fn append(&mut self, e: &Entry) -> Result<u64> {
         let n = self.end;
-        let (start, at) = self.locate(n);
-        let file = match self.files.get(&start) {
-            Some(f) => f.clone(),
-            None => {
+        let (start, _) = self.locate(n);
+        if !self.pending.is_empty() && self.locate(self.pending_from).0 != start {
+            self.write_pending()?;
+        }
+        if !self.files.contains_key(&start) {
+            // A new file: its header is written and synced before any entry.
+            {
                 let path = format!("{}/{start:020}", self.dir);
                 let len = HEADER_LEN as u64 + self.per_file * ENTRY_LEN as u64;
                 let f = self.disk.create(&path, len)?;
                 f.write_at(0, &encode_header(self.magic, start, self.per_file))?;
                 f.sync_range(0, HEADER_LEN as u64)?;
-                self.files.insert(start, f.clone());
-                f
+                self.files.insert(start, f);
             }
-        };
-        file.write_at(at, e)?;
+        }
+        if self.pending.is_empty() {
+            self.pending_from = n;
+        }
+        self.pending.extend_from_slice(e);
         self.end = n + 1;
+        if self.pending.len() >= PENDING_MAX {
+            self.write_pending()?;
+        }
         Ok(n)
+    }
+
+    /// Writes the buffered entries to their file.
+    pub fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (start, at) = self.locate(self.pending_from);
+        let file = self.files.get(&start).ok_or_else(|| {
+            StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing")
+        })?;
+        file.write_at(at, &self.pending)?;
+        self.pending.clear();
+        self.pending_from = self.end;
+        Ok(())
     }
 
     /// Reads entry `n`, which must be in `[first, end)`.
@@ -199,11 +235,16 @@ impl EntryFiles {
                 end: self.end,
             });
         }
+        let mut e = [0u8; ENTRY_LEN];
+        if n >= self.pending_from {
+            let at = (n - self.pending_from) as usize * ENTRY_LEN;
+            e.copy_from_slice(&self.pending[at..at + ENTRY_LEN]);
+            return Ok(e);
+        }
         let (start, at) = self.locate(n);
         let file = self.files.get(&start).ok_or_else(|| {
             StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing")
         })?;
-        let mut e = [0u8; ENTRY_LEN];
         file.read_at(at, &mut e)?;
         Ok(e)
     }
@@ -214,6 +255,15 @@ impl EntryFiles {
             return Ok(());
         }
         let end = end.max(self.first);
+        if end >= self.pending_from {
+            self.pending
+                .truncate((end - self.pending_from) as usize * ENTRY_LEN);
+        } else {
+            self.pending.clear();
+        }
+        if self.pending.is_empty() {
+            self.pending_from = end;
+        }
         let keep_from = self.locate(end).0;
         let doomed: Vec<u64> = self.files.range(keep_from + 1..).map(|(k, _)| *k).collect();
         for k in doomed {
@@ -232,6 +282,7 @@ impl EntryFiles {
         if first <= self.first {
             return Ok(());
         }
+        self.write_pending()?;
         let first = first.min(self.end);
         self.first = first;
         let keep_from = self.locate(first).0;
@@ -245,6 +296,7 @@ impl EntryFiles {
 
     /// Makes every entry below `end` durable.
     pub fn sync(&mut self) -> Result<()> {
+        self.write_pending()?;
         let mut n = self.synced_end.max(self.first);
         while n < self.end {
             let (start, at) = self.locate(n);
@@ -300,6 +352,8 @@ impl EntryFiles {
         self.first = at;
         self.end = at;
         self.synced_end = at;
+        self.pending.clear();
+        self.pending_from = at;
         Ok(())
     }
 }
@@ -363,5 +417,42 @@ mod tests {
             EntryFiles::open(disk, "q", magic, 0, 0, 0),
             Err(StoreError::Config(_))
         ));
+    }
+
+    fn entry(n: u64) -> Entry {
+        pack(n * 100, n as u32, n)
+    }
+
+    #[test]
+    fn buffered_appends_are_read_truncated_and_written_at_sync() {
+        let disk = Arc::new(SimDisk::new());
+        let magic = u32::from_le_bytes(*b"TEST");
+        let per_file = 10_000;
+        let mut f = EntryFiles::open(disk.clone(), "q", magic, per_file, 0, 0).unwrap();
+        // More than a buffer's worth, across a file boundary.
+        let n = per_file + (PENDING_MAX / ENTRY_LEN) as u64 + 7;
+        for i in 0..n {
+            assert_eq!(f.append(&entry(i)).unwrap(), i);
+        }
+        for i in (0..n).step_by(97).chain([n - 1]) {
+            assert_eq!(f.get(i).unwrap(), entry(i), "entry {i}");
+        }
+        // Truncate inside the buffer, then inside the files; appends continue from there.
+        f.truncate(n - 3).unwrap();
+        assert!(f.get(n - 3).is_err());
+        assert_eq!(f.append(&entry(1_000_000)).unwrap(), n - 3);
+        assert_eq!(f.get(n - 3).unwrap(), entry(1_000_000));
+        f.truncate(per_file - 5).unwrap();
+        assert_eq!(f.end(), per_file - 5);
+        for i in per_file - 5..per_file + 3 {
+            assert_eq!(f.append(&entry(i)).unwrap(), i);
+        }
+        f.sync().unwrap();
+        // After a power loss only synced data remains: every entry is there.
+        disk.power_loss(7);
+        let f = EntryFiles::open(disk, "q", magic, per_file, 0, per_file + 3).unwrap();
+        for i in (0..per_file + 3).step_by(13).chain([per_file + 2]) {
+            assert_eq!(f.get(i).unwrap(), entry(i), "entry {i} after reopen");
+        }
     }
 }

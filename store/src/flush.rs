@@ -13,8 +13,9 @@
 //! after a failed fsync the kernel may have dropped the dirty pages, so a retry could
 //! acknowledge data that is not on disk.
 //!
-//! The task uses the workspace `tokio` (madsim under `--cfg madsim`) and does the sync
-//! inline: no OS thread, so it runs in the simulator.
+//! The task uses the workspace `tokio` (madsim under `--cfg madsim`). Each sync runs on the
+//! blocking pool in production, so an fsync never stalls an async worker, and inline under
+//! madsim, where no OS thread may start.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -139,7 +140,7 @@ impl Inner {
                         _ = self.notify.notified() => {}
                         // Idle with the marker behind: bring it up to date now.
                         _ = tokio::time::sleep(self.marker_lag), if marker_lags => {
-                            if self.marker_round() {
+                            if self.marker_round().await {
                                 return;
                             }
                             marker_at = tokio::time::Instant::now();
@@ -160,14 +161,19 @@ impl Inner {
             // Sync mode acknowledges after the data flush alone; the marker follows at most
             // `marker_lag` later (see `CommitLogReader::sync_data_to`). Async mode and the
             // last round before stopping sync both.
-            let result = if self.mode == FlushMode::Sync && !stopping {
-                self.reader.sync_data_to(target)
-            } else {
-                self.reader.sync_to(target)
-            };
+            let data_only = self.mode == FlushMode::Sync && !stopping;
+            let reader = self.reader.clone();
+            let result = off_runtime(move || {
+                if data_only {
+                    reader.sync_data_to(target)
+                } else {
+                    reader.sync_to(target)
+                }
+            })
+            .await;
             let mut done = self.answer(result.map_err(|e| e.to_string()));
             if !done && self.mode == FlushMode::Sync && marker_at.elapsed() >= self.marker_lag {
-                done = self.marker_round();
+                done = self.marker_round().await;
                 marker_at = tokio::time::Instant::now();
             }
             if !done && self.reader.wants_spare() {
@@ -185,8 +191,9 @@ impl Inner {
     }
 
     /// Raises the synced marker; returns true if the flusher must stop (the sync failed).
-    fn marker_round(&self) -> bool {
-        match self.reader.sync_marker() {
+    async fn marker_round(&self) -> bool {
+        let reader = self.reader.clone();
+        match off_runtime(move || reader.sync_marker()).await {
             Ok(()) => false,
             Err(e) => self.answer(Err(e.to_string())),
         }
@@ -219,6 +226,21 @@ impl Inner {
             }
         }
     }
+}
+
+/// Runs a sync where it does not stall the async workers: on a blocking-pool thread in
+/// production (an fsync can take tens of milliseconds, during which a worker would serve no
+/// timer, heartbeat or RPC); inline under madsim, where threads are forbidden and `SimDisk`
+/// is instant.
+async fn off_runtime(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    #[cfg(not(madsim))]
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Closed("runtime shutting down".into())),
+    }
+    #[cfg(madsim)]
+    f()
 }
 
 /// Makes the next CommitLog segment ahead of time, off the flusher: on a blocking-pool thread
