@@ -45,9 +45,17 @@ fn message(c: usize) -> Message {
     }
 }
 
-/// Drives `CLIENTS` writers for `secs` seconds after a warm-up; returns messages/s.
+/// What one case measured, inside its window.
+struct Rate {
+    msgs_per_sec: f64,
+    /// Process CPU (user + system) per acknowledged message, microseconds.
+    cpu_us_per_msg: f64,
+}
+
+/// Drives `CLIENTS` writers for `secs` seconds after a warm-up; returns messages/s and the
+/// process CPU per message in the window.
 /// Failed writes inside the measured window are reported (the first one's error too).
-async fn drive<F, Fut>(secs: f64, write: F) -> f64
+async fn drive<F, Fut>(secs: f64, write: F) -> Rate
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -83,9 +91,9 @@ where
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     measuring.store(true, Ordering::Relaxed);
-    let (c0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    let (c0, t0, cpu0) = (count.load(Ordering::Relaxed), Instant::now(), cpu_secs());
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let (c1, t1) = (count.load(Ordering::Relaxed), Instant::now());
+    let (c1, t1, cpu1) = (count.load(Ordering::Relaxed), Instant::now(), cpu_secs());
     measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
@@ -95,13 +103,17 @@ where
     for t in tasks {
         let _ = t.await;
     }
-    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+    let n = (c1 - c0).max(1) as f64;
+    Rate {
+        msgs_per_sec: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),
+        cpu_us_per_msg: (cpu1 - cpu0) * 1e6 / n,
+    }
 }
 
 type Req = (Message, oneshot::Sender<Result<(), String>>);
 
 /// The store alone, with the same single-writer batching as a replica.
-async fn store_alone(mode: FlushMode, secs: f64) -> anyhow::Result<f64> {
+async fn store_alone(mode: FlushMode, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
     let disk = Arc::new(MmapDisk::open(dir.path())?);
     let mut store = Store::open(disk, store_config(mode))?;
@@ -156,7 +168,7 @@ async fn store_alone(mode: FlushMode, secs: f64) -> anyhow::Result<f64> {
 }
 
 /// A 3-replica group over loopback gRPC, writing through the leader.
-async fn group(mode: FlushMode, secs: f64) -> anyhow::Result<f64> {
+async fn group(mode: FlushMode, secs: f64) -> anyhow::Result<Rate> {
     let tmp = tempfile::tempdir()?;
     let mut replicas = Vec::new();
     let mut voters = BTreeMap::new();
@@ -267,10 +279,12 @@ fn main() -> anyhow::Result<()> {
         if !modes.split(',').any(|m| m.trim() == name) {
             continue;
         }
-        let cpu0 = cpu_secs();
         // `BENCH_GROUP_ONLY=1` skips the store-alone side (for profiling the group).
         let alone = if std::env::var_os("BENCH_GROUP_ONLY").is_some() {
-            f64::NAN
+            Rate {
+                msgs_per_sec: f64::NAN,
+                cpu_us_per_msg: f64::NAN,
+            }
         } else {
             rt.block_on(store_alone(mode, secs))?
         };
@@ -278,20 +292,15 @@ fn main() -> anyhow::Result<()> {
         // starts, so one case's disk work does not land in the other's window.
         let _ = std::process::Command::new("sync").status();
         std::thread::sleep(Duration::from_secs(1));
-        let cpu1 = cpu_secs();
         let replicated = rt.block_on(group(mode, secs))?;
-        let cpu2 = cpu_secs();
-        eprintln!(
-            "process CPU (user+system, whole case incl. setup): store alone {:.1} s, group {:.1} s",
-            cpu1 - cpu0,
-            cpu2 - cpu1
-        );
         println!(
-            "flush {:<5} store alone {:>9.0} msg/s | 3-replica group {:>9.0} msg/s | ratio {:>5.1}%",
+            "flush {:<5} store alone {:>9.0} msg/s ({:>4.1} us CPU/msg) | 3-replica group {:>9.0} msg/s ({:>4.1} us CPU/msg) | ratio {:>5.1}%",
             format!("{mode:?}"),
-            alone,
-            replicated,
-            100.0 * replicated / alone
+            alone.msgs_per_sec,
+            alone.cpu_us_per_msg,
+            replicated.msgs_per_sec,
+            replicated.cpu_us_per_msg,
+            100.0 * replicated.msgs_per_sec / alone.msgs_per_sec
         );
     }
     Ok(())

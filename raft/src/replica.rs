@@ -358,8 +358,9 @@ impl Replica {
             .map_err(map_write_err)
     }
 
-    /// Makes `voters` the voter set (learners among them are promoted; voters left out
-    /// become learners and may then be removed with [`Replica::remove`]).
+    /// Makes `voters` the voter set: learners among them are promoted, voters left out leave
+    /// the group (learners not named stay learners). Refused unless the count is odd and
+    /// every named replica is already a member.
     pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
         if voters.is_empty() || voters.len().is_multiple_of(2) {
             return Err(WriteError::InvalidArgument(format!(
@@ -374,7 +375,7 @@ impl Replica {
             .map_err(map_write_err)
     }
 
-    /// Removes a replica that is not a voter any more.
+    /// Removes a learner from the group (a voter leaves through [`Replica::change_voters`]).
     pub async fn remove(&self, id: NodeId) -> Result<(), WriteError> {
         self.raft
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)

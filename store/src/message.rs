@@ -184,6 +184,33 @@ impl Message {
 
     /// Decodes one message that fills `bytes` exactly, verifying its length and CRC.
     pub fn decode(bytes: &[u8]) -> Result<Message> {
+        MessageView::parse(bytes)?.to_message()
+    }
+}
+
+/// A message decoded in place: every check [`Message::decode`] makes, nothing copied (the
+/// dispatch path needs the routing fields of every message, never its body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView<'a> {
+    pub topic: &'a str,
+    pub queue_id: u32,
+    pub tags: &'a str,
+    pub keys: Vec<&'a str>,
+    /// The encoded properties block (already checked; see [`MessageView::properties`]).
+    properties: &'a [u8],
+    pub flag: u32,
+    pub sys_flag: u32,
+    pub reconsume_times: u32,
+    pub born_timestamp_ms: u64,
+    pub store_timestamp_ms: u64,
+    pub born_host: &'a str,
+    pub msg_id: &'a str,
+    pub body: &'a [u8],
+}
+
+impl<'a> MessageView<'a> {
+    /// Parses one message that fills `bytes` exactly, verifying its length and CRC.
+    pub fn parse(bytes: &'a [u8]) -> Result<MessageView<'a>> {
         let mut r = Reader::new(bytes, "message");
         let len = r.u32()? as usize;
         if len != bytes.len() || !(MESSAGE_FIXED_LEN..=MESSAGE_MAX).contains(&len) {
@@ -217,10 +244,10 @@ impl Message {
         let reconsume_times = r.u32()?;
         let born_timestamp_ms = r.u64()?;
         let store_timestamp_ms = r.u64()?;
-        let topic = r.str16("topic", TOPIC_MAX)?.to_string();
-        let msg_id = r.str16("msg_id", ID_MAX)?.to_string();
-        let born_host = r.str16("born_host", ID_MAX)?.to_string();
-        let tags = r.str16("tags", TAG_MAX)?.to_string();
+        let topic = r.str16("topic", TOPIC_MAX)?;
+        let msg_id = r.str16("msg_id", ID_MAX)?;
+        let born_host = r.str16("born_host", ID_MAX)?;
+        let tags = r.str16("tags", TAG_MAX)?;
         let key_count = r.u16()? as usize;
         if key_count > KEYS_MAX {
             return Err(StoreError::malformed(
@@ -230,7 +257,7 @@ impl Message {
         }
         let mut keys = Vec::with_capacity(key_count);
         for _ in 0..key_count {
-            keys.push(r.str16("key", KEY_MAX)?.to_string());
+            keys.push(r.str16("key", KEY_MAX)?);
         }
         let props_len = r.u32()? as usize;
         if props_len > PROPERTIES_MAX {
@@ -239,12 +266,9 @@ impl Message {
                 format!("properties {props_len} > {PROPERTIES_MAX}"),
             ));
         }
-        let mut pr = Reader::new(r.bytes(props_len)?, "message properties");
-        let mut properties = BTreeMap::new();
-        while pr.remaining() > 0 {
-            let k = pr.str16("property name", PROPERTIES_MAX)?.to_string();
-            let v = pr.str16("property value", PROPERTIES_MAX)?.to_string();
-            properties.insert(k, v);
+        let properties = r.bytes(props_len)?;
+        for p in properties_of(properties) {
+            p?;
         }
         let body_len = r.u32()? as usize;
         if body_len > BODY_MAX {
@@ -253,9 +277,9 @@ impl Message {
                 format!("body {body_len} > {BODY_MAX}"),
             ));
         }
-        let body = r.bytes(body_len)?.to_vec();
+        let body = r.bytes(body_len)?;
         r.finish()?;
-        Ok(Message {
+        Ok(MessageView {
             topic,
             queue_id,
             tags,
@@ -271,6 +295,51 @@ impl Message {
             body,
         })
     }
+
+    /// The properties, in encoded (sorted) order.
+    pub fn properties(&self) -> impl Iterator<Item = Result<(&'a str, &'a str)>> + 'a {
+        properties_of(self.properties)
+    }
+
+    /// An owned copy.
+    pub fn to_message(&self) -> Result<Message> {
+        let mut properties = BTreeMap::new();
+        for p in self.properties() {
+            let (k, v) = p?;
+            properties.insert(k.to_string(), v.to_string());
+        }
+        Ok(Message {
+            topic: self.topic.to_string(),
+            queue_id: self.queue_id,
+            tags: self.tags.to_string(),
+            keys: self.keys.iter().map(|k| k.to_string()).collect(),
+            properties,
+            flag: self.flag,
+            sys_flag: self.sys_flag,
+            reconsume_times: self.reconsume_times,
+            born_timestamp_ms: self.born_timestamp_ms,
+            store_timestamp_ms: self.store_timestamp_ms,
+            born_host: self.born_host.to_string(),
+            msg_id: self.msg_id.to_string(),
+            body: self.body.to_vec(),
+        })
+    }
+}
+
+/// The name/value pairs of an encoded properties block.
+fn properties_of(block: &[u8]) -> impl Iterator<Item = Result<(&str, &str)>> {
+    let mut pr = Reader::new(block, "message properties");
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || pr.remaining() == 0 {
+            return None;
+        }
+        let pair = pr
+            .str16("property name", PROPERTIES_MAX)
+            .and_then(|k| Ok((k, pr.str16("property value", PROPERTIES_MAX)?)));
+        failed = pair.is_err();
+        Some(pair)
+    })
 }
 
 /// Encodes a batch as a `Messages` record payload.

@@ -291,7 +291,7 @@ impl Store {
         };
         for span in spans {
             let bytes = &rec.payload[span.offset as usize..(span.offset + span.len) as usize];
-            let m = match Message::decode(bytes) {
+            let m = match message::MessageView::parse(bytes) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(index = %rec.header.index, error = %e, "undecodable message; not dispatched");
@@ -300,7 +300,7 @@ impl Store {
             };
             let position = Position(base + u64::from(span.offset));
             let queue = QueueId {
-                topic: m.topic.clone(),
+                topic: m.topic.to_string(),
                 queue_id: m.queue_id,
             };
             let entry = CqEntry {

@@ -1,0 +1,109 @@
+//! Helpers shared by the real-network tests: start a replica behind a gRPC server on
+//! loopback, find the leader, wait for a condition.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_raft::{NodeId, Replica, ReplicaConfig};
+use raftmq_store::{MmapDisk, StoreConfig};
+use tokio::sync::oneshot;
+
+pub struct Node {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub dir: std::path::PathBuf,
+    pub replica: Replica,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+pub fn config(id: NodeId) -> ReplicaConfig {
+    let mut store = StoreConfig::for_tests();
+    store.segment_bytes = 1 << 20;
+    store.max_record_bytes = 256 * 1024;
+    ReplicaConfig {
+        group: "g1".into(),
+        node_id: id,
+        store,
+        timeouts: Default::default(),
+        batch: raftmq_raft::BatchLimits {
+            max_messages: 256,
+            max_bytes: 128 * 1024,
+        },
+        mutations: Default::default(),
+    }
+}
+
+pub async fn start(
+    id: NodeId,
+    dir: std::path::PathBuf,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Node> {
+    let disk = Arc::new(MmapDisk::open(&dir)?);
+    let replica = Replica::start(disk, config(id)).await?;
+    let incoming = raftmq_raft::network::listen(
+        addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address")),
+    )?;
+    let addr = incoming.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let svc = replica.raft_service();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(Node {
+        id,
+        addr,
+        dir,
+        replica,
+        stop: Some(stop),
+        server,
+    })
+}
+
+pub fn leader_of(nodes: &[Option<Node>]) -> Option<usize> {
+    for (i, n) in nodes.iter().enumerate() {
+        if let Some(n) = n {
+            let m = n.replica.raft().metrics();
+            let m = openraft::async_runtime::WatchReceiver::borrow_watched(&m).clone();
+            if m.current_leader == Some(n.id) && m.state.is_leader() {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+pub async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Node {
+    /// Stops the server and Raft (as a crash of the process would, minus the disk).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.replica.shutdown().await;
+        let _ = self.server.await;
+    }
+}
