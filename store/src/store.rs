@@ -306,7 +306,7 @@ impl Store {
             let entry = CqEntry {
                 position,
                 size: span.len,
-                tag_hash: message::tag_hash(&m.tags),
+                tag_hash: message::tag_hash(m.tags),
             };
             let offset = self.cqs.get_or_create(&queue)?.append(entry)?;
             for key in m
@@ -316,7 +316,7 @@ impl Store {
                 .filter(|k| !k.is_empty())
             {
                 self.index
-                    .put(&m.topic, key, position, span.len, m.store_timestamp_ms)?;
+                    .put(m.topic, key, position, span.len, m.store_timestamp_ms)?;
             }
             out.push(Assigned {
                 index: rec.header.index,
