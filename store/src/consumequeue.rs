@@ -160,10 +160,28 @@ impl ConsumeQueues {
                     topic: topic.clone(),
                     queue_id,
                 };
-                let end = ends.get(&id).copied().unwrap_or(0);
-                let files =
-                    EntryFiles::open(disk.clone(), &queue_dir(&id), MAGIC, per_file, 0, end)?;
+                let end = ends.get(&id).copied();
+                if end.is_none() && disk.list(&queue_dir(&id))?.is_empty() {
+                    // An empty directory left by a reset: not a queue.
+                    continue;
+                }
+                let files = EntryFiles::open(
+                    disk.clone(),
+                    &queue_dir(&id),
+                    MAGIC,
+                    per_file,
+                    0,
+                    end.unwrap_or(0),
+                )?;
                 queues.insert(id, ConsumeQueue { files });
+            }
+        }
+        // A queue whose entries were all dropped by a reset has no files, only its end.
+        for (id, &end) in ends {
+            if !queues.contains_key(id) {
+                let files =
+                    EntryFiles::open(disk.clone(), &queue_dir(id), MAGIC, per_file, end, end)?;
+                queues.insert(id.clone(), ConsumeQueue { files });
             }
         }
         Ok(Self {
@@ -211,6 +229,27 @@ impl ConsumeQueues {
     pub fn sync(&mut self) -> Result<()> {
         for q in self.queues.values_mut() {
             q.files.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Removes every queue's files; the queues in `ends` restart empty at their end offset
+    /// (a snapshot install), the others are forgotten.
+    pub fn reset(&mut self, ends: &BTreeMap<QueueId, u64>) -> Result<()> {
+        for (_, q) in std::mem::take(&mut self.queues) {
+            q.files.destroy()?;
+        }
+        for (id, &end) in ends {
+            let mut files = EntryFiles::open(
+                self.disk.clone(),
+                &queue_dir(id),
+                MAGIC,
+                self.per_file,
+                end,
+                end,
+            )?;
+            files.reset(end)?;
+            self.queues.insert(id.clone(), ConsumeQueue { files });
         }
         Ok(())
     }

@@ -150,7 +150,12 @@ impl EntryFiles {
             }
             files.insert(start, file);
         }
-        let first = first.max(files.keys().next().copied().unwrap_or(first));
+        // Files are created (header synced) before any entry is written to them, so no file
+        // means no entry: the range is empty at its end.
+        let first = match files.keys().next() {
+            Some(&k) => first.max(k),
+            None => first.max(end),
+        };
         let end = end.max(first);
         Ok(Self {
             disk,
@@ -323,6 +328,19 @@ impl EntryFiles {
             }
         }
         Ok(lo)
+    }
+
+    /// Removes every file and restarts the range, empty, at `at` (a snapshot install).
+    pub fn reset(&mut self, at: u64) -> Result<()> {
+        for k in std::mem::take(&mut self.files).into_keys() {
+            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+        }
+        self.first = at;
+        self.end = at;
+        self.synced_end = at;
+        self.pending.clear();
+        self.pending_from = at;
+        Ok(())
     }
 
     /// Removes every file (the whole structure is being deleted).

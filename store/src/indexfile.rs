@@ -526,6 +526,14 @@ impl IndexFiles {
         }
     }
 
+    /// Removes every file (a snapshot install); the index starts again empty.
+    pub fn reset(&mut self) -> Result<()> {
+        for f in std::mem::take(&mut self.files) {
+            self.disk.remove(&path(f.seq))?;
+        }
+        Ok(())
+    }
+
     /// Deletes files whose every message lies before `first` (never the newest file).
     pub fn purge_before(&mut self, first: Position) -> Result<()> {
         while self.files.len() > 1 && self.files[0].header.end_pos <= first.0 {

@@ -338,6 +338,28 @@ impl MetaStore {
             .and_then(|v| v.map(|b| decode_log_id(&b)).transpose())
     }
 
+    /// Whether a reset (snapshot install) was recorded and its file removal may not have
+    /// finished; see [`crate::Store::reset_to`].
+    pub fn reset_pending(&self) -> Result<bool> {
+        Ok(self.state("reset_pending")?.is_some_and(|v| v == [1]))
+    }
+
+    /// The Raft-layer keys starting with `prefix`, with their values, in key order.
+    pub fn raft_range(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read(|t| {
+            let table = t.open_table(RAFT).map_err(meta_err)?;
+            let mut out = Vec::new();
+            for row in table.range(prefix..).map_err(meta_err)? {
+                let (k, v) = row.map_err(meta_err)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// The last checkpoint.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         self.state("checkpoint")
@@ -438,6 +460,39 @@ impl MetaTxn {
                 .insert((q.topic.as_str(), q.queue_id), *end)
                 .map_err(meta_err)?;
         }
+        Ok(())
+    }
+
+    /// Removes every topic (a snapshot install replaces them all).
+    pub fn clear_topics(&mut self) -> Result<()> {
+        self.txn.delete_table(TOPICS).map_err(meta_err)?;
+        self.txn.open_table(TOPICS).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Removes every consumer offset (a snapshot install replaces them all).
+    pub fn clear_consumer_offsets(&mut self) -> Result<()> {
+        self.txn.delete_table(OFFSETS).map_err(meta_err)?;
+        self.txn.open_table(OFFSETS).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Removes every recorded ConsumeQueue end (the next checkpoint records the new ones).
+    pub fn clear_cq_ends(&mut self) -> Result<()> {
+        self.txn.delete_table(CQ_ENDS).map_err(meta_err)?;
+        self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Marks a reset as started (`true`) or finished (`false`); see [`MetaStore::reset_pending`].
+    pub fn set_reset_pending(&mut self, pending: bool) -> Result<()> {
+        self.put_state("reset_pending", &[u8::from(pending)])
+    }
+
+    /// Removes a value of the Raft layer, if present.
+    pub fn delete_raft(&mut self, key: &str) -> Result<()> {
+        let mut table = self.txn.open_table(RAFT).map_err(meta_err)?;
+        table.remove(key).map_err(meta_err)?;
         Ok(())
     }
 

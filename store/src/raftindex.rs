@@ -84,6 +84,11 @@ impl RaftIndex {
         Ok(())
     }
 
+    /// Removes every file; the index restarts empty at `at` (a snapshot install).
+    pub fn reset(&mut self, at: LogIndex) -> Result<()> {
+        self.files.reset(at.0)
+    }
+
     /// Where `index` lives.
     pub fn get(&self, index: LogIndex) -> Result<IndexEntry> {
         Ok(IndexEntry::decode(&self.files.get(index.0)?))

@@ -16,6 +16,7 @@
 //! One task owns the `Store` (`&mut self` for every change). Readers that must not wait for
 //! it use [`CommitLogReader`], and the group-commit flusher ([`crate::flush`]) holds one too.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::commitlog::record::{EntryRef, RecordKind};
@@ -24,9 +25,9 @@ use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueues, CqEntry, QueueId};
 use crate::disk::Disk;
 use crate::error::{Result, StoreError};
-use crate::indexfile::{IndexFileConfig, IndexFiles, KeyQuery};
+use crate::indexfile::{IndexCheckpoint, IndexFileConfig, IndexFiles, KeyQuery};
 use crate::message::{self, Message};
-use crate::meta::{Checkpoint, MetaStore};
+use crate::meta::{Checkpoint, MetaStore, MetaTxn};
 use crate::raftindex::{IndexEntry, RaftIndex};
 use crate::types::{LogIndex, Position, QueueOffset};
 
@@ -45,6 +46,17 @@ pub struct Assigned {
 pub struct RetentionReport {
     pub segments_deleted: u64,
     pub first_position: Position,
+}
+
+/// Where a store restarts when it installs a snapshot taken at a segment boundary (see
+/// [`Store::reset_to`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetPoint {
+    /// A segment start, the crc of the record before it, and the index of the last entry
+    /// before it (which must be known).
+    pub log: ChainPoint,
+    /// Every queue's next offset at that point.
+    pub queue_ends: BTreeMap<QueueId, u64>,
 }
 
 /// The storage engine of one replica; see the module docs.
@@ -68,6 +80,15 @@ impl Store {
     pub fn open(disk: Arc<dyn Disk>, config: StoreConfig) -> Result<Self> {
         config.validate()?;
         let meta = MetaStore::open(disk.as_ref())?;
+        if meta.reset_pending()? {
+            // A reset committed its new checkpoint and then stopped part way through removing
+            // the old files: finish it before anything reads them.
+            tracing::info!("store: finishing an interrupted reset");
+            wipe_derived_and_log(disk.as_ref())?;
+            let mut txn = meta.begin(true)?;
+            txn.set_reset_pending(false)?;
+            txn.commit()?;
+        }
         let ckpt = meta.checkpoint()?.unwrap_or_default();
         let (log, scanned) = CommitLog::open(disk.clone(), config.segment_bytes, ckpt.log)?;
         let log_end = ckpt
@@ -258,6 +279,80 @@ impl Store {
         self.checkpoint()
     }
 
+    /// Throws away the whole log and every derived structure and restarts, empty, at
+    /// `point`: the CommitLog continues at `point.log` (a segment start) with the same chain,
+    /// the Raft index at the entry after `point.log.last_index`, every ConsumeQueue at its
+    /// end in `point.queue_ends`; IndexFiles start over. `meta` adds the matching metadata
+    /// (topics, offsets, applied id, Raft values) to the same transaction.
+    ///
+    /// Crash safety: the new checkpoint, the metadata and a "reset pending" mark commit
+    /// durably in one transaction *before* any file is removed; [`Store::open`] finishes a
+    /// reset it finds pending (removes every log and derived file) before reading them; the
+    /// mark is cleared durably before this returns, so nothing appended afterwards can be
+    /// wiped by a later open.
+    pub fn reset_to(
+        &mut self,
+        point: &ResetPoint,
+        meta: impl FnOnce(&mut MetaTxn) -> Result<()>,
+    ) -> Result<()> {
+        let seg = self.config.segment_bytes;
+        let Some(last) = point.log.last_index else {
+            return Err(StoreError::InvalidArgument(
+                "reset point without a last index".into(),
+            ));
+        };
+        if point.log.position.0 == 0 || point.log.position.0 % seg != 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "reset point {} is not a segment start past 0 (segment_bytes {seg})",
+                point.log.position
+            )));
+        }
+        let first = LogIndex(last.0 + 1);
+        let ckpt = Checkpoint {
+            log: point.log,
+            log_first: first,
+            dispatched_index: Some(last),
+            dispatched_position: point.log.position,
+            index: IndexCheckpoint::default(),
+            purged_index: Some(last),
+        };
+        let mut txn = self.meta.begin(true)?;
+        txn.set_reset_pending(true)?;
+        txn.clear_cq_ends()?;
+        txn.set_checkpoint(&ckpt, &point.queue_ends)?;
+        meta(&mut txn)?;
+        txn.commit()?;
+        self.log.reset(point.log)?;
+        self.raft_index.reset(first)?;
+        self.cqs.reset(&point.queue_ends)?;
+        self.index.reset()?;
+        self.ckpt = ckpt;
+        self.dispatched = Some(last);
+        self.dispatched_position = point.log.position;
+        self.purged = Some(last);
+        let mut txn = self.meta.begin(true)?;
+        txn.set_reset_pending(false)?;
+        txn.commit()?;
+        tracing::info!(position = %point.log.position, first = %first, "store: reset to a snapshot point");
+        Ok(())
+    }
+
+    /// If the entry at `index` opens a CommitLog segment (other than the first one), the
+    /// chain point just before it: where a store restarted by [`Store::reset_to`] would
+    /// continue so that this entry lands at the same position.
+    pub fn segment_boundary_at(&self, index: LogIndex) -> Result<Option<ChainPoint>> {
+        let at = self.raft_index.get(index)?.position;
+        if at.0 == 0 || at.0 % self.config.segment_bytes != 0 {
+            return Ok(None);
+        }
+        let header = self.reader.read_header(at)?;
+        Ok(Some(ChainPoint {
+            position: at,
+            prev_crc: header.prev_crc,
+            last_index: index.0.checked_sub(1).map(LogIndex),
+        }))
+    }
+
     /// Builds ConsumeQueue and IndexFile entries for every entry in `(dispatched, upto]`, in
     /// log order, and returns the queue offsets assigned. Idempotent: entries already
     /// dispatched are skipped.
@@ -443,8 +538,30 @@ impl Store {
     /// `file_reserved_time_ms` at `now_ms`; moves ConsumeQueue minimums and the Raft index
     /// forward accordingly. A segment's age is taken from the first timestamped record of
     /// the segment after it (when it stopped being written); the newest segment is never
-    /// deleted.
+    /// deleted. (A replica purges through Raft instead: [`Store::expired_before`], then
+    /// [`Store::purge_upto`] through openraft, then [`Store::delete_segments_before`].)
     pub fn delete_expired(&mut self, now_ms: u64) -> Result<RetentionReport> {
+        let Some(new_first) = self.expired_before(now_ms)? else {
+            return Ok(RetentionReport {
+                segments_deleted: 0,
+                first_position: self.reader.first(),
+            });
+        };
+        let first_index = self.first_index_at(new_first)?;
+        if let Some(last_gone) = first_index.0.checked_sub(1) {
+            self.purge_upto(LogIndex(last_gone))?;
+        }
+        self.delete_segments_before(new_first)
+    }
+
+    /// The index of the entry at `position` (a record start, e.g. a segment start).
+    pub fn first_index_at(&self, position: Position) -> Result<LogIndex> {
+        Ok(self.reader.read_header(position)?.index)
+    }
+
+    /// Where retention may cut at `now_ms`: the start of the oldest segment to keep, if any
+    /// older segment is expired and fully dispatched (see [`Store::delete_expired`]).
+    pub fn expired_before(&self, now_ms: u64) -> Result<Option<Position>> {
         let seg = self.config.segment_bytes;
         let starts = self.reader.segment_starts();
         let mut cut = None;
@@ -461,22 +578,38 @@ impl Store {
             }
             debug_assert_eq!(start.0 + seg, next.0);
         }
-        let Some(new_first) = cut else {
+        Ok(cut)
+    }
+
+    /// Deletes the CommitLog segments before `new_first` (a segment start) and the
+    /// ConsumeQueue and IndexFile entries pointing into them. Refused unless every entry in
+    /// them is dispatched and purged from the Raft index (Raft no longer needs them).
+    pub fn delete_segments_before(&mut self, new_first: Position) -> Result<RetentionReport> {
+        if new_first <= self.reader.first() {
             return Ok(RetentionReport {
                 segments_deleted: 0,
                 first_position: self.reader.first(),
             });
-        };
+        }
+        if new_first.0 % self.config.segment_bytes != 0 || new_first > self.dispatched_position {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot delete before {new_first}: not a segment start at or below the dispatched end {}",
+                self.dispatched_position
+            )));
+        }
+        let first_index = self.first_index_at(new_first)?;
+        if first_index > self.raft_index.first() {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot delete before {new_first}: Raft still holds entries from {} (purge up to {} first)",
+                self.raft_index.first(),
+                first_index.0 - 1
+            )));
+        }
         // The checkpoint must be at or past the new first position before segments go.
         self.checkpoint()?;
-        let first_index = self.reader.read_header(new_first)?.index;
         let deleted = self.log.purge_before(new_first)?;
         self.cqs.purge_before(new_first)?;
         self.index.purge_before(new_first)?;
-        if first_index > self.raft_index.first() {
-            self.raft_index.purge_before(first_index)?;
-            self.purged = Some(LogIndex(first_index.0 - 1)).max(self.purged);
-        }
         self.write_checkpoint(self.log.tail())?;
         Ok(RetentionReport {
             segments_deleted: deleted,
@@ -500,4 +633,25 @@ impl Store {
         }
         Ok(None)
     }
+}
+
+/// Removes every CommitLog, Raft index, ConsumeQueue and IndexFile file (the MetaStore
+/// stays): finishing an interrupted [`Store::reset_to`].
+fn wipe_derived_and_log(disk: &dyn Disk) -> Result<()> {
+    CommitLog::wipe(disk)?;
+    for dir in [crate::raftindex::DIR, crate::indexfile::DIR] {
+        for name in disk.list(dir)? {
+            disk.remove(&format!("{dir}/{name}"))?;
+        }
+    }
+    let cq = crate::consumequeue::DIR;
+    for topic in disk.list_dirs(cq)? {
+        for queue in disk.list_dirs(&format!("{cq}/{topic}"))? {
+            let dir = format!("{cq}/{topic}/{queue}");
+            for name in disk.list(&dir)? {
+                disk.remove(&format!("{dir}/{name}"))?;
+            }
+        }
+    }
+    Ok(())
 }

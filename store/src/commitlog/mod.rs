@@ -393,6 +393,47 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Removes every segment and restarts the log, empty, at `point` (a snapshot install:
+    /// the next record goes at `point.position`, a segment start, chained to
+    /// `point.prev_crc`). The synced marker goes to `point.position` first, so that a crash
+    /// part way never finds it above the (now missing) records.
+    pub fn reset(&mut self, point: ChainPoint) -> Result<()> {
+        let sh = self.shared.clone();
+        if point.position.0 % sh.segment_bytes != 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "reset to {} which is not a segment start",
+                point.position
+            )));
+        }
+        let mut fs = sh.flush_state();
+        fs.marker.store(point.position.0)?;
+        let all: Vec<u64> = sh.segments_read().keys().copied().collect();
+        for k in all {
+            sh.remove_segment(k)?;
+        }
+        // A ready spare stays: its stale records never chain to what is written over them.
+        sh.first.store(point.position.0, Ordering::Release);
+        sh.written.store(point.position.0, Ordering::Release);
+        sh.synced.store(point.position.0, Ordering::Release);
+        drop(fs);
+        self.tail = point;
+        Ok(())
+    }
+
+    /// Removes every CommitLog file (the segments, the spare and the synced marker) from
+    /// `disk`: the first step of finishing an interrupted reset at open.
+    pub fn wipe(disk: &dyn Disk) -> Result<()> {
+        for name in disk.list(DIR)? {
+            disk.remove(&format!("{DIR}/{name}"))?;
+        }
+        for f in [SPARE, SYNCED_MARKER] {
+            if disk.exists(f) {
+                disk.remove(f)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes every whole segment that ends at or before `before`. The segment holding
     /// `before` and everything after it are kept.
     pub fn purge_before(&mut self, before: Position) -> Result<u64> {
