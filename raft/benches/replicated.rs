@@ -185,6 +185,7 @@ async fn group(mode: FlushMode, secs: f64) -> anyhow::Result<Rate> {
                 max_messages: BATCH_MAX,
                 max_bytes: 4 << 20,
             },
+            retention_interval_ms: 0,
             mutations: Default::default(),
         };
         let r = Replica::start(Arc::new(MmapDisk::open(&dir)?), cfg).await?;

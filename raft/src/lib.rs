@@ -21,5 +21,7 @@ pub mod types;
 pub use raftmq_proto::raft::v1 as proto;
 
 pub use log_store::{Mutations, ReplicaStore};
-pub use replica::{BatchLimits, RaftTimeouts, Replica, ReplicaConfig, StartError, WriteError};
+pub use replica::{
+    BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
+};
 pub use types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TypeConfig};

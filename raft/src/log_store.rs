@@ -34,6 +34,8 @@ pub(crate) mod keys {
     pub const PURGED: &str = "purged";
     pub const MEMBERSHIP: &str = "membership";
     pub const SNAPSHOT: &str = "snapshot";
+    /// Boundary snapshots, one per CommitLog segment start (see `state_machine`).
+    pub const BOUNDARY_PREFIX: &str = "boundary/";
 }
 
 /// Deliberate bugs for proving that the simulator's checkers fire. Never set in production.
@@ -241,11 +243,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purged id first: if we crash in between, the index still holds the
-        // entries and a second purge is a no-op.
-        self.rs.write_value(keys::PURGED, &log_id, true)?;
-        self.rs
-            .lock()
-            .purge_upto(LogIndex(log_id.index))
-            .map_err(io_err)
+        // entries and a second purge is a no-op. Boundary snapshots before the purge point
+        // can never be used again (the log they continue from is gone): drop them.
+        let mut store = self.rs.lock();
+        let stale = store
+            .meta()
+            .raft_keys(keys::BOUNDARY_PREFIX)
+            .map_err(io_err)?;
+        let keep_from = crate::state_machine::boundary_key(log_id.index);
+        let mut txn = store.meta().begin(true).map_err(io_err)?;
+        txn.put_raft(keys::PURGED, &encode_value(&log_id))
+            .map_err(io_err)?;
+        for k in stale.iter().filter(|k| **k < keep_from) {
+            txn.delete_raft(k).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)?;
+        store.purge_upto(LogIndex(log_id.index)).map_err(io_err)
     }
 }

@@ -105,8 +105,27 @@ pub struct ReplicaConfig {
     pub store: StoreConfig,
     pub timeouts: RaftTimeouts,
     pub batch: BatchLimits,
+    /// How often the replica runs retention ([`Replica::run_retention`]); 0 = never on its
+    /// own (the caller runs it). Brokers use [`RETENTION_INTERVAL_MS_DEFAULT`].
+    pub retention_interval_ms: u64,
     /// Test-only deliberate bugs.
     pub mutations: Mutations,
+}
+
+/// The usual retention interval: RocketMQ checks for expired files every 10 s.
+pub const RETENTION_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// How long retention waits for openraft to take the snapshot and purge the log.
+pub const RETENTION_RAFT_WAIT_MS: u64 = 5_000;
+
+/// What one retention run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// The Raft log was purged up to here (inclusive), if anything.
+    pub purged_upto: Option<u64>,
+    /// CommitLog segments deleted.
+    pub segments_deleted: u64,
+    /// The first retained CommitLog position afterwards.
+    pub first_position: u64,
 }
 
 impl ReplicaConfig {
@@ -257,12 +276,113 @@ impl Replica {
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         tokio::spawn(run_writer(raft.clone(), config.batch, rx));
-        Ok(Replica {
+        let replica = Replica {
             config: Arc::new(config),
             raft,
             store: rs,
             writer: Writer { tx },
-        })
+        };
+        if replica.config.retention_interval_ms > 0 {
+            tokio::spawn(run_retention_timer(replica.clone()));
+        }
+        Ok(replica)
+    }
+
+    /// Retention through Raft: if CommitLog segments have expired
+    /// ([`raftmq_store::Store::expired_before`]), find the newest boundary snapshot at or
+    /// below the cut, make sure openraft's snapshot covers it (triggering a build of the
+    /// newest boundary snapshot), have openraft purge its log up to it, and only then delete
+    /// the segments. Any step that openraft defers (a leader keeps entries a replication
+    /// still reads) leaves the rest for the next run. Every replica runs it on its own.
+    pub async fn run_retention(&self, now_ms: u64) -> Result<RetentionOutcome, WriteError> {
+        let store_err = |e: raftmq_store::StoreError| WriteError::Unavailable(e.to_string());
+        let (start, last) = {
+            let store = self.store.lock();
+            let first_position = store.reader().first().0;
+            let nothing = RetentionOutcome {
+                first_position,
+                ..RetentionOutcome::default()
+            };
+            let Some(cut) = store.expired_before(now_ms).map_err(store_err)? else {
+                return Ok(nothing);
+            };
+            // The newest segment start at or below the cut that has a boundary snapshot.
+            let mut found = None;
+            for start in store.reader().segment_starts().into_iter().rev() {
+                if start > cut || start.0 == 0 {
+                    continue;
+                }
+                let first = store.first_index_at(start).map_err(store_err)?;
+                let last = first.0 - 1;
+                let key = crate::state_machine::boundary_key(last);
+                if store.meta().raft(&key).map_err(store_err)?.is_some() {
+                    found = Some((start, last));
+                    break;
+                }
+            }
+            match found {
+                Some(f) => f,
+                None => return Ok(nothing),
+            }
+        };
+        let wait = std::time::Duration::from_millis(RETENTION_RAFT_WAIT_MS);
+        let metrics = self.metrics();
+        if metrics.snapshot.is_none_or(|s| s.index < last) {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|f| WriteError::Unavailable(f.to_string()))?;
+            let r = self
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= last),
+                    "boundary snapshot",
+                )
+                .await;
+            if r.is_err() {
+                return Ok(self.retention_outcome(None, 0));
+            }
+        }
+        if self.metrics().purged.is_none_or(|p| p.index < last) {
+            self.raft
+                .trigger()
+                .purge_log(last)
+                .await
+                .map_err(|f| WriteError::Unavailable(f.to_string()))?;
+            let r = self
+                .raft
+                .wait(Some(wait))
+                .metrics(|m| m.purged.is_some_and(|p| p.index >= last), "purge")
+                .await;
+            if r.is_err() {
+                return Ok(self.retention_outcome(None, 0));
+            }
+        }
+        // openraft reports the purge once our `purge` returned: the Raft index forgot them.
+        let report = self
+            .store
+            .lock()
+            .delete_segments_before(start)
+            .map_err(store_err)?;
+        Ok(self.retention_outcome(Some(last), report.segments_deleted))
+    }
+
+    fn retention_outcome(
+        &self,
+        purged_upto: Option<u64>,
+        segments_deleted: u64,
+    ) -> RetentionOutcome {
+        RetentionOutcome {
+            purged_upto,
+            segments_deleted,
+            first_position: self.store.lock().reader().first().0,
+        }
+    }
+
+    fn metrics(&self) -> openraft::RaftMetrics<crate::types::TypeConfig> {
+        openraft::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics()).clone()
     }
 
     /// The openraft handle.
@@ -397,6 +517,24 @@ impl Replica {
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         self.store.stop();
+    }
+}
+
+/// Runs retention every `retention_interval_ms` until Raft shuts down.
+async fn run_retention_timer(replica: Replica) {
+    let every = std::time::Duration::from_millis(replica.config.retention_interval_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        if replica.metrics().state == openraft::ServerState::Shutdown {
+            return;
+        }
+        match replica.run_retention(now_ms()).await {
+            Ok(o) if o.segments_deleted > 0 => {
+                tracing::info!(purged_upto = ?o.purged_upto, segments = o.segments_deleted, first = o.first_position, "retention");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention failed; retrying later"),
+        }
     }
 }
 

@@ -11,18 +11,33 @@
 //!   store re-dispatches `(checkpoint, applied]` itself (see `raftmq_store::store`) and openraft
 //!   re-applies what follows, so nothing is applied twice and nothing is skipped.
 //!
-//! # Snapshot
-//! The snapshot is the small metadata state (topics, consumer offsets, queue offset counters,
-//! membership) at an applied log id, plus the CommitLog chain point after that entry. Only a
-//! purge makes openraft send one; see [`StateMachine::install_snapshot`].
+//! # Snapshots are taken at segment boundaries
+//! A snapshot is the small metadata state (topics, consumer offsets, queue offset counters,
+//! membership) at a log id, plus the CommitLog chain point after that entry. It is taken
+//! only where the log can be cut: just before an entry that opens a CommitLog segment.
+//! When apply reaches such an entry (index `F`, segment start `S`) it first saves the state
+//! after `F - 1` as a *boundary snapshot* (MetaStore key `boundary/<F-1>`), in the same
+//! transaction as the entries applied after it, so a crash never loses one that the applied
+//! id has passed. Every replica records the same boundaries (same log, same positions).
+//!
+//! Retention (see [`crate::replica::Replica::run_retention`]) deletes the segments before
+//! `S` only after openraft holds a snapshot at or past `F - 1` (the builder returns the
+//! newest boundary snapshot, never the applied state) and has purged its log up to `F - 1`.
+//! A replica that then needs entries before `F` receives the snapshot and, unless its own
+//! log holds the snapshot's last entry, restarts its store at `S` with the same chain
+//! ([`raftmq_store::Store::reset_to`]); every entry from `F` on then lands at the position it
+//! has on the leader, byte for byte.
 
 use std::io;
 
 use futures_util::StreamExt;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftTypeConfig};
-use raftmq_store::meta::TopicConfig;
-use raftmq_store::{LogIndex, StoreError};
+use raftmq_store::commitlog::ChainPoint;
+use raftmq_store::consumequeue::QueueId;
+use raftmq_store::meta::{MetaStore, TopicConfig};
+use raftmq_store::store::ResetPoint;
+use raftmq_store::{LogIndex, Position, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::{ReplicaStore, io_err, keys};
@@ -52,6 +67,65 @@ pub struct SnapshotState {
     pub consumer_offsets: Vec<(String, String, u32, u64)>,
     /// (topic, queue id, next offset).
     pub queue_ends: Vec<(String, u32, u64)>,
+    /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
+    /// boundary (absent in a snapshot of the applied state).
+    #[serde(default)]
+    pub boundary: Option<Boundary>,
+}
+
+/// The CommitLog chain point just after a boundary snapshot's last entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boundary {
+    /// The segment start.
+    pub position: u64,
+    /// The crc of the record before it.
+    pub prev_crc: u32,
+}
+
+/// MetaStore key of the boundary snapshot whose last entry is `index`.
+pub(crate) fn boundary_key(index: u64) -> String {
+    format!("{}{index:020}", keys::BOUNDARY_PREFIX)
+}
+
+/// The newest boundary snapshot, raw, if any.
+pub(crate) fn newest_boundary(meta: &MetaStore) -> io::Result<Option<Vec<u8>>> {
+    match meta.raft_keys(keys::BOUNDARY_PREFIX).map_err(io_err)?.pop() {
+        Some(k) => meta.raft(&k).map_err(io_err),
+        None => Ok(None),
+    }
+}
+
+/// The metadata state of `store` (its MetaStore as committed, its queue ends) labelled
+/// with `applied` and `membership`.
+fn state_of(
+    store: &Store,
+    applied: Option<LogId>,
+    membership: &StoredMembership,
+    boundary: Option<Boundary>,
+) -> io::Result<SnapshotState> {
+    let meta = store.meta();
+    Ok(SnapshotState {
+        last_log_id: applied,
+        membership: membership.clone(),
+        topics: meta
+            .topics()
+            .map_err(io_err)?
+            .into_iter()
+            .map(|t| (t.name, t.read_queue_nums, t.write_queue_nums, t.perm))
+            .collect(),
+        consumer_offsets: meta
+            .consumer_offsets()
+            .map_err(io_err)?
+            .into_iter()
+            .map(|((g, t, q), o)| (g, t, q, o))
+            .collect(),
+        queue_ends: store
+            .queues()
+            .into_iter()
+            .map(|(q, _, end)| (q.topic, q.queue_id, end.0))
+            .collect(),
+        boundary,
+    })
 }
 
 impl StateMachine {
@@ -83,32 +157,6 @@ impl StateMachine {
         &self.rs
     }
 
-    fn snapshot_state(&self) -> io::Result<SnapshotState> {
-        let store = self.rs.lock();
-        let meta = store.meta();
-        Ok(SnapshotState {
-            last_log_id: self.applied,
-            membership: self.membership.clone(),
-            topics: meta
-                .topics()
-                .map_err(io_err)?
-                .into_iter()
-                .map(|t| (t.name, t.read_queue_nums, t.write_queue_nums, t.perm))
-                .collect(),
-            consumer_offsets: meta
-                .consumer_offsets()
-                .map_err(io_err)?
-                .into_iter()
-                .map(|((g, t, q), o)| (g, t, q, o))
-                .collect(),
-            queue_ends: store
-                .queues()
-                .into_iter()
-                .map(|(q, _, end)| (q.topic, q.queue_id, end.0))
-                .collect(),
-        })
-    }
-
     /// Applies a run of entries; returns one result per entry (in order).
     fn apply_entries(&mut self, entries: &[crate::types::Entry]) -> io::Result<Vec<CommandResult>> {
         let mut results = Vec::with_capacity(entries.len());
@@ -120,6 +168,27 @@ impl StateMachine {
             if self.applied.as_ref().is_some_and(|a| a.index >= index) {
                 results.push(CommandResult::default());
                 continue;
+            }
+            if let Some(point) = store.segment_boundary_at(LogIndex(index)).map_err(io_err)? {
+                // Entry `index` opens a segment: save the state after `index - 1`. The state
+                // is read from the committed MetaStore, so commit what this call applied
+                // so far first; the snapshot then commits with what follows.
+                if let Some(l) = last.take() {
+                    commit_applied(txn, l)?;
+                    self.applied = Some(l);
+                    txn = store.meta().begin(false).map_err(io_err)?;
+                }
+                if self.applied.as_ref().map(|a| a.index + 1) == Some(index) {
+                    let boundary = Boundary {
+                        position: point.position.0,
+                        prev_crc: point.prev_crc,
+                    };
+                    let state = state_of(&store, self.applied, &self.membership, Some(boundary))?;
+                    txn.put_raft(&boundary_key(index - 1), &encode_value(&state))
+                        .map_err(io_err)?;
+                } else {
+                    tracing::warn!(index, applied = ?self.applied, "segment boundary not after the applied entry; no boundary snapshot");
+                }
             }
             // Dispatch every entry once, in log order (it keeps the store's dispatched index in
             // step with the applied one); only `Messages` entries assign queue offsets.
@@ -152,22 +221,106 @@ impl StateMachine {
             results.push(result);
         }
         if let Some(l) = last {
-            txn.set_applied(&raftmq_store::LogId {
-                term: l.leader_id.term,
-                node_id: 0,
-                index: LogIndex(l.index),
-            })
-            .map_err(io_err)?;
-            txn.commit().map_err(io_err)?;
-            self.since_checkpoint += entries.len() as u64;
+            commit_applied(txn, l)?;
             self.applied = Some(l);
-            if self.since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
-                store.checkpoint().map_err(io_err)?;
-                self.since_checkpoint = 0;
-            }
+        } else {
+            // Only a boundary snapshot (or nothing) in it: still commit.
+            txn.commit().map_err(io_err)?;
+        }
+        self.since_checkpoint += entries.len() as u64;
+        if self.since_checkpoint >= CHECKPOINT_EVERY_ENTRIES {
+            store.checkpoint().map_err(io_err)?;
+            self.since_checkpoint = 0;
         }
         Ok(results)
     }
+
+    /// Restarts this replica at a leader's boundary snapshot: the store is reset to the
+    /// snapshot's chain point and the metadata replaced, in one durable step.
+    fn install_by_reset(
+        &mut self,
+        last: LogId,
+        state: &SnapshotState,
+        raw: &[u8],
+    ) -> io::Result<()> {
+        let Some(b) = state.boundary else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot at {last} has no segment boundary and this replica's log does not hold it"
+                ),
+            ));
+        };
+        let point = ResetPoint {
+            log: ChainPoint {
+                position: Position(b.position),
+                prev_crc: b.prev_crc,
+                last_index: Some(LogIndex(last.index)),
+            },
+            queue_ends: state
+                .queue_ends
+                .iter()
+                .map(|(t, q, end)| {
+                    (
+                        QueueId {
+                            topic: t.clone(),
+                            queue_id: *q,
+                        },
+                        *end,
+                    )
+                })
+                .collect(),
+        };
+        let mut store = self.rs.lock();
+        let stale = store
+            .meta()
+            .raft_keys(keys::BOUNDARY_PREFIX)
+            .map_err(io_err)?;
+        store
+            .reset_to(&point, |txn| {
+                txn.clear_topics()?;
+                for (name, r, w, perm) in &state.topics {
+                    txn.put_topic(&TopicConfig {
+                        name: name.clone(),
+                        read_queue_nums: *r,
+                        write_queue_nums: *w,
+                        perm: *perm,
+                    })?;
+                }
+                txn.clear_consumer_offsets()?;
+                for (g, t, q, o) in &state.consumer_offsets {
+                    txn.set_consumer_offset(g, t, *q, *o)?;
+                }
+                txn.set_applied(&raftmq_store::LogId {
+                    term: last.leader_id.term,
+                    node_id: 0,
+                    index: LogIndex(last.index),
+                })?;
+                for k in &stale {
+                    txn.delete_raft(k)?;
+                }
+                txn.put_raft(keys::MEMBERSHIP, &encode_value(&state.membership))?;
+                txn.put_raft(keys::PURGED, &encode_value(&last))?;
+                txn.put_raft(keys::SNAPSHOT, raw)?;
+                txn.put_raft(&boundary_key(last.index), raw)
+            })
+            .map_err(io_err)?;
+        self.applied = Some(last);
+        self.membership = state.membership.clone();
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+}
+
+/// Records `l` as applied in `txn` and commits it.
+fn commit_applied(mut txn: raftmq_store::meta::MetaTxn, l: LogId) -> io::Result<()> {
+    txn.set_applied(&raftmq_store::LogId {
+        term: l.leader_id.term,
+        node_id: 0,
+        index: LogIndex(l.index),
+    })
+    .map_err(io_err)?;
+    txn.commit().map_err(io_err)
 }
 
 fn apply_meta(txn: &mut raftmq_store::meta::MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
@@ -188,10 +341,12 @@ fn apply_meta(txn: &mut raftmq_store::meta::MetaTxn, m: &MetaCommand) -> Result<
     }
 }
 
-/// Builds snapshots (a copy of the state taken under the store lock).
+/// Builds snapshots: the newest boundary snapshot (see the module docs), or the applied
+/// state when openraft insists and no boundary exists yet (then nothing was purged, so no
+/// replica will need to install it).
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    state: io::Result<SnapshotState>,
+    state: io::Result<(SnapshotState, Vec<u8>)>,
     rs: ReplicaStore,
 }
 
@@ -206,12 +361,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf, io::Error> {
-        let state = std::mem::replace(&mut self.state, Err(io::Error::other("snapshot taken")))?;
+        let (state, data) =
+            std::mem::replace(&mut self.state, Err(io::Error::other("snapshot taken")))?;
         let meta = SnapshotMeta {
             last_log_id: state.last_log_id,
             last_membership: state.membership.clone(),
         };
-        let data = encode_value(&state);
         let store = self.rs.lock();
         let mut txn = store.meta().begin(true).map_err(io_err)?;
         txn.put_raft(keys::SNAPSHOT, &data).map_err(io_err)?;
@@ -253,17 +408,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            state: self.snapshot_state(),
+    async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
+        let newest = newest_boundary(self.rs.lock().meta());
+        let state = match newest {
+            Ok(Some(raw)) => {
+                decode_value::<SnapshotState>(&raw, "boundary snapshot").map(|s| (s, raw))
+            }
+            Ok(None) if !force => return None,
+            Ok(None) => {
+                let store = self.rs.lock();
+                state_of(&store, self.applied, &self.membership, None).map(|s| {
+                    let raw = encode_value(&s);
+                    (s, raw)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        Some(SnapshotBuilder {
+            state,
             rs: self.rs.clone(),
-        }
+        })
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.try_create_snapshot_builder(true)
+            .await
+            .expect("a forced builder is always made")
     }
 
     /// Installs a leader's snapshot. If this replica's log already holds the snapshot's last
     /// entry (same term), every entry up to it is committed and identical to the leader's, so
-    /// applying the local log reaches exactly the snapshot's state. Otherwise the store must
-    /// restart from the leader's chain point: see the note in the function body.
+    /// applying the local log reaches exactly the snapshot's state. Otherwise the store
+    /// restarts at the snapshot's segment boundary (see the module docs).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
@@ -303,13 +479,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.commit().map_err(io_err)?;
             return Ok(());
         }
-        // Restarting the CommitLog at the leader's chain point (so positions stay identical)
-        // needs a store reset that this version does not have; openraft only sends a
-        // snapshot after a purge, and this version never purges the Raft log (retention is
-        // not wired to Raft yet). Fail loudly rather than diverge.
-        Err(io::Error::other(format!(
-            "cannot install snapshot at {last}: this replica's log does not hold it and store reset is not supported"
-        )))
+        self.install_by_reset(last, &state, &snapshot)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {

@@ -10,14 +10,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Node, leader_of, start, wait_for};
+use common::{Node, leader_of, metrics, start, wait_for};
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_raft::{NodeId, Replica, WriteError};
 use raftmq_store::Message;
-
-fn metrics(r: &Replica) -> openraft::RaftMetrics<raftmq_raft::TypeConfig> {
-    openraft::async_runtime::WatchReceiver::borrow_watched(&r.raft().metrics()).clone()
-}
 
 fn voters(r: &Replica) -> BTreeSet<NodeId> {
     metrics(r)
@@ -48,19 +44,8 @@ async fn write_n(leader: &Replica, from: u64, n: u64) -> anyhow::Result<Vec<(Str
             body: vec![(i % 251) as u8; 512],
             ..Default::default()
         };
-        // A leader accepts writes once a quorum has acknowledged it (its lease); until then,
-        // and while the group reconfigures, NotLeader is a retry, for a bounded time.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let a = loop {
-            match leader.write(vec![msg.clone()]).await {
-                Ok(a) => break a,
-                Err(WriteError::NotLeader { .. }) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        out.push((id, a[0].queue_offset));
+        let a = common::write_retrying(leader, vec![msg]).await?;
+        out.push((id, a[0]));
     }
     Ok(out)
 }

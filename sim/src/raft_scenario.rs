@@ -131,6 +131,7 @@ fn config(i: usize, mutations: Mutations) -> ReplicaConfig {
             max_messages: 64,
             max_bytes: 8 * 1024,
         },
+        retention_interval_ms: 0,
         mutations,
     }
 }

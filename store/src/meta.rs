@@ -344,17 +344,17 @@ impl MetaStore {
         Ok(self.state("reset_pending")?.is_some_and(|v| v == [1]))
     }
 
-    /// The Raft-layer keys starting with `prefix`, with their values, in key order.
-    pub fn raft_range(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    /// The Raft-layer keys starting with `prefix`, in key order.
+    pub fn raft_keys(&self, prefix: &str) -> Result<Vec<String>> {
         self.read(|t| {
             let table = t.open_table(RAFT).map_err(meta_err)?;
             let mut out = Vec::new();
             for row in table.range(prefix..).map_err(meta_err)? {
-                let (k, v) = row.map_err(meta_err)?;
+                let (k, _) = row.map_err(meta_err)?;
                 if !k.value().starts_with(prefix) {
                     break;
                 }
-                out.push((k.value().to_string(), v.value().to_vec()));
+                out.push(k.value().to_string());
             }
             Ok(out)
         })

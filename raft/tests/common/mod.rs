@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftmq_raft::{NodeId, Replica, ReplicaConfig};
+use raftmq_raft::{NodeId, Replica, ReplicaConfig, WriteError};
+use raftmq_store::Message;
 use raftmq_store::{MmapDisk, StoreConfig};
 use tokio::sync::oneshot;
 
@@ -32,6 +33,7 @@ pub fn config(id: NodeId) -> ReplicaConfig {
             max_messages: 256,
             max_bytes: 128 * 1024,
         },
+        retention_interval_ms: 0,
         mutations: Default::default(),
     }
 }
@@ -41,8 +43,17 @@ pub async fn start(
     dir: std::path::PathBuf,
     addr: Option<SocketAddr>,
 ) -> anyhow::Result<Node> {
+    start_with(config(id), dir, addr).await
+}
+
+pub async fn start_with(
+    config: ReplicaConfig,
+    dir: std::path::PathBuf,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Node> {
+    let id = config.node_id;
     let disk = Arc::new(MmapDisk::open(&dir)?);
-    let replica = Replica::start(disk, config(id)).await?;
+    let replica = Replica::start(disk, config).await?;
     let incoming = raftmq_raft::network::listen(
         addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address")),
     )?;
@@ -106,4 +117,33 @@ impl Node {
         self.replica.shutdown().await;
         let _ = self.server.await;
     }
+}
+
+pub fn metrics(r: &Replica) -> openraft::RaftMetrics<raftmq_raft::TypeConfig> {
+    openraft::async_runtime::WatchReceiver::borrow_watched(&r.raft().metrics()).clone()
+}
+
+/// Runs `f` until it does not fail with `NotLeader`, for a bounded time: a new leader
+/// accepts writes once a quorum has acknowledged it (its lease), and not while the group
+/// reconfigures.
+pub async fn retry_not_leader<T, Fut>(mut f: impl FnMut() -> Fut) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = Result<T, WriteError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(WriteError::NotLeader { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes `messages` through `leader` (retrying `NotLeader`); returns the queue offsets.
+pub async fn write_retrying(leader: &Replica, messages: Vec<Message>) -> anyhow::Result<Vec<u64>> {
+    let a = retry_not_leader(|| leader.write(messages.clone())).await?;
+    Ok(a.into_iter().map(|a| a.queue_offset).collect())
 }

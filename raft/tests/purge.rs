@@ -1,0 +1,235 @@
+//! Retention through Raft over real gRPC on loopback: once old CommitLog segments expire,
+//! each replica snapshots at a segment boundary, purges its Raft log and deletes the
+//! segments. A follower that was down meanwhile, and a brand-new replica, can then only be
+//! brought up to date by the boundary snapshot: they reset their store to the leader's chain
+//! point and receive the retained entries at the same positions, byte for byte, with the
+//! same queue offsets, topics and consumer offsets; and they survive a restart.
+#![cfg(not(madsim))]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Node, metrics, retry_not_leader, start_with, wait_for, write_retrying};
+use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
+use raftmq_raft::types::{OffsetCommit, TopicSpec};
+use raftmq_raft::{MetaCommand, NodeId, Replica, ReplicaConfig};
+use raftmq_store::Message;
+
+const QUEUES: u32 = 3;
+
+fn config(id: NodeId) -> ReplicaConfig {
+    let mut c = common::config(id);
+    c.store.segment_bytes = 256 * 1024;
+    c.store.max_record_bytes = 128 * 1024;
+    c.store.file_reserved_time_ms = 0;
+    c.batch.max_bytes = 64 * 1024;
+    c
+}
+
+/// Writes `batches` writes of 16 messages of 1 KiB, spread over the queues.
+async fn write_batches(leader: &Replica, from: u64, batches: u64) -> anyhow::Result<()> {
+    for b in from..from + batches {
+        let msgs = (0..16u64)
+            .map(|k| Message {
+                topic: "T".into(),
+                queue_id: ((b + k) % u64::from(QUEUES)) as u32,
+                msg_id: format!("m{b}-{k}"),
+                keys: vec![format!("key{b}")],
+                body: vec![(b % 251) as u8; 1024],
+                ..Default::default()
+            })
+            .collect();
+        write_retrying(leader, msgs).await?;
+    }
+    Ok(())
+}
+
+async fn commit_offset(leader: &Replica, offset: u64) -> anyhow::Result<()> {
+    let cmd = MetaCommand::CommitOffsets {
+        group: "G".into(),
+        offsets: (0..QUEUES)
+            .map(|q| OffsetCommit {
+                topic: "T".into(),
+                queue_id: q,
+                offset: offset + u64::from(q),
+            })
+            .collect(),
+    };
+    retry_not_leader(|| leader.propose(cmd.clone())).await?;
+    Ok(())
+}
+
+/// Runs retention on `r` until it has purged its Raft log (a leader defers the purge while a
+/// replication still reads the entries), for a bounded time.
+async fn retain(r: &Replica) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = r.run_retention(u64::MAX / 2).await?;
+        if o.segments_deleted > 0 {
+            return Ok(o.purged_upto.expect("deleted segments are purged"));
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "replica {} did not purge: {o:?}",
+            r.node_id()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `r` holds exactly what `leader` holds from `r`'s first retained entry on, at the same
+/// positions, and the same metadata.
+fn assert_same_tail(leader: &Replica, r: &Replica, upto: u64) -> anyhow::Result<()> {
+    let mine = raw_log(r.store(), upto)?;
+    anyhow::ensure!(!mine.is_empty(), "replica {} holds no entries", r.node_id());
+    let theirs: Vec<_> = raw_log(leader.store(), upto)?
+        .into_iter()
+        .filter(|rec| rec.index >= mine[0].index)
+        .collect();
+    assert!(
+        mine == theirs,
+        "replica {}: log from {} differs from the leader's",
+        r.node_id(),
+        mine[0].index
+    );
+    let (lq, rq) = (queue_contents(leader.store())?, queue_contents(r.store())?);
+    assert_eq!(lq.keys().collect::<Vec<_>>(), rq.keys().collect::<Vec<_>>());
+    for (q, msgs) in &rq {
+        let first = msgs.first().map_or(u64::MAX, |m| m.0);
+        let lmsgs: Vec<_> = lq[q].iter().filter(|m| m.0 >= first).cloned().collect();
+        assert_eq!(msgs, &lmsgs, "queue {q:?}");
+        assert_eq!(
+            msgs.last().map(|m| m.0),
+            lq[q].last().map(|m| m.0),
+            "queue {q:?} ends where the leader's ends"
+        );
+    }
+    let (ls, rs) = (leader.store().lock(), r.store().lock());
+    assert_eq!(ls.meta().topics()?, rs.meta().topics()?);
+    assert_eq!(ls.meta().consumer_offsets()?, rs.meta().consumer_offsets()?);
+    Ok(())
+}
+
+async fn converge(nodes: &BTreeMap<NodeId, Node>, leader: &Replica) -> anyhow::Result<u64> {
+    let target = applied_index(leader.store()).expect("applied");
+    for n in nodes.values() {
+        let rs = n.replica.store().clone();
+        wait_for(
+            "a replica to converge",
+            Duration::from_secs(30),
+            move || (applied_index(&rs) >= Some(target)).then_some(()),
+        )
+        .await?;
+    }
+    Ok(target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = |id: NodeId| {
+        let d = tmp.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&d).map(|_| d)
+    };
+    let mut nodes: BTreeMap<NodeId, Node> = BTreeMap::new();
+    for id in 1..=3u64 {
+        nodes.insert(id, start_with(config(id), dir(id)?, None).await?);
+    }
+    let addrs: BTreeMap<NodeId, String> =
+        nodes.values().map(|n| (n.id, n.addr.to_string())).collect();
+    nodes[&1].replica.initialize(&addrs).await?;
+    let leader_id = wait_for("a leader", Duration::from_secs(10), || {
+        nodes
+            .values()
+            .find(|n| metrics(&n.replica).state.is_leader())
+            .map(|n| n.id)
+    })
+    .await?;
+    let leader = nodes[&leader_id].replica.clone();
+    let topic = MetaCommand::PutTopic(TopicSpec {
+        name: "T".into(),
+        read_queue_nums: QUEUES,
+        write_queue_nums: QUEUES,
+        perm: 6,
+    });
+    retry_not_leader(|| leader.propose(topic.clone())).await?;
+    write_batches(&leader, 0, 10).await?;
+    commit_offset(&leader, 5).await?;
+
+    // A follower goes down; the others write on for several segments and purge.
+    let lagging = *nodes
+        .keys()
+        .find(|&&id| id != leader_id)
+        .expect("a follower");
+    let lag_addr = nodes[&lagging].addr;
+    nodes.remove(&lagging).expect("present").stop().await;
+    write_batches(&leader, 10, 80).await?;
+    commit_offset(&leader, 40).await?;
+    for n in nodes.values() {
+        let purged = retain(&n.replica).await?;
+        let first = n.replica.store().lock().log_bounds()?.0;
+        assert_eq!(first.0, purged + 1, "replica {}", n.id);
+        assert!(purged > 20, "several segments went: purged up to {purged}");
+    }
+
+    // The follower returns: its log ends before the leader's first entry, so it installs
+    // the boundary snapshot, resets its store and receives the rest.
+    nodes.insert(
+        lagging,
+        start_with(config(lagging), dir(lagging)?, Some(lag_addr)).await?,
+    );
+    write_batches(&leader, 90, 10).await?;
+    let target = converge(&nodes, &leader).await?;
+    let r = nodes[&lagging].replica.clone();
+    assert!(
+        metrics(&r).snapshot.is_some(),
+        "the lagging replica installed a snapshot"
+    );
+    {
+        let store = r.store().lock();
+        let first = store.log_bounds()?.0;
+        assert!(
+            first.0 > 20,
+            "the store restarted past the purge: first entry {first}"
+        );
+        assert!(store.reader().first().0 > 0);
+        assert_eq!(
+            store.reader().first().0 % (256 * 1024),
+            0,
+            "at a segment start"
+        );
+    }
+    assert_same_tail(&leader, &r, target)?;
+
+    // A brand-new replica joins after the purge.
+    let n4 = start_with(config(4), dir(4)?, None).await?;
+    leader.add_learner(4, &n4.addr.to_string()).await?;
+    nodes.insert(4, n4);
+    write_batches(&leader, 100, 10).await?;
+    commit_offset(&leader, 90).await?;
+    let target = converge(&nodes, &leader).await?;
+    for id in [lagging, 4] {
+        assert_same_tail(&leader, &nodes[&id].replica, target)?;
+    }
+
+    // Both restart from what they installed and still agree.
+    for id in [lagging, 4] {
+        let n = nodes.remove(&id).expect("present");
+        let addr = n.addr;
+        n.stop().await;
+        nodes.insert(id, start_with(config(id), dir(id)?, Some(addr)).await?);
+    }
+    write_batches(&leader, 110, 5).await?;
+    let target = converge(&nodes, &leader).await?;
+    for id in [lagging, 4] {
+        let r = nodes[&id].replica.clone();
+        assert_same_tail(&leader, &r, target)?;
+        r.store().lock().verify()?;
+    }
+    for (_, n) in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
