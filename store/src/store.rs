@@ -301,7 +301,7 @@ impl Store {
                 "reset point without a last index".into(),
             ));
         };
-        if point.log.position.0 == 0 || point.log.position.0 % seg != 0 {
+        if point.log.position.0 == 0 || !point.log.position.0.is_multiple_of(seg) {
             return Err(StoreError::InvalidArgument(format!(
                 "reset point {} is not a segment start past 0 (segment_bytes {seg})",
                 point.log.position
@@ -342,7 +342,7 @@ impl Store {
     /// continue so that this entry lands at the same position.
     pub fn segment_boundary_at(&self, index: LogIndex) -> Result<Option<ChainPoint>> {
         let at = self.raft_index.get(index)?.position;
-        if at.0 == 0 || at.0 % self.config.segment_bytes != 0 {
+        if at.0 == 0 || !at.0.is_multiple_of(self.config.segment_bytes) {
             return Ok(None);
         }
         let header = self.reader.read_header(at)?;
@@ -591,7 +591,9 @@ impl Store {
                 first_position: self.reader.first(),
             });
         }
-        if new_first.0 % self.config.segment_bytes != 0 || new_first > self.dispatched_position {
+        if !new_first.0.is_multiple_of(self.config.segment_bytes)
+            || new_first > self.dispatched_position
+        {
             return Err(StoreError::InvalidArgument(format!(
                 "cannot delete before {new_first}: not a segment start at or below the dispatched end {}",
                 self.dispatched_position

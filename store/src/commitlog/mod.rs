@@ -399,7 +399,7 @@ impl CommitLog {
     /// part way never finds it above the (now missing) records.
     pub fn reset(&mut self, point: ChainPoint) -> Result<()> {
         let sh = self.shared.clone();
-        if point.position.0 % sh.segment_bytes != 0 {
+        if !point.position.0.is_multiple_of(sh.segment_bytes) {
             return Err(StoreError::InvalidArgument(format!(
                 "reset to {} which is not a segment start",
                 point.position
