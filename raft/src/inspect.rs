@@ -66,3 +66,15 @@ pub fn queue_contents(rs: &ReplicaStore) -> io::Result<QueueContents> {
 pub fn applied_index(rs: &ReplicaStore) -> Option<u64> {
     rs.lock().dispatched().map(|i| i.0)
 }
+
+/// How many times the replica restarted its store from a leader's boundary snapshot.
+pub fn reset_count(rs: &ReplicaStore) -> io::Result<u64> {
+    let raw = rs
+        .lock()
+        .meta()
+        .raft(crate::log_store::keys::RESETS)
+        .map_err(io_err)?;
+    raw.map_or(Ok(0), |b| {
+        crate::types::decode_value(&b, crate::log_store::keys::RESETS)
+    })
+}

@@ -36,6 +36,8 @@ pub(crate) mod keys {
     pub const SNAPSHOT: &str = "snapshot";
     /// Boundary snapshots, one per CommitLog segment start (see `state_machine`).
     pub const BOUNDARY_PREFIX: &str = "boundary/";
+    /// How many times this replica restarted its store from a leader's snapshot.
+    pub const RESETS: &str = "resets";
 }
 
 /// Deliberate bugs for proving that the simulator's checkers fire. Never set in production.

@@ -276,6 +276,10 @@ impl StateMachine {
             .meta()
             .raft_keys(keys::BOUNDARY_PREFIX)
             .map_err(io_err)?;
+        let resets: u64 = match store.meta().raft(keys::RESETS).map_err(io_err)? {
+            Some(b) => decode_value(&b, keys::RESETS)?,
+            None => 0,
+        };
         store
             .reset_to(&point, |txn| {
                 txn.clear_topics()?;
@@ -301,6 +305,7 @@ impl StateMachine {
                 }
                 txn.put_raft(keys::MEMBERSHIP, &encode_value(&state.membership))?;
                 txn.put_raft(keys::PURGED, &encode_value(&last))?;
+                txn.put_raft(keys::RESETS, &encode_value(&(resets + 1)))?;
                 txn.put_raft(keys::SNAPSHOT, raw)?;
                 txn.put_raft(&boundary_key(last.index), raw)
             })

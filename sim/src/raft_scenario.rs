@@ -30,7 +30,9 @@ use raftmq_raft::{Mutations, NodeId, Replica, ReplicaConfig};
 use raftmq_store::{Message, SimDisk, StoreConfig};
 
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
-use crate::replica_checks::{ReplicaViolation, check_leaders, check_replicas};
+use crate::replica_checks::{
+    Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, observe,
+};
 
 /// Replicas in the group.
 const REPLICAS: usize = 3;
@@ -47,6 +49,9 @@ pub struct ScenarioConfig {
     pub mutations: Mutations,
     /// Which fault kinds may be drawn (see [`Fault`]); all by default.
     pub faults: Vec<Fault>,
+    /// Run retention on every replica (small segments, one second of reservation) so that
+    /// logs are purged and lagging replicas install boundary snapshots; on by default.
+    pub retention: bool,
 }
 
 /// The kinds of fault.
@@ -75,9 +80,14 @@ impl Default for ScenarioConfig {
                 Fault::PowerLoss,
                 Fault::Delay,
             ],
+            retention: true,
         }
     }
 }
+
+/// How often the harness runs retention on each replica, and how long segments are kept.
+const RETENTION_EVERY: Duration = Duration::from_millis(300);
+const RESERVED_MS: u64 = 1000;
 
 /// What a run produced.
 #[derive(Debug)]
@@ -86,16 +96,22 @@ pub struct Outcome {
     pub log: FinalLog,
     pub violations: Vec<Violation>,
     pub replica_violations: Vec<ReplicaViolation>,
+    /// Snapshot installs that reset a replica's store, summed over the live replicas.
+    pub resets: u64,
+    /// The first queue offset every live replica still holds at the end (retention).
+    pub retained_from: u64,
 }
 
 impl Outcome {
     /// A readable report: violations and the fault timeline.
     pub fn report(&self) -> String {
         let mut s = format!(
-            "{} acked, {} indeterminate, {} in the final queue\n",
+            "{} acked, {} indeterminate, {} in the final queue (retained from offset {}), {} snapshot resets\n",
             self.history.acked.len(),
             self.history.indeterminate.len(),
-            self.log.len()
+            self.log.len(),
+            self.retained_from,
+            self.resets
         );
         for v in &self.violations {
             s.push_str(&format!("VIOLATION {v:?}\n"));
@@ -122,10 +138,15 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn config(i: usize, mutations: Mutations) -> ReplicaConfig {
+    let mut store = StoreConfig::for_tests();
+    // Small segments so that a run fills several and retention has work.
+    store.segment_bytes = 16 * 1024;
+    store.max_record_bytes = 12 * 1024;
+    store.file_reserved_time_ms = RESERVED_MS;
     ReplicaConfig {
         group: "g1".into(),
         node_id: i as NodeId + 1,
-        store: StoreConfig::for_tests(),
+        store,
         timeouts: Default::default(),
         batch: raftmq_raft::BatchLimits {
             max_messages: 64,
@@ -394,9 +415,29 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         .expect("started");
     first.initialize(&voters).await.expect("initialize");
 
-    // Watch leaders per term.
+    // Watch leaders per term; record every queue as observed (retention deletes old
+    // messages; the archive still knows them) and run retention right after observing.
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>> = Arc::default();
+    let archive: Arc<Mutex<(Archive, Vec<ReplicaViolation>)>> = Arc::default();
     let monitor_node = handle.create_node().name("monitor").build();
+    if cfg.retention {
+        let (registry, archive) = (registry.clone(), archive.clone());
+        monitor_node.spawn(async move {
+            loop {
+                tokio::time::sleep(RETENTION_EVERY).await;
+                for r in live_replicas(&registry) {
+                    // No await between reading the queue and retention choosing its cut: every
+                    // message retention may delete was dispatched, hence observed, here.
+                    observe_queue(&r, &archive);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), r.run_retention(now))
+                        .await;
+                }
+            }
+        });
+    }
     {
         let (registry, leaders) = (registry.clone(), leaders.clone());
         monitor_node.spawn(async move {
@@ -519,13 +560,33 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         .collect();
     let mut replica_violations = check_replicas(&logs, &queues);
     replica_violations.extend(check_leaders(&leaders.lock().expect("leaders lock")));
+    let resets = reps
+        .iter()
+        .map(|r| raftmq_raft::inspect::reset_count(r.store()).expect("read resets"))
+        .sum();
 
+    // The final queue, and below what every replica still holds, what was observed before
+    // retention deleted it.
+    let key = ("T".to_string(), 0);
+    let last_queue = queues[0].get(&key).cloned().unwrap_or_default();
+    let retained_from = queues
+        .iter()
+        .filter_map(|q| q.get(&key).and_then(|m| m.first()).map(|m| m.0))
+        .max()
+        .unwrap_or(0);
+    let (archived, conflicts) = {
+        let a = archive.lock().expect("archive lock");
+        (a.0.clone(), a.1.clone())
+    };
+    replica_violations.extend(conflicts);
+    replica_violations.extend(check_archive(&archived, &last_queue));
     let mut log = FinalLog::new();
-    if let Some(q) = queues[0].get(&("T".to_string(), 0)) {
-        for (off, id) in q {
-            if let Some(w) = parse_id(id) {
-                log.insert(*off, w);
-            }
+    let below = archived
+        .range(..last_queue.first().map_or(0, |m| m.0))
+        .map(|(o, id)| (*o, id.clone()));
+    for (off, id) in below.chain(last_queue.iter().cloned()) {
+        if let Some(w) = parse_id(&id) {
+            log.insert(off, w);
         }
     }
     for i in 0..REPLICAS {
@@ -538,5 +599,20 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         log,
         violations,
         replica_violations,
+        resets,
+        retained_from,
     }
+}
+
+/// Adds what `r`'s queue `T/0` holds now to the archive (and any conflict with it).
+fn observe_queue(r: &Replica, archive: &Mutex<(Archive, Vec<ReplicaViolation>)>) {
+    let Ok(q) = queue_contents(r.store()) else {
+        return;
+    };
+    let Some(msgs) = q.get(&("T".to_string(), 0)) else {
+        return;
+    };
+    let mut a = archive.lock().expect("archive lock");
+    let found = observe(&mut a.0, msgs);
+    a.1.extend(found);
 }

@@ -11,12 +11,12 @@ use raftmq_raft::inspect::{QueueContents, RawRecord};
 pub enum ReplicaViolation {
     /// Two replicas hold different bytes for a committed entry.
     LogsDiffer { a: usize, b: usize, index: u64 },
-    /// Two replicas hold a different number of committed entries after convergence.
-    LogLength {
+    /// Two replicas end their committed logs at different indexes after convergence.
+    LogEnd {
         a: usize,
         b: usize,
-        len_a: usize,
-        len_b: usize,
+        last_a: Option<u64>,
+        last_b: Option<u64>,
     },
     /// Applied queues differ between two replicas.
     QueuesDiffer { a: usize, b: usize },
@@ -28,22 +28,42 @@ pub enum ReplicaViolation {
         after: u64,
         next: u64,
     },
+    /// A queue offset held one message when observed during the run and another later.
+    QueueRewritten { offset: u64, was: String, now: String },
+    /// A queue offset observed during the run is past the final end of the queue: applied
+    /// messages were lost.
+    QueueShrank { offset: u64, id: String },
 }
 
-/// Committed logs byte-identical (each is the raw log up to the commit index) and applied
-/// queues identical and gap-free.
+/// Committed logs byte-identical over the entries every replica still holds (retention and
+/// snapshot installs make replicas start at different indexes) and ending at the same
+/// index; applied queues identical over the offsets every replica holds, ending at the same
+/// offset, and gap-free.
 pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<ReplicaViolation> {
     let mut out = Vec::new();
+    let first = logs
+        .iter()
+        .filter_map(|l| l.first().map(|r| r.index))
+        .max()
+        .unwrap_or(0);
+    let tail = |l: &'_ [RawRecord]| -> Vec<RawRecord> {
+        l.iter().filter(|r| r.index >= first).cloned().collect()
+    };
     for b in 1..logs.len() {
-        if logs[b].len() != logs[0].len() {
-            out.push(ReplicaViolation::LogLength {
+        let (last_a, last_b) = (logs[0].last().map(|r| r.index), logs[b].last().map(|r| r.index));
+        if last_a != last_b {
+            out.push(ReplicaViolation::LogEnd {
                 a: 0,
                 b,
-                len_a: logs[0].len(),
-                len_b: logs[b].len(),
+                last_a,
+                last_b,
             });
         }
-        if let Some((x, _)) = logs[0].iter().zip(&logs[b]).find(|(x, y)| x != y) {
+        if let Some((x, _)) = tail(&logs[0])
+            .iter()
+            .zip(&tail(&logs[b]))
+            .find(|(x, y)| x != y)
+        {
             out.push(ReplicaViolation::LogsDiffer {
                 a: 0,
                 b,
@@ -52,7 +72,7 @@ pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<
         }
     }
     for b in 1..queues.len() {
-        if queues[b] != queues[0] {
+        if !queues_agree(&queues[0], &queues[b]) {
             out.push(ReplicaViolation::QueuesDiffer { a: 0, b });
         }
     }
@@ -68,6 +88,57 @@ pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<
                 }
             }
         }
+    }
+    out
+}
+
+/// Same queues, same last offset each, same messages over the offsets both hold.
+fn queues_agree(a: &QueueContents, b: &QueueContents) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, qa), (kb, qb))| {
+            let from = qa.first().map_or(0, |m| m.0).max(qb.first().map_or(0, |m| m.0));
+            let common = |q: &[(u64, String)]| -> Vec<(u64, String)> {
+                q.iter().filter(|m| m.0 >= from).cloned().collect()
+            };
+            ka == kb && qa.last() == qb.last() && common(qa) == common(qb)
+        })
+}
+
+/// A queue's messages as observed during a run, by offset (what retention deletes later
+/// is still known).
+pub type Archive = BTreeMap<u64, String>;
+
+/// Adds one observation of a queue (`(offset, msg id)` in offset order) to `archive`;
+/// reports an offset that held something else before.
+pub fn observe(archive: &mut Archive, seen: &[(u64, String)]) -> Vec<ReplicaViolation> {
+    let mut out = Vec::new();
+    for (o, id) in seen {
+        match archive.get(o) {
+            None => {
+                archive.insert(*o, id.clone());
+            }
+            Some(was) if was != id => out.push(ReplicaViolation::QueueRewritten {
+                offset: *o,
+                was: was.clone(),
+                now: id.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+/// The final queue against everything observed during the run: nothing observed may be
+/// past its end or differ from it.
+pub fn check_archive(archive: &Archive, last: &[(u64, String)]) -> Vec<ReplicaViolation> {
+    let mut scratch = archive.clone();
+    let mut out = observe(&mut scratch, last);
+    let end = last.last().map_or(0, |m| m.0 + 1);
+    for (o, id) in archive.range(end..) {
+        out.push(ReplicaViolation::QueueShrank {
+            offset: *o,
+            id: id.clone(),
+        });
     }
     out
 }
@@ -118,6 +189,64 @@ mod tests {
             }
         )));
         assert!(check_replicas(&[a.clone(), a], &[]).is_empty());
+    }
+
+    #[test]
+    fn replicas_may_start_at_different_indexes_but_must_end_together() {
+        let full = vec![rec(1, 1), rec(2, 2), rec(3, 3)];
+        let purged = vec![rec(2, 2), rec(3, 3)];
+        let q = |from: u64| -> QueueContents {
+            BTreeMap::from([(
+                ("T".into(), 0),
+                (from..3).map(|o| (o, format!("m{o}"))).collect(),
+            )])
+        };
+        assert!(check_replicas(&[full.clone(), purged.clone()], &[q(0), q(1)]).is_empty());
+        let short = vec![rec(2, 2)];
+        let v = check_replicas(&[full.clone(), short], &[q(0), q(1)]);
+        assert!(v.iter().any(|x| matches!(x, ReplicaViolation::LogEnd { .. })), "{v:?}");
+        let bad_tail = vec![rec(2, 2), rec(3, 7)];
+        let v = check_replicas(&[full, bad_tail], &[]);
+        assert!(v.contains(&ReplicaViolation::LogsDiffer {
+            a: 0,
+            b: 1,
+            index: 3
+        }));
+        let mut other = q(1);
+        other.get_mut(&("T".to_string(), 0)).unwrap()[1].1 = "x".into();
+        assert_eq!(
+            check_replicas(&[], &[q(0), other]),
+            vec![ReplicaViolation::QueuesDiffer { a: 0, b: 1 }]
+        );
+    }
+
+    #[test]
+    fn archive_checker_fires_on_rewritten_and_lost_offsets() {
+        let mut a = Archive::new();
+        let seen: Vec<(u64, String)> = (0..5).map(|o| (o, format!("m{o}"))).collect();
+        assert!(observe(&mut a, &seen).is_empty());
+        // Retention removed 0..2; the rest is the same: fine.
+        assert!(check_archive(&a, &seen[2..]).is_empty());
+        // Offset 3 now holds another message.
+        let mut rewritten = seen.clone();
+        rewritten[3].1 = "other".into();
+        assert_eq!(
+            check_archive(&a, &rewritten),
+            vec![ReplicaViolation::QueueRewritten {
+                offset: 3,
+                was: "m3".into(),
+                now: "other".into()
+            }]
+        );
+        // The queue ends before offset 4 that was seen applied.
+        assert_eq!(
+            check_archive(&a, &seen[..4]),
+            vec![ReplicaViolation::QueueShrank {
+                offset: 4,
+                id: "m4".into()
+            }]
+        );
+        assert_eq!(observe(&mut a, &rewritten).len(), 1);
     }
 
     #[test]

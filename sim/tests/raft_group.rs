@@ -50,6 +50,8 @@ fn acking_before_sync_is_caught() {
                     ack_before_sync: true,
                 },
                 faults: vec![Fault::PowerLoss, Fault::IsolateAny, Fault::IsolateLeader],
+                // The lost-write checker alone, on the whole queue.
+                retention: false,
                 ..ScenarioConfig::default()
             }))
         }));
@@ -73,4 +75,30 @@ fn acking_before_sync_is_caught() {
         caught > 0,
         "the lost-write checker never fired on {seeds} seeds with ack-before-sync"
     );
+}
+
+/// Retention really runs under faults: logs are purged on every seed, and on some seed a
+/// replica that fell behind the purge restarts its store from a boundary snapshot (the
+/// checkers of `group_survives_faults` then cover that path).
+#[test]
+fn retention_purges_and_lagging_replicas_install_snapshots() {
+    let seeds = 12u64;
+    let (mut purged, mut resets) = (0, 0);
+    for seed in 1..=seeds {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let outcome = rt.block_on(run(ScenarioConfig {
+            faults: vec![Fault::KillRestart, Fault::IsolateAny, Fault::PowerLoss],
+            ..ScenarioConfig::default()
+        }));
+        assert!(
+            outcome.is_clean(),
+            "seed {seed}: checkers fired:\n{}",
+            outcome.report()
+        );
+        purged += u64::from(outcome.retained_from > 0);
+        resets += outcome.resets;
+    }
+    eprintln!("retention: queue purged on {purged}/{seeds} seeds; {resets} snapshot resets");
+    assert!(purged > seeds / 2, "retention purged on only {purged}/{seeds} seeds");
+    assert!(resets > 0, "no replica installed a boundary snapshot in {seeds} seeds");
 }
