@@ -18,6 +18,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -59,6 +60,8 @@ struct Inner {
     flusher: FlushHandle,
     mode: FlushMode,
     mutations: Mutations,
+    /// The boundary snapshot retention wants next (its last index; 0 = none asked).
+    snapshot_target: AtomicU64,
 }
 
 pub(crate) fn io_err(e: StoreError) -> io::Error {
@@ -76,6 +79,7 @@ impl ReplicaStore {
                 flusher,
                 mode: cfg.flush_mode,
                 mutations,
+                snapshot_target: AtomicU64::new(0),
             }),
         }
     }
@@ -84,6 +88,18 @@ impl ReplicaStore {
     pub fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock broke an invariant; the process is going down.
         self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the snapshot builder for the boundary snapshot ending at `last` (retention is
+    /// about to purge up to it), so that a replica installing it receives every entry the
+    /// others retain.
+    pub fn set_snapshot_target(&self, last: u64) {
+        self.inner.snapshot_target.store(last, Ordering::Release);
+    }
+
+    /// The last index of the boundary snapshot retention asked for (0: none).
+    pub fn snapshot_target(&self) -> u64 {
+        self.inner.snapshot_target.load(Ordering::Acquire)
     }
 
     /// The group-commit flusher.

@@ -290,8 +290,8 @@ impl Replica {
 
     /// Retention through Raft: if CommitLog segments have expired
     /// ([`raftmq_store::Store::expired_before`]), find the newest boundary snapshot at or
-    /// below the cut, make sure openraft's snapshot covers it (triggering a build of the
-    /// newest boundary snapshot), have openraft purge its log up to it, and only then delete
+    /// below the cut, make sure openraft's snapshot covers it (triggering a build of that
+    /// boundary snapshot), have openraft purge its log up to it, and only then delete
     /// the segments. Any step that openraft defers (a leader keeps entries a replication
     /// still reads) leaves the rest for the next run. Every replica runs it on its own.
     pub async fn run_retention(&self, now_ms: u64) -> Result<RetentionOutcome, WriteError> {
@@ -328,6 +328,7 @@ impl Replica {
         let wait = std::time::Duration::from_millis(RETENTION_RAFT_WAIT_MS);
         let metrics = self.metrics();
         if metrics.snapshot.is_none_or(|s| s.index < last) {
+            self.store.set_snapshot_target(last);
             self.raft
                 .trigger()
                 .snapshot()

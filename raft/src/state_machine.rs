@@ -22,7 +22,8 @@
 //!
 //! Retention (see [`crate::replica::Replica::run_retention`]) deletes the segments before
 //! `S` only after openraft holds a snapshot at or past `F - 1` (the builder returns the
-//! newest boundary snapshot, never the applied state) and has purged its log up to `F - 1`.
+//! boundary snapshot at `F - 1`, never the applied state) and has purged its log up to
+//! `F - 1`.
 //! A replica that then needs entries before `F` receives the snapshot and, unless its own
 //! log holds the snapshot's last entry, restarts its store at `S` with the same chain
 //! ([`raftmq_store::Store::reset_to`]); every entry from `F` on then lands at the position it
@@ -87,9 +88,11 @@ pub(crate) fn boundary_key(index: u64) -> String {
     format!("{}{index:020}", keys::BOUNDARY_PREFIX)
 }
 
-/// The newest boundary snapshot, raw, if any.
-pub(crate) fn newest_boundary(meta: &MetaStore) -> io::Result<Option<Vec<u8>>> {
-    match meta.raft_keys(keys::BOUNDARY_PREFIX).map_err(io_err)?.pop() {
+/// The newest boundary snapshot ending at or before `upto`, raw, if any.
+pub(crate) fn boundary_upto(meta: &MetaStore, upto: u64) -> io::Result<Option<Vec<u8>>> {
+    let limit = boundary_key(upto);
+    let keys = meta.raft_keys(keys::BOUNDARY_PREFIX).map_err(io_err)?;
+    match keys.into_iter().rev().find(|k| *k <= limit) {
         Some(k) => meta.raft(&k).map_err(io_err),
         None => Ok(None),
     }
@@ -346,9 +349,9 @@ fn apply_meta(txn: &mut raftmq_store::meta::MetaTxn, m: &MetaCommand) -> Result<
     }
 }
 
-/// Builds snapshots: the newest boundary snapshot (see the module docs), or the applied
-/// state when openraft insists and no boundary exists yet (then nothing was purged, so no
-/// replica will need to install it).
+/// Builds snapshots: the boundary snapshot retention asked for (see the module docs), or
+/// the applied state when openraft insists and no boundary exists yet (then nothing was
+/// purged, so no replica will need to install it).
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     state: io::Result<(SnapshotState, Vec<u8>)>,
@@ -414,8 +417,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn try_create_snapshot_builder(&mut self, force: bool) -> Option<Self::SnapshotBuilder> {
-        let newest = newest_boundary(self.rs.lock().meta());
-        let state = match newest {
+        // The boundary retention is purging up to, so that a replica installing the snapshot
+        // receives every entry the others still hold; without one, the newest boundary.
+        let target = match self.rs.snapshot_target() {
+            0 if !force => return None,
+            0 => u64::MAX,
+            t => t,
+        };
+        let found = boundary_upto(self.rs.lock().meta(), target);
+        let state = match found {
             Ok(Some(raw)) => {
                 decode_value::<SnapshotState>(&raw, "boundary snapshot").map(|s| (s, raw))
             }

@@ -190,6 +190,11 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
     {
         let store = r.store().lock();
         let first = store.log_bounds()?.0;
+        let leader_first = leader.store().lock().log_bounds()?.0;
+        assert_eq!(
+            first, leader_first,
+            "the snapshot ends where the leader's log starts: every retained entry came"
+        );
         assert!(
             first.0 > 20,
             "the store restarted past the purge: first entry {first}"

@@ -432,8 +432,8 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), r.run_retention(now))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), r.run_retention(now)).await;
                 }
             }
         });

@@ -29,7 +29,11 @@ pub enum ReplicaViolation {
         next: u64,
     },
     /// A queue offset held one message when observed during the run and another later.
-    QueueRewritten { offset: u64, was: String, now: String },
+    QueueRewritten {
+        offset: u64,
+        was: String,
+        now: String,
+    },
     /// A queue offset observed during the run is past the final end of the queue: applied
     /// messages were lost.
     QueueShrank { offset: u64, id: String },
@@ -50,7 +54,10 @@ pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<
         l.iter().filter(|r| r.index >= first).cloned().collect()
     };
     for b in 1..logs.len() {
-        let (last_a, last_b) = (logs[0].last().map(|r| r.index), logs[b].last().map(|r| r.index));
+        let (last_a, last_b) = (
+            logs[0].last().map(|r| r.index),
+            logs[b].last().map(|r| r.index),
+        );
         if last_a != last_b {
             out.push(ReplicaViolation::LogEnd {
                 a: 0,
@@ -96,7 +103,10 @@ pub fn check_replicas(logs: &[Vec<RawRecord>], queues: &[QueueContents]) -> Vec<
 fn queues_agree(a: &QueueContents, b: &QueueContents) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|((ka, qa), (kb, qb))| {
-            let from = qa.first().map_or(0, |m| m.0).max(qb.first().map_or(0, |m| m.0));
+            let from = qa
+                .first()
+                .map_or(0, |m| m.0)
+                .max(qb.first().map_or(0, |m| m.0));
             let common = |q: &[(u64, String)]| -> Vec<(u64, String)> {
                 q.iter().filter(|m| m.0 >= from).cloned().collect()
             };
@@ -204,7 +214,11 @@ mod tests {
         assert!(check_replicas(&[full.clone(), purged.clone()], &[q(0), q(1)]).is_empty());
         let short = vec![rec(2, 2)];
         let v = check_replicas(&[full.clone(), short], &[q(0), q(1)]);
-        assert!(v.iter().any(|x| matches!(x, ReplicaViolation::LogEnd { .. })), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|x| matches!(x, ReplicaViolation::LogEnd { .. })),
+            "{v:?}"
+        );
         let bad_tail = vec![rec(2, 2), rec(3, 7)];
         let v = check_replicas(&[full, bad_tail], &[]);
         assert!(v.contains(&ReplicaViolation::LogsDiffer {

@@ -99,6 +99,12 @@ fn retention_purges_and_lagging_replicas_install_snapshots() {
         resets += outcome.resets;
     }
     eprintln!("retention: queue purged on {purged}/{seeds} seeds; {resets} snapshot resets");
-    assert!(purged > seeds / 2, "retention purged on only {purged}/{seeds} seeds");
-    assert!(resets > 0, "no replica installed a boundary snapshot in {seeds} seeds");
+    assert!(
+        purged > seeds / 2,
+        "retention purged on only {purged}/{seeds} seeds"
+    );
+    assert!(
+        resets > 0,
+        "no replica installed a boundary snapshot in {seeds} seeds"
+    );
 }
