@@ -9,6 +9,9 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/raftmq/v1/common.proto",
+        "proto/raftmq/v1/namesrv.proto",
+        "proto/raftmq/v1/messaging.proto",
+        "proto/raftmq/v1/admin.proto",
         "proto/raftmq/raft/v1/raft.proto",
     ];
     let includes = ["proto"];

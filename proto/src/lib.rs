@@ -2,8 +2,9 @@
 //!
 //! The `.proto` files under `proto/` are the source of truth; this crate compiles them at build
 //! time (protox + madsim-tonic-build, no system `protoc`) and re-exports the generated types.
-//! Services (`NameServer`, `Messaging`, `Admin`) arrive with the broker issue; today the crate
-//! holds the stable error codes every service will answer with.
+//! Services: `NameServer` (route registry), `Messaging` (producers and consumers), `Admin`
+//! (operating a broker group); Raft's own service is internal (`raft::v1`). [`limits`] holds
+//! the limits every server checks before anything is stored, shared with the client.
 
 #![allow(clippy::all)]
 
@@ -20,6 +21,8 @@ pub mod raft {
 }
 
 pub use v1::ErrorCode;
+
+pub mod limits;
 
 #[cfg(test)]
 mod tests {
@@ -38,6 +41,8 @@ mod tests {
         assert_eq!(ErrorCode::OffsetOutOfRange as i32, 7);
         assert_eq!(ErrorCode::StoreCorrupted as i32, 8);
         assert_eq!(ErrorCode::Unavailable as i32, 9);
+        assert_eq!(ErrorCode::LockHeld as i32, 10);
+        assert_eq!(ErrorCode::TopicExists as i32, 11);
     }
 
     #[test]

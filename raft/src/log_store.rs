@@ -62,6 +62,8 @@ struct Inner {
     mutations: Mutations,
     /// The boundary snapshot retention wants next (its last index; 0 = none asked).
     snapshot_target: AtomicU64,
+    /// Woken (all waiters) after every apply: long-polling pulls wait on it.
+    applied: tokio::sync::Notify,
 }
 
 pub(crate) fn io_err(e: StoreError) -> io::Error {
@@ -80,6 +82,7 @@ impl ReplicaStore {
                 mode: cfg.flush_mode,
                 mutations,
                 snapshot_target: AtomicU64::new(0),
+                applied: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -100,6 +103,13 @@ impl ReplicaStore {
     /// The last index of the boundary snapshot retention asked for (0: none).
     pub fn snapshot_target(&self) -> u64 {
         self.inner.snapshot_target.load(Ordering::Acquire)
+    }
+
+    /// Notified (every waiter) each time entries are applied or a snapshot installed: a
+    /// reader waiting for new messages registers `applied_signal().notified()` *before*
+    /// looking, then waits on it.
+    pub fn applied_signal(&self) -> &tokio::sync::Notify {
+        &self.inner.applied
     }
 
     /// The group-commit flusher.

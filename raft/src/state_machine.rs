@@ -408,6 +408,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responders.push(responder);
         }
         let results = self.apply_entries(&batch)?;
+        self.rs.applied_signal().notify_waiters();
         for (r, res) in responders.into_iter().zip(results) {
             if let Some(r) = r {
                 r.send(res);
@@ -494,7 +495,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             txn.commit().map_err(io_err)?;
             return Ok(());
         }
-        self.install_by_reset(last, &state, &snapshot)
+        self.install_by_reset(last, &state, &snapshot)?;
+        self.rs.applied_signal().notify_waiters();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf>, io::Error> {

@@ -497,6 +497,28 @@ impl Store {
             .map_err(|e| StoreError::corrupt(crate::commitlog::DIR, position.0, e.to_string()))
     }
 
+    /// Reads and verifies the message starting at `position` (its length is its first four
+    /// bytes). A position where no message starts is an `InvalidArgument`, not corruption:
+    /// positions come from users (`offsetMsgId`).
+    pub fn read_message_at(&self, position: Position) -> Result<Message> {
+        let not_here = |why: String| {
+            StoreError::InvalidArgument(format!("no message starts at position {position}: {why}"))
+        };
+        let head = self
+            .reader
+            .read_bytes(position, 4)
+            .map_err(|e| not_here(e.to_string()))?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if len < 8 || len as usize > message::MESSAGE_MAX {
+            return Err(not_here(format!("length field {len}")));
+        }
+        let bytes = self
+            .reader
+            .read_bytes(position, len)
+            .map_err(|e| not_here(e.to_string()))?;
+        Message::decode(&bytes).map_err(|e| not_here(e.to_string()))
+    }
+
     /// Reads the message at a queue offset.
     pub fn read_queue_message(&self, queue: &QueueId, offset: QueueOffset) -> Result<Message> {
         let e = self.cq_entry(queue, offset)?;

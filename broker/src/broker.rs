@@ -1,0 +1,280 @@
+//! One broker replica: its [`Replica`] (store + Raft), its gRPC server (Messaging, Admin and
+//! Raft on one port), the group's formation, and registration with every name server.
+//!
+//! Registration happens on start, every [`REGISTER_EVERY_MS`] and within [`ROLE_POLL_MS`] of
+//! a role, term or topic change, so routes follow the leader within a fraction of a second.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use openraft::ServerState;
+use raftmq_proto::v1::name_server_client::NameServerClient;
+use raftmq_proto::v1::{RegisterBrokerRequest, Role, TopicConfig};
+use raftmq_raft::{Replica, StartError};
+use raftmq_store::Disk;
+use tokio::sync::oneshot;
+
+use crate::clients::Clients;
+use crate::config::BrokerConfig;
+
+/// How often a replica registers with every name server.
+pub const REGISTER_EVERY_MS: u64 = 30_000;
+/// How often a replica looks for a role change to report.
+pub const ROLE_POLL_MS: u64 = 100;
+/// How long one registration call may take.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+/// gRPC messages up to this size (a 4 MiB batch plus its framing).
+pub const GRPC_MESSAGE_MAX: usize = 16 << 20;
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the services of one replica.
+pub(crate) struct Shared {
+    pub config: BrokerConfig,
+    pub replica: Replica,
+    /// Heartbeats and queue locks; a mutex held only to read or edit the maps.
+    pub clients: Mutex<Clients>,
+    /// Round-robin queue choice for sends that name no queue.
+    pub next_queue: AtomicU32,
+    pub start: tokio::time::Instant,
+}
+
+impl Shared {
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn clients(&self) -> MutexGuard<'_, Clients> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn group(&self) -> &str {
+        &self.config.group
+    }
+
+    pub fn metrics(&self) -> openraft::RaftMetrics<raftmq_raft::TypeConfig> {
+        openraft::async_runtime::WatchReceiver::borrow_watched(&self.replica.raft().metrics())
+            .clone()
+    }
+
+    /// This replica's role as the name server and admin tools see it.
+    pub fn role(&self) -> (Role, u64) {
+        let m = self.metrics();
+        let role = match m.state {
+            ServerState::Leader if m.current_leader == Some(self.config.replica_id) => Role::Leader,
+            ServerState::Leader | ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Unknown,
+        };
+        (role, m.current_term)
+    }
+
+    /// Topics as applied on this replica.
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        let store = self.replica.store().lock();
+        store
+            .meta()
+            .topics()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| TopicConfig {
+                name: t.name,
+                read_queue_nums: t.read_queue_nums,
+                write_queue_nums: t.write_queue_nums,
+                perm: t.perm,
+            })
+            .collect()
+    }
+}
+
+/// A running broker replica.
+pub struct Broker {
+    shared: Arc<Shared>,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Broker {
+    /// Starts the replica on `disk`, serves gRPC on `config.listen`, forms the group if this
+    /// replica has the lowest id of `initial_members` and its log is empty, and starts
+    /// registering with the name servers.
+    pub async fn start(config: BrokerConfig, disk: Arc<dyn Disk>) -> Result<Broker, BrokerError> {
+        config.validate()?;
+        let members = config.members()?;
+        let replica = Replica::start(disk, config.replica_config()).await?;
+        let shared = Arc::new(Shared {
+            config,
+            replica,
+            clients: Mutex::default(),
+            next_queue: AtomicU32::new(0),
+            start: tokio::time::Instant::now(),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .add_service(shared.replica.raft_service())
+            .add_service(crate::messaging::service(shared.clone()))
+            .add_service(crate::admin::service(shared.clone()));
+        let listen = shared.config.listen;
+        #[cfg(not(madsim))]
+        let (addr, server) = {
+            let incoming =
+                raftmq_raft::network::listen(listen).map_err(|source| BrokerError::Listen {
+                    addr: listen,
+                    source,
+                })?;
+            let addr = incoming
+                .local_addr()
+                .map_err(|source| BrokerError::Listen {
+                    addr: listen,
+                    source,
+                })?;
+            let server = tokio::spawn(async move {
+                let r = router
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "broker gRPC server failed");
+                }
+            });
+            (addr, server)
+        };
+        #[cfg(madsim)]
+        let (addr, server) = {
+            let server = tokio::spawn(async move {
+                let r = router
+                    .serve_with_shutdown(listen, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "broker gRPC server failed");
+                }
+            });
+            (listen, server)
+        };
+        if members.keys().next() == Some(&shared.config.replica_id) {
+            tokio::spawn(form_group(shared.clone(), members));
+        }
+        tokio::spawn(register_loop(shared.clone()));
+        Ok(Broker {
+            shared,
+            addr,
+            stop: Some(stop),
+            server,
+        })
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The replica underneath (tests, the dev command).
+    pub fn replica(&self) -> &Replica {
+        &self.shared.replica
+    }
+
+    /// Stops serving, unregisters, and shuts Raft and the store down.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.server).await;
+        unregister(&self.shared).await;
+        self.shared.replica.shutdown().await;
+    }
+}
+
+/// Initializes the group once (an already formed group refuses, which is fine).
+async fn form_group(shared: Arc<Shared>, members: BTreeMap<u64, String>) {
+    let initialized = shared.replica.raft().is_initialized().await.unwrap_or(true);
+    if initialized {
+        return;
+    }
+    match shared.replica.initialize(&members).await {
+        Ok(()) => tracing::info!(group = %shared.config.group, "formed the group"),
+        Err(e) => tracing::info!(error = %e, "group formation refused (already formed?)"),
+    }
+}
+
+fn registration(shared: &Shared) -> RegisterBrokerRequest {
+    let (role, term) = shared.role();
+    RegisterBrokerRequest {
+        cluster: shared.config.cluster.clone(),
+        group: shared.config.group.clone(),
+        replica_id: shared.config.replica_id,
+        addr: shared.config.listen.to_string(),
+        role: role as i32,
+        term,
+        topics: shared.topics(),
+    }
+}
+
+async fn register_all(shared: &Shared) {
+    let req = registration(shared);
+    for addr in &shared.config.namesrv_addrs {
+        let call = async {
+            let mut c = NameServerClient::connect(format!("http://{addr}")).await?;
+            c.register_broker(req.clone()).await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        match tokio::time::timeout(REGISTER_TIMEOUT, call).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(namesrv = %addr, error = %e, "registration failed"),
+            Err(_) => tracing::debug!(namesrv = %addr, "registration timed out"),
+        }
+    }
+}
+
+async fn unregister(shared: &Shared) {
+    for addr in &shared.config.namesrv_addrs {
+        let call = async {
+            let mut c = NameServerClient::connect(format!("http://{addr}")).await?;
+            c.unregister_broker(raftmq_proto::v1::UnregisterBrokerRequest {
+                group: shared.config.group.clone(),
+                replica_id: shared.config.replica_id,
+            })
+            .await?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        };
+        let _ = tokio::time::timeout(REGISTER_TIMEOUT, call).await;
+    }
+}
+
+/// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change.
+async fn register_loop(shared: Arc<Shared>) {
+    let mut last: Option<(Role, u64, Vec<TopicConfig>)> = None;
+    let mut last_at = shared.now_ms();
+    loop {
+        let (role, term) = shared.role();
+        if shared.metrics().state == ServerState::Shutdown {
+            return;
+        }
+        let now = (role, term, shared.topics());
+        if last.as_ref() != Some(&now) || shared.now_ms() - last_at >= REGISTER_EVERY_MS {
+            register_all(&shared).await;
+            last = Some(now);
+            last_at = shared.now_ms();
+        }
+        tokio::time::sleep(Duration::from_millis(ROLE_POLL_MS)).await;
+    }
+}

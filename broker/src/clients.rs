@@ -1,0 +1,157 @@
+//! Clients as this replica knows them: who heartbeats in which consumer group, and which
+//! member holds which queue lock (orderly consumption). Plain state, time passed in; the
+//! service keeps it behind a mutex held only to read or edit it.
+//!
+//! This state is per replica and not replicated (as in RocketMQ, where it lives in the
+//! master's memory): after a failover clients heartbeat to the new leader within one
+//! heartbeat interval, and orderly consumers re-lock. A lock is a lease of [`LOCK_LEASE_MS`];
+//! a client silent for [`CLIENT_EXPIRE_MS`] leaves its groups and loses its locks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raftmq_proto::v1::{ConsumerGroupInfo, QueueRef};
+
+/// A client not heard from for this long is dropped (RocketMQ: 120 s).
+pub const CLIENT_EXPIRE_MS: u64 = 120_000;
+/// How long a queue lock lasts unless renewed (RocketMQ: 60 s).
+pub const LOCK_LEASE_MS: u64 = 60_000;
+/// Most clients tracked, and most queues one lock request may name.
+pub const CLIENTS_MAX: usize = 100_000;
+pub const LOCK_QUEUES_MAX: usize = 4096;
+
+type QueueKey = (String, u32);
+
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// client id → (last heartbeat, consumer groups).
+    clients: BTreeMap<String, (u64, Vec<ConsumerGroupInfo>)>,
+    /// (group, topic, queue) → (client id, lease end).
+    locks: BTreeMap<(String, QueueKey), (String, u64)>,
+}
+
+impl Clients {
+    /// Records a heartbeat. Errors if too many clients are tracked.
+    pub fn heartbeat(
+        &mut self,
+        client_id: &str,
+        groups: Vec<ConsumerGroupInfo>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        if client_id.is_empty() || client_id.len() > 255 {
+            return Err(format!(
+                "client id must be 1..=255 bytes, got {}",
+                client_id.len()
+            ));
+        }
+        self.expire(now_ms);
+        if !self.clients.contains_key(client_id) && self.clients.len() >= CLIENTS_MAX {
+            return Err(format!("more than {CLIENTS_MAX} clients"));
+        }
+        self.clients.insert(client_id.to_string(), (now_ms, groups));
+        Ok(())
+    }
+
+    /// Live members of a consumer group, sorted.
+    pub fn consumers(&mut self, group: &str, now_ms: u64) -> Vec<String> {
+        self.expire(now_ms);
+        self.clients
+            .iter()
+            .filter(|(_, (_, gs))| gs.iter().any(|g| g.group == group))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Locks (or renews) the queues for `client_id`; returns those it now holds.
+    pub fn lock(
+        &mut self,
+        group: &str,
+        client_id: &str,
+        queues: &[QueueRef],
+        now_ms: u64,
+    ) -> Vec<QueueRef> {
+        self.expire(now_ms);
+        let mut out = Vec::new();
+        for q in queues {
+            let key = (group.to_string(), (q.topic.clone(), q.queue_id));
+            let free = match self.locks.get(&key) {
+                None => true,
+                Some((holder, until)) => holder == client_id || *until <= now_ms,
+            };
+            if free {
+                self.locks
+                    .insert(key, (client_id.to_string(), now_ms + LOCK_LEASE_MS));
+                out.push(q.clone());
+            }
+        }
+        out
+    }
+
+    /// Releases the queues `client_id` holds among `queues`.
+    pub fn unlock(&mut self, group: &str, client_id: &str, queues: &[QueueRef]) {
+        for q in queues {
+            let key = (group.to_string(), (q.topic.clone(), q.queue_id));
+            if self.locks.get(&key).is_some_and(|(h, _)| h == client_id) {
+                self.locks.remove(&key);
+            }
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let gone: BTreeSet<String> = self
+            .clients
+            .iter()
+            .filter(|(_, (t, _))| now_ms.saturating_sub(*t) > CLIENT_EXPIRE_MS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.clients.retain(|id, _| !gone.contains(id));
+        self.locks
+            .retain(|_, (holder, until)| *until > now_ms && !gone.contains(holder));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(id: u32) -> QueueRef {
+        QueueRef {
+            topic: "T".into(),
+            queue_id: id,
+        }
+    }
+
+    fn member(group: &str) -> Vec<ConsumerGroupInfo> {
+        vec![ConsumerGroupInfo {
+            group: group.into(),
+            ..Default::default()
+        }]
+    }
+
+    #[test]
+    fn consumer_lists_follow_heartbeats_and_expire() {
+        let mut c = Clients::default();
+        c.heartbeat("b", member("G"), 0).unwrap();
+        c.heartbeat("a", member("G"), 0).unwrap();
+        c.heartbeat("x", member("H"), 0).unwrap();
+        assert_eq!(c.consumers("G", 1), ["a", "b"]);
+        c.heartbeat("a", member("G"), 100_000).unwrap();
+        assert_eq!(c.consumers("G", CLIENT_EXPIRE_MS + 1), ["a"]);
+        assert!(c.heartbeat("", member("G"), 0).is_err());
+    }
+
+    #[test]
+    fn a_queue_lock_has_one_holder_until_released_or_expired() {
+        let mut c = Clients::default();
+        assert_eq!(c.lock("G", "a", &[q(0), q(1)], 0), [q(0), q(1)]);
+        assert_eq!(c.lock("G", "b", &[q(1), q(2)], 10), [q(2)]);
+        // Another group locks independently; the holder renews.
+        assert_eq!(c.lock("H", "b", &[q(1)], 10), [q(1)]);
+        assert_eq!(c.lock("G", "a", &[q(1)], 20), [q(1)]);
+        c.unlock("G", "b", &[q(1)]);
+        assert!(c.lock("G", "b", &[q(1)], 30).is_empty(), "b never held it");
+        c.unlock("G", "a", &[q(1)]);
+        assert_eq!(c.lock("G", "b", &[q(1)], 40), [q(1)]);
+        // Expired lease: anyone may take it.
+        assert_eq!(c.lock("G", "b", &[q(0)], LOCK_LEASE_MS + 1), [q(0)]);
+    }
+}

@@ -1,0 +1,303 @@
+//! The broker's configuration: one TOML file per replica, every field documented here and
+//! validated at start ([`BrokerConfig::validate`]) with errors that carry the numbers.
+//!
+//! ```toml
+//! cluster = "DefaultCluster"          # the cluster this group belongs to
+//! group = "g1"                        # the broker group (one Raft group)
+//! replica_id = 1                      # this replica's id in the group (≥ 1)
+//! listen = "127.0.0.1:10911"          # gRPC: Messaging, Admin and Raft on one port
+//! data_dir = "./data/g1-1"            # this replica's own directory
+//! namesrv_addrs = ["127.0.0.1:9876"]  # every name server (registered with all of them)
+//! auto_create_topics = false          # create unknown topics on first send (4 queues)
+//! flush = "sync"                      # "sync" (ack after fsync) or "async"
+//! segment_mib = 1024                  # CommitLog segment size (same on every replica)
+//! file_reserved_hours = 72            # retention: delete segments older than this
+//!
+//! [initial_members]                   # the group's first voters: replica id = address
+//! 1 = "127.0.0.1:10911"               # (odd count; the lowest id forms the group)
+//! 2 = "127.0.0.1:10912"
+//! 3 = "127.0.0.1:10913"
+//!
+//! [raft]                              # optional; these are the defaults
+//! heartbeat_ms = 60
+//! election_min_ms = 300
+//! election_max_ms = 600
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use raftmq_raft::replica::RETENTION_INTERVAL_MS_DEFAULT;
+use raftmq_raft::{BatchLimits, RaftTimeouts, ReplicaConfig};
+use raftmq_store::{FlushMode, StoreConfig};
+use serde::Deserialize;
+
+/// Queues of an auto-created topic.
+pub const AUTO_CREATE_QUEUES: u32 = 4;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Flush mode as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Flush {
+    #[default]
+    Sync,
+    Async,
+}
+
+/// Raft timing as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let t = RaftTimeouts::default();
+        Self {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+        }
+    }
+}
+
+fn default_cluster() -> String {
+    "DefaultCluster".into()
+}
+fn default_segment_mib() -> u64 {
+    1024
+}
+fn default_reserved_hours() -> u64 {
+    72
+}
+
+/// One replica's configuration; see the module docs for the file format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    pub group: String,
+    pub replica_id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub namesrv_addrs: Vec<String>,
+    #[serde(default)]
+    pub auto_create_topics: bool,
+    #[serde(default)]
+    pub flush: Flush,
+    #[serde(default = "default_segment_mib")]
+    pub segment_mib: u64,
+    #[serde(default = "default_reserved_hours")]
+    pub file_reserved_hours: u64,
+    /// Replica id → address of the group's first voters (keys are strings in TOML).
+    pub initial_members: BTreeMap<String, String>,
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// Not in the file: test hook for smaller segments (bytes; overrides `segment_mib`).
+    #[serde(skip)]
+    pub segment_bytes_override: Option<u64>,
+}
+
+impl BrokerConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let c = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(c)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let c: BrokerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The initial voters with numeric ids.
+    pub fn members(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        self.initial_members
+            .iter()
+            .map(|(k, v)| {
+                k.parse::<u64>().map(|id| (id, v.clone())).map_err(|_| {
+                    ConfigError::Invalid(format!("initial_members key {k:?} is not a replica id"))
+                })
+            })
+            .collect()
+    }
+
+    /// Checks every field; the replica's own checks run too ([`ReplicaConfig::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (what, name) in [("cluster", &self.cluster), ("group", &self.group)] {
+            if let Err(e) = raftmq_proto::limits::check_name(what, name) {
+                return bad(e.message);
+            }
+        }
+        if self.replica_id == 0 {
+            return bad("replica_id must be ≥ 1".into());
+        }
+        let members = self.members()?;
+        if members.is_empty() || members.len().is_multiple_of(2) {
+            return bad(format!(
+                "initial_members needs an odd number of replicas, got {}",
+                members.len()
+            ));
+        }
+        if members.contains_key(&0) {
+            return bad("replica id 0 in initial_members".into());
+        }
+        if self.segment_mib == 0 || self.segment_mib > 16 * 1024 {
+            return bad(format!(
+                "segment_mib must be 1..=16384, got {}",
+                self.segment_mib
+            ));
+        }
+        if self.file_reserved_hours == 0 {
+            return bad("file_reserved_hours must be ≥ 1".into());
+        }
+        for a in &self.namesrv_addrs {
+            if a.parse::<SocketAddr>().is_err() {
+                return bad(format!("namesrv address {a:?} is not host:port"));
+            }
+        }
+        self.replica_config()
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The replica's configuration derived from this file.
+    pub fn replica_config(&self) -> ReplicaConfig {
+        let mut store = StoreConfig::default();
+        store.segment_bytes = self
+            .segment_bytes_override
+            .unwrap_or(self.segment_mib << 20);
+        store.max_record_bytes = store.max_record_bytes.min(store.segment_bytes / 2);
+        store.flush_mode = match self.flush {
+            Flush::Sync => FlushMode::Sync,
+            Flush::Async => FlushMode::Async,
+        };
+        store.file_reserved_time_ms = self.file_reserved_hours * 3_600_000;
+        // One group-commit entry may fill a whole record: any request within the wire limits
+        // fits (a 4 MiB body plus its encoding), and the broker answers MESSAGE_TOO_LARGE for
+        // one that does not.
+        let mut batch = BatchLimits::default();
+        let record_room = store
+            .max_record_bytes
+            .saturating_sub(4 + raftmq_store::commitlog::record::HEADER_LEN as u64);
+        batch.max_bytes = record_room as usize;
+        ReplicaConfig {
+            group: self.group.clone(),
+            node_id: self.replica_id,
+            store,
+            timeouts: RaftTimeouts {
+                heartbeat_ms: self.raft.heartbeat_ms,
+                election_min_ms: self.raft.election_min_ms,
+                election_max_ms: self.raft.election_max_ms,
+            },
+            batch,
+            retention_interval_ms: RETENTION_INTERVAL_MS_DEFAULT,
+            mutations: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+group = "g1"
+replica_id = 2
+listen = "127.0.0.1:10912"
+data_dir = "/tmp/x"
+namesrv_addrs = ["127.0.0.1:9876"]
+[initial_members]
+1 = "127.0.0.1:10911"
+2 = "127.0.0.1:10912"
+3 = "127.0.0.1:10913"
+"#;
+
+    #[test]
+    fn the_documented_example_parses_with_defaults() {
+        let c = BrokerConfig::parse(GOOD).unwrap();
+        assert_eq!(c.cluster, "DefaultCluster");
+        assert_eq!(c.flush, Flush::Sync);
+        assert_eq!(c.members().unwrap().len(), 3);
+        assert_eq!(c.replica_config().store.segment_bytes, 1 << 30);
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start().to_string() + "\n")
+            .collect();
+        let c = BrokerConfig::parse(&example).unwrap();
+        assert_eq!(c.replica_id, 1);
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_numbers() {
+        let cases = [
+            (
+                GOOD.replace("replica_id = 2", "replica_id = 0"),
+                "replica_id",
+            ),
+            (GOOD.replace("3 = \"127.0.0.1:10913\"\n", ""), "odd"),
+            (GOOD.replace("group = \"g1\"", "group = \"g 1\""), "group"),
+            (
+                GOOD.replace("[initial_members]", "segment_mib = 0\n[initial_members]"),
+                "segment_mib",
+            ),
+            (
+                GOOD.replace("[initial_members]", "colour = 1\n[initial_members]"),
+                "colour",
+            ),
+            (GOOD.replace("9876\"]", "9876\", \"nope\"]"), "nope"),
+            (
+                GOOD.replace(
+                    "[initial_members]",
+                    "[raft]\nheartbeat_ms = 500\n[initial_members]",
+                ),
+                "heartbeat",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = BrokerConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! A real cluster on loopback for black-box tests: one name server and one three-replica
+//! broker group, each replica a `Broker` with its own data directory and gRPC port.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_broker::{Broker, BrokerConfig};
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::admin_client::AdminClient;
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::*;
+use raftmq_store::MmapDisk;
+use tonic::transport::Channel;
+
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub namesrv: String,
+    pub configs: BTreeMap<u64, BrokerConfig>,
+    pub brokers: BTreeMap<u64, Broker>,
+    namesrv_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A free loopback port (bound then released; the OS does not hand it out again at once).
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("bound address")
+}
+
+pub fn code(s: &Option<Status>) -> ErrorCode {
+    s.as_ref()
+        .and_then(|s| ErrorCode::try_from(s.code).ok())
+        .unwrap_or(ErrorCode::Internal)
+}
+
+impl Cluster {
+    pub async fn start() -> anyhow::Result<Cluster> {
+        let tmp = tempfile::tempdir()?;
+        let ns_addr = free_addr();
+        let ns = raftmq_namesrv::NamesrvHandle::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let svc = ns.into_service();
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_shutdown(ns_addr, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let addrs: BTreeMap<u64, std::net::SocketAddr> =
+            (1..=3).map(|i| (i, free_addr())).collect();
+        let mut configs = BTreeMap::new();
+        for (&id, addr) in &addrs {
+            let members: String = addrs
+                .iter()
+                .map(|(i, a)| format!("{i} = \"{a}\"\n"))
+                .collect();
+            let text = format!(
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns_addr}\"]\n[initial_members]\n{members}",
+                tmp.path().join(format!("g1-{id}")).display()
+            );
+            let mut c = BrokerConfig::parse(&text)?;
+            c.segment_bytes_override = Some(4 << 20);
+            configs.insert(id, c);
+        }
+        let mut cluster = Cluster {
+            tmp,
+            namesrv: ns_addr.to_string(),
+            configs,
+            brokers: BTreeMap::new(),
+            namesrv_stop: Some(stop),
+        };
+        for id in 1..=3 {
+            cluster.start_broker(id).await?;
+        }
+        cluster.wait_leader(Duration::from_secs(15)).await?;
+        Ok(cluster)
+    }
+
+    pub async fn start_broker(&mut self, id: u64) -> anyhow::Result<()> {
+        let c = self.configs[&id].clone();
+        std::fs::create_dir_all(&c.data_dir)?;
+        let disk = Arc::new(MmapDisk::open(&c.data_dir)?);
+        let b = Broker::start(c, disk).await?;
+        self.brokers.insert(id, b);
+        Ok(())
+    }
+
+    pub async fn stop_broker(&mut self, id: u64) {
+        if let Some(b) = self.brokers.remove(&id) {
+            b.shutdown().await;
+        }
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.configs[&id].listen.to_string()
+    }
+
+    /// The replica that leads and whose lease lets it take writes (a GroupStatus says
+    /// LEADER); waits up to `limit`.
+    pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<u64> {
+        let end = Instant::now() + limit;
+        loop {
+            for (&id, _) in &self.brokers {
+                if let Ok(mut a) = self.admin(id).await
+                    && let Ok(r) = a.group_status(GroupStatusRequest {}).await
+                    && r.get_ref().role == Role::Leader as i32
+                {
+                    return Ok(id);
+                }
+            }
+            anyhow::ensure!(Instant::now() < end, "no leader within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn messaging(&self, id: u64) -> anyhow::Result<MessagingClient<Channel>> {
+        Ok(MessagingClient::connect(format!("http://{}", self.addr(id))).await?)
+    }
+
+    pub async fn admin(&self, id: u64) -> anyhow::Result<AdminClient<Channel>> {
+        Ok(AdminClient::connect(format!("http://{}", self.addr(id))).await?)
+    }
+
+    /// Creates a topic through the leader, retrying while leadership settles.
+    pub async fn create_topic(&self, name: &str, queues: u32, perm: u32) -> anyhow::Result<()> {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.wait_leader(Duration::from_secs(10)).await?;
+            let r = self
+                .admin(leader)
+                .await?
+                .create_topic(CreateTopicRequest {
+                    topic: Some(TopicConfig {
+                        name: name.into(),
+                        read_queue_nums: queues,
+                        write_queue_nums: queues,
+                        perm,
+                    }),
+                })
+                .await?
+                .into_inner();
+            match code(&r.status) {
+                ErrorCode::Ok => return Ok(()),
+                ErrorCode::NotLeader | ErrorCode::Unavailable if Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                c => anyhow::bail!("create topic: {c:?} {:?}", r.status),
+            }
+        }
+    }
+
+    /// Sends through whichever replica leads, following NOT_LEADER hints and retrying
+    /// UNAVAILABLE, for a bounded time.
+    pub async fn send(&self, messages: Vec<Message>) -> anyhow::Result<SendResponse> {
+        let end = Instant::now() + Duration::from_secs(15);
+        let mut target = self.wait_leader(Duration::from_secs(10)).await?;
+        loop {
+            let r = self
+                .messaging(target)
+                .await?
+                .send(SendRequest {
+                    producer_group: "P".into(),
+                    messages: messages.clone(),
+                })
+                .await?
+                .into_inner();
+            match code(&r.status) {
+                ErrorCode::NotLeader | ErrorCode::Unavailable if Instant::now() < end => {
+                    let hint = r
+                        .status
+                        .as_ref()
+                        .map(|s| s.leader_addr.clone())
+                        .unwrap_or_default();
+                    target = match self
+                        .configs
+                        .iter()
+                        .find(|(_, c)| c.listen.to_string() == hint)
+                    {
+                        Some((&id, _)) if self.brokers.contains_key(&id) => id,
+                        _ => self.wait_leader(Duration::from_secs(10)).await?,
+                    };
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return Ok(r),
+            }
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for id in self.brokers.keys().copied().collect::<Vec<_>>() {
+            self.stop_broker(id).await;
+        }
+        if let Some(s) = self.namesrv_stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn msg(topic: &str, queue: Option<u32>, body: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        queue_id: queue,
+        tags: "TagA".into(),
+        keys: vec![format!("key-{body}")],
+        properties: [("p".to_string(), format!("v-{body}"))]
+            .into_iter()
+            .collect(),
+        body: body.as_bytes().to_vec(),
+        born_timestamp_ms: 1,
+        born_host: "127.0.0.1:1".into(),
+        msg_id: format!("id-{body}"),
+        ..Default::default()
+    }
+}
