@@ -1,13 +1,23 @@
 //! `raftmq`: one command for everything.
 //!
-//! Today it has the storage tools; `namesrv`, `broker`, `dev`, the admin commands, `send`,
-//! `consume` and `bench` arrive with the issues that build them.
+//! - `raftmq namesrv`: a name server; `raftmq broker --config FILE`: one broker replica;
+//! - `raftmq dev`: a name server and a three-replica group in one process, data under
+//!   `./data` — the quick start;
+//! - `raftmq topic create|list|route|stats`, `raftmq group status`: admin;
+//! - `raftmq send`, `raftmq consume`: thin producer and consumer over the wire contract;
+//! - `raftmq store check`: verify a replica's data directory offline.
 
+mod ops;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use raftmq_broker::{Broker, BrokerConfig};
+use raftmq_proto::v1::{Message, Role, TopicConfig};
 use raftmq_store::{MmapDisk, Store, StoreConfig};
 
 #[derive(Parser)]
@@ -23,9 +33,117 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs a name server.
+    Namesrv {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        listen: SocketAddr,
+    },
+    /// Runs one broker replica from a TOML configuration (see the broker crate's `config`
+    /// docs, or `raftmq dev`'s generated files under ./data).
+    Broker {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Runs a name server and a three-replica broker group in one process, on localhost.
+    Dev {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 9876)]
+        namesrv_port: u16,
+        /// Ports of the three replicas: this one and the next two.
+        #[arg(long, default_value_t = 10911)]
+        broker_port: u16,
+    },
+    /// Topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Broker groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Sends messages.
+    Send {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+        /// The body (with --count > 1, suffixed with the message number).
+        #[arg(long, default_value = "hello")]
+        body: String,
+        #[arg(long, default_value = "")]
+        tag: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Consumes messages (clustering offsets committed to the brokers).
+    Consume {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value = "raftmq-cli")]
+        group: String,
+        /// Stop after this many messages (0: run until interrupted or idle).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Where a group that never committed starts: first or last.
+        #[arg(long, default_value = "first")]
+        from: String,
+        /// Stop after this long without a message (0: never).
+        #[arg(long, default_value_t = 0)]
+        idle_ms: u64,
+    },
     /// Storage tools that work on a replica's data directory.
     #[command(subcommand)]
     Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Creates or updates a topic on the named groups (default: every group).
+    Create {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 4)]
+        queues: u32,
+        #[arg(long, default_value_t = 6)]
+        perm: u32,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Lists the topics of every group.
+    List {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+    },
+    /// Prints a topic's route from the name server.
+    Route {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+    },
+    /// Prints min/max offsets of every queue of a topic.
+    Stats {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Every replica's Raft state (role, term, leader, indexes).
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -43,11 +161,305 @@ enum StoreCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Store(StoreCommand::Check {
+    let cli = Cli::parse();
+    if let Command::Store(StoreCommand::Check {
+        data_dir,
+        segment_bytes,
+    }) = cli.command
+    {
+        return check(data_dir, segment_bytes);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Namesrv { listen } => {
+            let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
+            println!("namesrv listening on {listen}");
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_shutdown(listen, ctrl_c())
+                .await
+                .with_context(|| format!("serving on {listen}"))?;
+            Ok(())
+        }
+        Command::Broker { config } => {
+            let c = BrokerConfig::load(&config)?;
+            let b = start_broker(c).await?;
+            println!("broker {} replica {} listening on {}", b.1, b.2, b.0.addr());
+            ctrl_c().await;
+            b.0.shutdown().await;
+            Ok(())
+        }
+        Command::Dev {
             data_dir,
-            segment_bytes,
-        }) => check(data_dir, segment_bytes),
+            namesrv_port,
+            broker_port,
+        } => dev(data_dir, namesrv_port, broker_port).await,
+        Command::Topic(t) => topic(t).await,
+        Command::Group(GroupCommand::Status { namesrv, group }) => {
+            let cluster = ops::Cluster::new(&namesrv);
+            for r in ops::group_status(&cluster, group.as_deref()).await? {
+                match r {
+                    Ok(s) => println!(
+                        "{} replica {}: {:?} term {} leader {:?} last {:?} committed {:?} applied {:?} purged {:?} members {:?}",
+                        s.group,
+                        s.replica_id,
+                        Role::try_from(s.role).unwrap_or(Role::Unknown),
+                        s.term,
+                        s.leader_id,
+                        s.last_log_index,
+                        s.committed_index,
+                        s.applied_index,
+                        s.purged_index,
+                        s.replicas
+                            .iter()
+                            .map(|r| format!("{}{}@{}", r.replica_id, if r.voter { "" } else { "(learner)" }, r.addr))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(e) => println!("unreachable: {e}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Send {
+            namesrv,
+            topic,
+            body,
+            tag,
+            key,
+            count,
+        } => {
+            let cluster = ops::Cluster::new(&namesrv);
+            let route = cluster.route(&topic).await?;
+            let pid = std::process::id();
+            for i in 0..count {
+                let body = if count > 1 { format!("{body}-{i}") } else { body.clone() };
+                let m = Message {
+                    topic: topic.clone(),
+                    tags: tag.clone(),
+                    keys: key.iter().cloned().collect(),
+                    body: body.into_bytes(),
+                    born_timestamp_ms: now_ms(),
+                    born_host: "127.0.0.1:0".into(),
+                    msg_id: format!("{pid:08X}{:016X}{i:08X}", now_ms()),
+                    ..Default::default()
+                };
+                let (group, results) = ops::send(&cluster, &route, vec![m], i).await?;
+                for r in results {
+                    println!(
+                        "sent {} to {group} queue {} offset {} (offsetMsgId {})",
+                        r.msg_id, r.queue_id, r.queue_offset, r.offset_msg_id
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Consume {
+            namesrv,
+            topic,
+            group,
+            count,
+            from,
+            idle_ms,
+        } => consume(&namesrv, &topic, &group, count, &from, idle_ms).await,
+        Command::Store(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn start_broker(c: BrokerConfig) -> anyhow::Result<(Broker, String, u64)> {
+    std::fs::create_dir_all(&c.data_dir)
+        .with_context(|| format!("creating {}", c.data_dir.display()))?;
+    let disk = Arc::new(
+        MmapDisk::open(&c.data_dir).with_context(|| format!("opening {}", c.data_dir.display()))?,
+    );
+    let (group, id) = (c.group.clone(), c.replica_id);
+    let b = Broker::start(c, disk).await?;
+    Ok((b, group, id))
+}
+
+/// The configuration file of replica `id` of the dev group.
+fn dev_config(data_dir: &std::path::Path, namesrv: SocketAddr, ports: &[u16], id: usize) -> String {
+    let members: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} = \"127.0.0.1:{p}\"\n", i + 1))
+        .collect();
+    format!(
+        "# Generated by `raftmq dev`: replica {n} of group g1.\ngroup = \"g1\"\nreplica_id = {n}\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{dir}\"\nnamesrv_addrs = [\"{namesrv}\"]\nauto_create_topics = true\n\n[initial_members]\n{members}",
+        n = id + 1,
+        port = ports[id],
+        dir = data_dir.join(format!("g1-{}", id + 1)).display(),
+    )
+}
+
+async fn dev(data_dir: PathBuf, namesrv_port: u16, broker_port: u16) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let ns_addr: SocketAddr = ([127, 0, 0, 1], namesrv_port).into();
+    let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
+    let (stop_ns, ns_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ns_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_shutdown(ns_addr, async {
+                let _ = ns_stopped.await;
+            })
+            .await
+    });
+    let ports: Vec<u16> = (0..3).map(|i| broker_port + i).collect();
+    let mut brokers = Vec::new();
+    for i in 0..3 {
+        let text = dev_config(&data_dir, ns_addr, &ports, i);
+        let path = data_dir.join(format!("g1-{}.toml", i + 1));
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+        let c = BrokerConfig::parse(&text)?;
+        brokers.push(start_broker(c).await?.0);
+    }
+    // Wait until the group has a leader the name server knows.
+    let cluster = ops::Cluster::new(&ns_addr.to_string());
+    let start = Instant::now();
+    let leader = cluster.leader("g1").await?;
+    println!("raftmq dev is up ({:?}):", start.elapsed());
+    println!("  namesrv   {ns_addr}");
+    for (i, p) in ports.iter().enumerate() {
+        println!("  broker    g1 replica {} at 127.0.0.1:{p}{}", i + 1, if leader.ends_with(&format!(":{p}")) { " (leader)" } else { "" });
+    }
+    println!("  data      {} (configs: g1-*.toml)", data_dir.display());
+    println!("try: raftmq send --topic Demo --count 3 && raftmq consume --topic Demo --idle-ms 2000");
+    println!("Ctrl-C stops everything.");
+    ctrl_c().await;
+    for b in brokers {
+        b.shutdown().await;
+    }
+    let _ = stop_ns.send(());
+    let _ = ns_task.await;
+    Ok(())
+}
+
+async fn topic(t: TopicCommand) -> anyhow::Result<()> {
+    match t {
+        TopicCommand::Create {
+            namesrv,
+            topic,
+            queues,
+            perm,
+            groups,
+        } => {
+            let cluster = ops::Cluster::new(&namesrv);
+            let cfg = TopicConfig {
+                name: topic.clone(),
+                read_queue_nums: queues,
+                write_queue_nums: queues,
+                perm,
+            };
+            let done = ops::topic_create(&cluster, &cfg, &groups).await?;
+            println!("topic {topic}: {queues} queues, perm {perm} on {}", done.join(", "));
+        }
+        TopicCommand::List { namesrv } => {
+            for (g, topics) in ops::topic_list(&ops::Cluster::new(&namesrv)).await? {
+                for t in topics {
+                    println!("{g}\t{}\tread {}\twrite {}\tperm {}", t.name, t.read_queue_nums, t.write_queue_nums, t.perm);
+                }
+            }
+        }
+        TopicCommand::Route { namesrv, topic } => {
+            let r = ops::Cluster::new(&namesrv).route(&topic).await?;
+            for q in &r.queues {
+                println!("{}: read {} write {} perm {}", q.group, q.read_queue_nums, q.write_queue_nums, q.perm);
+            }
+            for g in &r.groups {
+                println!("{} leader {}", g.group, if g.leader_addr.is_empty() { "(none)" } else { &g.leader_addr });
+                for rep in &g.replicas {
+                    println!("  replica {} {} {:?} term {} seen {} ms ago", rep.replica_id, rep.addr, Role::try_from(rep.role).unwrap_or(Role::Unknown), rep.term, rep.last_seen_ms_ago);
+                }
+            }
+        }
+        TopicCommand::Stats { namesrv, topic } => {
+            for s in ops::topic_stats(&ops::Cluster::new(&namesrv), &topic).await? {
+                for q in s.queues {
+                    println!("{} {topic}#{}: [{}, {})", s.group, q.queue_id, q.min_offset, q.max_offset);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn consume(namesrv: &str, topic: &str, group: &str, count: u64, from: &str, idle_ms: u64) -> anyhow::Result<()> {
+    let from = match from {
+        "first" => ops::From::First,
+        "last" => ops::From::Last,
+        other => anyhow::bail!("--from must be first or last, got {other:?}"),
+    };
+    let cluster = ops::Cluster::new(namesrv);
+    let route = cluster.route(topic).await?;
+    let mut cursors = ops::cursors(&cluster, &route, topic, group, from).await?;
+    let mut seen = 0u64;
+    let mut last_msg = Instant::now();
+    let mut last_commit = Instant::now();
+    loop {
+        let mut got = 0;
+        for c in cursors.iter_mut() {
+            let msgs = ops::pull(&cluster, topic, group, c, 0).await?;
+            for m in msgs {
+                got += 1;
+                seen += 1;
+                let inner = m.message.unwrap_or_default();
+                println!(
+                    "{} queue {} offset {} tags {:?} keys {:?} msgId {} body {}",
+                    m.group,
+                    m.queue_id,
+                    m.queue_offset,
+                    inner.tags,
+                    inner.keys,
+                    inner.msg_id,
+                    String::from_utf8_lossy(&inner.body)
+                );
+            }
+            // Every message pulled is printed (and its offset committed), even past --count.
+            if count > 0 && seen >= count {
+                break;
+            }
+        }
+        if got > 0 {
+            last_msg = Instant::now();
+        }
+        let done = (count > 0 && seen >= count)
+            || (idle_ms > 0 && last_msg.elapsed() >= Duration::from_millis(idle_ms));
+        if done || last_commit.elapsed() >= Duration::from_secs(5) {
+            ops::commit(&cluster, topic, group, &cursors).await?;
+            last_commit = Instant::now();
+        }
+        if done {
+            eprintln!("consumed {seen} message(s)");
+            return Ok(());
+        }
+        if got == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
