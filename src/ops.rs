@@ -76,6 +76,39 @@ impl Cluster {
         Ok(r)
     }
 
+    /// The route to send to: the topic's, or, for a topic no group holds yet, every group
+    /// with the auto-create queue count (a broker with auto-create on creates it on the first
+    /// send; one without answers TOPIC_NOT_FOUND).
+    pub async fn route_for_send(&self, topic: &str) -> anyhow::Result<GetRouteResponse> {
+        let r = self
+            .ns()
+            .await?
+            .get_route(GetRouteRequest {
+                topic: topic.into(),
+            })
+            .await?
+            .into_inner();
+        if code(&r.status) != ErrorCode::TopicNotFound {
+            check(&r.status, &format!("route of {topic}"))?;
+            return Ok(r);
+        }
+        let groups = self.groups().await?;
+        anyhow::ensure!(!groups.is_empty(), "no broker group is registered");
+        Ok(GetRouteResponse {
+            status: r.status,
+            queues: groups
+                .iter()
+                .map(|g| QueueData {
+                    group: g.group.clone(),
+                    read_queue_nums: raftmq_broker::config::AUTO_CREATE_QUEUES,
+                    write_queue_nums: raftmq_broker::config::AUTO_CREATE_QUEUES,
+                    perm: 6,
+                })
+                .collect(),
+            groups,
+        })
+    }
+
     /// The current leader address of `group` (waits for one, bounded).
     pub async fn leader(&self, group: &str) -> anyhow::Result<String> {
         let end = Instant::now() + RETRY_FOR;
@@ -151,7 +184,12 @@ pub async fn topic_create(
 ) -> anyhow::Result<Vec<String>> {
     let mut targets: Vec<String> = groups.to_vec();
     if targets.is_empty() {
-        targets = cluster.groups().await?.into_iter().map(|g| g.group).collect();
+        targets = cluster
+            .groups()
+            .await?
+            .into_iter()
+            .map(|g| g.group)
+            .collect();
     }
     anyhow::ensure!(!targets.is_empty(), "no broker group is registered");
     for g in &targets {
@@ -190,7 +228,10 @@ pub async fn topic_list(cluster: &Cluster) -> anyhow::Result<BTreeMap<String, Ve
 }
 
 /// Queue bounds per group for a topic.
-pub async fn topic_stats(cluster: &Cluster, topic: &str) -> anyhow::Result<Vec<TopicStatsResponse>> {
+pub async fn topic_stats(
+    cluster: &Cluster,
+    topic: &str,
+) -> anyhow::Result<Vec<TopicStatsResponse>> {
     let route = cluster.route(topic).await?;
     let mut out = Vec::new();
     for q in &route.queues {
@@ -211,7 +252,10 @@ pub async fn topic_stats(cluster: &Cluster, topic: &str) -> anyhow::Result<Vec<T
 }
 
 /// Every replica's view of its group.
-pub async fn group_status(cluster: &Cluster, group: Option<&str>) -> anyhow::Result<Vec<Result<GroupStatusResponse, String>>> {
+pub async fn group_status(
+    cluster: &Cluster,
+    group: Option<&str>,
+) -> anyhow::Result<Vec<Result<GroupStatusResponse, String>>> {
     let mut out = Vec::new();
     for g in cluster.groups().await? {
         if group.is_some_and(|want| want != g.group) {
@@ -291,7 +335,13 @@ pub struct QueueCursor {
 }
 
 /// The committed (or starting) offset of each queue of `topic` for `consumer_group`.
-pub async fn cursors(cluster: &Cluster, route: &GetRouteResponse, topic: &str, consumer_group: &str, from: From) -> anyhow::Result<Vec<QueueCursor>> {
+pub async fn cursors(
+    cluster: &Cluster,
+    route: &GetRouteResponse,
+    topic: &str,
+    consumer_group: &str,
+    from: From,
+) -> anyhow::Result<Vec<QueueCursor>> {
     let mut out = Vec::new();
     for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
         for queue_id in 0..q.read_queue_nums {
@@ -338,7 +388,13 @@ pub async fn cursors(cluster: &Cluster, route: &GetRouteResponse, topic: &str, c
 
 /// One pull from a queue's leader (long polling up to `long_poll_ms`); moves the cursor past
 /// what it returns (an offset out of range moves it to the queue's nearest end).
-pub async fn pull(cluster: &Cluster, topic: &str, consumer_group: &str, cur: &mut QueueCursor, long_poll_ms: u32) -> anyhow::Result<Vec<StoredMessage>> {
+pub async fn pull(
+    cluster: &Cluster,
+    topic: &str,
+    consumer_group: &str,
+    cur: &mut QueueCursor,
+    long_poll_ms: u32,
+) -> anyhow::Result<Vec<StoredMessage>> {
     let offset = cur.offset;
     let queue_id = cur.queue_id;
     let r = on_leader(cluster, &cur.group, |addr| async move {
@@ -374,7 +430,12 @@ pub async fn pull(cluster: &Cluster, topic: &str, consumer_group: &str, cur: &mu
 }
 
 /// Commits the cursors of one group's queues.
-pub async fn commit(cluster: &Cluster, topic: &str, consumer_group: &str, cursors: &[QueueCursor]) -> anyhow::Result<()> {
+pub async fn commit(
+    cluster: &Cluster,
+    topic: &str,
+    consumer_group: &str,
+    cursors: &[QueueCursor],
+) -> anyhow::Result<()> {
     let mut by_group: BTreeMap<&str, Vec<QueueOffset>> = BTreeMap::new();
     for c in cursors {
         by_group.entry(&c.group).or_default().push(QueueOffset {

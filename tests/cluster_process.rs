@@ -1,0 +1,280 @@
+//! The real thing: a name server and a three-replica broker group as separate `raftmq`
+//! processes on loopback. 10 000 messages are sent by concurrent producers; mid-stream the
+//! leader's process is killed with SIGKILL; the producers carry on through the new leader;
+//! afterwards every acknowledged message is consumed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::admin_client::AdminClient;
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::name_server_client::NameServerClient;
+use raftmq_proto::v1::*;
+
+const MESSAGES: u64 = 10_000;
+const PER_REQUEST: u64 = 5;
+const PRODUCERS: u64 = 8;
+const QUEUES: u32 = 4;
+
+/// Kills every child on drop, so a failing test leaves no process behind.
+struct Procs(BTreeMap<String, Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.0.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn raftmq")
+}
+
+fn code(s: &Option<Status>) -> ErrorCode {
+    s.as_ref()
+        .and_then(|s| ErrorCode::try_from(s.code).ok())
+        .unwrap_or(ErrorCode::Internal)
+}
+
+async fn leader(namesrv: &str) -> Option<String> {
+    let mut ns = NameServerClient::connect(format!("http://{namesrv}"))
+        .await
+        .ok()?;
+    let r = ns
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    r.groups
+        .into_iter()
+        .find(|g| g.group == "g1")
+        .map(|g| g.leader_addr)
+        .filter(|a| !a.is_empty())
+}
+
+async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> anyhow::Result<String> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(l) = leader(namesrv).await
+            && Some(l.as_str()) != not
+        {
+            return Ok(l);
+        }
+        anyhow::ensure!(Instant::now() < end, "no leader within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let ns = format!("127.0.0.1:{}", free_port());
+    let brokers: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let mut procs = Procs(BTreeMap::new());
+    procs
+        .0
+        .insert(ns.clone(), spawn(&["namesrv", "--listen", &ns]));
+    let members: String = brokers
+        .iter()
+        .map(|(i, a)| format!("{i} = \"{a}\"\n"))
+        .collect();
+    for (id, addr) in &brokers {
+        let dir = tmp.path().join(format!("g1-{id}"));
+        let cfg = tmp.path().join(format!("g1-{id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n{members}",
+                dir.display()
+            ),
+        )?;
+        procs.0.insert(
+            addr.clone(),
+            spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
+        );
+    }
+    let first = wait_leader(&ns, None, Duration::from_secs(30)).await?;
+    // Create the topic (retrying while the lease settles).
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = wait_leader(&ns, None, Duration::from_secs(10)).await?;
+        let r = AdminClient::connect(format!("http://{l}"))
+            .await?
+            .create_topic(CreateTopicRequest {
+                topic: Some(TopicConfig {
+                    name: "T".into(),
+                    read_queue_nums: QUEUES,
+                    write_queue_nums: QUEUES,
+                    perm: 6,
+                }),
+            })
+            .await?
+            .into_inner();
+        if code(&r.status) == ErrorCode::Ok {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < end, "create topic: {:?}", r.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Producers: each sends its share in requests of PER_REQUEST messages, retrying a request
+    // until it is acknowledged (a request whose answer was lost may be stored twice: that is
+    // a duplicate, allowed; a lost acknowledged message is not).
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let (ns, acked, sent) = (ns.clone(), acked.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let share = MESSAGES / PRODUCERS;
+            let mut next = 0;
+            let mut target = wait_leader(&ns, None, Duration::from_secs(10)).await?;
+            while next < share {
+                let ids: Vec<String> = (next..next + PER_REQUEST)
+                    .map(|i| format!("p{p}-{i}"))
+                    .collect();
+                let messages = ids
+                    .iter()
+                    .map(|id| Message {
+                        topic: "T".into(),
+                        queue_id: Some(((next / PER_REQUEST) % u64::from(QUEUES)) as u32),
+                        msg_id: id.clone(),
+                        body: id.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let r = async {
+                        MessagingClient::connect(format!("http://{target}"))
+                            .await?
+                            .send(SendRequest {
+                                producer_group: "P".into(),
+                                messages: Clone::clone(&messages),
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(anyhow::Error::from)
+                    }
+                    .await;
+                    match r {
+                        Ok(r) if code(&r.status) == ErrorCode::Ok => break,
+                        Ok(r) if code(&r.status) == ErrorCode::NotLeader => {
+                            target = r.status.map(|s| s.leader_addr).unwrap_or_default();
+                        }
+                        _ => {
+                            anyhow::ensure!(
+                                Instant::now() < deadline,
+                                "producer {p} stuck at {next}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            if let Some(l) = leader(&ns).await {
+                                target = l;
+                            }
+                        }
+                    }
+                }
+                acked.lock().expect("acked").extend(ids);
+                sent.fetch_add(PER_REQUEST, Ordering::Relaxed);
+                next += PER_REQUEST;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    // Mid-stream: SIGKILL the leader's process.
+    let end = Instant::now() + Duration::from_secs(120);
+    while sent.load(Ordering::Relaxed) < MESSAGES / 2 {
+        anyhow::ensure!(
+            Instant::now() < end,
+            "producers too slow: {}",
+            sent.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let victim = leader(&ns).await.unwrap_or(first);
+    let child = procs.0.get_mut(&victim).expect("the leader is one of ours");
+    // SAFETY: `kill` on a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "SIGKILL the leader");
+    let _ = child.wait();
+    let at = sent.load(Ordering::Relaxed);
+    let new_leader = wait_leader(&ns, Some(&victim), Duration::from_secs(30)).await?;
+    for t in tasks {
+        t.await??;
+    }
+    let acked = acked.lock().expect("acked").clone();
+    assert_eq!(acked.len() as u64, MESSAGES);
+    eprintln!("killed leader {victim} after {at} acks; new leader {new_leader}");
+
+    // Consume every queue from the start on the new leader.
+    let leader_now = wait_leader(&ns, Some(&victim), Duration::from_secs(10)).await?;
+    let mut m = MessagingClient::connect(format!("http://{leader_now}")).await?;
+    let mut consumed: BTreeMap<String, u32> = BTreeMap::new();
+    for q in 0..QUEUES {
+        let mut offset = 0;
+        loop {
+            let r = m
+                .pull(PullRequest {
+                    consumer_group: "C".into(),
+                    topic: "T".into(),
+                    queue_id: q,
+                    offset,
+                    max_messages: 1024,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
+            for msg in &r.messages {
+                *consumed
+                    .entry(msg.message.as_ref().expect("message").msg_id.clone())
+                    .or_default() += 1;
+            }
+            if r.next_offset == offset {
+                break;
+            }
+            offset = r.next_offset;
+        }
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|id| !consumed.contains_key(*id))
+        .collect();
+    let dups = consumed.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "consumed {} distinct, {dups} duplicated, {} lost",
+        consumed.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not consumed: {} e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        consumed.keys().all(|id| id.starts_with('p')),
+        "nothing unexpected"
+    );
+    Ok(())
+}
