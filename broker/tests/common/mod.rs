@@ -103,7 +103,7 @@ impl Cluster {
     pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<u64> {
         let end = Instant::now() + limit;
         loop {
-            for (&id, _) in &self.brokers {
+            for &id in self.brokers.keys() {
                 if let Ok(mut a) = self.admin(id).await
                     && let Ok(r) = a.group_status(GroupStatusRequest {}).await
                     && r.get_ref().role == Role::Leader as i32
