@@ -229,20 +229,25 @@ fn registration(shared: &Shared) -> RegisterBrokerRequest {
     }
 }
 
+/// Registers with every name server at once (a dead one must not delay the others).
 async fn register_all(shared: &Shared) {
     let req = registration(shared);
-    for addr in &shared.config.namesrv_addrs {
-        let call = async {
-            let mut c = NameServerClient::connect(format!("http://{addr}")).await?;
-            c.register_broker(req.clone()).await?;
-            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        match tokio::time::timeout(REGISTER_TIMEOUT, call).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(namesrv = %addr, error = %e, "registration failed"),
-            Err(_) => tracing::debug!(namesrv = %addr, "registration timed out"),
+    let calls = shared.config.namesrv_addrs.iter().map(|addr| {
+        let req = req.clone();
+        async move {
+            let call = async {
+                let mut c = NameServerClient::connect(format!("http://{addr}")).await?;
+                c.register_broker(req).await?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            match tokio::time::timeout(REGISTER_TIMEOUT, call).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(namesrv = %addr, error = %e, "registration failed"),
+                Err(_) => tracing::debug!(namesrv = %addr, "registration timed out"),
+            }
         }
-    }
+    });
+    futures_util::future::join_all(calls).await;
 }
 
 async fn unregister(shared: &Shared) {

@@ -74,6 +74,33 @@ async fn topic_lifecycle_and_routes() -> anyhow::Result<()> {
     };
     assert_eq!(route.queues[0].write_queue_nums, 4);
     assert_eq!(route.groups[0].leader_addr, c.addr(leader));
+    // The second name server, independent of the first, has the same route.
+    let mut ns2 = NameServerClient::connect(format!("http://{}", c.namesrv2)).await?;
+    let end = Instant::now() + Duration::from_secs(5);
+    let r2 = loop {
+        let r = ns2
+            .get_route(GetRouteRequest {
+                topic: "Orders".into(),
+            })
+            .await?
+            .into_inner();
+        if code(&r.status) == ErrorCode::Ok && !r.groups[0].leader_addr.is_empty() {
+            break r;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "no route on the second name server: {:?}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r2.groups[0].leader_addr, c.addr(leader));
+    let info = ns2
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(info.groups.len(), 1);
+    assert_eq!(info.groups[0].replicas.len(), 3);
     // Update, then delete: sends are refused afterwards.
     c.create_topic("Orders", 8, 6).await?;
     let stats = admin
@@ -252,6 +279,21 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
     let s = r.status.expect("status");
     assert_eq!(ErrorCode::try_from(s.code)?, ErrorCode::NotLeader);
     assert_eq!(s.leader_addr, c.addr(leader));
+    // The client retries at the hinted address, and that succeeds.
+    let mut hinted = raftmq_proto::v1::messaging_client::MessagingClient::connect(format!(
+        "http://{}",
+        s.leader_addr
+    ))
+    .await?;
+    let r = hinted
+        .send(SendRequest {
+            producer_group: "P".into(),
+            messages: vec![msg("T", Some(0), "x")],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(code(&r.status), ErrorCode::Ok);
+    assert_eq!(r.results[0].queue_offset, 20);
     let r = c
         .messaging(follower)
         .await?
@@ -297,12 +339,12 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
     assert_eq!(q.offset, Some(12));
     // Writes go on; the old leader comes back as a follower and catches up.
     let r = c.send(vec![msg("T", Some(0), "after")]).await?;
-    assert_eq!(r.results[0].queue_offset, 20);
+    assert_eq!(r.results[0].queue_offset, 21);
     c.start_broker(leader).await?;
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let p = pull(&c, leader, "T", 0, 0, 0).await?;
-        if p.max_offset == 21 {
+        if p.max_offset == 22 {
             break;
         }
         anyhow::ensure!(
@@ -550,6 +592,92 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(stats.queues.iter().all(|q| q.max_offset == 0));
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_consumer_lists_and_queue_locks() -> anyhow::Result<()> {
+    let c = Cluster::start().await?;
+    c.create_topic("T", 4, 6).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let mut m = c.messaging(leader).await?;
+    for id in ["client-b", "client-a"] {
+        let r = m
+            .heartbeat(HeartbeatRequest {
+                client_id: id.into(),
+                producer_groups: vec![],
+                consumer_groups: vec![ConsumerGroupInfo {
+                    group: "G".into(),
+                    mode: ConsumeMode::Clustering as i32,
+                    subscriptions: vec![Subscription {
+                        topic: "T".into(),
+                        expression: "*".into(),
+                    }],
+                }],
+            })
+            .await?
+            .into_inner();
+        assert_eq!(code(&r.status), ErrorCode::Ok);
+    }
+    let list = m
+        .get_consumer_list(GetConsumerListRequest {
+            consumer_group: "G".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(list.client_ids, ["client-a", "client-b"], "sorted");
+    let q = |i| QueueRef {
+        topic: "T".into(),
+        queue_id: i,
+    };
+    let a = m
+        .lock_queues(LockQueuesRequest {
+            consumer_group: "G".into(),
+            client_id: "client-a".into(),
+            queues: vec![q(0), q(1)],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(a.locked, [q(0), q(1)]);
+    assert!(a.lease_ms > 0);
+    let b = m
+        .lock_queues(LockQueuesRequest {
+            consumer_group: "G".into(),
+            client_id: "client-b".into(),
+            queues: vec![q(1), q(2)],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(b.locked, [q(2)], "queue 1 is held by client-a");
+    m.unlock_queues(UnlockQueuesRequest {
+        consumer_group: "G".into(),
+        client_id: "client-a".into(),
+        queues: vec![q(1)],
+    })
+    .await?;
+    let b = m
+        .lock_queues(LockQueuesRequest {
+            consumer_group: "G".into(),
+            client_id: "client-b".into(),
+            queues: vec![q(1)],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(b.locked, [q(1)]);
+    // Locks live on the leader: a follower sends the client there.
+    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let r = c
+        .messaging(follower)
+        .await?
+        .lock_queues(LockQueuesRequest {
+            consumer_group: "G".into(),
+            client_id: "client-a".into(),
+            queues: vec![q(3)],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(code(&r.status), ErrorCode::NotLeader);
     c.shutdown().await;
     Ok(())
 }

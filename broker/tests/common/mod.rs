@@ -17,9 +17,11 @@ use tonic::transport::Channel;
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub namesrv: String,
+    /// A second, independent name server (brokers register with both).
+    pub namesrv2: String,
     pub configs: BTreeMap<u64, BrokerConfig>,
     pub brokers: BTreeMap<u64, Broker>,
-    namesrv_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    namesrv_stop: Option<tokio::sync::watch::Sender<()>>,
 }
 
 /// A free loopback port (bound then released; the OS does not hand it out again at once).
@@ -37,18 +39,20 @@ pub fn code(s: &Option<Status>) -> ErrorCode {
 impl Cluster {
     pub async fn start() -> anyhow::Result<Cluster> {
         let tmp = tempfile::tempdir()?;
-        let ns_addr = free_addr();
-        let ns = raftmq_namesrv::NamesrvHandle::new();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let svc = ns.into_service();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_shutdown(ns_addr, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (ns_addr, ns2_addr) = (free_addr(), free_addr());
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        for addr in [ns_addr, ns2_addr] {
+            let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_shutdown(addr, async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await;
+            });
+        }
         let addrs: BTreeMap<u64, std::net::SocketAddr> =
             (1..=3).map(|i| (i, free_addr())).collect();
         let mut configs = BTreeMap::new();
@@ -58,7 +62,7 @@ impl Cluster {
                 .map(|(i, a)| format!("{i} = \"{a}\"\n"))
                 .collect();
             let text = format!(
-                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns_addr}\"]\n[initial_members]\n{members}",
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns_addr}\", \"{ns2_addr}\"]\n[initial_members]\n{members}",
                 tmp.path().join(format!("g1-{id}")).display()
             );
             let mut c = BrokerConfig::parse(&text)?;
@@ -68,6 +72,7 @@ impl Cluster {
         let mut cluster = Cluster {
             tmp,
             namesrv: ns_addr.to_string(),
+            namesrv2: ns2_addr.to_string(),
             configs,
             brokers: BTreeMap::new(),
             namesrv_stop: Some(stop),
