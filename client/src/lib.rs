@@ -1,9 +1,30 @@
-//! raftmq-client: the client SDK (producers, push and pull consumers, admin).
+//! raftmq-client: the client SDK.
 //!
 //! Depends on `raftmq-proto` only. Built so far (the client issue is in progress):
+//! - [`Producer`]: sync, async, oneway, batch and ordered sends with route caching, fault
+//!   avoidance, retries and `NOT_LEADER` redirection;
 //! - [`rebalance`]: how a clustering consumer group shares a topic's queues (average,
 //!   average-by-circle, consistent hash, manual) — pure functions;
 //! - [`msg_id`]: client-made unique message ids.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftmq_client::ClientError> {
+//! let producer = raftmq_client::Producer::builder()
+//!     .namesrv_addrs(["127.0.0.1:9876"])
+//!     .group("my-producers")
+//!     .build()?;
+//! producer.start().await?;
+//! producer.send(raftmq_client::Message::new("Demo", "hello")).await?;
+//! # Ok(()) }
+//! ```
 
+pub mod error;
+pub mod message;
 pub mod msg_id;
+pub mod producer;
 pub mod rebalance;
+pub mod route;
+
+pub use error::ClientError;
+pub use message::Message;
+pub use producer::{Producer, ProducerBuilder, SendResult};

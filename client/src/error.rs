@@ -1,0 +1,36 @@
+//! The SDK's error type.
+
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The broker refused the request for a reason retrying will not fix (bad input, unknown
+    /// topic, no permission, message too large, …).
+    #[error("{code:?}: {message}")]
+    Refused { code: ErrorCode, message: String },
+    /// No answer in time; the request may or may not have taken effect.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Every attempt failed to reach a usable broker; the last reason is given.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request was refused before anything was sent.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The client is not started, or was shut down.
+    #[error("{0}")]
+    State(&'static str),
+}
+
+impl ClientError {
+    /// The wire code, for a broker's refusal.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}

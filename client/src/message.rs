@@ -1,0 +1,147 @@
+//! The message a producer sends.
+
+use std::collections::BTreeMap;
+
+/// A message to send: a topic, a body, and optionally one tag, keys and user properties.
+///
+/// ```
+/// use raftmq_client::Message;
+///
+/// let m = Message::new("Orders", b"order 42".to_vec())
+///     .with_tags("Paid")
+///     .with_keys(["order-42"])
+///     .with_property("region", "eu");
+/// assert_eq!(m.topic(), "Orders");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub(crate) topic: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) tags: String,
+    pub(crate) keys: Vec<String>,
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+impl Message {
+    /// A message of `topic` carrying `body`.
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "hello");
+    /// assert_eq!(m.body(), b"hello");
+    /// ```
+    pub fn new(topic: impl Into<String>, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            body: body.into(),
+            tags: String::new(),
+            keys: Vec::new(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the tag (consumers filter on it: `TagA || TagB`).
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_tags("TagA");
+    /// assert_eq!(m.tags(), "TagA");
+    /// ```
+    pub fn with_tags(mut self, tags: impl Into<String>) -> Self {
+        self.tags = tags.into();
+        self
+    }
+
+    /// Sets the business keys (indexed by the broker for queries by key).
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_keys(["k1", "k2"]);
+    /// assert_eq!(m.keys(), ["k1", "k2"]);
+    /// ```
+    pub fn with_keys<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Adds a user property.
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_property("a", "1");
+    /// assert_eq!(m.property("a"), Some("1"));
+    /// ```
+    pub fn with_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    /// The topic.
+    ///
+    /// ```
+    /// assert_eq!(raftmq_client::Message::new("T", "x").topic(), "T");
+    /// ```
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The body.
+    ///
+    /// ```
+    /// assert_eq!(raftmq_client::Message::new("T", "x").body(), b"x");
+    /// ```
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// The tag (empty: none).
+    ///
+    /// ```
+    /// assert_eq!(raftmq_client::Message::new("T", "x").tags(), "");
+    /// ```
+    pub fn tags(&self) -> &str {
+        &self.tags
+    }
+
+    /// The keys.
+    ///
+    /// ```
+    /// assert!(raftmq_client::Message::new("T", "x").keys().is_empty());
+    /// ```
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// A user property.
+    ///
+    /// ```
+    /// assert_eq!(raftmq_client::Message::new("T", "x").property("a"), None);
+    /// ```
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.get(key).map(String::as_str)
+    }
+
+    /// The wire form with a client-made id.
+    pub(crate) fn to_wire(
+        &self,
+        msg_id: String,
+        queue_id: u32,
+        born_host: &str,
+    ) -> raftmq_proto::v1::Message {
+        raftmq_proto::v1::Message {
+            topic: self.topic.clone(),
+            queue_id: Some(queue_id),
+            tags: self.tags.clone(),
+            keys: self.keys.clone(),
+            properties: self.properties.clone().into_iter().collect(),
+            flag: 0,
+            body: self.body.clone(),
+            born_timestamp_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            born_host: born_host.to_string(),
+            msg_id,
+            reconsume_times: 0,
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! The producer: sync, async, oneway, batch and ordered sends.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftmq_client::ClientError> {
+//! use raftmq_client::{Message, Producer};
+//!
+//! let producer = Producer::builder()
+//!     .namesrv_addrs(["127.0.0.1:9876"])
+//!     .group("orders-producer")
+//!     .build()?;
+//! producer.start().await?;
+//! let r = producer.send(Message::new("Orders", "order 42").with_keys(["order-42"])).await?;
+//! println!("{} stored at {:?} offset {}", r.msg_id, r.queue, r.queue_offset);
+//! producer.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # How a send goes
+//! The topic's route comes from the name servers (cached, fetched again after 30 s or a
+//! failure). A queue is picked round-robin among the writable queues, skipping groups that just
+//! failed or answered slowly ([`crate::route::Faults`]) while others are usable. The request
+//! goes to the group's leader; `NOT_LEADER` is followed at once to the hinted leader and does
+//! not count as a failure. Any other retriable failure (no answer, `UNAVAILABLE`, a lost
+//! connection) counts: the route is fetched again and the send is retried on another queue —
+//! of another group when there is one — up to `retries` times, pausing a little longer each
+//! time. Ordered sends never move to another queue. A send that timed out may still have been
+//! stored: delivery is at-least-once, and the msg id is the dedupe key.
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::limits::{self, check_batch, check_name};
+use raftmq_proto::v1::{SendRequest, SendResponse};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::error::ClientError;
+use crate::message::Message;
+use crate::msg_id::new_msg_id;
+use crate::rebalance::MessageQueue;
+use crate::route::{CALL_TIMEOUT, Routes};
+
+/// Default time a sync send may take, retries included.
+pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default retries of a failed sync send on another queue.
+pub const RETRIES_DEFAULT: u32 = 2;
+/// Default bound on async sends in flight.
+pub const IN_FLIGHT_DEFAULT: usize = 1024;
+/// `NOT_LEADER` hints followed within one attempt, at most.
+const REDIRECTS_MAX: u32 = 3;
+
+/// Where a message was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendResult {
+    /// The client-made unique id.
+    pub msg_id: String,
+    /// The broker's id: group + CommitLog position (one lookup on any replica).
+    pub offset_msg_id: String,
+    pub queue: MessageQueue,
+    pub queue_offset: u64,
+}
+
+/// Picks the queue of an ordered send from a sharding argument.
+///
+/// ```
+/// use raftmq_client::producer::{QueueSelector, SelectByHash};
+/// use raftmq_client::Message;
+///
+/// let m = Message::new("T", "x");
+/// let a = SelectByHash.select(8, &m, "order-42");
+/// assert_eq!(a, SelectByHash.select(8, &m, "order-42"), "same key, same queue");
+/// assert!(a < 8);
+/// ```
+pub trait QueueSelector<A: ?Sized>: Send + Sync {
+    /// An index in `0..queue_count` (taken modulo `queue_count` if larger).
+    fn select(&self, queue_count: usize, msg: &Message, arg: &A) -> usize;
+}
+
+/// Selects by a stable hash of the argument: one key, one queue (while the queue count stays).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelectByHash;
+
+impl<A: Hash + ?Sized> QueueSelector<A> for SelectByHash {
+    fn select(&self, queue_count: usize, _msg: &Message, arg: &A) -> usize {
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        arg.hash(&mut h);
+        (std::hash::Hasher::finish(&h) % queue_count.max(1) as u64) as usize
+    }
+}
+
+/// Selects a random queue (order per key is then not kept: for spreading load).
+///
+/// ```
+/// use raftmq_client::producer::{QueueSelector, SelectRandom};
+/// let i = SelectRandom.select(4, &raftmq_client::Message::new("T", "x"), &());
+/// assert!(i < 4);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelectRandom;
+
+impl<A: ?Sized> QueueSelector<A> for SelectRandom {
+    fn select(&self, queue_count: usize, _msg: &Message, _arg: &A) -> usize {
+        let r = crate::msg_id::new_msg_id();
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        std::hash::Hasher::write(&mut h, r.as_bytes());
+        (std::hash::Hasher::finish(&h) % queue_count.max(1) as u64) as usize
+    }
+}
+
+/// FNV-1a as a `Hasher`: stable across processes (the standard hasher is randomly seeded).
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Builds a [`Producer`].
+///
+/// ```
+/// let p = raftmq_client::Producer::builder()
+///     .namesrv_addrs(["127.0.0.1:9876"])
+///     .group("G")
+///     .retries(1)
+///     .build();
+/// assert!(p.is_ok());
+/// let bad = raftmq_client::Producer::builder().group("G").build();
+/// assert!(bad.is_err(), "a name server is required");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProducerBuilder {
+    namesrv_addrs: Vec<String>,
+    group: String,
+    send_timeout: Duration,
+    retries: u32,
+    max_in_flight: usize,
+}
+
+impl ProducerBuilder {
+    /// The name servers (one is picked at random; the others on failure).
+    pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namesrv_addrs = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The producer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// How long a sync send may take, retries included (default 10 s).
+    pub fn send_timeout(mut self, t: Duration) -> Self {
+        self.send_timeout = t;
+        self
+    }
+
+    /// Retries of a failed sync send on another queue (default 2; never for ordered sends).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Most async and oneway sends in flight; more wait (default 1024).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// Checks the settings and makes the producer (not started).
+    pub fn build(self) -> Result<Producer, ClientError> {
+        if self.namesrv_addrs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "at least one name server address".into(),
+            ));
+        }
+        check_name("producer group", &self.group)
+            .map_err(|e| ClientError::InvalidArgument(e.message))?;
+        if self.send_timeout.is_zero() || self.max_in_flight == 0 {
+            return Err(ClientError::InvalidArgument(
+                "send_timeout and max_in_flight must be positive".into(),
+            ));
+        }
+        let start = (crate::msg_id::new_msg_id().len() + std::process::id() as usize)
+            % self.namesrv_addrs.len();
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                routes: Routes::new(self.namesrv_addrs.clone(), start),
+                in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                cfg: self,
+                started: AtomicBool::new(false),
+                next: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// A producer; cheap to clone (clones share routes, connections and the in-flight bound).
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ProducerBuilder,
+    routes: Routes,
+    started: AtomicBool,
+    /// Round-robin position over the writable queues.
+    next: AtomicU64,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// The group has no known leader (an election is under way): wait, fetch the route
+    /// again, and try the same way; not counted as a failure (bounded by the send timeout).
+    NoLeader(ClientError),
+    /// Worth trying again (elsewhere).
+    Retry(ClientError),
+    /// Not worth it.
+    Fatal(ClientError),
+}
+
+impl Producer {
+    /// A builder with the defaults.
+    pub fn builder() -> ProducerBuilder {
+        ProducerBuilder {
+            namesrv_addrs: Vec::new(),
+            group: String::new(),
+            send_timeout: SEND_TIMEOUT_DEFAULT,
+            retries: RETRIES_DEFAULT,
+            max_in_flight: IN_FLIGHT_DEFAULT,
+        }
+    }
+
+    /// Starts the producer (sends before `start` are refused).
+    pub async fn start(&self) -> Result<(), ClientError> {
+        self.inner.started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops: later sends are refused; sends in flight finish.
+    pub async fn shutdown(&self) {
+        self.inner.started.store(false, Ordering::Release);
+        // Wait for async sends in flight to finish.
+        let all = self.inner.cfg.max_in_flight as u32;
+        let _ = self.inner.in_flight.acquire_many(all).await;
+    }
+
+    fn check_started(&self) -> Result<(), ClientError> {
+        if self.inner.started.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ClientError::State("producer not started (or shut down)"))
+        }
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement (the message is then
+    /// replicated to a quorum of its group).
+    pub async fn send(&self, msg: Message) -> Result<SendResult, ClientError> {
+        self.check_started()?;
+        let mut r = self
+            .send_batch_once(std::slice::from_ref(&msg), None)
+            .await?;
+        Ok(r.remove(0))
+    }
+
+    /// Starts a send and returns its handle at once; at most `max_in_flight` run together
+    /// (this waits while the bound is reached).
+    pub async fn send_async(
+        &self,
+        msg: Message,
+    ) -> Result<tokio::task::JoinHandle<Result<SendResult, ClientError>>, ClientError> {
+        self.check_started()?;
+        let permit = self
+            .inner
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::State("producer shut down"))?;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            let r = me.send(msg).await;
+            drop(permit);
+            r
+        }))
+    }
+
+    /// Sends without waiting for, or reporting, the outcome (it may be lost: for logs).
+    pub async fn send_oneway(&self, msg: Message) -> Result<(), ClientError> {
+        self.send_async(msg).await.map(|_| ())
+    }
+
+    /// Sends messages of one topic, split into requests within the wire limits (4 MiB, 1024
+    /// messages); each request goes to one queue. Results in order.
+    pub async fn send_batch(&self, msgs: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
+        self.check_started()?;
+        let Some(first) = msgs.first() else {
+            return Ok(Vec::new());
+        };
+        if msgs.iter().any(|m| m.topic != first.topic) {
+            return Err(ClientError::InvalidArgument(
+                "a batch holds one topic".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut chunk: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        for m in msgs {
+            let size = m.body.len()
+                + m.properties
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if !chunk.is_empty()
+                && (bytes + size > limits::BATCH_BYTES_MAX
+                    || chunk.len() >= limits::BATCH_MESSAGES_MAX)
+            {
+                out.extend(self.send_batch_once(&chunk, None).await?);
+                chunk.clear();
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(m);
+        }
+        if !chunk.is_empty() {
+            out.extend(self.send_batch_once(&chunk, None).await?);
+        }
+        Ok(out)
+    }
+
+    /// Sends to the queue `selector` picks from `arg` (e.g. an order id with
+    /// [`SelectByHash`]): messages with the same argument land in one queue, in send order.
+    /// Never retried on another queue.
+    pub async fn send_ordered<A: ?Sized>(
+        &self,
+        msg: Message,
+        selector: &dyn QueueSelector<A>,
+        arg: &A,
+    ) -> Result<SendResult, ClientError> {
+        self.check_started()?;
+        let route = self.inner.routes.route(&msg.topic, false).await?;
+        let n = route.write_queues.len();
+        if n == 0 {
+            return Err(ClientError::Refused {
+                code: ErrorCode::NoPermission,
+                message: format!("topic {} has no writable queue", msg.topic),
+            });
+        }
+        let q = route.write_queues[selector.select(n, &msg, arg) % n].clone();
+        let mut r = self
+            .send_batch_once(std::slice::from_ref(&msg), Some(q))
+            .await?;
+        Ok(r.remove(0))
+    }
+
+    /// One request (≤ the wire limits) with retries; `fixed` pins the queue (ordered sends).
+    async fn send_batch_once(
+        &self,
+        msgs: &[Message],
+        fixed: Option<(String, u32)>,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let topic = msgs[0].topic.clone();
+        let ids: Vec<String> = msgs.iter().map(|_| new_msg_id()).collect();
+        let wire = |queue_id: u32| -> Vec<raftmq_proto::v1::Message> {
+            msgs.iter()
+                .zip(&ids)
+                .map(|(m, id)| m.to_wire(id.clone(), queue_id, "client"))
+                .collect()
+        };
+        check_batch(&wire(0)).map_err(|e| match e.code() {
+            ErrorCode::MessageTooLarge => ClientError::Refused {
+                code: e.code(),
+                message: e.message.clone(),
+            },
+            _ => ClientError::InvalidArgument(e.message.clone()),
+        })?;
+        let deadline = Instant::now() + self.inner.cfg.send_timeout;
+        let attempts = if fixed.is_some() {
+            u32::MAX
+        } else {
+            self.inner.cfg.retries + 1
+        };
+        let mut last_group: Option<String> = None;
+        let mut last_err = ClientError::Unavailable("no attempt made".into());
+        let mut attempt = 0u32;
+        let mut refresh = false;
+        while attempt < attempts && Instant::now() < deadline {
+            let route = match self.inner.routes.route(&topic, refresh).await {
+                Ok(r) => r,
+                Err(e @ ClientError::Refused { .. }) => return Err(e),
+                Err(e) => {
+                    last_err = e;
+                    attempt += 1;
+                    refresh = true;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    continue;
+                }
+            };
+            let (group, queue_id) = match &fixed {
+                Some(q) => q.clone(),
+                None => match self.pick(&route.write_queues, last_group.as_deref()) {
+                    Some(q) => q,
+                    None => {
+                        return Err(ClientError::Refused {
+                            code: ErrorCode::NoPermission,
+                            message: format!("topic {topic} has no writable queue"),
+                        });
+                    }
+                },
+            };
+            let started = Instant::now();
+            match self
+                .attempt(&route.leaders, &group, wire(queue_id), deadline)
+                .await
+            {
+                Ok(resp) => {
+                    self.inner.routes.record(&group, started.elapsed(), false);
+                    return Ok(resp
+                        .results
+                        .into_iter()
+                        .map(|r| SendResult {
+                            msg_id: r.msg_id,
+                            offset_msg_id: r.offset_msg_id,
+                            queue: MessageQueue::new(&topic, &group, r.queue_id),
+                            queue_offset: r.queue_offset,
+                        })
+                        .collect());
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::NoLeader(e)) => {
+                    last_err = e;
+                    // Fetch the route again on the next pass without counting an attempt.
+                    refresh = true;
+                    tokio::time::sleep(
+                        Duration::from_millis(100)
+                            .min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                }
+                Err(Failure::Retry(e)) => {
+                    tracing::debug!(%group, error = %e, attempt, "send failed; retrying");
+                    self.inner.routes.record(&group, started.elapsed(), true);
+                    last_err = e;
+                    last_group = Some(group);
+                    attempt += 1;
+                    refresh = true;
+                    let pause = Duration::from_millis(300 * u64::from(attempt.min(10)));
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// The next queue round-robin, preferring usable groups other than `avoid`.
+    fn pick(&self, queues: &[(String, u32)], avoid: Option<&str>) -> Option<(String, u32)> {
+        let n = queues.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) as usize;
+        let ok =
+            |q: &(String, u32)| self.inner.routes.available(&q.0) && Some(q.0.as_str()) != avoid;
+        (0..n)
+            .map(|i| &queues[(start + i) % n])
+            .find(|q| ok(q))
+            .or_else(|| {
+                (0..n)
+                    .map(|i| &queues[(start + i) % n])
+                    .find(|q| Some(q.0.as_str()) != avoid)
+            })
+            .or_else(|| Some(&queues[start % n]))
+            .cloned()
+    }
+
+    /// One attempt on `group`'s leader, following NOT_LEADER hints.
+    async fn attempt(
+        &self,
+        leaders: &std::collections::BTreeMap<String, String>,
+        group: &str,
+        messages: Vec<raftmq_proto::v1::Message>,
+        deadline: Instant,
+    ) -> Result<SendResponse, Failure> {
+        let Some(mut addr) = leaders.get(group).cloned() else {
+            return Err(Failure::NoLeader(ClientError::Unavailable(format!(
+                "group {group} has no known leader"
+            ))));
+        };
+        for _ in 0..=REDIRECTS_MAX {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(CALL_TIMEOUT);
+            if left.is_zero() {
+                return Err(Failure::Retry(ClientError::Timeout(
+                    self.inner.cfg.send_timeout,
+                )));
+            }
+            let call = async {
+                let mut c = self.inner.routes.messaging(&addr).await?;
+                c.send(SendRequest {
+                    producer_group: self.inner.cfg.group.clone(),
+                    messages: messages.clone(),
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
+            };
+            let resp = match tokio::time::timeout(left, call).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.inner.routes.drop_channel(&addr);
+                    return Err(Failure::Retry(e));
+                }
+                Err(_) => {
+                    self.inner.routes.drop_channel(&addr);
+                    return Err(Failure::Retry(ClientError::Timeout(left)));
+                }
+            };
+            let status = resp.status.clone().unwrap_or_default();
+            let code = ErrorCode::try_from(status.code).unwrap_or(ErrorCode::Internal);
+            match code {
+                ErrorCode::Ok => return Ok(resp),
+                ErrorCode::NotLeader if !status.leader_addr.is_empty() => addr = status.leader_addr,
+                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Internal => {
+                    return Err(Failure::Retry(ClientError::Unavailable(format!(
+                        "{addr}: {code:?}: {}",
+                        status.message
+                    ))));
+                }
+                _ => {
+                    return Err(Failure::Fatal(ClientError::Refused {
+                        code,
+                        message: status.message,
+                    }));
+                }
+            }
+        }
+        Err(Failure::Retry(ClientError::Unavailable(format!(
+            "more than {REDIRECTS_MAX} leader redirects"
+        ))))
+    }
+}

@@ -1,0 +1,282 @@
+//! Routes and connections shared by producers and consumers of one client.
+//!
+//! - Name servers: the first is picked at random, the next on failure (round-robin).
+//! - Routes are cached per topic and fetched again when older than [`ROUTE_REFRESH`] or when
+//!   a send fails.
+//! - gRPC channels are cached per broker address.
+//! - Fault avoidance ([`Faults`]): a group that just failed, or answered slowly, is avoided
+//!   for a while, with RocketMQ's latency → pause table.
+//!
+//! Every lock here is a `std::sync::Mutex` held only to read or edit a map (no I/O, nothing
+//! awaits under it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::name_server_client::NameServerClient;
+use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::error::ClientError;
+
+/// A cached route older than this is fetched again.
+pub const ROUTE_REFRESH: Duration = Duration::from_secs(30);
+/// How long a name server or broker call may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// gRPC messages up to this size (a 4 MiB batch plus framing).
+pub const GRPC_MESSAGE_MAX: usize = 16 << 20;
+
+/// A topic's route as the client uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Writable queues: (group, queue id), sorted.
+    pub write_queues: Vec<(String, u32)>,
+    /// Readable queues: (group, queue id), sorted.
+    pub read_queues: Vec<(String, u32)>,
+    /// Group → leader address (groups without a known leader are absent).
+    pub leaders: BTreeMap<String, String>,
+}
+
+impl Route {
+    fn from_wire(r: GetRouteResponse) -> Route {
+        let mut write_queues = Vec::new();
+        let mut read_queues = Vec::new();
+        for q in &r.queues {
+            if q.perm & 2 != 0 {
+                write_queues.extend((0..q.write_queue_nums).map(|i| (q.group.clone(), i)));
+            }
+            if q.perm & 4 != 0 {
+                read_queues.extend((0..q.read_queue_nums).map(|i| (q.group.clone(), i)));
+            }
+        }
+        write_queues.sort();
+        read_queues.sort();
+        Route {
+            write_queues,
+            read_queues,
+            leaders: r
+                .groups
+                .into_iter()
+                .filter(|g| !g.leader_addr.is_empty())
+                .map(|g| (g.group, g.leader_addr))
+                .collect(),
+        }
+    }
+}
+
+/// Latency-based fault avoidance: after a call to a group, how long to avoid it.
+///
+/// Failures count as the slowest latency. Pauses follow RocketMQ's table: up to 100 ms → no
+/// pause, 550 ms → 30 s, 1 s → 60 s, 2 s → 120 s, 3 s → 180 s, 15 s and more → 600 s.
+pub fn pause_after(latency: Duration, failed: bool) -> Duration {
+    const TABLE: [(u64, u64); 7] = [
+        (50, 0),
+        (100, 0),
+        (550, 30_000),
+        (1_000, 60_000),
+        (2_000, 120_000),
+        (3_000, 180_000),
+        (15_000, 600_000),
+    ];
+    let ms = if failed {
+        30_000
+    } else {
+        latency.as_millis() as u64
+    };
+    let pause = TABLE
+        .iter()
+        .rev()
+        .find(|(lat, _)| ms >= *lat)
+        .map_or(0, |(_, p)| *p);
+    Duration::from_millis(pause)
+}
+
+/// Groups to avoid, until when.
+#[derive(Debug, Default)]
+pub struct Faults {
+    until: BTreeMap<String, Instant>,
+}
+
+impl Faults {
+    /// Records the outcome of a call to `group`.
+    pub fn record(&mut self, group: &str, latency: Duration, failed: bool, now: Instant) {
+        let pause = pause_after(latency, failed);
+        if pause.is_zero() {
+            self.until.remove(group);
+        } else {
+            self.until.insert(group.to_string(), now + pause);
+        }
+    }
+
+    /// Whether `group` is usable at `now`.
+    pub fn available(&self, group: &str, now: Instant) -> bool {
+        self.until.get(group).is_none_or(|u| *u <= now)
+    }
+}
+
+/// Name servers, routes, channels and faults of one client; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namesrvs: Vec<String>,
+    next_ns: AtomicUsize,
+    cache: Mutex<HashMap<String, (Arc<Route>, Instant)>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    faults: Mutex<Faults>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Routes {
+    pub fn new(namesrvs: Vec<String>, start_at: usize) -> Self {
+        let n = namesrvs.len().max(1);
+        Routes {
+            inner: Arc::new(Inner {
+                namesrvs,
+                next_ns: AtomicUsize::new(start_at % n),
+                cache: Mutex::default(),
+                channels: Mutex::default(),
+                faults: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A channel to `addr` (cached).
+    pub async fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        if let Some(c) = lock(&self.inner.channels).get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::InvalidArgument(format!("address {addr:?}: {e}")))?;
+        let ch = match tokio::time::timeout(CALL_TIMEOUT, endpoint.connect()).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => {
+                return Err(ClientError::Unavailable(format!(
+                    "connecting to {addr}: {e}"
+                )));
+            }
+            Err(_) => return Err(ClientError::Timeout(CALL_TIMEOUT)),
+        };
+        lock(&self.inner.channels).insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Forgets a channel that failed (the next call reconnects).
+    pub fn drop_channel(&self, addr: &str) {
+        lock(&self.inner.channels).remove(addr);
+    }
+
+    pub async fn messaging(&self, addr: &str) -> Result<MessagingClient<Channel>, ClientError> {
+        Ok(MessagingClient::new(self.channel(addr).await?)
+            .max_decoding_message_size(GRPC_MESSAGE_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_MAX))
+    }
+
+    /// The route of `topic`, from the cache unless stale or `refresh`.
+    pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
+        if !refresh
+            && let Some((r, at)) = lock(&self.inner.cache).get(topic)
+            && at.elapsed() < ROUTE_REFRESH
+        {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Route::from_wire(self.fetch(topic).await?));
+        lock(&self.inner.cache).insert(topic.to_string(), (r.clone(), Instant::now()));
+        Ok(r)
+    }
+
+    /// Asks the name servers, starting with the current one and moving on at each failure.
+    async fn fetch(&self, topic: &str) -> Result<GetRouteResponse, ClientError> {
+        let n = self.inner.namesrvs.len();
+        if n == 0 {
+            return Err(ClientError::InvalidArgument(
+                "no name server address".into(),
+            ));
+        }
+        let mut last = String::new();
+        for _ in 0..n {
+            let i = self.inner.next_ns.load(Ordering::Relaxed) % n;
+            let addr = &self.inner.namesrvs[i];
+            let call = async {
+                let ch = self.channel(addr).await?;
+                NameServerClient::new(ch)
+                    .get_route(GetRouteRequest {
+                        topic: topic.to_string(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| ClientError::Unavailable(e.to_string()))
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                Ok(Ok(r)) => {
+                    let code = r
+                        .status
+                        .as_ref()
+                        .and_then(|s| ErrorCode::try_from(s.code).ok());
+                    return match code {
+                        Some(ErrorCode::Ok) => Ok(r),
+                        Some(c) => Err(ClientError::Refused {
+                            code: c,
+                            message: r.status.map(|s| s.message).unwrap_or_default(),
+                        }),
+                        None => Err(ClientError::Unavailable(
+                            "name server answered without a status".into(),
+                        )),
+                    };
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no answer within {CALL_TIMEOUT:?}"),
+            }
+            self.drop_channel(addr);
+            self.inner.next_ns.store((i + 1) % n, Ordering::Relaxed);
+        }
+        Err(ClientError::Unavailable(format!(
+            "no name server answered: {last}"
+        )))
+    }
+
+    pub fn record(&self, group: &str, latency: Duration, failed: bool) {
+        lock(&self.inner.faults).record(group, latency, failed, Instant::now());
+    }
+
+    pub fn available(&self, group: &str) -> bool {
+        lock(&self.inner.faults).available(group, Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_follow_the_latency_table() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(ms(10), false), Duration::ZERO);
+        assert_eq!(pause_after(ms(120), false), Duration::ZERO);
+        assert_eq!(pause_after(ms(600), false), ms(30_000));
+        assert_eq!(pause_after(ms(2_500), false), ms(120_000));
+        assert_eq!(pause_after(ms(10), true), ms(600_000));
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_is_avoided_then_forgiven() {
+        let mut f = Faults::default();
+        let t0 = Instant::now();
+        f.record("g1", Duration::ZERO, true, t0);
+        assert!(!f.available("g1", t0));
+        assert!(f.available("g2", t0));
+        assert!(f.available("g1", t0 + Duration::from_secs(601)));
+        f.record("g1", Duration::from_millis(5), false, t0);
+        assert!(f.available("g1", t0), "a fast success clears the pause");
+    }
+}

@@ -1,0 +1,324 @@
+//! The producer against a real in-process cluster (a name server and a three-replica group
+//! over loopback gRPC).
+#![cfg(not(madsim))]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_broker::{Broker, BrokerConfig};
+use raftmq_client::producer::SelectByHash;
+use raftmq_client::{ClientError, Message, Producer};
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::admin_client::AdminClient;
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::{CreateTopicRequest, GroupStatusRequest, PullRequest, Role, TopicConfig};
+
+struct Local {
+    _tmp: tempfile::TempDir,
+    namesrv: String,
+    brokers: BTreeMap<u64, Broker>,
+}
+
+fn port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+}
+
+async fn local() -> anyhow::Result<Local> {
+    let tmp = tempfile::tempdir()?;
+    let ns = port();
+    let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve(ns),
+    );
+    let addrs: Vec<std::net::SocketAddr> = (0..3).map(|_| port()).collect();
+    let members: String = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{} = \"{a}\"\n", i + 1))
+        .collect();
+    let mut brokers = BTreeMap::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let dir = tmp.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = BrokerConfig::parse(&format!(
+            "group = \"g1\"\nreplica_id = {}\nlisten = \"{a}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\n[initial_members]\n{members}",
+            i + 1,
+            dir.display()
+        ))?;
+        c.segment_bytes_override = Some(16 << 20);
+        brokers.insert(
+            i as u64 + 1,
+            Broker::start(c, Arc::new(raftmq_store::MmapDisk::open(&dir)?)).await?,
+        );
+    }
+    let l = Local {
+        _tmp: tmp,
+        namesrv: ns.to_string(),
+        brokers,
+    };
+    // A topic with 4 queues, created on the leader once it takes writes.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = l.leader().await;
+        if let Some(addr) = leader {
+            let r = AdminClient::connect(format!("http://{addr}"))
+                .await?
+                .create_topic(CreateTopicRequest {
+                    topic: Some(TopicConfig {
+                        name: "T".into(),
+                        read_queue_nums: 4,
+                        write_queue_nums: 4,
+                        perm: 6,
+                    }),
+                })
+                .await?
+                .into_inner();
+            if r.status.as_ref().is_some_and(|s| s.code == 0) {
+                break;
+            }
+        }
+        anyhow::ensure!(Instant::now() < end, "no usable leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The name server learns the topic at the leader's next registration (≤ 100 ms later).
+    let mut ns = raftmq_proto::v1::name_server_client::NameServerClient::connect(format!(
+        "http://{}",
+        l.namesrv
+    ))
+    .await?;
+    loop {
+        let r = ns
+            .get_route(raftmq_proto::v1::GetRouteRequest { topic: "T".into() })
+            .await?
+            .into_inner();
+        if r.status.as_ref().is_some_and(|s| s.code == 0)
+            && r.groups.iter().any(|g| !g.leader_addr.is_empty())
+        {
+            return Ok(l);
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "the name server never learned topic T"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Local {
+    async fn leader(&self) -> Option<String> {
+        for b in self.brokers.values() {
+            let addr = b.addr().to_string();
+            if let Ok(mut a) = AdminClient::connect(format!("http://{addr}")).await
+                && let Ok(s) = a.group_status(GroupStatusRequest {}).await
+                && s.get_ref().role == Role::Leader as i32
+            {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// Every message id in every queue of T, with its queue and offset, read on `addr`.
+    async fn contents(&self, addr: &str) -> anyhow::Result<Vec<(u32, u64, String)>> {
+        let mut m = MessagingClient::connect(format!("http://{addr}")).await?;
+        let mut out = Vec::new();
+        for q in 0..4 {
+            let mut offset = 0;
+            loop {
+                let r = m
+                    .pull(PullRequest {
+                        consumer_group: "check".into(),
+                        topic: "T".into(),
+                        queue_id: q,
+                        offset,
+                        max_messages: 1024,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                for msg in r.messages {
+                    out.push((q, msg.queue_offset, msg.message.expect("message").msg_id));
+                }
+                if r.next_offset == offset {
+                    break;
+                }
+                offset = r.next_offset;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn producer(ns: &str) -> Producer {
+    Producer::builder()
+        .namesrv_addrs([ns])
+        .group("P")
+        .build()
+        .expect("valid settings")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_send() -> anyhow::Result<()> {
+    let l = local().await?;
+    let p = producer(&l.namesrv);
+    assert!(matches!(
+        p.send(Message::new("T", "early")).await,
+        Err(ClientError::State(_))
+    ));
+    p.start().await?;
+    // Sync sends spread round-robin over the queues.
+    let mut queues = BTreeSet::new();
+    for i in 0..8 {
+        let r = p
+            .send(
+                Message::new("T", format!("s{i}"))
+                    .with_tags("A")
+                    .with_keys([format!("k{i}")]),
+            )
+            .await?;
+        assert_eq!(r.msg_id.len(), 40);
+        assert!(r.offset_msg_id.ends_with("g1"));
+        queues.insert(r.queue.queue_id);
+    }
+    assert_eq!(queues.len(), 4);
+    // A batch bigger than one request is split (2 × 3 MiB > 4 MiB).
+    let big = vec![
+        Message::new("T", vec![7u8; 3 << 20]),
+        Message::new("T", vec![8u8; 3 << 20]),
+    ];
+    let rs = p.send_batch(big).await?;
+    assert_eq!(rs.len(), 2);
+    // Async sends, bounded in flight.
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        handles.push(p.send_async(Message::new("T", format!("a{i}"))).await?);
+    }
+    for h in handles {
+        h.await??;
+    }
+    p.send_oneway(Message::new("T", "oneway")).await?;
+    // Ordered: one key, one queue, offsets increasing in send order.
+    let mut by_key: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for i in 0..40 {
+        let key = format!("order-{}", i % 5);
+        let r = p
+            .send_ordered(
+                Message::new("T", format!("o{i}")),
+                &SelectByHash,
+                key.as_str(),
+            )
+            .await?;
+        by_key
+            .entry(key)
+            .or_default()
+            .push((r.queue.queue_id, r.queue_offset));
+    }
+    for (k, v) in &by_key {
+        assert!(v.iter().all(|(q, _)| *q == v[0].0), "{k} changed queue");
+        assert!(v.windows(2).all(|w| w[0].1 < w[1].1), "{k} out of order");
+    }
+    // Refusals: too large, bad topic, unknown topic.
+    let e = p
+        .send(Message::new("T", vec![0u8; (4 << 20) + 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MessageTooLarge), "{e}");
+    assert!(matches!(
+        p.send(Message::new("bad topic", "x")).await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+    let e = p.send(Message::new("Nope", "x")).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TopicNotFound), "{e}");
+    p.shutdown().await;
+    assert!(matches!(
+        p.send(Message::new("T", "late")).await,
+        Err(ClientError::State(_))
+    ));
+    // Everything acknowledged is there (the oneway one too, once it landed).
+    let leader = l.leader().await.expect("leader");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        // A send whose answer timed out is retried and may be stored twice (at-least-once):
+        // count distinct ids.
+        let ids: BTreeSet<String> = l
+            .contents(&leader)
+            .await?
+            .into_iter()
+            .map(|(_, _, id)| id)
+            .collect();
+        let n = ids.len();
+        if n == 8 + 2 + 50 + 1 + 40 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < end, "{n} distinct messages stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_sends_ride_through_a_leader_stop() -> anyhow::Result<()> {
+    let mut l = local().await?;
+    let p = producer(&l.namesrv);
+    p.start().await?;
+    let mut acked = BTreeSet::new();
+    let mut failed = 0;
+    for i in 0..300 {
+        if i == 100 {
+            let leader = l.leader().await.expect("leader");
+            let id = *l
+                .brokers
+                .iter()
+                .find(|(_, b)| b.addr().to_string() == leader)
+                .expect("ours")
+                .0;
+            l.brokers.remove(&id).expect("present").shutdown().await;
+        }
+        match p.send(Message::new("T", format!("m{i}"))).await {
+            Ok(r) => {
+                acked.insert(r.msg_id);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("send {i} failed: {e}");
+            }
+        }
+    }
+    eprintln!(
+        "{} acked, {failed} failed through the leader stop",
+        acked.len()
+    );
+    assert!(
+        acked.len() >= 295,
+        "the producer should ride through a failover: {} acked",
+        acked.len()
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(a) = l.leader().await {
+            break a;
+        }
+        anyhow::ensure!(Instant::now() < end, "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored: BTreeSet<String> = l
+        .contents(&leader)
+        .await?
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}
