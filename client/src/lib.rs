@@ -3,6 +3,8 @@
 //! Depends on `raftmq-proto` only. Built so far (the client issue is in progress):
 //! - [`Producer`]: sync, async, oneway, batch and ordered sends with route caching, fault
 //!   avoidance, retries and `NOT_LEADER` redirection;
+//! - [`PushConsumer`]: subscriptions, concurrent or orderly listeners, clustering or
+//!   broadcasting, rebalance, long-polling pulls, offsets (brokers or a local file);
 //! - [`rebalance`]: how a clustering consumer group shares a topic's queues (average,
 //!   average-by-circle, consistent hash, manual) — pure functions;
 //! - [`msg_id`]: client-made unique message ids.
@@ -18,13 +20,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod consumer;
 pub mod error;
 pub mod message;
 pub mod msg_id;
+pub mod offsets;
 pub mod producer;
 pub mod rebalance;
 pub mod route;
 
+pub use consumer::{ConsumeResult, PushConsumer, ReceivedMessage};
 pub use error::ClientError;
 pub use message::Message;
 pub use producer::{Producer, ProducerBuilder, SendResult};

@@ -1,0 +1,872 @@
+//! The push consumer: subscriptions, a listener, rebalance, long-polling pulls, offsets.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftmq_client::ClientError> {
+//! use raftmq_client::consumer::{ConsumeResult, PushConsumer};
+//!
+//! let consumer = PushConsumer::builder()
+//!     .namesrv_addrs(["127.0.0.1:9876"])
+//!     .group("order-workers")
+//!     .subscribe("Orders", "Paid || Shipped")
+//!     .concurrent(|msgs| {
+//!         for m in msgs {
+//!             println!("{} {:?}", m.msg_id, String::from_utf8_lossy(&m.body));
+//!         }
+//!         ConsumeResult::Success
+//!     })
+//!     .build()?;
+//! consumer.start().await?;
+//! // ...
+//! consumer.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it runs
+//! A control task heartbeats to the leader of every group holding a subscribed topic (with
+//! the subscriptions), watches the group's member list (every [`MEMBERS_EVERY`]), and
+//! rebalances when it changes and every [`REBALANCE_EVERY`]: each member computes its queues
+//! with the [`Strategy`] from the sorted members and queues. A queue dropped by a rebalance is
+//! stopped (its task finishes the message in hand) and its offset committed before the queue
+//! is released; in orderly mode the broker lock is released only then, so the next owner —
+//! which must lock the queue before consuming it — never overlaps. Each assigned queue has a
+//! task that pulls with long polling, checks tags exactly (the broker filtered by hash), and
+//! hands batches to the listener; at most `consume_threads` listener calls run at once.
+//! Offsets are committed every [`COMMIT_EVERY`] and at shutdown (clustering: on the brokers;
+//! broadcasting: a local file). `ReconsumeLater` redelivers the batch to the listener after a
+//! growing delay (1 s, 2 s, … 16 s) — until retry topics exist, a message is never skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::limits::check_name;
+use raftmq_proto::v1::{
+    CommitOffsetRequest, ConsumeMode, ConsumerGroupInfo, GetConsumerListRequest, HeartbeatRequest,
+    LockQueuesRequest, PullRequest, QueryOffsetRequest, QueryQueueRequest, QueueOffset, QueueRef,
+    Subscription, UnlockQueuesRequest,
+};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::error::ClientError;
+use crate::offsets::LocalOffsets;
+use crate::rebalance::{MessageQueue, Strategy, allocate};
+use crate::route::{CALL_TIMEOUT, Routes};
+
+/// How often offsets are committed.
+pub const COMMIT_EVERY: Duration = Duration::from_secs(5);
+/// How often a rebalance runs even without a membership change.
+pub const REBALANCE_EVERY: Duration = Duration::from_secs(20);
+/// How often the member list is checked (and heartbeats sent).
+pub const MEMBERS_EVERY: Duration = Duration::from_millis(500);
+/// How long an orderly consumer's queue lock is renewed before it runs out.
+const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
+
+/// A message as the listener receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    pub queue: MessageQueue,
+    pub queue_offset: u64,
+    pub msg_id: String,
+    pub offset_msg_id: String,
+    pub tags: String,
+    pub keys: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    pub store_timestamp_ms: u64,
+    /// How many times this message was handed back with `ReconsumeLater`.
+    pub reconsume_times: u32,
+}
+
+/// What the listener says about a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeResult {
+    /// Done: the offset moves past the batch.
+    Success,
+    /// Deliver the batch again later.
+    ReconsumeLater,
+}
+
+/// Every member gets every message (broadcasting) or members share the queues (clustering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MessageModel {
+    #[default]
+    Clustering,
+    Broadcasting,
+}
+
+/// Where a group that never committed on a queue starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsumeFrom {
+    /// The oldest retained message.
+    First,
+    /// Only messages arriving from now on.
+    #[default]
+    Last,
+    /// The first message stored at or after this time (ms since the Unix epoch).
+    Timestamp(u64),
+}
+
+type ListenerFn = Arc<dyn Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync>;
+
+#[derive(Clone)]
+enum Listener {
+    Concurrent(ListenerFn),
+    Orderly(ListenerFn),
+}
+
+/// Builds a [`PushConsumer`].
+///
+/// ```
+/// use raftmq_client::consumer::{ConsumeResult, PushConsumer};
+/// let c = PushConsumer::builder()
+///     .namesrv_addrs(["127.0.0.1:9876"])
+///     .group("G")
+///     .subscribe("T", "*")
+///     .concurrent(|_| ConsumeResult::Success)
+///     .build();
+/// assert!(c.is_ok());
+/// let no_listener = PushConsumer::builder().namesrv_addrs(["x:1"]).group("G").subscribe("T", "*").build();
+/// assert!(no_listener.is_err());
+/// ```
+#[derive(Clone)]
+pub struct PushConsumerBuilder {
+    namesrv_addrs: Vec<String>,
+    group: String,
+    subscriptions: BTreeMap<String, String>,
+    listener: Option<Listener>,
+    model: MessageModel,
+    strategy: Strategy,
+    from: ConsumeFrom,
+    consume_threads: usize,
+    batch_size: usize,
+    pull_batch_size: u32,
+    long_poll: Duration,
+    offset_file: Option<PathBuf>,
+    client_id: Option<String>,
+}
+
+impl PushConsumerBuilder {
+    /// The name servers.
+    pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namesrv_addrs = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The consumer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// Subscribes to `topic` with a tag expression: `*`, or `TagA || TagB`.
+    pub fn subscribe(mut self, topic: impl Into<String>, expression: impl Into<String>) -> Self {
+        self.subscriptions.insert(topic.into(), expression.into());
+        self
+    }
+
+    /// A listener called for batches from any queues concurrently.
+    pub fn concurrent(
+        mut self,
+        f: impl Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Listener::Concurrent(Arc::new(f)));
+        self
+    }
+
+    /// A listener called for one queue at a time, in queue order, with the queue locked at
+    /// the broker (no other member consumes it meanwhile).
+    pub fn orderly(
+        mut self,
+        f: impl Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Listener::Orderly(Arc::new(f)));
+        self
+    }
+
+    /// Clustering (default) or broadcasting.
+    pub fn model(mut self, m: MessageModel) -> Self {
+        self.model = m;
+        self
+    }
+
+    /// The rebalance strategy (default: average).
+    pub fn strategy(mut self, s: Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// Where a new group starts (default: last).
+    pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
+        self.from = f;
+        self
+    }
+
+    /// Listener calls running at once, at most (default 20).
+    pub fn consume_threads(mut self, n: usize) -> Self {
+        self.consume_threads = n;
+        self
+    }
+
+    /// Messages per listener call, at most (default 1).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// Messages per pull, at most (default 32); also the most cached per queue.
+    pub fn pull_batch_size(mut self, n: u32) -> Self {
+        self.pull_batch_size = n;
+        self
+    }
+
+    /// How long a pull waits at the broker for new messages (default 2 s).
+    pub fn long_poll(mut self, d: Duration) -> Self {
+        self.long_poll = d;
+        self
+    }
+
+    /// Broadcasting: the local offset file (default `./raftmq-offsets/<group>@<client id>`).
+    pub fn offset_file(mut self, p: impl Into<PathBuf>) -> Self {
+        self.offset_file = Some(p.into());
+        self
+    }
+
+    /// The client id (default: address@pid@random); tests run several in one process.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Checks the settings and makes the consumer (not started).
+    pub fn build(self) -> Result<PushConsumer, ClientError> {
+        let bad = |m: String| Err(ClientError::InvalidArgument(m));
+        if self.namesrv_addrs.is_empty() {
+            return bad("at least one name server address".into());
+        }
+        check_name("consumer group", &self.group)
+            .map_err(|e| ClientError::InvalidArgument(e.message))?;
+        if self.subscriptions.is_empty() {
+            return bad("subscribe to at least one topic".into());
+        }
+        for t in self.subscriptions.keys() {
+            check_name("topic", t).map_err(|e| ClientError::InvalidArgument(e.message))?;
+        }
+        let Some(listener) = self.listener.clone() else {
+            return bad("a listener (concurrent or orderly) is required".into());
+        };
+        if self.consume_threads == 0
+            || self.batch_size == 0
+            || self.pull_batch_size == 0
+            || self.pull_batch_size > 1024
+        {
+            return bad("consume_threads, batch_size ≥ 1 and pull_batch_size in 1..=1024".into());
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{}@{}", std::process::id(), crate::msg_id::new_msg_id()));
+        let offset_file = self.offset_file.clone().unwrap_or_else(|| {
+            PathBuf::from("raftmq-offsets").join(format!("{}@{client_id}", self.group))
+        });
+        let start = std::process::id() as usize % self.namesrv_addrs.len();
+        Ok(PushConsumer {
+            inner: Arc::new(Inner {
+                routes: Routes::new(self.namesrv_addrs.clone(), start),
+                sem: Arc::new(Semaphore::new(self.consume_threads)),
+                local: LocalOffsets::new(offset_file),
+                client_id,
+                listener,
+                cfg: self,
+                running: AtomicBool::new(false),
+                queues: Mutex::default(),
+                progress: Mutex::default(),
+                control: Mutex::default(),
+            }),
+        })
+    }
+}
+
+/// A push consumer; see the module docs.
+#[derive(Clone)]
+pub struct PushConsumer {
+    inner: Arc<Inner>,
+}
+
+struct QueueTask {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    cfg: PushConsumerBuilder,
+    routes: Routes,
+    client_id: String,
+    listener: Listener,
+    sem: Arc<Semaphore>,
+    local: LocalOffsets,
+    running: AtomicBool,
+    /// Queues this member consumes now. A mutex held only to edit the map.
+    queues: Mutex<BTreeMap<MessageQueue, QueueTask>>,
+    /// Next offset to consume per queue (what a commit records). A mutex held only to edit.
+    progress: Mutex<BTreeMap<MessageQueue, u64>>,
+    control: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn code(s: &Option<raftmq_proto::v1::Status>) -> ErrorCode {
+    s.as_ref()
+        .and_then(|s| ErrorCode::try_from(s.code).ok())
+        .unwrap_or(ErrorCode::Internal)
+}
+
+impl PushConsumer {
+    /// A builder with the defaults.
+    pub fn builder() -> PushConsumerBuilder {
+        PushConsumerBuilder {
+            namesrv_addrs: Vec::new(),
+            group: String::new(),
+            subscriptions: BTreeMap::new(),
+            listener: None,
+            model: MessageModel::default(),
+            strategy: Strategy::default(),
+            from: ConsumeFrom::default(),
+            consume_threads: 20,
+            batch_size: 1,
+            pull_batch_size: 32,
+            long_poll: Duration::from_secs(2),
+            offset_file: None,
+            client_id: None,
+        }
+    }
+
+    /// This member's client id.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Starts heartbeating, rebalancing and consuming.
+    pub async fn start(&self) -> Result<(), ClientError> {
+        if self.inner.running.swap(true, Ordering::AcqRel) {
+            return Err(ClientError::State("already started"));
+        }
+        for t in self.inner.cfg.subscriptions.keys() {
+            self.inner.routes.route(t, true).await?;
+        }
+        let inner = self.inner.clone();
+        *lock(&self.inner.control) = Some(tokio::spawn(control(inner)));
+        Ok(())
+    }
+
+    /// The queues this member consumes now.
+    pub fn assigned(&self) -> Vec<MessageQueue> {
+        lock(&self.inner.queues).keys().cloned().collect()
+    }
+
+    /// Stops pulling, lets every queue finish the batch in hand, commits offsets, releases
+    /// orderly locks and leaves the group (the others rebalance at once).
+    pub async fn shutdown(&self) {
+        if !self.inner.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let control = lock(&self.inner.control).take();
+        if let Some(c) = control {
+            let _ = c.await;
+        }
+        let all: Vec<MessageQueue> = lock(&self.inner.queues).keys().cloned().collect();
+        drop_queues(&self.inner, &all).await;
+        commit(&self.inner).await;
+        // Leave: a heartbeat without the group removes this member from its list.
+        heartbeat(&self.inner, false).await;
+    }
+}
+
+/// The control loop: heartbeats, member watch, rebalance, periodic commits.
+async fn control(inner: Arc<Inner>) {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // A new member list is acted on once seen twice in a row: members starting together see
+    // each other before taking queues (fewer needless moves and duplicates).
+    let mut seen_once: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut last_rebalance: Option<Instant> = None;
+    let mut last_commit = Instant::now();
+    while inner.running.load(Ordering::Acquire) {
+        heartbeat(&inner, true).await;
+        let mut changed = false;
+        for topic in inner.cfg.subscriptions.keys() {
+            let now = match inner.cfg.model {
+                MessageModel::Broadcasting => vec![inner.client_id.clone()],
+                MessageModel::Clustering => group_members(&inner, topic).await.unwrap_or_default(),
+            };
+            if now.is_empty() || members.get(topic) == Some(&now) {
+                continue;
+            }
+            if seen_once.get(topic) == Some(&now) {
+                members.insert(topic.clone(), now);
+                changed = true;
+            } else {
+                seen_once.insert(topic.clone(), now);
+            }
+        }
+        if changed || last_rebalance.is_some_and(|t| t.elapsed() >= REBALANCE_EVERY) {
+            rebalance(&inner, &members).await;
+            last_rebalance = Some(Instant::now());
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            commit(&inner).await;
+            last_commit = Instant::now();
+        }
+        tokio::time::sleep(MEMBERS_EVERY).await;
+    }
+}
+
+async fn heartbeat(inner: &Inner, member: bool) {
+    let groups = if member {
+        vec![ConsumerGroupInfo {
+            group: inner.cfg.group.clone(),
+            mode: match inner.cfg.model {
+                MessageModel::Clustering => ConsumeMode::Clustering,
+                MessageModel::Broadcasting => ConsumeMode::Broadcasting,
+            } as i32,
+            subscriptions: inner
+                .cfg
+                .subscriptions
+                .iter()
+                .map(|(t, e)| Subscription {
+                    topic: t.clone(),
+                    expression: e.clone(),
+                })
+                .collect(),
+        }]
+    } else {
+        Vec::new()
+    };
+    let mut leaders = BTreeSet::new();
+    for t in inner.cfg.subscriptions.keys() {
+        if let Ok(r) = inner.routes.route(t, false).await {
+            leaders.extend(r.leaders.values().cloned());
+        }
+    }
+    for addr in leaders {
+        let req = HeartbeatRequest {
+            client_id: inner.client_id.clone(),
+            producer_groups: vec![],
+            consumer_groups: groups.clone(),
+        };
+        let call = async {
+            inner
+                .routes
+                .messaging(&addr)
+                .await?
+                .heartbeat(req)
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))
+        };
+        if !matches!(tokio::time::timeout(CALL_TIMEOUT, call).await, Ok(Ok(_))) {
+            inner.routes.drop_channel(&addr);
+        }
+    }
+}
+
+/// The group's members as the leader of the first group holding `topic` knows them.
+async fn group_members(inner: &Inner, topic: &str) -> Option<Vec<String>> {
+    let route = inner.routes.route(topic, false).await.ok()?;
+    let addr = route.leaders.values().next()?.clone();
+    let call = async {
+        inner
+            .routes
+            .messaging(&addr)
+            .await?
+            .get_consumer_list(GetConsumerListRequest {
+                consumer_group: inner.cfg.group.clone(),
+            })
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(r)) if code(&r.get_ref().status) == ErrorCode::Ok => Some(r.into_inner().client_ids),
+        _ => {
+            let _ = inner.routes.route(topic, true).await;
+            None
+        }
+    }
+}
+
+async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) {
+    let mut wanted = BTreeSet::new();
+    for topic in inner.cfg.subscriptions.keys() {
+        let Ok(route) = inner.routes.route(topic, false).await else {
+            continue;
+        };
+        let queues: Vec<MessageQueue> = route
+            .read_queues
+            .iter()
+            .map(|(g, q)| MessageQueue::new(topic, g, *q))
+            .collect();
+        let mine = match inner.cfg.model {
+            MessageModel::Broadcasting => queues,
+            MessageModel::Clustering => {
+                let Some(ms) = members.get(topic) else {
+                    continue;
+                };
+                allocate(&inner.cfg.strategy, &inner.client_id, ms, &queues)
+            }
+        };
+        wanted.extend(mine);
+    }
+    let current: BTreeSet<MessageQueue> = lock(&inner.queues).keys().cloned().collect();
+    let gone: Vec<MessageQueue> = current.difference(&wanted).cloned().collect();
+    if !gone.is_empty() {
+        drop_queues(inner, &gone).await;
+        commit_queues(inner, &gone).await;
+    }
+    for q in wanted.difference(&current) {
+        let Some(start) = start_offset(inner, q).await else {
+            continue;
+        };
+        lock(&inner.progress).insert(q.clone(), start);
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(consume_queue(inner.clone(), q.clone(), start, stop.clone()));
+        lock(&inner.queues).insert(q.clone(), QueueTask { stop, task });
+    }
+}
+
+/// Stops the tasks of `gone` and waits for them (each finishes the batch in hand).
+async fn drop_queues(inner: &Inner, gone: &[MessageQueue]) {
+    let tasks: Vec<(MessageQueue, QueueTask)> = {
+        let mut qs = lock(&inner.queues);
+        gone.iter()
+            .filter_map(|q| qs.remove(q).map(|t| (q.clone(), t)))
+            .collect()
+    };
+    for (_, t) in &tasks {
+        t.stop.store(true, Ordering::Release);
+    }
+    for (q, t) in tasks {
+        let _ = t.task.await;
+        if matches!(inner.listener, Listener::Orderly(_)) {
+            unlock(inner, &q).await;
+        }
+    }
+}
+
+/// The offset a newly assigned queue starts at.
+async fn start_offset(inner: &Inner, q: &MessageQueue) -> Option<u64> {
+    if inner.cfg.model == MessageModel::Broadcasting
+        && let Some(o) = inner.local.load().ok()?.get(q)
+    {
+        return Some(*o);
+    }
+    let route = inner.routes.route(&q.topic, false).await.ok()?;
+    let addr = route.leaders.get(&q.group)?.clone();
+    let mut m = inner.routes.messaging(&addr).await.ok()?;
+    if inner.cfg.model == MessageModel::Clustering {
+        let r = m
+            .query_offset(QueryOffsetRequest {
+                consumer_group: inner.cfg.group.clone(),
+                topic: q.topic.clone(),
+                queue_id: q.queue_id,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        if code(&r.status) != ErrorCode::Ok {
+            return None;
+        }
+        if let Some(o) = r.offset {
+            return Some(o);
+        }
+    }
+    let ts = match inner.cfg.from {
+        ConsumeFrom::Timestamp(t) => Some(t),
+        _ => None,
+    };
+    let b = m
+        .query_queue(QueryQueueRequest {
+            topic: q.topic.clone(),
+            queue_id: q.queue_id,
+            timestamp_ms: ts,
+        })
+        .await
+        .ok()?
+        .into_inner();
+    if code(&b.status) != ErrorCode::Ok {
+        return None;
+    }
+    Some(match inner.cfg.from {
+        ConsumeFrom::First => b.min_offset,
+        ConsumeFrom::Last => b.max_offset,
+        ConsumeFrom::Timestamp(_) => b.offset_at_time.unwrap_or(b.max_offset),
+    })
+}
+
+async fn lock_queue(inner: &Inner, q: &MessageQueue) -> bool {
+    let Ok(route) = inner.routes.route(&q.topic, false).await else {
+        return false;
+    };
+    let Some(addr) = route.leaders.get(&q.group).cloned() else {
+        return false;
+    };
+    let call = async {
+        inner
+            .routes
+            .messaging(&addr)
+            .await?
+            .lock_queues(LockQueuesRequest {
+                consumer_group: inner.cfg.group.clone(),
+                client_id: inner.client_id.clone(),
+                queues: vec![QueueRef {
+                    topic: q.topic.clone(),
+                    queue_id: q.queue_id,
+                }],
+            })
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(r)) => r
+            .into_inner()
+            .locked
+            .iter()
+            .any(|l| l.queue_id == q.queue_id && l.topic == q.topic),
+        _ => {
+            let _ = inner.routes.route(&q.topic, true).await;
+            false
+        }
+    }
+}
+
+async fn unlock(inner: &Inner, q: &MessageQueue) {
+    let Ok(route) = inner.routes.route(&q.topic, false).await else {
+        return;
+    };
+    let Some(addr) = route.leaders.get(&q.group).cloned() else {
+        return;
+    };
+    let call = async {
+        inner
+            .routes
+            .messaging(&addr)
+            .await?
+            .unlock_queues(UnlockQueuesRequest {
+                consumer_group: inner.cfg.group.clone(),
+                client_id: inner.client_id.clone(),
+                queues: vec![QueueRef {
+                    topic: q.topic.clone(),
+                    queue_id: q.queue_id,
+                }],
+            })
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))
+    };
+    let _ = tokio::time::timeout(CALL_TIMEOUT, call).await;
+}
+
+/// Exact tag check after the broker's hash filter.
+fn wanted_tags(expr: &str) -> Option<BTreeSet<String>> {
+    let e = expr.trim();
+    if e.is_empty() || e == "*" {
+        return None;
+    }
+    Some(e.split("||").map(|t| t.trim().to_string()).collect())
+}
+
+/// One queue's loop: (orderly: hold the lock) pull, filter, hand to the listener, move on.
+async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, mut offset: u64, stop: Arc<AtomicBool>) {
+    let expr = inner
+        .cfg
+        .subscriptions
+        .get(&q.topic)
+        .cloned()
+        .unwrap_or_default();
+    let tags = wanted_tags(&expr);
+    let orderly = matches!(inner.listener, Listener::Orderly(_));
+    let mut locked_at: Option<Instant> = None;
+    while !stop.load(Ordering::Acquire) {
+        if orderly && locked_at.is_none_or(|t| t.elapsed() >= LOCK_RENEW_EVERY) {
+            if lock_queue(&inner, &q).await {
+                locked_at = Some(Instant::now());
+            } else {
+                // Another member still holds it (or the broker is away): do not consume.
+                locked_at = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let Ok(route) = inner.routes.route(&q.topic, false).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let Some(addr) = route.leaders.get(&q.group).cloned() else {
+            let _ = inner.routes.route(&q.topic, true).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let req = PullRequest {
+            consumer_group: inner.cfg.group.clone(),
+            topic: q.topic.clone(),
+            queue_id: q.queue_id,
+            offset,
+            max_messages: inner.cfg.pull_batch_size,
+            max_bytes: 0,
+            subscription: expr.clone(),
+            long_poll_ms: inner.cfg.long_poll.as_millis() as u32,
+        };
+        let call = async {
+            inner
+                .routes
+                .messaging(&addr)
+                .await?
+                .pull(req)
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))
+        };
+        let resp = match tokio::time::timeout(inner.cfg.long_poll + CALL_TIMEOUT, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            _ => {
+                inner.routes.drop_channel(&addr);
+                let _ = inner.routes.route(&q.topic, true).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match code(&resp.status) {
+            ErrorCode::Ok => {}
+            ErrorCode::OffsetOutOfRange => {
+                offset = offset.clamp(resp.min_offset, resp.max_offset);
+                continue;
+            }
+            _ => {
+                let _ = inner.routes.route(&q.topic, true).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let msgs: Vec<ReceivedMessage> = resp
+            .messages
+            .into_iter()
+            .filter_map(|m| {
+                let inner_msg = m.message?;
+                Some(ReceivedMessage {
+                    queue: q.clone(),
+                    queue_offset: m.queue_offset,
+                    msg_id: inner_msg.msg_id,
+                    offset_msg_id: m.offset_msg_id,
+                    tags: inner_msg.tags,
+                    keys: inner_msg.keys,
+                    properties: inner_msg.properties.into_iter().collect(),
+                    body: inner_msg.body,
+                    store_timestamp_ms: m.store_timestamp_ms,
+                    reconsume_times: inner_msg.reconsume_times,
+                })
+            })
+            .filter(|m| tags.as_ref().is_none_or(|t| t.contains(&m.tags)))
+            .collect();
+        for chunk in msgs.chunks(inner.cfg.batch_size) {
+            deliver(&inner, chunk).await;
+            let next = chunk.last().map_or(offset, |m| m.queue_offset + 1);
+            lock(&inner.progress).insert(q.clone(), next);
+        }
+        offset = resp.next_offset;
+        lock(&inner.progress).insert(q.clone(), offset);
+    }
+}
+
+/// Hands a batch to the listener until it succeeds, pausing longer each time it asks for a
+/// redelivery.
+async fn deliver(inner: &Inner, chunk: &[ReceivedMessage]) {
+    let f = match &inner.listener {
+        Listener::Concurrent(f) | Listener::Orderly(f) => f.clone(),
+    };
+    let mut batch = chunk.to_vec();
+    let mut tries = 0u32;
+    loop {
+        let outcome = {
+            let _permit = inner.sem.acquire().await;
+            f(&batch)
+        };
+        if outcome == ConsumeResult::Success {
+            return;
+        }
+        tries += 1;
+        for m in &mut batch {
+            m.reconsume_times += 1;
+        }
+        tokio::time::sleep(Duration::from_secs(u64::from(tries.min(16)))).await;
+    }
+}
+
+/// Commits the progress of every queue.
+async fn commit(inner: &Inner) {
+    let all: Vec<MessageQueue> = lock(&inner.progress).keys().cloned().collect();
+    commit_queues(inner, &all).await;
+}
+
+async fn commit_queues(inner: &Inner, queues: &[MessageQueue]) {
+    let progress: BTreeMap<MessageQueue, u64> = {
+        let p = lock(&inner.progress);
+        queues
+            .iter()
+            .filter_map(|q| p.get(q).map(|o| (q.clone(), *o)))
+            .collect()
+    };
+    if progress.is_empty() {
+        return;
+    }
+    if inner.cfg.model == MessageModel::Broadcasting {
+        let mut all = inner.local.load().unwrap_or_default();
+        all.extend(progress);
+        if let Err(e) = inner.local.store(&all) {
+            tracing::warn!(error = %e, "storing local offsets failed");
+        }
+        return;
+    }
+    let mut by_group: BTreeMap<(String, String), Vec<QueueOffset>> = BTreeMap::new();
+    for (q, o) in progress {
+        by_group
+            .entry((q.topic.clone(), q.group.clone()))
+            .or_default()
+            .push(QueueOffset {
+                topic: q.topic,
+                queue_id: q.queue_id,
+                offset: o,
+            });
+    }
+    for ((topic, group), offsets) in by_group {
+        let Ok(route) = inner.routes.route(&topic, false).await else {
+            continue;
+        };
+        let Some(addr) = route.leaders.get(&group).cloned() else {
+            continue;
+        };
+        let req = CommitOffsetRequest {
+            consumer_group: inner.cfg.group.clone(),
+            offsets,
+        };
+        let call = async {
+            inner
+                .routes
+                .messaging(&addr)
+                .await?
+                .commit_offset(req)
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(r)) if code(&r.get_ref().status) == ErrorCode::Ok => {}
+            other => {
+                tracing::debug!(?other, "offset commit failed; retried at the next commit");
+                let _ = inner.routes.route(&topic, true).await;
+            }
+        }
+    }
+}

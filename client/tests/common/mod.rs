@@ -1,0 +1,152 @@
+//! An in-process cluster for the SDK's tests: a name server and a three-replica group over
+//! loopback gRPC, with topic `T` (4 queues) created and routed.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raftmq_broker::{Broker, BrokerConfig};
+use raftmq_proto::v1::admin_client::AdminClient;
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::{CreateTopicRequest, GroupStatusRequest, PullRequest, Role, TopicConfig};
+
+pub struct Local {
+    pub _tmp: tempfile::TempDir,
+    pub namesrv: String,
+    pub brokers: BTreeMap<u64, Broker>,
+}
+
+fn port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+}
+
+pub async fn local() -> anyhow::Result<Local> {
+    let tmp = tempfile::tempdir()?;
+    let ns = port();
+    let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve(ns),
+    );
+    let addrs: Vec<std::net::SocketAddr> = (0..3).map(|_| port()).collect();
+    let members: String = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{} = \"{a}\"\n", i + 1))
+        .collect();
+    let mut brokers = BTreeMap::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let dir = tmp.path().join(format!("r{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let mut c = BrokerConfig::parse(&format!(
+            "group = \"g1\"\nreplica_id = {}\nlisten = \"{a}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\n[initial_members]\n{members}",
+            i + 1,
+            dir.display()
+        ))?;
+        c.segment_bytes_override = Some(16 << 20);
+        brokers.insert(
+            i as u64 + 1,
+            Broker::start(c, Arc::new(raftmq_store::MmapDisk::open(&dir)?)).await?,
+        );
+    }
+    let l = Local {
+        _tmp: tmp,
+        namesrv: ns.to_string(),
+        brokers,
+    };
+    // A topic with 4 queues, created on the leader once it takes writes.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = l.leader().await;
+        if let Some(addr) = leader {
+            let r = AdminClient::connect(format!("http://{addr}"))
+                .await?
+                .create_topic(CreateTopicRequest {
+                    topic: Some(TopicConfig {
+                        name: "T".into(),
+                        read_queue_nums: 4,
+                        write_queue_nums: 4,
+                        perm: 6,
+                    }),
+                })
+                .await?
+                .into_inner();
+            if r.status.as_ref().is_some_and(|s| s.code == 0) {
+                break;
+            }
+        }
+        anyhow::ensure!(Instant::now() < end, "no usable leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The name server learns the topic at the leader's next registration (≤ 100 ms later).
+    let mut ns = raftmq_proto::v1::name_server_client::NameServerClient::connect(format!(
+        "http://{}",
+        l.namesrv
+    ))
+    .await?;
+    loop {
+        let r = ns
+            .get_route(raftmq_proto::v1::GetRouteRequest { topic: "T".into() })
+            .await?
+            .into_inner();
+        if r.status.as_ref().is_some_and(|s| s.code == 0)
+            && r.groups.iter().any(|g| !g.leader_addr.is_empty())
+        {
+            return Ok(l);
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "the name server never learned topic T"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Local {
+    pub async fn leader(&self) -> Option<String> {
+        for b in self.brokers.values() {
+            let addr = b.addr().to_string();
+            if let Ok(mut a) = AdminClient::connect(format!("http://{addr}")).await
+                && let Ok(s) = a.group_status(GroupStatusRequest {}).await
+                && s.get_ref().role == Role::Leader as i32
+            {
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// Every message id in every queue of T, with its queue and offset, read on `addr`.
+    pub async fn contents(&self, addr: &str) -> anyhow::Result<Vec<(u32, u64, String)>> {
+        let mut m = MessagingClient::connect(format!("http://{addr}")).await?;
+        let mut out = Vec::new();
+        for q in 0..4 {
+            let mut offset = 0;
+            loop {
+                let r = m
+                    .pull(PullRequest {
+                        consumer_group: "check".into(),
+                        topic: "T".into(),
+                        queue_id: q,
+                        offset,
+                        max_messages: 1024,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                for msg in r.messages {
+                    out.push((q, msg.queue_offset, msg.message.expect("message").msg_id));
+                }
+                if r.next_offset == offset {
+                    break;
+                }
+                offset = r.next_offset;
+            }
+        }
+        Ok(out)
+    }
+}
