@@ -23,7 +23,8 @@
 //!
 //! # How it runs
 //! A control task heartbeats to the leader of every group holding a subscribed topic (with
-//! the subscriptions), watches the group's member list (every [`MEMBERS_EVERY`]), and
+//! the subscriptions, every [`HEARTBEAT_EVERY`]), watches the group's member list (every
+//! [`MEMBERS_EVERY`]), and
 //! rebalances when it changes and every [`REBALANCE_EVERY`]: each member computes its queues
 //! with the [`Strategy`] from the sorted members and queues. A queue dropped by a rebalance is
 //! stopped (its task finishes the message in hand) and its offset committed before the queue
@@ -60,8 +61,10 @@ use crate::route::{CALL_TIMEOUT, Routes};
 pub const COMMIT_EVERY: Duration = Duration::from_secs(5);
 /// How often a rebalance runs even without a membership change.
 pub const REBALANCE_EVERY: Duration = Duration::from_secs(20);
-/// How often the member list is checked (and heartbeats sent).
+/// How often the member list is checked.
 pub const MEMBERS_EVERY: Duration = Duration::from_millis(500);
+/// How often a member heartbeats (brokers drop a client silent for 120 s).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How long an orderly consumer's queue lock is renewed before it runs out.
 const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
 
@@ -399,8 +402,18 @@ async fn control(inner: Arc<Inner>) {
     let mut seen_once: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut last_rebalance: Option<Instant> = None;
     let mut last_commit = Instant::now();
+    let mut last_heartbeat: Option<(Instant, BTreeSet<String>)> = None;
     while inner.running.load(Ordering::Acquire) {
-        heartbeat(&inner, true).await;
+        // Heartbeat on schedule, and at once when a group's leader changed (a new leader knows
+        // no clients: its member list would be empty until then).
+        let leaders = leaders(&inner).await;
+        if last_heartbeat
+            .as_ref()
+            .is_none_or(|(t, l)| t.elapsed() >= HEARTBEAT_EVERY || *l != leaders)
+        {
+            heartbeat(&inner, true).await;
+            last_heartbeat = Some((Instant::now(), leaders));
+        }
         let mut changed = false;
         for topic in inner.cfg.subscriptions.keys() {
             let now = match inner.cfg.model {
@@ -429,6 +442,17 @@ async fn control(inner: Arc<Inner>) {
     }
 }
 
+/// The leaders of every group holding a subscribed topic, from the cached routes.
+async fn leaders(inner: &Inner) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for t in inner.cfg.subscriptions.keys() {
+        if let Ok(r) = inner.routes.route(t, false).await {
+            out.extend(r.leaders.values().cloned());
+        }
+    }
+    out
+}
+
 async fn heartbeat(inner: &Inner, member: bool) {
     let groups = if member {
         vec![ConsumerGroupInfo {
@@ -450,13 +474,7 @@ async fn heartbeat(inner: &Inner, member: bool) {
     } else {
         Vec::new()
     };
-    let mut leaders = BTreeSet::new();
-    for t in inner.cfg.subscriptions.keys() {
-        if let Ok(r) = inner.routes.route(t, false).await {
-            leaders.extend(r.leaders.values().cloned());
-        }
-    }
-    for addr in leaders {
+    for addr in leaders(inner).await {
         let req = HeartbeatRequest {
             client_id: inner.client_id.clone(),
             producer_groups: vec![],
@@ -566,13 +584,32 @@ async fn start_offset(inner: &Inner, q: &MessageQueue) -> Option<u64> {
     {
         return Some(*o);
     }
-    let route = inner.routes.route(&q.topic, false).await.ok()?;
+    query_start(
+        &inner.routes,
+        &inner.cfg.group,
+        inner.cfg.model == MessageModel::Clustering,
+        inner.cfg.from,
+        q,
+    )
+    .await
+}
+
+/// Where `group` starts on `q`: its committed offset (if `committed` is asked and there is
+/// one), else the queue's first, last, or first-at-time offset.
+pub(crate) async fn query_start(
+    routes: &Routes,
+    group: &str,
+    committed: bool,
+    from: ConsumeFrom,
+    q: &MessageQueue,
+) -> Option<u64> {
+    let route = routes.route(&q.topic, false).await.ok()?;
     let addr = route.leaders.get(&q.group)?.clone();
-    let mut m = inner.routes.messaging(&addr).await.ok()?;
-    if inner.cfg.model == MessageModel::Clustering {
+    let mut m = routes.messaging(&addr).await.ok()?;
+    if committed {
         let r = m
             .query_offset(QueryOffsetRequest {
-                consumer_group: inner.cfg.group.clone(),
+                consumer_group: group.to_string(),
                 topic: q.topic.clone(),
                 queue_id: q.queue_id,
             })
@@ -586,7 +623,7 @@ async fn start_offset(inner: &Inner, q: &MessageQueue) -> Option<u64> {
             return Some(o);
         }
     }
-    let ts = match inner.cfg.from {
+    let ts = match from {
         ConsumeFrom::Timestamp(t) => Some(t),
         _ => None,
     };
@@ -602,7 +639,7 @@ async fn start_offset(inner: &Inner, q: &MessageQueue) -> Option<u64> {
     if code(&b.status) != ErrorCode::Ok {
         return None;
     }
-    Some(match inner.cfg.from {
+    Some(match from {
         ConsumeFrom::First => b.min_offset,
         ConsumeFrom::Last => b.max_offset,
         ConsumeFrom::Timestamp(_) => b.offset_at_time.unwrap_or(b.max_offset),
@@ -671,8 +708,35 @@ async fn unlock(inner: &Inner, q: &MessageQueue) {
     let _ = tokio::time::timeout(CALL_TIMEOUT, call).await;
 }
 
+/// Pulled messages as the application sees them, with the exact tag check applied.
+pub(crate) fn received(
+    q: &MessageQueue,
+    stored: Vec<raftmq_proto::v1::StoredMessage>,
+    tags: Option<&BTreeSet<String>>,
+) -> Vec<ReceivedMessage> {
+    stored
+        .into_iter()
+        .filter_map(|m| {
+            let inner_msg = m.message?;
+            Some(ReceivedMessage {
+                queue: q.clone(),
+                queue_offset: m.queue_offset,
+                msg_id: inner_msg.msg_id,
+                offset_msg_id: m.offset_msg_id,
+                tags: inner_msg.tags,
+                keys: inner_msg.keys,
+                properties: inner_msg.properties.into_iter().collect(),
+                body: inner_msg.body,
+                store_timestamp_ms: m.store_timestamp_ms,
+                reconsume_times: inner_msg.reconsume_times,
+            })
+        })
+        .filter(|m| tags.is_none_or(|t| t.contains(&m.tags)))
+        .collect()
+}
+
 /// Exact tag check after the broker's hash filter.
-fn wanted_tags(expr: &str) -> Option<BTreeSet<String>> {
+pub(crate) fn wanted_tags(expr: &str) -> Option<BTreeSet<String>> {
     let e = expr.trim();
     if e.is_empty() || e == "*" {
         return None;
@@ -751,26 +815,7 @@ async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, mut offset: u64, stop
                 continue;
             }
         }
-        let msgs: Vec<ReceivedMessage> = resp
-            .messages
-            .into_iter()
-            .filter_map(|m| {
-                let inner_msg = m.message?;
-                Some(ReceivedMessage {
-                    queue: q.clone(),
-                    queue_offset: m.queue_offset,
-                    msg_id: inner_msg.msg_id,
-                    offset_msg_id: m.offset_msg_id,
-                    tags: inner_msg.tags,
-                    keys: inner_msg.keys,
-                    properties: inner_msg.properties.into_iter().collect(),
-                    body: inner_msg.body,
-                    store_timestamp_ms: m.store_timestamp_ms,
-                    reconsume_times: inner_msg.reconsume_times,
-                })
-            })
-            .filter(|m| tags.as_ref().is_none_or(|t| t.contains(&m.tags)))
-            .collect();
+        let msgs = received(&q, resp.messages, tags.as_ref());
         for chunk in msgs.chunks(inner.cfg.batch_size) {
             deliver(&inner, chunk).await;
             let next = chunk.last().map_or(offset, |m| m.queue_offset + 1);
@@ -830,6 +875,16 @@ async fn commit_queues(inner: &Inner, queues: &[MessageQueue]) {
         }
         return;
     }
+    commit_remote(&inner.routes, &inner.cfg.group, progress).await;
+}
+
+/// Commits `progress` on the brokers: one request per (topic, group) to its leader. A failed
+/// commit is logged and retried by the next one.
+pub(crate) async fn commit_remote(
+    routes: &Routes,
+    consumer_group: &str,
+    progress: BTreeMap<MessageQueue, u64>,
+) -> bool {
     let mut by_group: BTreeMap<(String, String), Vec<QueueOffset>> = BTreeMap::new();
     for (q, o) in progress {
         by_group
@@ -841,20 +896,22 @@ async fn commit_queues(inner: &Inner, queues: &[MessageQueue]) {
                 offset: o,
             });
     }
+    let mut all_ok = true;
     for ((topic, group), offsets) in by_group {
-        let Ok(route) = inner.routes.route(&topic, false).await else {
+        let Ok(route) = routes.route(&topic, false).await else {
+            all_ok = false;
             continue;
         };
         let Some(addr) = route.leaders.get(&group).cloned() else {
+            all_ok = false;
             continue;
         };
         let req = CommitOffsetRequest {
-            consumer_group: inner.cfg.group.clone(),
+            consumer_group: consumer_group.to_string(),
             offsets,
         };
         let call = async {
-            inner
-                .routes
+            routes
                 .messaging(&addr)
                 .await?
                 .commit_offset(req)
@@ -864,9 +921,11 @@ async fn commit_queues(inner: &Inner, queues: &[MessageQueue]) {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(r)) if code(&r.get_ref().status) == ErrorCode::Ok => {}
             other => {
+                all_ok = false;
                 tracing::debug!(?other, "offset commit failed; retried at the next commit");
-                let _ = inner.routes.route(&topic, true).await;
+                let _ = routes.route(&topic, true).await;
             }
         }
     }
+    all_ok
 }

@@ -5,6 +5,7 @@
 //!   avoidance, retries and `NOT_LEADER` redirection;
 //! - [`PushConsumer`]: subscriptions, concurrent or orderly listeners, clustering or
 //!   broadcasting, rebalance, long-polling pulls, offsets (brokers or a local file);
+//! - [`PullConsumer`]: lite pull — subscribe or assign, `poll`, `commit`, `seek`;
 //! - [`rebalance`]: how a clustering consumer group shares a topic's queues (average,
 //!   average-by-circle, consistent hash, manual) — pure functions;
 //! - [`msg_id`]: client-made unique message ids.
@@ -26,6 +27,7 @@ pub mod message;
 pub mod msg_id;
 pub mod offsets;
 pub mod producer;
+pub mod pull_consumer;
 pub mod rebalance;
 pub mod route;
 
@@ -33,3 +35,4 @@ pub use consumer::{ConsumeResult, PushConsumer, ReceivedMessage};
 pub use error::ClientError;
 pub use message::Message;
 pub use producer::{Producer, ProducerBuilder, SendResult};
+pub use pull_consumer::PullConsumer;

@@ -297,3 +297,63 @@ async fn broadcasting_and_orderly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lite_pull_poll_commit_seek() -> anyhow::Result<()> {
+    use raftmq_client::PullConsumer;
+    let l = local().await?;
+    let p = Producer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("P")
+        .build()?;
+    p.start().await?;
+    send_n(&p, 0, 30).await?;
+    let c = PullConsumer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("L")
+        .consume_from(ConsumeFrom::First)
+        .build()?;
+    assert!(
+        c.poll(Duration::from_millis(10)).await.is_err(),
+        "not started"
+    );
+    c.start().await?;
+    c.subscribe("T", "*").await?;
+    assert_eq!(c.assignment().len(), 4);
+    let mut got = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while got.len() < 30 {
+        for m in c.poll(Duration::from_millis(500)).await? {
+            got.insert(String::from_utf8_lossy(&m.body).into_owned());
+        }
+        anyhow::ensure!(Instant::now() < end, "polled {}", got.len());
+    }
+    assert!(
+        c.poll(Duration::from_millis(200)).await?.is_empty(),
+        "nothing more"
+    );
+    c.commit().await?;
+    c.shutdown().await;
+    // The same group resumes at the committed end; seek replays one queue.
+    let c2 = PullConsumer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("L")
+        .consume_from(ConsumeFrom::First)
+        .build()?;
+    c2.start().await?;
+    let q0 = raftmq_client::rebalance::MessageQueue::new("T", "g1", 0);
+    c2.assign(vec![q0.clone()]).await?;
+    let end_offset = c2.position(&q0).expect("assigned");
+    assert!(end_offset > 0);
+    assert!(c2.poll(Duration::from_millis(200)).await?.is_empty());
+    c2.seek(&q0, 0)?;
+    let again = c2.poll(Duration::from_secs(2)).await?;
+    assert_eq!(again.len() as u64, end_offset, "queue 0 replayed from 0");
+    assert!(again.iter().all(|m| m.queue == q0));
+    c2.shutdown().await;
+    p.shutdown().await;
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The lite pull consumer: the application drives it with `poll`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), raftmq_client::ClientError> {
+//! use std::time::Duration;
+//! use raftmq_client::PullConsumer;
+//!
+//! let c = PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("reports").build()?;
+//! c.start().await?;
+//! c.subscribe("Orders", "*").await?;
+//! loop {
+//!     let batch = c.poll(Duration::from_secs(1)).await?;
+//!     if batch.is_empty() { break; }
+//!     for m in &batch { println!("{}", m.msg_id); }
+//!     c.commit().await?;
+//! }
+//! c.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! `subscribe` takes every readable queue of the topic for this consumer (it does not share
+//! queues with other members: use [`crate::PushConsumer`] for that, or `assign` disjoint
+//! queues); `assign` takes exactly the queues given. Positions start at the group's committed
+//! offsets (else per `consume_from`), move as `poll` returns messages, and are committed to the
+//! brokers by `commit` (and at `shutdown`); `seek` moves one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::limits::check_name;
+use raftmq_proto::v1::PullRequest;
+use tokio::time::Instant;
+
+use crate::consumer::{
+    ConsumeFrom, ReceivedMessage, commit_remote, query_start, received, wanted_tags,
+};
+use crate::error::ClientError;
+use crate::rebalance::MessageQueue;
+use crate::route::{CALL_TIMEOUT, Routes};
+
+/// Builds a [`PullConsumer`].
+///
+/// ```
+/// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build();
+/// assert!(c.is_ok());
+/// assert!(raftmq_client::PullConsumer::builder().group("G").build().is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct PullConsumerBuilder {
+    namesrv_addrs: Vec<String>,
+    group: String,
+    from: ConsumeFrom,
+    pull_batch_size: u32,
+}
+
+impl PullConsumerBuilder {
+    /// The name servers.
+    pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namesrv_addrs = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The consumer group (offsets are committed under it).
+    pub fn group(mut self, g: impl Into<String>) -> Self {
+        self.group = g.into();
+        self
+    }
+
+    /// Where queues without a committed offset start (default: last).
+    pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
+        self.from = f;
+        self
+    }
+
+    /// Messages per pull, at most (default 32).
+    pub fn pull_batch_size(mut self, n: u32) -> Self {
+        self.pull_batch_size = n;
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<PullConsumer, ClientError> {
+        if self.namesrv_addrs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "at least one name server address".into(),
+            ));
+        }
+        check_name("consumer group", &self.group)
+            .map_err(|e| ClientError::InvalidArgument(e.message))?;
+        if self.pull_batch_size == 0 || self.pull_batch_size > 1024 {
+            return Err(ClientError::InvalidArgument(
+                "pull_batch_size must be 1..=1024".into(),
+            ));
+        }
+        let start = std::process::id() as usize % self.namesrv_addrs.len();
+        Ok(PullConsumer {
+            routes: Routes::new(self.namesrv_addrs.clone(), start),
+            cfg: self,
+            running: AtomicBool::new(false),
+            queues: Mutex::default(),
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Assigned {
+    position: u64,
+    tags: Option<BTreeSet<String>>,
+    expression: String,
+}
+
+/// A lite pull consumer; see the module docs.
+pub struct PullConsumer {
+    cfg: PullConsumerBuilder,
+    routes: Routes,
+    running: AtomicBool,
+    /// Assigned queues and their positions; a mutex held only to read or edit the map.
+    queues: Mutex<BTreeMap<MessageQueue, Assigned>>,
+    /// Round-robin start for `poll`.
+    next: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PullConsumer {
+    /// A builder with the defaults.
+    pub fn builder() -> PullConsumerBuilder {
+        PullConsumerBuilder {
+            namesrv_addrs: Vec::new(),
+            group: String::new(),
+            from: ConsumeFrom::default(),
+            pull_batch_size: 32,
+        }
+    }
+
+    /// Starts the consumer.
+    pub async fn start(&self) -> Result<(), ClientError> {
+        self.running.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        if self.running.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ClientError::State(
+                "pull consumer not started (or shut down)",
+            ))
+        }
+    }
+
+    /// Takes every readable queue of `topic`, filtered by a tag expression.
+    pub async fn subscribe(&self, topic: &str, expression: &str) -> Result<(), ClientError> {
+        self.check()?;
+        check_name("topic", topic).map_err(|e| ClientError::InvalidArgument(e.message))?;
+        let route = self.routes.route(topic, true).await?;
+        let queues: Vec<MessageQueue> = route
+            .read_queues
+            .iter()
+            .map(|(g, q)| MessageQueue::new(topic, g, *q))
+            .collect();
+        self.add(queues, expression).await
+    }
+
+    /// Takes exactly these queues (all of them; no tag filter).
+    pub async fn assign(&self, queues: Vec<MessageQueue>) -> Result<(), ClientError> {
+        self.check()?;
+        lock(&self.queues).clear();
+        self.add(queues, "*").await
+    }
+
+    async fn add(&self, queues: Vec<MessageQueue>, expression: &str) -> Result<(), ClientError> {
+        for q in queues {
+            let start = query_start(&self.routes, &self.cfg.group, true, self.cfg.from, &q)
+                .await
+                .ok_or_else(|| ClientError::Unavailable(format!("no start offset for {q:?}")))?;
+            lock(&self.queues).insert(
+                q,
+                Assigned {
+                    position: start,
+                    tags: wanted_tags(expression),
+                    expression: expression.to_string(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The queues taken.
+    pub fn assignment(&self) -> Vec<MessageQueue> {
+        lock(&self.queues).keys().cloned().collect()
+    }
+
+    /// The next offset `poll` reads from `queue`.
+    pub fn position(&self, queue: &MessageQueue) -> Option<u64> {
+        lock(&self.queues).get(queue).map(|a| a.position)
+    }
+
+    /// Moves `queue`'s position (the next `commit` records it).
+    pub fn seek(&self, queue: &MessageQueue, offset: u64) -> Result<(), ClientError> {
+        match lock(&self.queues).get_mut(queue) {
+            Some(a) => {
+                a.position = offset;
+                Ok(())
+            }
+            None => Err(ClientError::InvalidArgument(format!(
+                "{queue:?} is not assigned"
+            ))),
+        }
+    }
+
+    /// Messages from the assigned queues, waiting up to `timeout` for some. Positions move
+    /// past what is returned.
+    pub async fn poll(&self, timeout: Duration) -> Result<Vec<ReceivedMessage>, ClientError> {
+        self.check()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let queues: Vec<(MessageQueue, Assigned)> = lock(&self.queues)
+                .iter()
+                .map(|(q, a)| (q.clone(), a.clone()))
+                .collect();
+            if queues.is_empty() {
+                return Err(ClientError::InvalidArgument(
+                    "nothing subscribed or assigned".into(),
+                ));
+            }
+            let n = queues.len();
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            for i in 0..n {
+                let (q, a) = &queues[(start + i) % n];
+                let got = self.pull_once(q, a).await;
+                if let Some(msgs) = got
+                    && !msgs.is_empty()
+                {
+                    return Ok(msgs);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::time::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+    }
+
+    /// One pull from `q`; moves its position. `None` when the broker could not be reached.
+    async fn pull_once(&self, q: &MessageQueue, a: &Assigned) -> Option<Vec<ReceivedMessage>> {
+        let route = self.routes.route(&q.topic, false).await.ok()?;
+        let addr = route.leaders.get(&q.group)?.clone();
+        let req = PullRequest {
+            consumer_group: self.cfg.group.clone(),
+            topic: q.topic.clone(),
+            queue_id: q.queue_id,
+            offset: a.position,
+            max_messages: self.cfg.pull_batch_size,
+            max_bytes: 0,
+            subscription: a.expression.clone(),
+            long_poll_ms: 0,
+        };
+        let call = async {
+            self.routes
+                .messaging(&addr)
+                .await?
+                .pull(req)
+                .await
+                .map_err(|e| ClientError::Unavailable(e.to_string()))
+        };
+        let resp = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            _ => {
+                self.routes.drop_channel(&addr);
+                let _ = self.routes.route(&q.topic, true).await;
+                return None;
+            }
+        };
+        let code = resp
+            .status
+            .as_ref()
+            .and_then(|s| ErrorCode::try_from(s.code).ok());
+        let next = match code {
+            Some(ErrorCode::Ok) => resp.next_offset,
+            Some(ErrorCode::OffsetOutOfRange) => a.position.clamp(resp.min_offset, resp.max_offset),
+            _ => {
+                let _ = self.routes.route(&q.topic, true).await;
+                return None;
+            }
+        };
+        let msgs = received(q, resp.messages, a.tags.as_ref());
+        if let Some(cur) = lock(&self.queues).get_mut(q)
+            && cur.position == a.position
+        {
+            cur.position = next;
+        }
+        Some(msgs)
+    }
+
+    /// Commits every queue's position to the brokers.
+    pub async fn commit(&self) -> Result<(), ClientError> {
+        self.check()?;
+        let progress: BTreeMap<MessageQueue, u64> = lock(&self.queues)
+            .iter()
+            .map(|(q, a)| (q.clone(), a.position))
+            .collect();
+        if commit_remote(&self.routes, &self.cfg.group, progress).await {
+            Ok(())
+        } else {
+            Err(ClientError::Unavailable(
+                "some offsets were not committed".into(),
+            ))
+        }
+    }
+
+    /// Commits and stops.
+    pub async fn shutdown(&self) {
+        if self.running.load(Ordering::Acquire) {
+            let _ = self.commit().await;
+        }
+        self.running.store(false, Ordering::Release);
+    }
+}
