@@ -4,9 +4,11 @@
 //! - `raftmq dev`: a name server and a three-replica group in one process, data under
 //!   `./data` — the quick start;
 //! - `raftmq topic create|list|route|stats`, `raftmq group status`: admin;
-//! - `raftmq send`, `raftmq consume`: thin producer and consumer over the wire contract;
+//! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK;
+//! - `raftmq bench produce|consume`: load over the SDK with latency percentiles;
 //! - `raftmq store check`: verify a replica's data directory offline.
 
+mod bench;
 mod ops;
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmq_broker::{Broker, BrokerConfig};
-use raftmq_proto::v1::{Message, Role, TopicConfig};
+use raftmq_proto::v1::{Role, TopicConfig};
 use raftmq_store::{MmapDisk, Store, StoreConfig};
 
 #[derive(Parser)]
@@ -94,6 +96,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         idle_ms: u64,
     },
+    /// Load generators over the SDK.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Storage tools that work on a replica's data directory.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -247,33 +252,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             key,
             count,
         } => {
-            let cluster = ops::Cluster::new(&namesrv);
-            let route = cluster.route_for_send(&topic).await?;
-            let pid = std::process::id();
+            let p = raftmq_client::Producer::builder()
+                .namesrv_addrs(namesrv.split(','))
+                .group("raftmq-cli")
+                .build()?;
+            p.start().await?;
             for i in 0..count {
                 let body = if count > 1 {
                     format!("{body}-{i}")
                 } else {
                     body.clone()
                 };
-                let m = Message {
-                    topic: topic.clone(),
-                    tags: tag.clone(),
-                    keys: key.iter().cloned().collect(),
-                    body: body.into_bytes(),
-                    born_timestamp_ms: now_ms(),
-                    born_host: "127.0.0.1:0".into(),
-                    msg_id: format!("{pid:08X}{:016X}{i:08X}", now_ms()),
-                    ..Default::default()
-                };
-                let (group, results) = ops::send(&cluster, &route, vec![m], i).await?;
-                for r in results {
-                    println!(
-                        "sent {} to {group} queue {} offset {} (offsetMsgId {})",
-                        r.msg_id, r.queue_id, r.queue_offset, r.offset_msg_id
-                    );
-                }
+                let m = raftmq_client::Message::new(topic.as_str(), body)
+                    .with_tags(tag.as_str())
+                    .with_keys(key.iter().cloned());
+                let r = p.send(m).await?;
+                println!(
+                    "sent {} to {} queue {} offset {} (offsetMsgId {})",
+                    r.msg_id, r.queue.group, r.queue.queue_id, r.queue_offset, r.offset_msg_id
+                );
             }
+            p.shutdown().await;
             Ok(())
         }
         Command::Consume {
@@ -284,6 +283,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             from,
             idle_ms,
         } => consume(&namesrv, &topic, &group, count, &from, idle_ms).await,
+        Command::Bench(b) => bench::run(b).await,
         Command::Store(_) => unreachable!("handled before the runtime starts"),
     }
 }
@@ -463,58 +463,56 @@ async fn consume(
     from: &str,
     idle_ms: u64,
 ) -> anyhow::Result<()> {
+    use raftmq_client::consumer::ConsumeFrom;
+    use std::sync::atomic::{AtomicU64, Ordering};
     let from = match from {
-        "first" => ops::From::First,
-        "last" => ops::From::Last,
+        "first" => ConsumeFrom::First,
+        "last" => ConsumeFrom::Last,
         other => anyhow::bail!("--from must be first or last, got {other:?}"),
     };
-    let cluster = ops::Cluster::new(namesrv);
-    let route = cluster.route(topic).await?;
-    let mut cursors = ops::cursors(&cluster, &route, topic, group, from).await?;
-    let mut seen = 0u64;
-    let mut last_msg = Instant::now();
-    let mut last_commit = Instant::now();
-    loop {
-        let mut got = 0;
-        for c in cursors.iter_mut() {
-            let msgs = ops::pull(&cluster, topic, group, c, 0).await?;
+    let seen = Arc::new(AtomicU64::new(0));
+    let last_ms = Arc::new(AtomicU64::new(now_ms()));
+    let (s2, l2) = (seen.clone(), last_ms.clone());
+    let c = raftmq_client::PushConsumer::builder()
+        .namesrv_addrs(namesrv.split(','))
+        .group(group)
+        .subscribe(topic, "*")
+        .consume_from(from)
+        .long_poll(Duration::from_millis(500))
+        .concurrent(move |msgs| {
             for m in msgs {
-                got += 1;
-                seen += 1;
-                let inner = m.message.unwrap_or_default();
                 println!(
                     "{} queue {} offset {} tags {:?} keys {:?} msgId {} body {}",
-                    m.group,
-                    m.queue_id,
+                    m.queue.group,
+                    m.queue.queue_id,
                     m.queue_offset,
-                    inner.tags,
-                    inner.keys,
-                    inner.msg_id,
-                    String::from_utf8_lossy(&inner.body)
+                    m.tags,
+                    m.keys,
+                    m.msg_id,
+                    String::from_utf8_lossy(&m.body)
                 );
+                s2.fetch_add(1, Ordering::Relaxed);
             }
-            // Every message pulled is printed (and its offset committed), even past --count.
-            if count > 0 && seen >= count {
-                break;
-            }
+            l2.store(now_ms(), Ordering::Relaxed);
+            raftmq_client::ConsumeResult::Success
+        })
+        .build()?;
+    c.start().await?;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        if got > 0 {
-            last_msg = Instant::now();
-        }
-        let done = (count > 0 && seen >= count)
-            || (idle_ms > 0 && last_msg.elapsed() >= Duration::from_millis(idle_ms));
-        if done || last_commit.elapsed() >= Duration::from_secs(5) {
-            ops::commit(&cluster, topic, group, &cursors).await?;
-            last_commit = Instant::now();
-        }
-        if done {
-            eprintln!("consumed {seen} message(s)");
-            return Ok(());
-        }
-        if got == 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = seen.load(Ordering::Relaxed);
+        let idle = now_ms().saturating_sub(last_ms.load(Ordering::Relaxed));
+        if (count > 0 && n >= count) || (idle_ms > 0 && idle >= idle_ms) {
+            break;
         }
     }
+    c.shutdown().await;
+    eprintln!("consumed {} message(s)", seen.load(Ordering::Relaxed));
+    Ok(())
 }
 
 fn check(data_dir: PathBuf, segment_bytes: u64) -> anyhow::Result<()> {

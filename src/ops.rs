@@ -1,5 +1,5 @@
-//! What the admin, `send` and `consume` commands do, over the wire contract (the SDK of the
-//! client issue will take `send` and `consume` over).
+//! What the admin commands do, over the wire contract (`send`, `consume` and `bench` use the
+//! SDK).
 //!
 //! Every call goes to a group's leader as the name server reports it, follows a `NOT_LEADER`
 //! hint at once, and retries `UNAVAILABLE` (election or lease in progress) for a bounded time.
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::admin_client::AdminClient;
-use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::*;
 use tonic::transport::Channel;
@@ -76,39 +75,6 @@ impl Cluster {
         Ok(r)
     }
 
-    /// The route to send to: the topic's, or, for a topic no group holds yet, every group
-    /// with the auto-create queue count (a broker with auto-create on creates it on the first
-    /// send; one without answers TOPIC_NOT_FOUND).
-    pub async fn route_for_send(&self, topic: &str) -> anyhow::Result<GetRouteResponse> {
-        let r = self
-            .ns()
-            .await?
-            .get_route(GetRouteRequest {
-                topic: topic.into(),
-            })
-            .await?
-            .into_inner();
-        if code(&r.status) != ErrorCode::TopicNotFound {
-            check(&r.status, &format!("route of {topic}"))?;
-            return Ok(r);
-        }
-        let groups = self.groups().await?;
-        anyhow::ensure!(!groups.is_empty(), "no broker group is registered");
-        Ok(GetRouteResponse {
-            status: r.status,
-            queues: groups
-                .iter()
-                .map(|g| QueueData {
-                    group: g.group.clone(),
-                    read_queue_nums: raftmq_broker::config::AUTO_CREATE_QUEUES,
-                    write_queue_nums: raftmq_broker::config::AUTO_CREATE_QUEUES,
-                    perm: 6,
-                })
-                .collect(),
-            groups,
-        })
-    }
-
     /// The current leader address of `group` (waits for one, bounded).
     pub async fn leader(&self, group: &str) -> anyhow::Result<String> {
         let end = Instant::now() + RETRY_FOR;
@@ -124,14 +90,6 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-pub async fn messaging(addr: &str) -> anyhow::Result<MessagingClient<Channel>> {
-    Ok(MessagingClient::connect(format!("http://{addr}"))
-        .await
-        .with_context(|| format!("connecting to {addr}"))?
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20))
 }
 
 pub async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
@@ -206,7 +164,26 @@ pub async fn topic_create(
         })
         .await?;
     }
-    Ok(targets)
+    // Routable once the leaders' next registration reaches the name server (≤ 100 ms).
+    let end = Instant::now() + RETRY_FOR;
+    loop {
+        if let Ok(r) = cluster.route(&topic.name).await
+            && targets.iter().all(|g| {
+                r.queues
+                    .iter()
+                    .any(|q| &q.group == g && q.write_queue_nums == topic.write_queue_nums)
+            })
+        {
+            return Ok(targets);
+        }
+        if Instant::now() > end {
+            bail!(
+                "topic {} was created but the name server does not route it yet",
+                topic.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Topics per group.
@@ -276,190 +253,4 @@ pub async fn group_status(
         }
     }
     Ok(out)
-}
-
-/// Sends `messages` (one topic) to the next queue of the route (round-robin over groups and
-/// their write queues, counted by `turn`); returns the group and the results.
-pub async fn send(
-    cluster: &Cluster,
-    route: &GetRouteResponse,
-    messages: Vec<Message>,
-    turn: u64,
-) -> anyhow::Result<(String, Vec<SendResult>)> {
-    let slots: Vec<(String, u32)> = route
-        .queues
-        .iter()
-        .filter(|q| q.perm & 2 != 0)
-        .flat_map(|q| (0..q.write_queue_nums).map(move |i| (q.group.clone(), i)))
-        .collect();
-    anyhow::ensure!(!slots.is_empty(), "the topic has no writable queue");
-    let (group, queue) = slots[(turn % slots.len() as u64) as usize].clone();
-    let results = on_leader(cluster, &group, |addr| {
-        let msgs: Vec<Message> = messages
-            .iter()
-            .cloned()
-            .map(|mut m| {
-                m.queue_id = Some(queue);
-                m
-            })
-            .collect();
-        async move {
-            let r = messaging(&addr)
-                .await?
-                .send(SendRequest {
-                    producer_group: "raftmq-cli".into(),
-                    messages: msgs,
-                })
-                .await?
-                .into_inner();
-            Ok((r.status, r.results))
-        }
-    })
-    .await?;
-    Ok((group, results))
-}
-
-/// Where a consumer group starts on a queue it never committed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From {
-    First,
-    Last,
-}
-
-/// One queue being consumed.
-#[derive(Debug, Clone)]
-pub struct QueueCursor {
-    pub group: String,
-    pub queue_id: u32,
-    pub offset: u64,
-}
-
-/// The committed (or starting) offset of each queue of `topic` for `consumer_group`.
-pub async fn cursors(
-    cluster: &Cluster,
-    route: &GetRouteResponse,
-    topic: &str,
-    consumer_group: &str,
-    from: From,
-) -> anyhow::Result<Vec<QueueCursor>> {
-    let mut out = Vec::new();
-    for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
-        for queue_id in 0..q.read_queue_nums {
-            let offset = on_leader(cluster, &q.group, |addr| async move {
-                let mut m = messaging(&addr).await?;
-                let committed = m
-                    .query_offset(QueryOffsetRequest {
-                        consumer_group: consumer_group.into(),
-                        topic: topic.into(),
-                        queue_id,
-                    })
-                    .await?
-                    .into_inner();
-                if code(&committed.status) != ErrorCode::Ok {
-                    return Ok((committed.status, 0));
-                }
-                if let Some(o) = committed.offset {
-                    return Ok((committed.status, o));
-                }
-                let b = m
-                    .query_queue(QueryQueueRequest {
-                        topic: topic.into(),
-                        queue_id,
-                        timestamp_ms: None,
-                    })
-                    .await?
-                    .into_inner();
-                let o = match from {
-                    From::First => b.min_offset,
-                    From::Last => b.max_offset,
-                };
-                Ok((b.status, o))
-            })
-            .await?;
-            out.push(QueueCursor {
-                group: q.group.clone(),
-                queue_id,
-                offset,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// One pull from a queue's leader (long polling up to `long_poll_ms`); moves the cursor past
-/// what it returns (an offset out of range moves it to the queue's nearest end).
-pub async fn pull(
-    cluster: &Cluster,
-    topic: &str,
-    consumer_group: &str,
-    cur: &mut QueueCursor,
-    long_poll_ms: u32,
-) -> anyhow::Result<Vec<StoredMessage>> {
-    let offset = cur.offset;
-    let queue_id = cur.queue_id;
-    let r = on_leader(cluster, &cur.group, |addr| async move {
-        let r = messaging(&addr)
-            .await?
-            .pull(PullRequest {
-                consumer_group: consumer_group.into(),
-                topic: topic.into(),
-                queue_id,
-                offset,
-                max_messages: 256,
-                max_bytes: 4 << 20,
-                subscription: "*".into(),
-                long_poll_ms,
-            })
-            .await?
-            .into_inner();
-        // Out of range is an answer here, not a failure: jump to the nearest end.
-        let s = if code(&r.status) == ErrorCode::OffsetOutOfRange {
-            None
-        } else {
-            r.status.clone()
-        };
-        Ok((s.or_else(|| Some(Status::default())), r))
-    })
-    .await?;
-    if code(&r.status) == ErrorCode::OffsetOutOfRange {
-        cur.offset = cur.offset.clamp(r.min_offset, r.max_offset);
-        return Ok(Vec::new());
-    }
-    cur.offset = r.next_offset;
-    Ok(r.messages)
-}
-
-/// Commits the cursors of one group's queues.
-pub async fn commit(
-    cluster: &Cluster,
-    topic: &str,
-    consumer_group: &str,
-    cursors: &[QueueCursor],
-) -> anyhow::Result<()> {
-    let mut by_group: BTreeMap<&str, Vec<QueueOffset>> = BTreeMap::new();
-    for c in cursors {
-        by_group.entry(&c.group).or_default().push(QueueOffset {
-            topic: topic.into(),
-            queue_id: c.queue_id,
-            offset: c.offset,
-        });
-    }
-    for (group, offsets) in by_group {
-        on_leader(cluster, group, |addr| {
-            let offsets = offsets.clone();
-            async move {
-                let r = messaging(&addr)
-                    .await?
-                    .commit_offset(CommitOffsetRequest {
-                        consumer_group: consumer_group.into(),
-                        offsets,
-                    })
-                    .await?
-                    .into_inner();
-                Ok((r.status, ()))
-            }
-        })
-        .await?;
-    }
-    Ok(())
 }
