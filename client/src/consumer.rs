@@ -58,17 +58,44 @@ use crate::rebalance::{MessageQueue, Strategy, allocate};
 use crate::route::{CALL_TIMEOUT, Routes};
 
 /// How often offsets are committed.
+///
+/// ```
+/// assert_eq!(raftmq_client::consumer::COMMIT_EVERY.as_secs(), 5);
+/// ```
 pub const COMMIT_EVERY: Duration = Duration::from_secs(5);
 /// How often a rebalance runs even without a membership change.
+///
+/// ```
+/// assert_eq!(raftmq_client::consumer::REBALANCE_EVERY.as_secs(), 20);
+/// ```
 pub const REBALANCE_EVERY: Duration = Duration::from_secs(20);
 /// How often the member list is checked.
+///
+/// ```
+/// assert!(raftmq_client::consumer::MEMBERS_EVERY.as_millis() <= 1000);
+/// ```
 pub const MEMBERS_EVERY: Duration = Duration::from_millis(500);
 /// How often a member heartbeats (brokers drop a client silent for 120 s).
+///
+/// ```
+/// assert!(raftmq_client::consumer::HEARTBEAT_EVERY.as_secs() < 120, "brokers drop clients after 120 s");
+/// ```
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How long an orderly consumer's queue lock is renewed before it runs out.
 const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
 
 /// A message as the listener receives it.
+///
+/// ```
+/// use raftmq_client::{ConsumeResult, ReceivedMessage};
+/// fn listener(msgs: &[ReceivedMessage]) -> ConsumeResult {
+///     for m in msgs {
+///         println!("{} at {:?}#{}", m.msg_id, m.queue, m.queue_offset);
+///     }
+///     ConsumeResult::Success
+/// }
+/// assert_eq!(listener(&[]), ConsumeResult::Success);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
     pub queue: MessageQueue,
@@ -85,6 +112,12 @@ pub struct ReceivedMessage {
 }
 
 /// What the listener says about a batch.
+///
+/// ```
+/// use raftmq_client::ConsumeResult;
+/// let r = if 1 + 1 == 2 { ConsumeResult::Success } else { ConsumeResult::ReconsumeLater };
+/// assert_eq!(r, ConsumeResult::Success);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumeResult {
     /// Done: the offset moves past the batch.
@@ -94,6 +127,10 @@ pub enum ConsumeResult {
 }
 
 /// Every member gets every message (broadcasting) or members share the queues (clustering).
+///
+/// ```
+/// assert_eq!(raftmq_client::consumer::MessageModel::default(), raftmq_client::consumer::MessageModel::Clustering);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MessageModel {
     #[default]
@@ -102,6 +139,12 @@ pub enum MessageModel {
 }
 
 /// Where a group that never committed on a queue starts.
+///
+/// ```
+/// use raftmq_client::consumer::ConsumeFrom;
+/// assert_eq!(ConsumeFrom::default(), ConsumeFrom::Last);
+/// let _yesterday = ConsumeFrom::Timestamp(1_700_000_000_000);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConsumeFrom {
     /// The oldest retained message.
@@ -154,6 +197,13 @@ pub struct PushConsumerBuilder {
 
 impl PushConsumerBuilder {
     /// The name servers.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).namesrv_addrs(["10.0.0.1:9876", "10.0.0.2:9876"]);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -164,18 +214,39 @@ impl PushConsumerBuilder {
     }
 
     /// The consumer group.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).group("order-workers");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = group.into();
         self
     }
 
     /// Subscribes to `topic` with a tag expression: `*`, or `TagA || TagB`.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).subscribe("Orders", "Paid || Shipped");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn subscribe(mut self, topic: impl Into<String>, expression: impl Into<String>) -> Self {
         self.subscriptions.insert(topic.into(), expression.into());
         self
     }
 
     /// A listener called for batches from any queues concurrently.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn concurrent(
         mut self,
         f: impl Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static,
@@ -186,6 +257,13 @@ impl PushConsumerBuilder {
 
     /// A listener called for one queue at a time, in queue order, with the queue locked at
     /// the broker (no other member consumes it meanwhile).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["x:1"]).group("G").subscribe("T", "*")
+    ///     .orderly(|_| ConsumeResult::Success);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn orderly(
         mut self,
         f: impl Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync + 'static,
@@ -195,60 +273,129 @@ impl PushConsumerBuilder {
     }
 
     /// Clustering (default) or broadcasting.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).model(MessageModel::Broadcasting);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn model(mut self, m: MessageModel) -> Self {
         self.model = m;
         self
     }
 
     /// The rebalance strategy (default: average).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).strategy(raftmq_client::rebalance::Strategy::ConsistentHash { virtual_nodes: 16 });
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn strategy(mut self, s: Strategy) -> Self {
         self.strategy = s;
         self
     }
 
     /// Where a new group starts (default: last).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).consume_from(ConsumeFrom::First);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
         self.from = f;
         self
     }
 
     /// Listener calls running at once, at most (default 20).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).consume_threads(4);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn consume_threads(mut self, n: usize) -> Self {
         self.consume_threads = n;
         self
     }
 
     /// Messages per listener call, at most (default 1).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).batch_size(16);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n;
         self
     }
 
     /// Messages per pull, at most (default 32); also the most cached per queue.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).pull_batch_size(64);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn pull_batch_size(mut self, n: u32) -> Self {
         self.pull_batch_size = n;
         self
     }
 
     /// How long a pull waits at the broker for new messages (default 2 s).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).long_poll(std::time::Duration::from_secs(5));
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn long_poll(mut self, d: Duration) -> Self {
         self.long_poll = d;
         self
     }
 
     /// Broadcasting: the local offset file (default `./raftmq-offsets/<group>@<client id>`).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).model(MessageModel::Broadcasting).offset_file("/var/lib/app/offsets");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn offset_file(mut self, p: impl Into<PathBuf>) -> Self {
         self.offset_file = Some(p.into());
         self
     }
 
     /// The client id (default: address@pid@random); tests run several in one process.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).client_id("worker-1");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
         self
     }
 
     /// Checks the settings and makes the consumer (not started).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let missing_group = PushConsumer::builder().namesrv_addrs(["x:1"]).subscribe("T", "*").concurrent(|_| ConsumeResult::Success).build();
+    /// assert!(missing_group.is_err());
+    /// ```
     pub fn build(self) -> Result<PushConsumer, ClientError> {
         let bad = |m: String| Err(ClientError::InvalidArgument(m));
         if self.namesrv_addrs.is_empty() {
@@ -298,6 +445,14 @@ impl PushConsumerBuilder {
 }
 
 /// A push consumer; see the module docs.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+/// let c = raftmq_client::PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").subscribe("T", "*").concurrent(|_| raftmq_client::ConsumeResult::Success).build()?;
+/// c.start().await?;
+/// c.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct PushConsumer {
     inner: Arc<Inner>,
@@ -335,6 +490,11 @@ fn code(s: &Option<raftmq_proto::v1::Status>) -> ErrorCode {
 
 impl PushConsumer {
     /// A builder with the defaults.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let _b = PushConsumer::builder();
+    /// ```
     pub fn builder() -> PushConsumerBuilder {
         PushConsumerBuilder {
             namesrv_addrs: Vec::new(),
@@ -354,11 +514,24 @@ impl PushConsumer {
     }
 
     /// This member's client id.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let c = PushConsumer::builder().namesrv_addrs(["x:1"]).group("G").subscribe("T", "*").client_id("w1").concurrent(|_| ConsumeResult::Success).build().unwrap();
+    /// assert_eq!(c.client_id(), "w1");
+    /// ```
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
     }
 
     /// Starts heartbeating, rebalancing and consuming.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").subscribe("T", "*").concurrent(|_| raftmq_client::ConsumeResult::Success).build()?;
+    /// c.start().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(&self) -> Result<(), ClientError> {
         if self.inner.running.swap(true, Ordering::AcqRel) {
             return Err(ClientError::State("already started"));
@@ -372,12 +545,28 @@ impl PushConsumer {
     }
 
     /// The queues this member consumes now.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").subscribe("T", "*").concurrent(|_| raftmq_client::ConsumeResult::Success).build()?;
+    /// c.start().await?;
+    /// for q in c.assigned() { println!("consuming {q:?}"); }
+    /// # Ok(()) }
+    /// ```
     pub fn assigned(&self) -> Vec<MessageQueue> {
         lock(&self.inner.queues).keys().cloned().collect()
     }
 
     /// Stops pulling, lets every queue finish the batch in hand, commits offsets, releases
     /// orderly locks and leaves the group (the others rebalance at once).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").subscribe("T", "*").concurrent(|_| raftmq_client::ConsumeResult::Success).build()?;
+    /// c.start().await?;
+    /// c.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         if !self.inner.running.swap(false, Ordering::AcqRel) {
             return;

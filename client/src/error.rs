@@ -5,6 +5,12 @@ use std::time::Duration;
 use raftmq_proto::ErrorCode;
 
 /// Why a client call failed.
+///
+/// ```
+/// use raftmq_client::ClientError;
+/// let e = raftmq_client::Producer::builder().group("G").build().err().unwrap();
+/// assert!(matches!(e, ClientError::InvalidArgument(_)));
+/// ```
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClientError {
     /// The broker refused the request for a reason retrying will not fix (bad input, unknown
@@ -27,6 +33,13 @@ pub enum ClientError {
 
 impl ClientError {
     /// The wire code, for a broker's refusal.
+    ///
+    /// ```
+    /// use raftmq_client::ClientError;
+    /// let e = ClientError::Refused { code: raftmq_proto::ErrorCode::TopicNotFound, message: "no such topic".into() };
+    /// assert_eq!(e.code(), Some(raftmq_proto::ErrorCode::TopicNotFound));
+    /// assert_eq!(ClientError::State("stopped").code(), None);
+    /// ```
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Refused { code, .. } => Some(*code),

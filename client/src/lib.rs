@@ -25,11 +25,11 @@ pub mod consumer;
 pub mod error;
 pub mod message;
 pub mod msg_id;
-pub mod offsets;
+pub(crate) mod offsets;
 pub mod producer;
 pub mod pull_consumer;
 pub mod rebalance;
-pub mod route;
+pub(crate) mod route;
 
 pub use consumer::{ConsumeResult, PushConsumer, ReceivedMessage};
 pub use error::ClientError;

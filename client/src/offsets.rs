@@ -29,15 +29,6 @@ impl LocalOffsets {
 
     /// Reads every stored offset (none if the file does not exist). A malformed file is an
     /// error, never a silent restart from zero.
-    ///
-    /// ```
-    /// let dir = std::env::temp_dir().join(format!("raftmq-doc-{}", std::process::id()));
-    /// let f = raftmq_client::offsets::LocalOffsets::new(dir.join("offsets"));
-    /// let q = raftmq_client::rebalance::MessageQueue::new("T", "g1", 0);
-    /// f.store(&[(q.clone(), 7)].into_iter().collect()).unwrap();
-    /// assert_eq!(f.load().unwrap().get(&q), Some(&7));
-    /// # std::fs::remove_dir_all(dir).unwrap();
-    /// ```
     pub fn load(&self) -> Result<BTreeMap<MessageQueue, u64>, ClientError> {
         let bad = |m: String| {
             ClientError::InvalidArgument(format!("offset file {}: {m}", self.path.display()))

@@ -18,7 +18,8 @@
 //! # How a send goes
 //! The topic's route comes from the name servers (cached, fetched again after 30 s or a
 //! failure). A queue is picked round-robin among the writable queues, skipping groups that just
-//! failed or answered slowly ([`crate::route::Faults`]) while others are usable. The request
+//! failed or answered slowly (avoided for up to ten minutes, by RocketMQ's latency table) while
+//! others are usable. The request
 //! goes to the group's leader; `NOT_LEADER` is followed at once to the hinted leader and does
 //! not count as a failure. Any other retriable failure (no answer, `UNAVAILABLE`, a lost
 //! connection) counts: the route is fetched again and the send is retried on another queue —
@@ -44,15 +45,36 @@ use crate::rebalance::MessageQueue;
 use crate::route::{CALL_TIMEOUT, Routes};
 
 /// Default time a sync send may take, retries included.
+///
+/// ```
+/// assert_eq!(raftmq_client::producer::SEND_TIMEOUT_DEFAULT.as_secs(), 10);
+/// ```
 pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Default retries of a failed sync send on another queue.
+///
+/// ```
+/// assert_eq!(raftmq_client::producer::RETRIES_DEFAULT, 2);
+/// ```
 pub const RETRIES_DEFAULT: u32 = 2;
 /// Default bound on async sends in flight.
+///
+/// ```
+/// assert_eq!(raftmq_client::producer::IN_FLIGHT_DEFAULT, 1024);
+/// ```
 pub const IN_FLIGHT_DEFAULT: usize = 1024;
 /// `NOT_LEADER` hints followed within one attempt, at most.
 const REDIRECTS_MAX: u32 = 3;
 
 /// Where a message was stored.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+/// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+/// p.start().await?;
+/// let r: raftmq_client::SendResult = p.send(raftmq_client::Message::new("T", "x")).await?;
+/// println!("{} {} {:?} {}", r.msg_id, r.offset_msg_id, r.queue, r.queue_offset);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendResult {
     /// The client-made unique id.
@@ -73,6 +95,10 @@ pub struct SendResult {
 /// let a = SelectByHash.select(8, &m, "order-42");
 /// assert_eq!(a, SelectByHash.select(8, &m, "order-42"), "same key, same queue");
 /// assert!(a < 8);
+/// // Keys spread over the queues.
+/// let used: std::collections::BTreeSet<usize> =
+///     (0..64).map(|i| SelectByHash.select(4, &m, format!("order-{i}").as_str())).collect();
+/// assert_eq!(used.len(), 4);
 /// ```
 pub trait QueueSelector<A: ?Sized>: Send + Sync {
     /// An index in `0..queue_count` (taken modulo `queue_count` if larger).
@@ -80,6 +106,12 @@ pub trait QueueSelector<A: ?Sized>: Send + Sync {
 }
 
 /// Selects by a stable hash of the argument: one key, one queue (while the queue count stays).
+///
+/// ```
+/// use raftmq_client::producer::{QueueSelector, SelectByHash};
+/// let m = raftmq_client::Message::new("T", "x");
+/// assert_eq!(SelectByHash.select(4, &m, &42u64), SelectByHash.select(4, &m, &42u64));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SelectByHash;
 
@@ -87,7 +119,7 @@ impl<A: Hash + ?Sized> QueueSelector<A> for SelectByHash {
     fn select(&self, queue_count: usize, _msg: &Message, arg: &A) -> usize {
         let mut h = Fnv(0xcbf2_9ce4_8422_2325);
         arg.hash(&mut h);
-        (std::hash::Hasher::finish(&h) % queue_count.max(1) as u64) as usize
+        (mix(std::hash::Hasher::finish(&h)) % queue_count.max(1) as u64) as usize
     }
 }
 
@@ -108,6 +140,14 @@ impl<A: ?Sized> QueueSelector<A> for SelectRandom {
         std::hash::Hasher::write(&mut h, r.as_bytes());
         (std::hash::Hasher::finish(&h) % queue_count.max(1) as u64) as usize
     }
+}
+
+/// SplitMix64's finalizer: FNV's low bits mix poorly (keys ending alike share them), and the
+/// queue index comes from the low bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// FNV-1a as a `Hasher`: stable across processes (the standard hasher is randomly seeded).
@@ -148,6 +188,11 @@ pub struct ProducerBuilder {
 
 impl ProducerBuilder {
     /// The name servers (one is picked at random; the others on failure).
+    ///
+    /// ```
+    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["10.0.0.1:9876", "10.0.0.2:9876"]).group("P");
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -158,30 +203,53 @@ impl ProducerBuilder {
     }
 
     /// The producer group.
+    ///
+    /// ```
+    /// assert!(raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("bad group").build().is_err());
+    /// ```
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = group.into();
         self
     }
 
     /// How long a sync send may take, retries included (default 10 s).
+    ///
+    /// ```
+    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").send_timeout(std::time::Duration::from_secs(3));
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn send_timeout(mut self, t: Duration) -> Self {
         self.send_timeout = t;
         self
     }
 
     /// Retries of a failed sync send on another queue (default 2; never for ordered sends).
+    ///
+    /// ```
+    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").retries(0);
+    /// assert!(b.build().is_ok());
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self
     }
 
     /// Most async and oneway sends in flight; more wait (default 1024).
+    ///
+    /// ```
+    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").max_in_flight(0);
+    /// assert!(b.build().is_err(), "must be positive");
+    /// ```
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
     }
 
     /// Checks the settings and makes the producer (not started).
+    ///
+    /// ```
+    /// assert!(raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").build().is_ok());
+    /// ```
     pub fn build(self) -> Result<Producer, ClientError> {
         if self.namesrv_addrs.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -210,6 +278,15 @@ impl ProducerBuilder {
 }
 
 /// A producer; cheap to clone (clones share routes, connections and the in-flight bound).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+/// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+/// p.start().await?;
+/// let p2 = p.clone(); // shares routes and connections
+/// p2.send(raftmq_client::Message::new("T", "x")).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
@@ -237,6 +314,10 @@ enum Failure {
 
 impl Producer {
     /// A builder with the defaults.
+    ///
+    /// ```
+    /// let _b = raftmq_client::Producer::builder();
+    /// ```
     pub fn builder() -> ProducerBuilder {
         ProducerBuilder {
             namesrv_addrs: Vec::new(),
@@ -248,12 +329,27 @@ impl Producer {
     }
 
     /// Starts the producer (sends before `start` are refused).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(&self) -> Result<(), ClientError> {
         self.inner.started.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Stops: later sends are refused; sends in flight finish.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// p.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         self.inner.started.store(false, Ordering::Release);
         // Wait for async sends in flight to finish.
@@ -271,6 +367,15 @@ impl Producer {
 
     /// Sends one message and waits for the broker's acknowledgement (the message is then
     /// replicated to a quorum of its group).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// let r = p.send(raftmq_client::Message::new("T", "x")).await?;
+    /// println!("offset {}", r.queue_offset);
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, msg: Message) -> Result<SendResult, ClientError> {
         self.check_started()?;
         let mut r = self
@@ -281,6 +386,15 @@ impl Producer {
 
     /// Starts a send and returns its handle at once; at most `max_in_flight` run together
     /// (this waits while the bound is reached).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// let h = p.send_async(raftmq_client::Message::new("T", "x")).await?;
+    /// let _r = h.await.expect("task")?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_async(
         &self,
         msg: Message,
@@ -302,12 +416,29 @@ impl Producer {
     }
 
     /// Sends without waiting for, or reporting, the outcome (it may be lost: for logs).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// p.send_oneway(raftmq_client::Message::new("Logs", "line")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_oneway(&self, msg: Message) -> Result<(), ClientError> {
         self.send_async(msg).await.map(|_| ())
     }
 
     /// Sends messages of one topic, split into requests within the wire limits (4 MiB, 1024
     /// messages); each request goes to one queue. Results in order.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// let msgs = (0..100).map(|i| raftmq_client::Message::new("T", format!("m{i}"))).collect();
+    /// assert_eq!(p.send_batch(msgs).await?.len(), 100);
+    /// # Ok(()) }
+    /// ```
     pub async fn send_batch(&self, msgs: Vec<Message>) -> Result<Vec<SendResult>, ClientError> {
         self.check_started()?;
         let Some(first) = msgs.first() else {
@@ -347,6 +478,15 @@ impl Producer {
     /// Sends to the queue `selector` picks from `arg` (e.g. an order id with
     /// [`SelectByHash`]): messages with the same argument land in one queue, in send order.
     /// Never retried on another queue.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let p = raftmq_client::Producer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("P").build()?;
+    /// p.start().await?;
+    /// use raftmq_client::producer::SelectByHash;
+    /// p.send_ordered(raftmq_client::Message::new("T", "paid"), &SelectByHash, "order-42").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_ordered<A: ?Sized>(
         &self,
         msg: Message,

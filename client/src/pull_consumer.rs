@@ -58,6 +58,10 @@ pub struct PullConsumerBuilder {
 
 impl PullConsumerBuilder {
     /// The name servers.
+    ///
+    /// ```
+    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1", "b:1"]).group("G").build().is_ok());
+    /// ```
     pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -68,24 +72,41 @@ impl PullConsumerBuilder {
     }
 
     /// The consumer group (offsets are committed under it).
+    ///
+    /// ```
+    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("").build().is_err());
+    /// ```
     pub fn group(mut self, g: impl Into<String>) -> Self {
         self.group = g.into();
         self
     }
 
     /// Where queues without a committed offset start (default: last).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::ConsumeFrom;
+    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").consume_from(ConsumeFrom::First).build().is_ok());
+    /// ```
     pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
         self.from = f;
         self
     }
 
     /// Messages per pull, at most (default 32).
+    ///
+    /// ```
+    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").pull_batch_size(2000).build().is_err());
+    /// ```
     pub fn pull_batch_size(mut self, n: u32) -> Self {
         self.pull_batch_size = n;
         self
     }
 
     /// Checks the settings.
+    ///
+    /// ```
+    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").build().is_ok());
+    /// ```
     pub fn build(self) -> Result<PullConsumer, ClientError> {
         if self.namesrv_addrs.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -118,6 +139,14 @@ struct Assigned {
 }
 
 /// A lite pull consumer; see the module docs.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+/// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+/// c.start().await?;
+/// c.subscribe("T", "*").await?;
+/// # Ok(()) }
+/// ```
 pub struct PullConsumer {
     cfg: PullConsumerBuilder,
     routes: Routes,
@@ -134,6 +163,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl PullConsumer {
     /// A builder with the defaults.
+    ///
+    /// ```
+    /// let _b = raftmq_client::PullConsumer::builder();
+    /// ```
     pub fn builder() -> PullConsumerBuilder {
         PullConsumerBuilder {
             namesrv_addrs: Vec::new(),
@@ -144,6 +177,13 @@ impl PullConsumer {
     }
 
     /// Starts the consumer.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(&self) -> Result<(), ClientError> {
         self.running.store(true, Ordering::Release);
         Ok(())
@@ -160,6 +200,14 @@ impl PullConsumer {
     }
 
     /// Takes every readable queue of `topic`, filtered by a tag expression.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.subscribe("Orders", "Paid || Shipped").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe(&self, topic: &str, expression: &str) -> Result<(), ClientError> {
         self.check()?;
         check_name("topic", topic).map_err(|e| ClientError::InvalidArgument(e.message))?;
@@ -173,6 +221,14 @@ impl PullConsumer {
     }
 
     /// Takes exactly these queues (all of them; no tag filter).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.assign(vec![raftmq_client::rebalance::MessageQueue::new("T", "g1", 0)]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn assign(&self, queues: Vec<MessageQueue>) -> Result<(), ClientError> {
         self.check()?;
         lock(&self.queues).clear();
@@ -197,16 +253,45 @@ impl PullConsumer {
     }
 
     /// The queues taken.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.subscribe("T", "*").await?;
+    /// println!("{} queues", c.assignment().len());
+    /// # Ok(()) }
+    /// ```
     pub fn assignment(&self) -> Vec<MessageQueue> {
         lock(&self.queues).keys().cloned().collect()
     }
 
     /// The next offset `poll` reads from `queue`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// let q = raftmq_client::rebalance::MessageQueue::new("T", "g1", 0);
+    /// c.assign(vec![q.clone()]).await?;
+    /// println!("next offset {:?}", c.position(&q));
+    /// # Ok(()) }
+    /// ```
     pub fn position(&self, queue: &MessageQueue) -> Option<u64> {
         lock(&self.queues).get(queue).map(|a| a.position)
     }
 
     /// Moves `queue`'s position (the next `commit` records it).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// let q = raftmq_client::rebalance::MessageQueue::new("T", "g1", 0);
+    /// c.assign(vec![q.clone()]).await?;
+    /// c.seek(&q, 0)?; // replay from the start
+    /// # Ok(()) }
+    /// ```
     pub fn seek(&self, queue: &MessageQueue, offset: u64) -> Result<(), ClientError> {
         match lock(&self.queues).get_mut(queue) {
             Some(a) => {
@@ -221,6 +306,16 @@ impl PullConsumer {
 
     /// Messages from the assigned queues, waiting up to `timeout` for some. Positions move
     /// past what is returned.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.subscribe("T", "*").await?;
+    /// let batch = c.poll(std::time::Duration::from_secs(1)).await?;
+    /// println!("{} messages", batch.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn poll(&self, timeout: Duration) -> Result<Vec<ReceivedMessage>, ClientError> {
         self.check()?;
         let deadline = Instant::now() + timeout;
@@ -307,6 +402,16 @@ impl PullConsumer {
     }
 
     /// Commits every queue's position to the brokers.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.subscribe("T", "*").await?;
+    /// let _ = c.poll(std::time::Duration::from_secs(1)).await?;
+    /// c.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn commit(&self) -> Result<(), ClientError> {
         self.check()?;
         let progress: BTreeMap<MessageQueue, u64> = lock(&self.queues)
@@ -323,6 +428,14 @@ impl PullConsumer {
     }
 
     /// Commits and stops.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
+    /// let c = raftmq_client::PullConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G").build()?;
+    /// c.start().await?;
+    /// c.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         if self.running.load(Ordering::Acquire) {
             let _ = self.commit().await;

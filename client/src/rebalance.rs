@@ -19,6 +19,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One queue of a topic on one broker group.
+///
+/// ```
+/// let q = raftmq_client::rebalance::MessageQueue::new("T", "g1", 3);
+/// assert_eq!((q.topic.as_str(), q.group.as_str(), q.queue_id), ("T", "g1", 3));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageQueue {
     pub topic: String,
@@ -44,6 +49,12 @@ impl MessageQueue {
 }
 
 /// How queues are shared among the members of a consumer group.
+///
+/// ```
+/// use raftmq_client::rebalance::Strategy;
+/// assert_eq!(Strategy::default(), Strategy::Average);
+/// let _ch = Strategy::ConsistentHash { virtual_nodes: 32 };
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Strategy {
     /// Contiguous runs of queues, as equal as possible; the first members get one more
