@@ -190,6 +190,7 @@ pub struct PushConsumerBuilder {
     consume_threads: usize,
     batch_size: usize,
     pull_batch_size: u32,
+    pull_max_bytes: u32,
     long_poll: Duration,
     offset_file: Option<PathBuf>,
     client_id: Option<String>,
@@ -350,6 +351,20 @@ impl PushConsumerBuilder {
         self
     }
 
+    /// Bytes per pull, at most (default 4 MiB): with `pull_batch_size`, what one queue holds
+    /// in memory at once (a queue pulls again only after the listener took the last pull).
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeResult, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["x:1"]).group("G").subscribe("T", "*")
+    ///     .concurrent(|_| ConsumeResult::Success).pull_max_bytes(1 << 20);
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn pull_max_bytes(mut self, n: u32) -> Self {
+        self.pull_max_bytes = n;
+        self
+    }
+
     /// How long a pull waits at the broker for new messages (default 2 s).
     ///
     /// ```
@@ -507,6 +522,7 @@ impl PushConsumer {
             consume_threads: 20,
             batch_size: 1,
             pull_batch_size: 32,
+            pull_max_bytes: 4 << 20,
             long_poll: Duration::from_secs(2),
             offset_file: None,
             client_id: None,
@@ -970,7 +986,7 @@ async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, mut offset: u64, stop
             queue_id: q.queue_id,
             offset,
             max_messages: inner.cfg.pull_batch_size,
-            max_bytes: 0,
+            max_bytes: inner.cfg.pull_max_bytes,
             subscription: expr.clone(),
             long_poll_ms: inner.cfg.long_poll.as_millis() as u32,
         };

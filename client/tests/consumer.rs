@@ -357,3 +357,69 @@ async fn lite_pull_poll_commit_seek() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconsume_later_redelivers_after_a_delay() -> anyhow::Result<()> {
+    let l = local().await?;
+    let p = Producer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("P")
+        .build()?;
+    p.start().await?;
+    let deliveries: Arc<Mutex<Vec<(String, u32, Instant)>>> = Arc::default();
+    let d = deliveries.clone();
+    let c = PushConsumer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("R")
+        .subscribe("T", "*")
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(300))
+        .concurrent(move |msgs| {
+            let mut d = d.lock().expect("log");
+            for m in msgs {
+                d.push((
+                    String::from_utf8_lossy(&m.body).into_owned(),
+                    m.reconsume_times,
+                    Instant::now(),
+                ));
+            }
+            // Ask for the first delivery of "retry-me" to come again.
+            if msgs
+                .iter()
+                .any(|m| m.body == b"retry-me" && m.reconsume_times == 0)
+            {
+                ConsumeResult::ReconsumeLater
+            } else {
+                ConsumeResult::Success
+            }
+        })
+        .build()?;
+    c.start().await?;
+    p.send(Message::new("T", "retry-me")).await?;
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = deliveries.lock().expect("log").clone();
+        let mine: Vec<_> = d.iter().filter(|(b, _, _)| b == "retry-me").collect();
+        if mine.len() >= 2 {
+            assert_eq!(
+                (mine[0].1, mine[1].1),
+                (0, 1),
+                "reconsume_times counts the redeliveries"
+            );
+            let gap = mine[1].2.duration_since(mine[0].2);
+            assert!(
+                gap >= Duration::from_millis(900),
+                "redelivered after a delay, got {gap:?}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < end, "not redelivered: {d:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await;
+    p.shutdown().await;
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}
