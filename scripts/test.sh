@@ -28,3 +28,5 @@ MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test store_crash store_survives
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test raft_group group_survives
+MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=2 MADSIM_TEST_CHECK_DETERMINISM=1 \
+  cargo test -p raftmq-sim --test cluster cluster_delivers

@@ -1,9 +1,9 @@
 //! raftmq-sim: deterministic simulation under madsim.
 //!
-//! Today it simulates one replica's storage engine — the store with its group-commit
-//! flusher on a [`SimDisk`](raftmq_store::SimDisk) — under process crashes and power loss,
-//! with clients writing through it concurrently. The replication issue extends it to a Raft
-//! group, and later issues to a whole cluster; the shape stays the same: a scenario records a
+//! Scenarios: one replica's storage engine under crashes and power loss (`store_scenario`); a
+//! three-replica Raft group under partitions, crashes, power loss, delay and retention
+//! (`raft_scenario`); and the first whole-cluster run — name server, broker group, SDK producer
+//! and consumer — without faults yet (`cluster_scenario`). The shape stays the same: a scenario records a
 //! [`history::History`], and checkers (pure functions, each with a test that makes it fire)
 //! judge it.
 //!
@@ -12,6 +12,9 @@
 
 pub mod history;
 pub mod replica_checks;
+
+#[cfg(madsim)]
+pub mod cluster_scenario;
 
 #[cfg(madsim)]
 pub mod raft_scenario;
