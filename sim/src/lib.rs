@@ -11,6 +11,7 @@
 //! failing seed prints `MADSIM_TEST_SEED=<n>`, which replays it exactly.
 
 pub mod history;
+pub mod queue_checks;
 pub mod replica_checks;
 
 #[cfg(madsim)]
