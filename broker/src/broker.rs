@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub replica: Replica,
     /// Heartbeats and queue locks; a mutex held only to read or edit the maps.
     pub clients: Mutex<Clients>,
+    /// Most encoded bytes one write may carry (the replica's batch limit).
+    pub batch_max_bytes: usize,
     /// Round-robin queue choice for sends that name no queue.
     pub next_queue: AtomicU32,
     pub start: tokio::time::Instant,
@@ -118,9 +120,12 @@ impl Broker {
     pub async fn start(config: BrokerConfig, disk: Arc<dyn Disk>) -> Result<Broker, BrokerError> {
         config.validate()?;
         let members = config.members()?;
-        let replica = Replica::start(disk, config.replica_config()).await?;
+        let replica_config = config.replica_config();
+        let batch_max_bytes = replica_config.batch.max_bytes;
+        let replica = Replica::start(disk, replica_config).await?;
         let shared = Arc::new(Shared {
             config,
+            batch_max_bytes,
             replica,
             clients: Mutex::default(),
             next_queue: AtomicU32::new(0),

@@ -159,7 +159,7 @@ impl MessagingImpl {
             .map(|m| to_store(m, queue_id))
             .collect();
         let bytes: usize = msgs.iter().map(|m| m.encoded_len()).sum();
-        let max = self.shared.replica_batch_max();
+        let max = self.shared.batch_max_bytes;
         if bytes > max {
             return fail(status(
                 ErrorCode::MessageTooLarge,
@@ -344,13 +344,6 @@ impl MessagingImpl {
         }
         resp.next_offset = next;
         resp
-    }
-}
-
-impl Shared {
-    /// Most encoded bytes one write may carry.
-    pub(crate) fn replica_batch_max(&self) -> usize {
-        self.config.replica_config().batch.max_bytes
     }
 }
 

@@ -685,18 +685,10 @@ async fn heartbeat(inner: &Inner, member: bool) {
             producer_groups: vec![],
             consumer_groups: groups.clone(),
         };
-        let call = async {
-            inner
-                .routes
-                .messaging(&addr)
-                .await?
-                .heartbeat(req)
-                .await
-                .map_err(|e| ClientError::Unavailable(e.to_string()))
-        };
-        if !matches!(tokio::time::timeout(CALL_TIMEOUT, call).await, Ok(Ok(_))) {
-            inner.routes.drop_channel(&addr);
-        }
+        let _ = inner
+            .routes
+            .call(&addr, |mut c| async move { c.heartbeat(req).await })
+            .await;
     }
 }
 
@@ -704,19 +696,15 @@ async fn heartbeat(inner: &Inner, member: bool) {
 async fn group_members(inner: &Inner, topic: &str) -> Option<Vec<String>> {
     let route = inner.routes.route(topic, false).await.ok()?;
     let addr = route.leaders.values().next()?.clone();
-    let call = async {
-        inner
-            .routes
-            .messaging(&addr)
-            .await?
-            .get_consumer_list(GetConsumerListRequest {
-                consumer_group: inner.cfg.group.clone(),
-            })
-            .await
-            .map_err(|e| ClientError::Unavailable(e.to_string()))
+    let req = GetConsumerListRequest {
+        consumer_group: inner.cfg.group.clone(),
     };
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(r)) if code(&r.get_ref().status) == ErrorCode::Ok => Some(r.into_inner().client_ids),
+    match inner
+        .routes
+        .call(&addr, |mut c| async move { c.get_consumer_list(req).await })
+        .await
+    {
+        Ok(r) if code(&r.status) == ErrorCode::Ok => Some(r.client_ids),
         _ => {
             let _ = inner.routes.route(topic, true).await;
             None
@@ -808,19 +796,17 @@ pub(crate) async fn query_start(
     from: ConsumeFrom,
     q: &MessageQueue,
 ) -> Option<u64> {
-    let route = routes.route(&q.topic, false).await.ok()?;
-    let addr = route.leaders.get(&q.group)?.clone();
-    let mut m = routes.messaging(&addr).await.ok()?;
+    let addr = routes.leader_of(&q.topic, &q.group).await?;
     if committed {
-        let r = m
-            .query_offset(QueryOffsetRequest {
-                consumer_group: group.to_string(),
-                topic: q.topic.clone(),
-                queue_id: q.queue_id,
-            })
+        let req = QueryOffsetRequest {
+            consumer_group: group.to_string(),
+            topic: q.topic.clone(),
+            queue_id: q.queue_id,
+        };
+        let r = routes
+            .call(&addr, |mut c| async move { c.query_offset(req).await })
             .await
-            .ok()?
-            .into_inner();
+            .ok()?;
         if code(&r.status) != ErrorCode::Ok {
             return None;
         }
@@ -832,15 +818,15 @@ pub(crate) async fn query_start(
         ConsumeFrom::Timestamp(t) => Some(t),
         _ => None,
     };
-    let b = m
-        .query_queue(QueryQueueRequest {
-            topic: q.topic.clone(),
-            queue_id: q.queue_id,
-            timestamp_ms: ts,
-        })
+    let req = QueryQueueRequest {
+        topic: q.topic.clone(),
+        queue_id: q.queue_id,
+        timestamp_ms: ts,
+    };
+    let b = routes
+        .call(&addr, |mut c| async move { c.query_queue(req).await })
         .await
-        .ok()?
-        .into_inner();
+        .ok()?;
     if code(&b.status) != ErrorCode::Ok {
         return None;
     }
@@ -852,35 +838,24 @@ pub(crate) async fn query_start(
 }
 
 async fn lock_queue(inner: &Inner, q: &MessageQueue) -> bool {
-    let Ok(route) = inner.routes.route(&q.topic, false).await else {
+    let Some(addr) = inner.routes.leader_of(&q.topic, &q.group).await else {
         return false;
     };
-    let Some(addr) = route.leaders.get(&q.group).cloned() else {
-        return false;
+    let req = LockQueuesRequest {
+        consumer_group: inner.cfg.group.clone(),
+        client_id: inner.client_id.clone(),
+        queues: vec![queue_ref(q)],
     };
-    let call = async {
-        inner
-            .routes
-            .messaging(&addr)
-            .await?
-            .lock_queues(LockQueuesRequest {
-                consumer_group: inner.cfg.group.clone(),
-                client_id: inner.client_id.clone(),
-                queues: vec![QueueRef {
-                    topic: q.topic.clone(),
-                    queue_id: q.queue_id,
-                }],
-            })
-            .await
-            .map_err(|e| ClientError::Unavailable(e.to_string()))
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(r)) => r
-            .into_inner()
+    match inner
+        .routes
+        .call(&addr, |mut c| async move { c.lock_queues(req).await })
+        .await
+    {
+        Ok(r) => r
             .locked
             .iter()
             .any(|l| l.queue_id == q.queue_id && l.topic == q.topic),
-        _ => {
+        Err(_) => {
             let _ = inner.routes.route(&q.topic, true).await;
             false
         }
@@ -888,29 +863,25 @@ async fn lock_queue(inner: &Inner, q: &MessageQueue) -> bool {
 }
 
 async fn unlock(inner: &Inner, q: &MessageQueue) {
-    let Ok(route) = inner.routes.route(&q.topic, false).await else {
+    let Some(addr) = inner.routes.leader_of(&q.topic, &q.group).await else {
         return;
     };
-    let Some(addr) = route.leaders.get(&q.group).cloned() else {
-        return;
+    let req = UnlockQueuesRequest {
+        consumer_group: inner.cfg.group.clone(),
+        client_id: inner.client_id.clone(),
+        queues: vec![queue_ref(q)],
     };
-    let call = async {
-        inner
-            .routes
-            .messaging(&addr)
-            .await?
-            .unlock_queues(UnlockQueuesRequest {
-                consumer_group: inner.cfg.group.clone(),
-                client_id: inner.client_id.clone(),
-                queues: vec![QueueRef {
-                    topic: q.topic.clone(),
-                    queue_id: q.queue_id,
-                }],
-            })
-            .await
-            .map_err(|e| ClientError::Unavailable(e.to_string()))
-    };
-    let _ = tokio::time::timeout(CALL_TIMEOUT, call).await;
+    let _ = inner
+        .routes
+        .call(&addr, |mut c| async move { c.unlock_queues(req).await })
+        .await;
+}
+
+fn queue_ref(q: &MessageQueue) -> QueueRef {
+    QueueRef {
+        topic: q.topic.clone(),
+        queue_id: q.queue_id,
+    }
 }
 
 /// Pulled messages as the application sees them, with the exact tag check applied.
@@ -1103,11 +1074,7 @@ pub(crate) async fn commit_remote(
     }
     let mut all_ok = true;
     for ((topic, group), offsets) in by_group {
-        let Ok(route) = routes.route(&topic, false).await else {
-            all_ok = false;
-            continue;
-        };
-        let Some(addr) = route.leaders.get(&group).cloned() else {
+        let Some(addr) = routes.leader_of(&topic, &group).await else {
             all_ok = false;
             continue;
         };
@@ -1115,16 +1082,11 @@ pub(crate) async fn commit_remote(
             consumer_group: consumer_group.to_string(),
             offsets,
         };
-        let call = async {
-            routes
-                .messaging(&addr)
-                .await?
-                .commit_offset(req)
-                .await
-                .map_err(|e| ClientError::Unavailable(e.to_string()))
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(r)) if code(&r.get_ref().status) == ErrorCode::Ok => {}
+        match routes
+            .call(&addr, |mut c| async move { c.commit_offset(req).await })
+            .await
+        {
+            Ok(r) if code(&r.status) == ErrorCode::Ok => {}
             other => {
                 all_ok = false;
                 tracing::debug!(?other, "offset commit failed; retried at the next commit");

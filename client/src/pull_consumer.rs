@@ -39,7 +39,7 @@ use crate::consumer::{
 };
 use crate::error::ClientError;
 use crate::rebalance::MessageQueue;
-use crate::route::{CALL_TIMEOUT, Routes};
+use crate::route::Routes;
 
 /// Builds a [`PullConsumer`].
 ///
@@ -352,8 +352,7 @@ impl PullConsumer {
 
     /// One pull from `q`; moves its position. `None` when the broker could not be reached.
     async fn pull_once(&self, q: &MessageQueue, a: &Assigned) -> Option<Vec<ReceivedMessage>> {
-        let route = self.routes.route(&q.topic, false).await.ok()?;
-        let addr = route.leaders.get(&q.group)?.clone();
+        let addr = self.routes.leader_of(&q.topic, &q.group).await?;
         let req = PullRequest {
             consumer_group: self.cfg.group.clone(),
             topic: q.topic.clone(),
@@ -364,18 +363,13 @@ impl PullConsumer {
             subscription: a.expression.clone(),
             long_poll_ms: 0,
         };
-        let call = async {
-            self.routes
-                .messaging(&addr)
-                .await?
-                .pull(req)
-                .await
-                .map_err(|e| ClientError::Unavailable(e.to_string()))
-        };
-        let resp = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(Ok(r)) => r.into_inner(),
-            _ => {
-                self.routes.drop_channel(&addr);
+        let resp = match self
+            .routes
+            .call(&addr, |mut c| async move { c.pull(req).await })
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
                 let _ = self.routes.route(&q.topic, true).await;
                 return None;
             }

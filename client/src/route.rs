@@ -182,6 +182,39 @@ impl Routes {
             .max_encoding_message_size(GRPC_MESSAGE_MAX))
     }
 
+    /// One call to the broker at `addr` within [`CALL_TIMEOUT`]: `f` gets a client and makes
+    /// the request. A failed or silent call drops the cached channel (the next reconnects).
+    pub async fn call<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(MessagingClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let call = async {
+            let c = self.messaging(addr).await?;
+            f(c).await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
+        };
+        let r = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(CALL_TIMEOUT)),
+        };
+        if r.is_err() {
+            self.drop_channel(addr);
+        }
+        r
+    }
+
+    /// The leader address of the group holding `q`, from the cached route.
+    pub async fn leader_of(&self, topic: &str, group: &str) -> Option<String> {
+        self.route(topic, false)
+            .await
+            .ok()?
+            .leaders
+            .get(group)
+            .cloned()
+    }
+
     /// The route of `topic`, from the cache unless stale or `refresh`.
     pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
         if !refresh
