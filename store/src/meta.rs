@@ -9,10 +9,13 @@
 //! Tables (keys → values):
 //! - `topics`: topic name → [`TopicConfig`] (encoded below);
 //! - `consumer_offsets`: (group, topic, queue id) → next queue offset to consume;
-//! - `state`: `"applied"` → the applied [`LogId`], `"checkpoint"` → the store [`Checkpoint`];
+//! - `state`: `"applied"` → the applied [`LogId`], `"checkpoint"` → the store [`Checkpoint`],
+//!   `"reset_pending"` → one byte, 1 while a [`crate::Store::reset_to`] may not have removed
+//!   the old files yet (0 or absent otherwise);
 //! - `cq_ends`: (topic, queue id) → ConsumeQueue end offset at the checkpoint.
 //! - `raft`: key → bytes owned by the Raft layer (the vote, the applied membership, the
-//!   snapshot); each value carries its own version, documented in `raftmq-raft`.
+//!   snapshot, the purged log id, boundary snapshots `boundary/<index:020>`, the reset count
+//!   `resets`); each value carries its own version, documented in `raftmq-raft`.
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
