@@ -21,6 +21,8 @@ use crate::config::BrokerConfig;
 
 /// How often a replica registers with every name server.
 pub const REGISTER_EVERY_MS: u64 = 30_000;
+/// How soon a replica registers again after a registration failed.
+pub const REGISTER_RETRY_MS: u64 = 1_000;
 /// How often a replica looks for a role change to report.
 pub const ROLE_POLL_MS: u64 = 100;
 /// How long one registration call may take.
@@ -234,8 +236,9 @@ fn registration(shared: &Shared) -> RegisterBrokerRequest {
     }
 }
 
-/// Registers with every name server at once (a dead one must not delay the others).
-async fn register_all(shared: &Shared) {
+/// Registers with every name server at once (a dead one must not delay the others); true
+/// if every one accepted.
+async fn register_all(shared: &Shared) -> bool {
     let req = registration(shared);
     let calls = shared.config.namesrv_addrs.iter().map(|addr| {
         let req = req.clone();
@@ -246,13 +249,22 @@ async fn register_all(shared: &Shared) {
                 Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
             };
             match tokio::time::timeout(REGISTER_TIMEOUT, call).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(namesrv = %addr, error = %e, "registration failed"),
-                Err(_) => tracing::debug!(namesrv = %addr, "registration timed out"),
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::debug!(namesrv = %addr, error = %e, "registration failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(namesrv = %addr, "registration timed out");
+                    false
+                }
             }
         }
     });
-    futures_util::future::join_all(calls).await;
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .all(|ok| ok)
 }
 
 async fn unregister(shared: &Shared) {
@@ -270,7 +282,9 @@ async fn unregister(shared: &Shared) {
     }
 }
 
-/// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change.
+/// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change; after
+/// a failed registration (a name server down or cut off) again within [`REGISTER_RETRY_MS`],
+/// so that a change made while it was unreachable reaches it soon after it is back.
 async fn register_loop(shared: Arc<Shared>) {
     let mut last: Option<(Role, u64, Vec<TopicConfig>)> = None;
     let mut last_at = shared.now_ms();
@@ -281,9 +295,12 @@ async fn register_loop(shared: Arc<Shared>) {
         }
         let now = (role, term, shared.topics());
         if last.as_ref() != Some(&now) || shared.now_ms() - last_at >= REGISTER_EVERY_MS {
-            register_all(&shared).await;
+            let all_ok = register_all(&shared).await;
             last = Some(now);
             last_at = shared.now_ms();
+            if !all_ok {
+                last_at = last_at.saturating_sub(REGISTER_EVERY_MS - REGISTER_RETRY_MS);
+            }
         }
         tokio::time::sleep(Duration::from_millis(ROLE_POLL_MS)).await;
     }

@@ -117,6 +117,9 @@ pub struct BrokerConfig {
     /// Not in the file: test hook for smaller segments (bytes; overrides `segment_mib`).
     #[serde(skip)]
     pub segment_bytes_override: Option<u64>,
+    /// Not in the file: deliberate bugs for the simulator's mutation checks.
+    #[serde(skip)]
+    pub mutations: raftmq_raft::Mutations,
 }
 
 impl BrokerConfig {
@@ -229,7 +232,7 @@ impl BrokerConfig {
             },
             batch,
             retention_interval_ms: RETENTION_INTERVAL_MS_DEFAULT,
-            mutations: Default::default(),
+            mutations: self.mutations,
         }
     }
 }

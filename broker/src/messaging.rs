@@ -301,6 +301,10 @@ impl MessagingImpl {
             next_offset: offset,
             messages: Vec::new(),
         };
+        if self.shared.config.mutations.serve_uncommitted_pulls && offset >= max.0 {
+            serve_uncommitted(&store, queue, offset, max.0, max_messages, &mut resp, self.shared.group());
+            return resp;
+        }
         if offset < min.0 || offset > max.0 {
             resp.status = status(
                 ErrorCode::OffsetOutOfRange,
@@ -345,6 +349,47 @@ impl MessagingImpl {
         resp.next_offset = next;
         resp
     }
+}
+
+/// A deliberate bug for the simulator's mutation check (`Mutations::serve_uncommitted_pulls`):
+/// hands out the messages of entries this replica holds but has not applied (so not known to
+/// be committed), numbering them after the queue's applied end `max`.
+fn serve_uncommitted(
+    store: &raftmq_store::Store,
+    queue: &QueueId,
+    offset: u64,
+    max: u64,
+    max_messages: u32,
+    resp: &mut PullResponse,
+    group: &str,
+) {
+    let Ok((first, Some((last, _)))) = store.log_bounds() else {
+        return;
+    };
+    let from = store.dispatched().map_or(first.0, |i| i.0 + 1);
+    let mut n = max;
+    for i in from..=last.0 {
+        let Ok(rec) = store.read_entry(raftmq_store::LogIndex(i)) else {
+            return;
+        };
+        if rec.header.kind != raftmq_store::RecordKind::MESSAGES {
+            continue;
+        }
+        let Ok(msgs) = raftmq_store::message::decode_batch(&rec.payload) else {
+            return;
+        };
+        for m in msgs {
+            if m.topic != queue.topic || m.queue_id != queue.queue_id {
+                continue;
+            }
+            if n >= offset && resp.messages.len() < max_messages as usize {
+                resp.messages.push(to_wire(m, n, rec.position.0, group));
+                resp.next_offset = n + 1;
+            }
+            n += 1;
+        }
+    }
+    resp.max_offset = resp.max_offset.max(n);
 }
 
 fn check_names(pairs: &[(&str, &str)]) -> Result<(), Option<Status>> {
@@ -486,6 +531,10 @@ impl Messaging for MessagingImpl {
             .clients()
             .heartbeat(&req.client_id, req.consumer_groups, now)
         {
+            // Kept here too (harmless), but member lists are the leader's: a client that
+            // heartbeats a follower is told, so it finds the leader (a new leader knows no
+            // client until it is heartbeated).
+            Ok(()) if self.shared.role().0 != Role::Leader => self.not_leader(),
             Ok(()) => ok(),
             Err(m) => status(ErrorCode::InvalidArgument, m),
         };
@@ -500,6 +549,13 @@ impl Messaging for MessagingImpl {
         if let Err(s) = check_names(&[("consumer group", &req.consumer_group)]) {
             return Ok(Response::new(GetConsumerListResponse {
                 status: s,
+                client_ids: vec![],
+            }));
+        }
+        // Only the leader's list is current (clients heartbeat the leader).
+        if self.shared.role().0 != Role::Leader {
+            return Ok(Response::new(GetConsumerListResponse {
+                status: self.not_leader(),
                 client_ids: vec![],
             }));
         }
@@ -530,10 +586,7 @@ impl Messaging for MessagingImpl {
         }
         // Locks are kept by the leader: a follower's would not be seen by the others.
         if self.shared.role().0 != Role::Leader {
-            return fail(write_error(raftmq_raft::WriteError::NotLeader {
-                leader_id: None,
-                leader_addr: self.leader_addr(),
-            }));
+            return fail(self.not_leader());
         }
         let now = self.shared.now_ms();
         let locked =
@@ -653,6 +706,14 @@ impl MessagingImpl {
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
+    }
+
+    /// `NOT_LEADER` with the leader's address (or `UNAVAILABLE` when none is known).
+    fn not_leader(&self) -> Option<Status> {
+        write_error(raftmq_raft::WriteError::NotLeader {
+            leader_id: None,
+            leader_addr: self.leader_addr(),
+        })
     }
 }
 

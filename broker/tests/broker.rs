@@ -337,6 +337,33 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .await?
         .into_inner();
     assert_eq!(q.offset, Some(12));
+    // A stale (lower) commit — a member that lost the queue — is accepted and ignored: the
+    // committed offset never moves back.
+    let r = c
+        .messaging(new_leader)
+        .await?
+        .commit_offset(CommitOffsetRequest {
+            consumer_group: "G".into(),
+            offsets: vec![QueueOffset {
+                topic: "T".into(),
+                queue_id: 0,
+                offset: 7,
+            }],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(code(&r.status), ErrorCode::Ok);
+    let q = c
+        .messaging(new_leader)
+        .await?
+        .query_offset(QueryOffsetRequest {
+            consumer_group: "G".into(),
+            topic: "T".into(),
+            queue_id: 0,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(q.offset, Some(12), "a stale commit moved the offset back");
     // Writes go on; the old leader comes back as a follower and catches up.
     let r = c.send(vec![msg("T", Some(0), "after")]).await?;
     assert_eq!(r.results[0].queue_offset, 21);

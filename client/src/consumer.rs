@@ -57,6 +57,9 @@ use crate::offsets::LocalOffsets;
 use crate::rebalance::{MessageQueue, Strategy, allocate};
 use crate::route::{CALL_TIMEOUT, Routes};
 
+/// How long a queue may answer that the consumer's offset is past its end before the
+/// consumer believes it and restarts at the end (normally a lagging replica, which catches up).
+pub const OUT_OF_RANGE_PATIENCE: Duration = Duration::from_secs(30);
 /// How often offsets are committed.
 ///
 /// ```
@@ -679,16 +682,25 @@ async fn heartbeat(inner: &Inner, member: bool) {
     } else {
         Vec::new()
     };
+    let mut stale = false;
     for addr in leaders(inner).await {
         let req = HeartbeatRequest {
             client_id: inner.client_id.clone(),
             producer_groups: vec![],
             consumer_groups: groups.clone(),
         };
-        let _ = inner
+        let r = inner
             .routes
             .call(&addr, |mut c| async move { c.heartbeat(req).await })
             .await;
+        stale |= !matches!(r, Ok(r) if code(&r.status) == ErrorCode::Ok);
+    }
+    // A replica that no longer leads (or none reached): refresh the routes, so the next round
+    // sees the new leaders and heartbeats them at once.
+    if stale {
+        for t in inner.cfg.subscriptions.keys() {
+            let _ = inner.routes.route(t, true).await;
+        }
     }
 }
 
@@ -739,6 +751,12 @@ async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) 
     if !gone.is_empty() {
         drop_queues(inner, &gone).await;
         commit_queues(inner, &gone).await;
+        // Forget them: a later periodic commit must not write this member's old position
+        // over the progress of the member that took the queue.
+        let mut p = lock(&inner.progress);
+        for q in &gone {
+            p.remove(q);
+        }
     }
     for q in wanted.difference(&current) {
         let Some(start) = start_offset(inner, q).await else {
@@ -931,6 +949,7 @@ async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, mut offset: u64, stop
     let tags = wanted_tags(&expr);
     let orderly = matches!(inner.listener, Listener::Orderly(_));
     let mut locked_at: Option<Instant> = None;
+    let mut ahead_since: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
         if orderly && locked_at.is_none_or(|t| t.elapsed() >= LOCK_RENEW_EVERY) {
             if lock_queue(&inner, &q).await {
@@ -980,9 +999,26 @@ async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, mut offset: u64, stop
             }
         };
         match code(&resp.status) {
-            ErrorCode::Ok => {}
+            ErrorCode::Ok => ahead_since = None,
+            // Below the first retained message (purged): move up to it.
+            ErrorCode::OffsetOutOfRange if offset < resp.min_offset => {
+                offset = resp.min_offset;
+                continue;
+            }
+            // Past the end: the replica answering is behind (a follower, or a new leader still
+            // applying). Moving back would hand out messages again, so wait for it — unless it
+            // stays so for OUT_OF_RANGE_PATIENCE (the queue was recreated): then restart at
+            // its end.
             ErrorCode::OffsetOutOfRange => {
-                offset = offset.clamp(resp.min_offset, resp.max_offset);
+                let since = *ahead_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= OUT_OF_RANGE_PATIENCE {
+                    tracing::warn!(queue = ?q, offset, max = resp.max_offset, "offset past the queue's end for too long; restarting at its end");
+                    offset = resp.max_offset;
+                    ahead_since = None;
+                } else {
+                    let _ = inner.routes.route(&q.topic, true).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 continue;
             }
             _ => {

@@ -380,7 +380,14 @@ impl PullConsumer {
             .and_then(|s| ErrorCode::try_from(s.code).ok());
         let next = match code {
             Some(ErrorCode::Ok) => resp.next_offset,
-            Some(ErrorCode::OffsetOutOfRange) => a.position.clamp(resp.min_offset, resp.max_offset),
+            // Below the first retained message: move up to it. Past the end the replica
+            // answering is behind (a follower, or a new leader still applying): never move
+            // back (that would hand out messages again); the user may `seek`.
+            Some(ErrorCode::OffsetOutOfRange) if a.position < resp.min_offset => resp.min_offset,
+            Some(ErrorCode::OffsetOutOfRange) => {
+                let _ = self.routes.route(&q.topic, true).await;
+                a.position
+            }
             _ => {
                 let _ = self.routes.route(&q.topic, true).await;
                 return None;

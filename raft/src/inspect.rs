@@ -78,3 +78,8 @@ pub fn reset_count(rs: &ReplicaStore) -> io::Result<u64> {
         crate::types::decode_value(&b, crate::log_store::keys::RESETS)
     })
 }
+
+/// Every committed consumer offset this replica applied: ((group, topic, queue id), offset).
+pub fn consumer_offsets(rs: &ReplicaStore) -> io::Result<Vec<((String, String, u32), u64)>> {
+    rs.lock().meta().consumer_offsets().map_err(io_err)
+}

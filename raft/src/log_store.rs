@@ -46,6 +46,12 @@ pub(crate) mod keys {
 pub struct Mutations {
     /// Signal `IOFlushed` right after the write, before the sync, even in `Sync` mode.
     pub ack_before_sync: bool,
+    /// `save_vote` returns without storing the vote: a restarted replica forgets whom it
+    /// voted for (and its term).
+    pub skip_vote: bool,
+    /// The broker serves pulls from entries in the local log that are not committed yet,
+    /// numbering them after the queue's applied end (used by `raftmq-broker`).
+    pub serve_uncommitted_pulls: bool,
 }
 
 /// One replica's store, shared; see the module docs.
@@ -223,6 +229,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        if self.rs.inner.mutations.skip_vote {
+            return Ok(());
+        }
         self.rs.write_value(keys::VOTE, vote, true)
     }
 

@@ -480,14 +480,15 @@ impl Replica {
     }
 
     /// Makes `voters` the voter set: learners among them are promoted, voters left out leave
-    /// the group (learners not named stay learners). Refused unless the count is odd and
-    /// every named replica is already a member.
+    /// the group (learners not named stay learners). Refused when empty or when a named
+    /// replica is not already a member. An even count is allowed as a step (removing a broken
+    /// replica before adding it back or replacing it): it tolerates no more failures than one
+    /// voter fewer, so end with an odd count.
     pub async fn change_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), WriteError> {
-        if voters.is_empty() || voters.len().is_multiple_of(2) {
-            return Err(WriteError::InvalidArgument(format!(
-                "a group needs an odd number of voters, got {}",
-                voters.len()
-            )));
+        if voters.is_empty() {
+            return Err(WriteError::InvalidArgument(
+                "a group needs at least one voter".into(),
+            ));
         }
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)

@@ -340,9 +340,12 @@ fn apply_meta(txn: &mut raftmq_store::meta::MetaTxn, m: &MetaCommand) -> Result<
             perm: t.perm,
         }),
         MetaCommand::DeleteTopic { name } => txn.delete_topic(name).map(|_| ()),
+        // Committed offsets only move forward: a member that lost a queue may still commit
+        // its older position after the new owner committed further (at-least-once, but the
+        // group must not fall back). Moving back is an explicit reset, which is not a commit.
         MetaCommand::CommitOffsets { group, offsets } => {
             for o in offsets {
-                txn.set_consumer_offset(group, &o.topic, o.queue_id, o.offset)?;
+                txn.advance_consumer_offset(group, &o.topic, o.queue_id, o.offset)?;
             }
             Ok(())
         }

@@ -1,50 +1,175 @@
-//! The product under madsim (first steps of the whole-cluster simulation): a name server, one
-//! three-replica broker group and clients using the real SDK, each on its own simulated node,
-//! storage on `SimDisk`. Optionally, while the producer sends, broker replicas are killed and
-//! restarted (one at a time, seeded). What the clients saw is judged by
-//! [`crate::queue_checks`]: nothing acknowledged lost, nothing unexpected, each message at the
-//! queue offset it was acknowledged with, no offset reused; duplicates only with faults.
+//! The whole product under madsim: a name server, two broker groups of three replicas
+//! (`Broker::start` on `SimDisk`), producers and consumers using the real SDK, each on its
+//! own simulated node, under a seeded mix of faults.
 //!
-//! Messages are identified by their body (`m<i>`, unique per run and known before the send, so
-//! a failed send can be named as indeterminate).
+//! Workloads (all at once):
+//! - queue: producer `qp` sends unique values (`q<i>`) with sync sends to topics `Q1` (4
+//!   queues per group) and `Q2` (2 per group); consumer group `CQ` (clustering, concurrent
+//!   listener) with members `cq1`, `cq2` from the start, `cq3` joining and `cq2` leaving at
+//!   seeded times;
+//! - ordered: producer `op` sends `o<key>-<seq>` for 8 keys with `send_ordered` (hash of the
+//!   key) to `O` (4 queues per group); consumer group `CO` (orderly listener), `co1`, `co2`;
+//! - offsets: consumers crash (node killed) and restart as a new incarnation (`cq1#1`), which
+//!   resumes from the committed offsets.
+//!
+//! Faults, one at a time, seeded ([`Fault`]): partitions (a group's leader isolated, a random
+//! split of every node into two sides, one-way loss, a client cut from a group, the name
+//! server cut off), broker kill + restart, power loss of one replica (unsynced tails lost,
+//! last write torn), delay, packet loss, leader transfer and membership change (a replica
+//! removed from the voters, added back as a learner, promoted) — the last two through the
+//! Admin API. The run ends healed: every replica up and a voter, the network clean.
+//!
+//! Then liveness (a send acknowledged by each group, every acknowledged message consumed,
+//! every group's replicas converged, each within a bound), and the checkers:
+//! [`crate::queue_checks`] over what the clients saw and the committed offsets each replica
+//! applied, [`crate::replica_checks`] over each group's logs, queues and leaders.
+//!
+//! Messages are identified by their body (unique per run and known before the send, so a
+//! failed send is named as indeterminate).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use madsim::net::NetSim;
 use madsim::rand::{Rng, thread_rng};
-use madsim::runtime::Handle;
+use madsim::runtime::{Handle, NodeHandle};
+use openraft::async_runtime::WatchReceiver;
 use raftmq_broker::{Broker, BrokerConfig};
 use raftmq_client::consumer::ConsumeFrom;
+use raftmq_client::producer::SelectByHash;
+use raftmq_client::rebalance::MessageQueue;
 use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
-use raftmq_proto::v1::{CreateTopicRequest, GetClusterInfoRequest, GetRouteRequest, TopicConfig};
+use raftmq_proto::v1::{
+    AddReplicaRequest, ChangeVotersRequest, CreateTopicRequest, GetRouteRequest, Status,
+    TopicConfig, TransferLeaderRequest,
+};
+use raftmq_raft::inspect::{QueueContents, RawRecord, consumer_offsets, queue_contents, raw_log};
+use raftmq_raft::{Mutations, NodeId, Replica};
 use raftmq_store::SimDisk;
 
-use crate::queue_checks::{QueueHistory, QueueViolation, check_queue_history, duplicate_count};
+use crate::queue_checks::{Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts};
+use crate::replica_checks::{ReplicaViolation, check_leaders, check_replicas};
 
 const NAMESRV: &str = "10.0.1.1:9876";
+const GROUPS: [&str; 2] = ["g1", "g2"];
 const REPLICAS: usize = 3;
+/// Topics: (name, queues per group, orderly).
+const TOPICS: [(&str, u32); 3] = [("Q1", 4), ("Q2", 2), ("O", 4)];
+const ORDERED_KEYS: u32 = 8;
 
-fn broker_addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 1, 11 + i as u8], 10911))
+fn broker_addr(g: usize, i: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 2 + g as u8, 11 + i as u8], 10911))
+}
+
+fn broker_name(g: usize, i: usize) -> String {
+    format!("{}-{}", GROUPS[g], i + 1)
+}
+
+/// A consumer member: name, consumer group, topics, orderly listener.
+struct Member {
+    name: &'static str,
+    group: &'static str,
+    topics: &'static [&'static str],
+    orderly: bool,
+}
+
+const MEMBERS: [Member; 5] = [
+    Member {
+        name: "cq1",
+        group: "CQ",
+        topics: &["Q1", "Q2"],
+        orderly: false,
+    },
+    Member {
+        name: "cq2",
+        group: "CQ",
+        topics: &["Q1", "Q2"],
+        orderly: false,
+    },
+    Member {
+        name: "cq3",
+        group: "CQ",
+        topics: &["Q1", "Q2"],
+        orderly: false,
+    },
+    Member {
+        name: "co1",
+        group: "CO",
+        topics: &["O"],
+        orderly: true,
+    },
+    Member {
+        name: "co2",
+        group: "CO",
+        topics: &["O"],
+        orderly: true,
+    },
+];
+/// `cq2` leaves, `cq3` joins (indexes into [`MEMBERS`]).
+const LEAVER: usize = 1;
+const JOINER: usize = 2;
+
+/// The kinds of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    IsolateLeader,
+    Split,
+    OneWay,
+    ClientCut,
+    NamesrvCut,
+    KillRestart,
+    PowerLoss,
+    Delay,
+    Loss,
+    TransferLeader,
+    Membership,
+    ConsumerCrash,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 12] = [
+        Fault::IsolateLeader,
+        Fault::Split,
+        Fault::OneWay,
+        Fault::ClientCut,
+        Fault::NamesrvCut,
+        Fault::KillRestart,
+        Fault::PowerLoss,
+        Fault::Delay,
+        Fault::Loss,
+        Fault::TransferLeader,
+        Fault::Membership,
+        Fault::ConsumerCrash,
+    ];
 }
 
 /// Knobs of one run.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    pub messages: u32,
-    /// Kill and restart broker replicas while sending.
-    pub crashes: bool,
+    /// How long producers send and faults are injected (simulated time).
+    pub fault_window: Duration,
+    /// Which fault kinds may be drawn; none = a run without faults.
+    pub faults: Vec<Fault>,
+    /// At most this many queue and ordered sends.
+    pub queue_messages: u32,
+    pub ordered_messages: u32,
+    /// Deliberate bugs (mutation checks).
+    pub mutations: Mutations,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
-            messages: 200,
-            crashes: true,
+            fault_window: Duration::from_secs(6),
+            faults: Fault::ALL.to_vec(),
+            queue_messages: 240,
+            ordered_messages: 160,
+            mutations: Mutations::default(),
         }
     }
 }
@@ -52,53 +177,446 @@ impl Default for ClusterConfig {
 /// What a run produced.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    pub seed: u64,
     pub history: QueueHistory,
     pub violations: Vec<QueueViolation>,
-    /// The faults injected, as a timeline.
-    pub faults: Vec<String>,
+    /// Per broker group.
+    pub replica_violations: Vec<(String, ReplicaViolation)>,
+    /// Bounds missed after healing.
+    pub liveness: Vec<String>,
+    /// The faults injected and the membership events, as a timeline.
+    pub timeline: Vec<String>,
 }
 
 impl Outcome {
-    /// A readable report: counts, violations, the fault timeline.
-    pub fn report(&self) -> String {
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty() && self.replica_violations.is_empty() && self.liveness.is_empty()
+    }
+
+    /// A readable report: a one-line reproduction, counts, violations, the timeline.
+    pub fn report(&self, test: &str) -> String {
+        let (redelivered, stored_twice) = duplicate_counts(&self.history);
+        let deliveries = self.history.deliveries().count();
         let mut s = format!(
-            "{} acked, {} indeterminate, {} deliveries, {} duplicated\n",
+            "reproduce: MADSIM_TEST_SEED={} MADSIM_TEST_NUM=1 RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo test -p raftmq-sim --test cluster {test}\n\
+             {} acked, {} indeterminate, {} deliveries, {redelivered} redelivered, {stored_twice} stored twice (retried sends)\n",
+            self.seed,
             self.history.acked.len(),
             self.history.indeterminate.len(),
-            self.history.consumed.len(),
-            duplicate_count(&self.history)
+            deliveries,
         );
         for v in &self.violations {
             s.push_str(&format!("VIOLATION {v:?}\n"));
         }
-        s.push_str("faults:\n");
-        for f in &self.faults {
+        // The first violated queue's timeline, for triage.
+        let queue = self.violations.iter().find_map(|v| match v {
+            QueueViolation::Redelivered { queue, .. }
+            | QueueViolation::Skipped { queue, .. }
+            | QueueViolation::OutOfOrder { queue, .. } => Some(queue.clone()),
+            _ => None,
+        });
+        if let Some(q) = queue {
+            s.push_str(&format!("events of {q:?}:\n"));
+            for e in &self.history.events {
+                let show = match e {
+                    Event::Consumed { queue, .. } | Event::Released { queue, .. } => *queue == q,
+                    Event::Crashed { .. } => true,
+                };
+                if show {
+                    s.push_str(&format!("  {e:?}\n"));
+                }
+            }
+        }
+        for (g, v) in &self.replica_violations {
+            s.push_str(&format!("REPLICAS {g}: {v:?}\n"));
+        }
+        for l in &self.liveness {
+            s.push_str(&format!("LIVENESS {l}\n"));
+        }
+        s.push_str("timeline:\n");
+        for f in &self.timeline {
             s.push_str(&format!("  {f}\n"));
         }
         s
     }
 }
 
-fn config(i: usize) -> BrokerConfig {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {
     let members: String = (0..REPLICAS)
-        .map(|j| format!("{} = \"{}\"\n", j + 1, broker_addr(j)))
+        .map(|j| format!("{} = \"{}\"\n", j + 1, broker_addr(g, j)))
         .collect();
     let mut c = BrokerConfig::parse(&format!(
-        "group = \"g1\"\nreplica_id = {}\nlisten = \"{}\"\ndata_dir = \"/sim/g1-{}\"\nnamesrv_addrs = [\"{NAMESRV}\"]\n[initial_members]\n{members}",
+        "group = \"{}\"\nreplica_id = {}\nlisten = \"{}\"\ndata_dir = \"/sim/{}\"\nnamesrv_addrs = [\"{NAMESRV}\"]\n[initial_members]\n{members}",
+        GROUPS[g],
         i + 1,
-        broker_addr(i),
-        i + 1
+        broker_addr(g, i),
+        broker_name(g, i)
     ))
     .expect("a valid generated configuration");
     c.segment_bytes_override = Some(256 * 1024);
+    c.mutations = mutations;
     c
+}
+
+/// Live replicas by group.
+type Registry = Arc<Mutex<Vec<Vec<Option<Replica>>>>>;
+
+/// Everything the harness drives.
+struct Sim {
+    handle: Handle,
+    start: tokio::time::Instant,
+    namesrv: NodeHandle,
+    brokers: Vec<Vec<NodeHandle>>,
+    disks: Vec<Vec<SimDisk>>,
+    registry: Registry,
+    /// The node admin calls are made from (the harness's own node has no address).
+    control: NodeHandle,
+    clients: Vec<(String, NodeHandle)>,
+    consumers: Arc<Mutex<Vec<Option<NodeHandle>>>>,
+    /// Current incarnation name of each member.
+    names: Arc<Mutex<Vec<String>>>,
+    left: Arc<Vec<AtomicBool>>,
+    history: Arc<Mutex<QueueHistory>>,
+    timeline: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sim {
+    fn note(&self, s: impl AsRef<str>) {
+        note(&self.timeline, self.start, s.as_ref());
+    }
+
+    async fn on_control<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        self.control.spawn(f).await.expect("control task")
+    }
+
+    fn leader(&self, g: usize) -> Option<(usize, Replica)> {
+        leader_of(&self.registry, g)
+    }
+
+    fn down(&self, g: usize, i: usize) {
+        self.handle.kill(self.brokers[g][i].id());
+        self.disks[g][i].fence();
+        lock(&self.registry)[g][i] = None;
+    }
+
+    fn up(&self, g: usize, i: usize) {
+        self.handle.restart(self.brokers[g][i].id());
+    }
+
+    /// Every node that takes part in partitions: (name, node).
+    fn net_nodes(&self) -> Vec<(String, madsim::task::NodeId)> {
+        let mut v = vec![("namesrv".to_string(), self.namesrv.id())];
+        for (g, nodes) in self.brokers.iter().enumerate() {
+            for (i, n) in nodes.iter().enumerate() {
+                v.push((broker_name(g, i), n.id()));
+            }
+        }
+        for (name, n) in &self.clients {
+            v.push((name.clone(), n.id()));
+        }
+        for (k, n) in lock(&self.consumers).iter().enumerate() {
+            if let Some(n) = n {
+                v.push((MEMBERS[k].name.to_string(), n.id()));
+            }
+        }
+        v
+    }
+
+    async fn inject(&self, fault: Fault) {
+        let net = NetSim::current();
+        let g = thread_rng().gen_range(0..GROUPS.len());
+        let pick = thread_rng().gen_range(0..REPLICAS);
+        let hold = Duration::from_millis(thread_rng().gen_range(200..1500));
+        match fault {
+            Fault::IsolateLeader => {
+                let i = self.leader(g).map_or(pick, |(l, _)| l);
+                self.note(format!("isolate {} (leader) for {hold:?}", broker_name(g, i)));
+                net.clog_node(self.brokers[g][i].id());
+                tokio::time::sleep(hold).await;
+                net.unclog_node(self.brokers[g][i].id());
+            }
+            Fault::Split => {
+                let nodes = self.net_nodes();
+                let side: Vec<bool> = nodes.iter().map(|_| thread_rng().gen_bool(0.5)).collect();
+                let names = |s: bool| -> Vec<&str> {
+                    nodes
+                        .iter()
+                        .zip(&side)
+                        .filter(|(_, x)| **x == s)
+                        .map(|(n, _)| n.0.as_str())
+                        .collect()
+                };
+                self.note(format!(
+                    "split {:?} | {:?} for {hold:?}",
+                    names(true),
+                    names(false)
+                ));
+                let pairs = cross_pairs(&nodes, &side);
+                for &(a, b) in &pairs {
+                    net.clog_link(a, b);
+                    net.clog_link(b, a);
+                }
+                tokio::time::sleep(hold).await;
+                for &(a, b) in &pairs {
+                    net.unclog_link(a, b);
+                    net.unclog_link(b, a);
+                }
+            }
+            Fault::OneWay => {
+                let nodes = self.net_nodes();
+                let a = thread_rng().gen_range(0..nodes.len());
+                let b = (a + thread_rng().gen_range(1..nodes.len())) % nodes.len();
+                self.note(format!(
+                    "drop {}->{} for {hold:?}",
+                    nodes[a].0, nodes[b].0
+                ));
+                net.clog_link(nodes[a].1, nodes[b].1);
+                tokio::time::sleep(hold).await;
+                net.unclog_link(nodes[a].1, nodes[b].1);
+            }
+            Fault::ClientCut => {
+                let nodes = self.net_nodes();
+                let clients: Vec<_> = nodes
+                    .iter()
+                    .filter(|(n, _)| !n.starts_with('g') && n != "namesrv")
+                    .collect();
+                let (name, c) = clients[thread_rng().gen_range(0..clients.len())];
+                self.note(format!("cut {name} from {} for {hold:?}", GROUPS[g]));
+                for b in &self.brokers[g] {
+                    net.clog_link(*c, b.id());
+                    net.clog_link(b.id(), *c);
+                }
+                tokio::time::sleep(hold).await;
+                for b in &self.brokers[g] {
+                    net.unclog_link(*c, b.id());
+                    net.unclog_link(b.id(), *c);
+                }
+            }
+            Fault::NamesrvCut => {
+                self.note(format!("isolate namesrv for {hold:?}"));
+                net.clog_node(self.namesrv.id());
+                tokio::time::sleep(hold).await;
+                net.unclog_node(self.namesrv.id());
+            }
+            Fault::KillRestart => {
+                let down = Duration::from_millis(thread_rng().gen_range(0..800));
+                self.note(format!("crash {}, down {down:?}", broker_name(g, pick)));
+                self.down(g, pick);
+                tokio::time::sleep(down).await;
+                self.up(g, pick);
+            }
+            Fault::PowerLoss => {
+                self.down(g, pick);
+                let report = self.disks[g][pick].power_loss(thread_rng().r#gen());
+                self.note(format!(
+                    "power loss {}, torn {:?}",
+                    broker_name(g, pick),
+                    report.torn
+                ));
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..500))).await;
+                self.up(g, pick);
+            }
+            Fault::Delay => {
+                let max = thread_rng().gen_range(20..200);
+                self.note(format!("latency 1..{max}ms for {hold:?}"));
+                net.update_config(|c| {
+                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(max)
+                });
+                tokio::time::sleep(hold).await;
+                net.update_config(|c| *c = madsim::net::Config::default());
+            }
+            Fault::Loss => {
+                let rate = thread_rng().gen_range(0.05..0.3);
+                self.note(format!("packet loss {rate:.2} for {hold:?}"));
+                net.update_config(|c| c.packet_loss_rate = rate);
+                tokio::time::sleep(hold).await;
+                net.update_config(|c| *c = madsim::net::Config::default());
+            }
+            Fault::TransferLeader => {
+                let Some((l, _)) = self.leader(g) else {
+                    self.note(format!("transfer leader of {}: no leader", GROUPS[g]));
+                    return;
+                };
+                let to = (l + thread_rng().gen_range(1..REPLICAS)) % REPLICAS;
+                let reg = self.registry.clone();
+                let r = self
+                    .on_control(async move {
+                        admin(&reg, g, Duration::from_secs(3), |mut a| async move {
+                            a.transfer_leader(TransferLeaderRequest {
+                                to_replica_id: to as u64 + 1,
+                            })
+                            .await
+                            .map(|r| r.into_inner().status)
+                        })
+                        .await
+                    })
+                    .await;
+                self.note(format!(
+                    "transfer leader {} -> {}: {}",
+                    broker_name(g, l),
+                    broker_name(g, to),
+                    outcome(&r)
+                ));
+            }
+            Fault::Membership => {
+                let others: Vec<u64> = (0..REPLICAS)
+                    .filter(|&j| j != pick)
+                    .map(|j| j as u64 + 1)
+                    .collect();
+                let reg = self.registry.clone();
+                let r = self.on_control(async move { change_voters(&reg, g, others).await }).await;
+                self.note(format!("remove {} from the voters: {}", broker_name(g, pick), outcome(&r)));
+                tokio::time::sleep(hold).await;
+                let addr = broker_addr(g, pick).to_string();
+                let reg = self.registry.clone();
+                let r = self
+                    .on_control(async move {
+                        admin(&reg, g, Duration::from_secs(5), |mut a| {
+                            let addr = addr.clone();
+                            async move {
+                                a.add_replica(AddReplicaRequest {
+                                    replica_id: pick as u64 + 1,
+                                    addr,
+                                })
+                                .await
+                                .map(|r| r.into_inner().status)
+                            }
+                        })
+                        .await
+                    })
+                    .await;
+                self.note(format!("add {} back as a learner: {}", broker_name(g, pick), outcome(&r)));
+                let reg = self.registry.clone();
+                let all = (1..=REPLICAS as u64).collect();
+                let r = self.on_control(async move { change_voters(&reg, g, all).await }).await;
+                self.note(format!("promote {}: {}", broker_name(g, pick), outcome(&r)));
+            }
+            Fault::ConsumerCrash => {
+                let running: Vec<usize> = lock(&self.consumers)
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, n)| n.is_some() && !self.left[*k].load(Ordering::Acquire))
+                    .map(|(k, _)| k)
+                    .collect();
+                let Some(&k) = running.get(thread_rng().gen_range(0..running.len().max(1))) else {
+                    return;
+                };
+                let down = Duration::from_millis(thread_rng().gen_range(0..1000));
+                let name = lock(&self.names)[k].clone();
+                self.note(format!("crash consumer {name}, down {down:?}"));
+                let id = lock(&self.consumers)[k].as_ref().map(NodeHandle::id);
+                if let Some(id) = id {
+                    lock(&self.history)
+                        .events
+                        .push(Event::Crashed { consumer: name });
+                    self.handle.kill(id);
+                    tokio::time::sleep(down).await;
+                    self.handle.restart(id);
+                }
+            }
+        }
+    }
+}
+
+fn note(timeline: &Mutex<Vec<String>>, start: tokio::time::Instant, s: &str) {
+    lock(timeline).push(format!("t={}ms {s}", start.elapsed().as_millis()));
+}
+
+fn outcome(r: &Result<(), String>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("failed ({e})"),
+    }
+}
+
+/// Node pairs on different sides.
+fn cross_pairs(
+    nodes: &[(String, madsim::task::NodeId)],
+    side: &[bool],
+) -> Vec<(madsim::task::NodeId, madsim::task::NodeId)> {
+    let mut out = Vec::new();
+    for (a, (_, x)) in nodes.iter().enumerate() {
+        for (b, (_, y)) in nodes.iter().enumerate().skip(a + 1) {
+            if side[a] != side[b] {
+                out.push((*x, *y));
+            }
+        }
+    }
+    out
+}
+
+fn leader_of(registry: &Registry, g: usize) -> Option<(usize, Replica)> {
+    let reg = lock(registry);
+    reg[g].iter().enumerate().find_map(|(i, r)| {
+        let r = r.as_ref()?;
+        let m = r.raft().metrics().borrow_watched().clone();
+        (m.state.is_leader() && m.current_leader == Some(r.node_id())).then(|| (i, r.clone()))
+    })
+}
+
+fn voters(r: &Replica) -> BTreeSet<NodeId> {
+    r.raft()
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
+/// Calls the Admin API of group `g`'s leader until it answers OK or `limit` passes.
+async fn admin<F, Fut>(registry: &Registry, g: usize, limit: Duration, f: F) -> Result<(), String>
+where
+    F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Status>, tonic::Status>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut last = "no leader".to_string();
+    while start.elapsed() < limit {
+        if let Some((l, _)) = leader_of(registry, g) {
+            let call = async {
+                let c = AdminClient::connect(format!("http://{}", broker_addr(g, l)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                f(c).await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(Duration::from_secs(2), call).await {
+                Ok(Ok(Some(s))) if s.code == 0 => return Ok(()),
+                Ok(Ok(s)) => last = format!("{s:?}"),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "timeout".into(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+async fn change_voters(registry: &Registry, g: usize, ids: Vec<u64>) -> Result<(), String> {
+    admin(registry, g, Duration::from_secs(5), |mut a| {
+        let voter_ids = ids.clone();
+        async move {
+            a.change_voters(ChangeVotersRequest { voter_ids })
+                .await
+                .map(|r| r.into_inner().status)
+        }
+    })
+    .await
 }
 
 /// Runs the scenario on the current madsim runtime.
 pub async fn run(cfg: ClusterConfig) -> Outcome {
     let handle = Handle::current();
+    let start = tokio::time::Instant::now();
     let ns_addr: SocketAddr = NAMESRV.parse().expect("literal address");
-    let _ns = handle
+    let namesrv = handle
         .create_node()
         .name("namesrv")
         .ip(ns_addr.ip())
@@ -110,177 +628,489 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                 .await;
         })
         .build();
-    let disks: Vec<SimDisk> = (0..REPLICAS).map(|_| SimDisk::new()).collect();
-    let mut nodes = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        let d = disk.clone();
-        nodes.push(
-            handle
-                .create_node()
-                .name(format!("g1-{}", i + 1))
-                .ip(broker_addr(i).ip())
-                .init(move || {
-                    // A fresh view of the disk per incarnation (see store_scenario).
-                    let d = d.incarnation();
-                    async move {
-                        let b = Broker::start(config(i), Arc::new(d))
-                            .await
-                            .expect("broker starts");
-                        // Keep it (and its server) alive for the node's lifetime.
-                        std::future::pending::<()>().await;
-                        drop(b);
-                    }
-                })
-                .build(),
-        );
-    }
-    let client = handle
-        .create_node()
-        .name("client")
-        .ip([10, 0, 1, 100].into())
-        .build();
-    let history: Arc<Mutex<QueueHistory>> = Arc::default();
-    let sending_done = Arc::new(AtomicBool::new(false));
-    let work = {
-        let (history, done, messages) = (history.clone(), sending_done.clone(), cfg.messages);
-        client.spawn(async move { clients(history, done, messages).await })
-    };
-    let mut faults = Vec::new();
-    if cfg.crashes {
-        let start = tokio::time::Instant::now();
-        // Up to four crashes, one replica down at a time, while the producer sends.
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(300..1500))).await;
-            if sending_done.load(Ordering::Acquire) {
-                break;
-            }
-            let i = thread_rng().gen_range(0..REPLICAS);
-            let down = thread_rng().gen_range(0..1000);
-            faults.push(format!(
-                "t={}ms crash g1-{}, down {down}ms",
-                start.elapsed().as_millis(),
-                i + 1
-            ));
-            handle.kill(nodes[i].id());
-            disks[i].fence();
-            tokio::time::sleep(Duration::from_millis(down)).await;
-            handle.restart(nodes[i].id());
+    let registry: Registry = Arc::new(Mutex::new(vec![vec![None; REPLICAS]; GROUPS.len()]));
+    let disks: Vec<Vec<SimDisk>> = (0..GROUPS.len())
+        .map(|_| (0..REPLICAS).map(|_| SimDisk::new()).collect())
+        .collect();
+    let mut brokers = Vec::new();
+    for (g, group_disks) in disks.iter().enumerate() {
+        let mut nodes = Vec::new();
+        for (i, disk) in group_disks.iter().enumerate() {
+            let (d, reg, m) = (disk.clone(), registry.clone(), cfg.mutations);
+            nodes.push(
+                handle
+                    .create_node()
+                    .name(broker_name(g, i))
+                    .ip(broker_addr(g, i).ip())
+                    .init(move || {
+                        // A fresh view of the disk per incarnation (see store_scenario).
+                        let d = d.incarnation();
+                        let reg = reg.clone();
+                        async move {
+                            let b = Broker::start(config(g, i, m), Arc::new(d))
+                                .await
+                                .unwrap_or_else(|e| panic!("{} starts: {e}", broker_name(g, i)));
+                            lock(&reg)[g][i] = Some(b.replica().clone());
+                            // Keep it (and its server) alive for the node's lifetime.
+                            std::future::pending::<()>().await;
+                            drop(b);
+                        }
+                    })
+                    .build(),
+            );
         }
-        faults.push(format!("t={}ms faults stop", start.elapsed().as_millis()));
+        brokers.push(nodes);
     }
-    work.await.expect("client task");
-    let history = history.lock().expect("history").clone();
-    let violations = check_queue_history(&history, cfg.crashes);
+    let client_node = |name: &str, ip: [u8; 4]| {
+        handle
+            .create_node()
+            .name(name)
+            .ip(IpAddr::from(ip))
+            .build()
+    };
+    let control = client_node("control", [10, 0, 6, 1]);
+    let qp = client_node("qp", [10, 0, 4, 1]);
+    let op = client_node("op", [10, 0, 4, 2]);
+    let history: Arc<Mutex<QueueHistory>> = Arc::default();
+    lock(&history).orderly_topics = ["O".to_string()].into();
+    let sim = Sim {
+        handle: handle.clone(),
+        start,
+        namesrv,
+        brokers,
+        disks,
+        registry: registry.clone(),
+        control: control.clone(),
+        clients: vec![("qp".into(), qp.clone()), ("op".into(), op.clone())],
+        consumers: Arc::new(Mutex::new((0..MEMBERS.len()).map(|_| None).collect())),
+        names: Arc::new(Mutex::new(MEMBERS.iter().map(|m| m.name.to_string()).collect())),
+        left: Arc::new((0..MEMBERS.len()).map(|_| AtomicBool::new(false)).collect()),
+        history: history.clone(),
+        timeline: Arc::default(),
+    };
+
+    // Topics on both groups, routed by the name server.
+    control
+        .spawn(create_topics(registry.clone()))
+        .await
+        .expect("control task");
+    sim.note("topics created and routed");
+
+    // Monitors: leaders per term per group, committed offsets per replica.
+    let leaders: Arc<Mutex<Vec<BTreeMap<u64, BTreeSet<NodeId>>>>> =
+        Arc::new(Mutex::new(vec![BTreeMap::new(); GROUPS.len()]));
+    {
+        let (registry, leaders, history) = (registry.clone(), leaders.clone(), history.clone());
+        control.spawn(async move {
+            let mut seen: BTreeMap<(String, (String, String, u32)), u64> = BTreeMap::new();
+            let mut tick = 0u64;
+            loop {
+                let reps: Vec<(usize, usize, Replica)> = {
+                    let reg = lock(&registry);
+                    reg.iter()
+                        .enumerate()
+                        .flat_map(|(g, rs)| {
+                            rs.iter()
+                                .enumerate()
+                                .filter_map(move |(i, r)| r.clone().map(|r| (g, i, r)))
+                        })
+                        .collect()
+                };
+                for (g, i, r) in &reps {
+                    let m = r.raft().metrics().borrow_watched().clone();
+                    if m.state.is_leader() {
+                        lock(&leaders)[*g]
+                            .entry(m.current_term)
+                            .or_default()
+                            .insert(r.node_id());
+                    }
+                    if tick.is_multiple_of(5)
+                        && let Ok(offsets) = consumer_offsets(r.store())
+                    {
+                        let name = broker_name(*g, *i);
+                        let mut h = lock(&history);
+                        for (key, off) in offsets {
+                            let k = (name.clone(), key);
+                            if seen.get(&k) != Some(&off) {
+                                let (cg, topic, q) = k.1.clone();
+                                h.commits.push((
+                                    name.clone(),
+                                    cg,
+                                    (format!("{topic}@{}", GROUPS[*g]), q),
+                                    off,
+                                ));
+                                seen.insert(k, off);
+                            }
+                        }
+                    }
+                }
+                tick += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    // Consumers: all but the joiner now; the joiner and the leaver at seeded times.
+    let window = cfg.fault_window;
+    for k in 0..MEMBERS.len() {
+        if k != JOINER {
+            start_member(&sim, k);
+        }
+    }
+    let join_at = Duration::from_millis(thread_rng().gen_range(500..window.as_millis() as u64));
+    let leave_at = Duration::from_millis(thread_rng().gen_range(500..window.as_millis() as u64));
+
+    // Producers.
+    let sending_until = start.elapsed() + window;
+    let q_task = qp.spawn(queue_producer(history.clone(), cfg.queue_messages, start, sending_until));
+    let o_task = op.spawn(ordered_producer(history.clone(), cfg.ordered_messages, start, sending_until));
+
+    // Faults (and the membership workload) until the window closes.
+    let (mut joined, mut leaving) = (false, false);
+    let fault_start = start.elapsed();
+    while start.elapsed() < fault_start + window {
+        let wait = Duration::from_millis(thread_rng().gen_range(100..600));
+        tokio::time::sleep(wait).await;
+        let t = start.elapsed() - fault_start;
+        if !joined && t >= join_at {
+            joined = true;
+            sim.note(format!("{} joins {}", MEMBERS[JOINER].name, MEMBERS[JOINER].group));
+            start_member(&sim, JOINER);
+        }
+        if !leaving && t >= leave_at {
+            leaving = true;
+            sim.note(format!("{} leaves {}", lock(&sim.names)[LEAVER], MEMBERS[LEAVER].group));
+            sim.left[LEAVER].store(true, Ordering::Release);
+        }
+        if !cfg.faults.is_empty() {
+            let f = cfg.faults[thread_rng().gen_range(0..cfg.faults.len())];
+            sim.inject(f).await;
+        }
+    }
+    if !joined {
+        start_member(&sim, JOINER);
+    }
+    sim.note("faults stop, all healed");
+
+    let mut liveness = Vec::new();
+    q_task.await.expect("queue producer");
+    o_task.await.expect("ordered producer");
+    sim.note("producers done");
+
+    // Healed: every replica a voter again (a membership change may have been cut short).
+    for g in 0..GROUPS.len() {
+        let full: BTreeSet<NodeId> = (1..=REPLICAS as NodeId).collect();
+        let ok = wait_for(Duration::from_secs(20), || {
+            leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full)
+        })
+        .await;
+        if !ok {
+            let (reg, ids) = (registry.clone(), full.iter().copied().collect());
+            let r = sim.on_control(async move { change_voters(&reg, g, ids).await }).await;
+            let ok = wait_for(Duration::from_secs(20), || {
+                leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full)
+            })
+            .await;
+            if !ok {
+                liveness.push(format!(
+                    "{}: voters not restored to {full:?} ({})",
+                    GROUPS[g],
+                    outcome(&r)
+                ));
+            }
+        }
+    }
+
+    // Liveness: a send acknowledged by each group, then every acknowledged message consumed.
+    let probes = qp.spawn(probe(history.clone()));
+    match tokio::time::timeout(Duration::from_secs(30), probes).await {
+        Ok(_) => sim.note("probe sends acknowledged by every group"),
+        Err(_) => liveness.push("no probe send acknowledged by every group within 30 s".into()),
+    }
+    let caught_up = wait_for(Duration::from_secs(60), || {
+        let h = lock(&history);
+        let got: BTreeSet<&str> = h.deliveries().map(|d| d.1).collect();
+        h.acked.keys().all(|k| got.contains(k.as_str()))
+    })
+    .await;
+    if caught_up {
+        sim.note("consumers caught up");
+    } else {
+        liveness.push("consumers did not catch up within 60 s".into());
+    }
+
+    // Convergence: every replica of a group applies its leader's last entry.
+    let mut replica_violations = Vec::new();
+    for g in 0..GROUPS.len() {
+        let mut target = None;
+        let converged = wait_for(Duration::from_secs(20), || {
+            let Some((_, l)) = leader_of(&registry, g) else {
+                return false;
+            };
+            let t = l.raft().metrics().borrow_watched().last_log_index;
+            target = t;
+            lock(&registry)[g]
+                .iter()
+                .all(|r| r.as_ref().is_some_and(|r| raftmq_raft::inspect::applied_index(r.store()) >= t))
+        })
+        .await;
+        let Some(target) = target.filter(|_| converged) else {
+            liveness.push(format!("{}: replicas did not converge within 20 s", GROUPS[g]));
+            continue;
+        };
+        let reps: Vec<Replica> = lock(&registry)[g].iter().flatten().cloned().collect();
+        let logs: Vec<Vec<RawRecord>> = reps
+            .iter()
+            .map(|r| raw_log(r.store(), target).expect("read log"))
+            .collect();
+        let queues: Vec<QueueContents> = reps
+            .iter()
+            .map(|r| queue_contents(r.store()).expect("read queues"))
+            .collect();
+        let mut found = check_replicas(&logs, &queues);
+        found.extend(check_leaders(&lock(&leaders)[g]));
+        replica_violations.extend(found.into_iter().map(|v| (GROUPS[g].to_string(), v)));
+    }
+
+    let history = lock(&history).clone();
+    let violations = check_queue_history(&history);
+    let timeline = lock(&sim.timeline).clone();
     Outcome {
+        seed: handle.seed(),
         history,
         violations,
-        faults,
+        replica_violations,
+        liveness,
+        timeline,
     }
 }
 
-/// The producer and the consumer; records what they saw.
-async fn clients(history: Arc<Mutex<QueueHistory>>, done: Arc<AtomicBool>, messages: u32) {
-    create_topic().await;
-    let h2 = history.clone();
-    let consumer = PushConsumer::builder()
-        .namesrv_addrs([NAMESRV])
-        .group("C")
-        .client_id("c1")
-        .subscribe("T", "*")
-        .consume_from(ConsumeFrom::First)
-        .long_poll(Duration::from_millis(500))
-        .concurrent(move |msgs| {
-            let mut h = h2.lock().expect("history");
-            for m in msgs {
-                h.consumed.push((
-                    "c1".into(),
-                    String::from_utf8_lossy(&m.body).into_owned(),
-                    (m.queue.group.clone(), m.queue.queue_id),
-                    m.queue_offset,
-                ));
-            }
-            ConsumeResult::Success
-        })
-        .build()
-        .expect("valid consumer");
-    consumer.start().await.expect("consumer starts");
-    let producer = Producer::builder()
-        .namesrv_addrs([NAMESRV])
-        .group("P")
-        .build()
-        .expect("valid producer");
-    producer.start().await.expect("producer starts");
-    for i in 0..messages {
-        let body = format!("m{i}");
-        match producer.send(Message::new("T", body.clone())).await {
-            Ok(r) => {
-                history
-                    .lock()
-                    .expect("history")
-                    .acked
-                    .insert(body, ((r.queue.group, r.queue.queue_id), r.queue_offset));
-            }
-            Err(_) => {
-                history.lock().expect("history").indeterminate.insert(body);
-            }
-        }
-    }
-    done.store(true, Ordering::Release);
-    // Liveness: after the faults, everything acknowledged is consumed within a bound.
-    for _ in 0..1200 {
-        let all_in = {
-            let h = history.lock().expect("history");
-            let got: std::collections::BTreeSet<&String> =
-                h.consumed.iter().map(|c| &c.1).collect();
-            h.acked.keys().all(|k| got.contains(k))
-        };
-        if all_in {
-            break;
+async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = tokio::time::Instant::now();
+    while !f() {
+        if start.elapsed() >= limit {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    consumer.shutdown().await;
-    producer.shutdown().await;
+    true
 }
 
-/// Creates topic `T` (4 queues) on the group's leader once the name server knows one, and
-/// waits until it is routed.
-async fn create_topic() {
-    loop {
-        if let Ok(mut ns) = NameServerClient::connect(format!("http://{NAMESRV}")).await {
-            let info = ns.get_cluster_info(GetClusterInfoRequest {}).await;
-            if let Ok(info) = info
-                && let Some(g) = info
-                    .into_inner()
-                    .groups
-                    .into_iter()
-                    .find(|g| !g.leader_addr.is_empty())
-                && let Ok(mut admin) =
-                    AdminClient::connect(format!("http://{}", g.leader_addr)).await
-            {
-                let r = admin
-                    .create_topic(CreateTopicRequest {
-                        topic: Some(TopicConfig {
-                            name: "T".into(),
-                            read_queue_nums: 4,
-                            write_queue_nums: 4,
-                            perm: 6,
-                        }),
-                    })
-                    .await;
-                if r.is_ok_and(|r| r.get_ref().status.as_ref().is_some_and(|s| s.code == 0)) {
-                    loop {
-                        let route = ns.get_route(GetRouteRequest { topic: "T".into() }).await;
-                        if route
-                            .is_ok_and(|r| r.get_ref().status.as_ref().is_some_and(|s| s.code == 0))
-                        {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+/// Starts member `k` on its own node; a restarted node is the next incarnation.
+fn start_member(sim: &Sim, k: usize) {
+    let incarnation = Arc::new(AtomicU32::new(0));
+    let (names, left, history) = (sim.names.clone(), sim.left.clone(), sim.history.clone());
+    let node = sim
+        .handle
+        .create_node()
+        .name(MEMBERS[k].name)
+        .ip(IpAddr::from([10, 0, 5, 1 + k as u8]))
+        .init(move || {
+            let n = incarnation.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{}#{n}", MEMBERS[k].name);
+            lock(&names)[k] = name.clone();
+            let (left, history) = (left.clone(), history.clone());
+            async move {
+                if !left[k].load(Ordering::Acquire) {
+                    member(k, name, left, history).await;
                 }
+                std::future::pending::<()>().await;
+            }
+        })
+        .build();
+    lock(&sim.consumers)[k] = Some(node);
+}
+
+fn queue_of(q: &MessageQueue) -> crate::queue_checks::Queue {
+    (format!("{}@{}", q.topic, q.group), q.queue_id)
+}
+
+/// One consumer incarnation: consumes (recording every delivery), records the queues it
+/// lets go, and leaves the group when told.
+async fn member(k: usize, name: String, left: Arc<Vec<AtomicBool>>, history: Arc<Mutex<QueueHistory>>) {
+    let m = &MEMBERS[k];
+    let (h, n) = (history.clone(), name.clone());
+    let listener = move |msgs: &[raftmq_client::consumer::ReceivedMessage]| {
+        let mut h = lock(&h);
+        for msg in msgs {
+            let body = String::from_utf8_lossy(&msg.body).into_owned();
+            h.consumed(&n, &body, queue_of(&msg.queue), msg.queue_offset);
+        }
+        ConsumeResult::Success
+    };
+    let mut b = PushConsumer::builder()
+        .namesrv_addrs([NAMESRV])
+        .group(m.group)
+        .client_id(name.clone())
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(500));
+    for t in m.topics {
+        b = b.subscribe(*t, "*");
+    }
+    let b = if m.orderly {
+        b.orderly(listener)
+    } else {
+        b.concurrent(listener)
+    };
+    let consumer = b.build().expect("a valid consumer");
+    while consumer.start().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut held: BTreeSet<MessageQueue> = BTreeSet::new();
+    loop {
+        if left[k].load(Ordering::Acquire) {
+            consumer.shutdown().await;
+            let mut h = lock(&history);
+            for q in &held {
+                h.events.push(Event::Released {
+                    consumer: name.clone(),
+                    queue: queue_of(q),
+                });
+            }
+            return;
+        }
+        let now: BTreeSet<MessageQueue> = consumer.assigned().into_iter().collect();
+        {
+            let mut h = lock(&history);
+            for q in held.difference(&now) {
+                h.events.push(Event::Released {
+                    consumer: name.clone(),
+                    queue: queue_of(q),
+                });
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        held = now;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn new_producer(group: &str) -> Producer {
+    let p = Producer::builder()
+        .namesrv_addrs([NAMESRV])
+        .group(group)
+        .build()
+        .expect("a valid producer");
+    while p.start().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p
+}
+
+fn record_send(
+    history: &Mutex<QueueHistory>,
+    producer: &str,
+    body: String,
+    r: Result<raftmq_client::SendResult, raftmq_client::ClientError>,
+) -> Option<String> {
+    let mut h = lock(history);
+    match r {
+        Ok(r) => {
+            h.acked
+                .insert(body.clone(), (queue_of(&r.queue), r.queue_offset));
+            h.ack_order.push((producer.into(), body));
+            Some(r.queue.group)
+        }
+        Err(_) => {
+            h.indeterminate.insert(body);
+            None
+        }
+    }
+}
+
+async fn queue_producer(
+    history: Arc<Mutex<QueueHistory>>,
+    max: u32,
+    start: tokio::time::Instant,
+    until: Duration,
+) {
+    let p = new_producer("PQ").await;
+    let mut i = 0;
+    while i < max && start.elapsed() < until {
+        let topic = if i % 3 == 2 { "Q2" } else { "Q1" };
+        let body = format!("q{i}");
+        let r = p.send(Message::new(topic, body.clone())).await;
+        record_send(&history, "qp", body, r);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(5..30))).await;
+    }
+    p.shutdown().await;
+}
+
+async fn ordered_producer(
+    history: Arc<Mutex<QueueHistory>>,
+    max: u32,
+    start: tokio::time::Instant,
+    until: Duration,
+) {
+    let p = new_producer("PO").await;
+    let mut seq = vec![0u32; ORDERED_KEYS as usize];
+    let mut i = 0;
+    while i < max && start.elapsed() < until {
+        let k = thread_rng().gen_range(0..ORDERED_KEYS);
+        let body = format!("o{k}-{}", seq[k as usize]);
+        seq[k as usize] += 1;
+        let r = p
+            .send_ordered(Message::new("O", body.clone()), &SelectByHash, &format!("k{k}"))
+            .await;
+        record_send(&history, "op", body, r);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(5..30))).await;
+    }
+    p.shutdown().await;
+}
+
+/// Sends probes to `Q1` until each group acknowledged one.
+async fn probe(history: Arc<Mutex<QueueHistory>>) {
+    let p = new_producer("PP").await;
+    let mut groups = BTreeSet::new();
+    let mut i = 0;
+    while groups.len() < GROUPS.len() {
+        let body = format!("p{i}");
+        i += 1;
+        let r = p.send(Message::new("Q1", body.clone())).await;
+        if std::env::var("RAFTMQ_SIM_LOG").is_ok() {
+            eprintln!("PROBE {body} {:?} {:?}", std::time::SystemTime::now(), r.as_ref().map(|r| &r.queue));
+        }
+        if let Some(g) = record_send(&history, "probe", body, r) {
+            groups.insert(g);
+        }
+    }
+    p.shutdown().await;
+}
+
+/// Creates every topic on each group's leader, then waits until the name server routes each
+/// topic to both groups.
+async fn create_topics(registry: Registry) {
+    for g in 0..GROUPS.len() {
+        for (name, queues) in TOPICS {
+            let r = admin(&registry, g, Duration::from_secs(60), |mut a| async move {
+                a.create_topic(CreateTopicRequest {
+                    topic: Some(TopicConfig {
+                        name: name.into(),
+                        read_queue_nums: queues,
+                        write_queue_nums: queues,
+                        perm: 6,
+                    }),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+            })
+            .await;
+            r.unwrap_or_else(|e| panic!("creating {name} on {}: {e}", GROUPS[g]));
+        }
+    }
+    for (name, _) in TOPICS {
+        loop {
+            if let Ok(mut ns) = NameServerClient::connect(format!("http://{NAMESRV}")).await
+                && let Ok(r) = ns.get_route(GetRouteRequest { topic: name.into() }).await
+            {
+                let groups: BTreeSet<String> =
+                    r.into_inner().queues.into_iter().map(|q| q.group).collect();
+                if groups.len() == GROUPS.len() {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -48,6 +48,7 @@ fn acking_before_sync_is_caught() {
             rt.block_on(run(ScenarioConfig {
                 mutations: Mutations {
                     ack_before_sync: true,
+                    ..Mutations::default()
                 },
                 faults: vec![Fault::PowerLoss, Fault::IsolateAny, Fault::IsolateLeader],
                 // The lost-write checker alone, on the whole queue.

@@ -445,6 +445,29 @@ impl MetaTxn {
         Ok(())
     }
 
+    /// Raises a consumer group's offset on one queue; a lower (stale) offset is ignored.
+    /// Returns whether it changed.
+    pub fn advance_consumer_offset(
+        &mut self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+    ) -> Result<bool> {
+        let mut table = self.txn.open_table(OFFSETS).map_err(meta_err)?;
+        let cur = table
+            .get((group, topic, queue_id))
+            .map_err(meta_err)?
+            .map(|v| v.value());
+        if cur.is_some_and(|c| c >= offset) {
+            return Ok(false);
+        }
+        table
+            .insert((group, topic, queue_id), offset)
+            .map_err(meta_err)?;
+        Ok(true)
+    }
+
     /// Records the last applied log id.
     pub fn set_applied(&mut self, id: &LogId) -> Result<()> {
         self.put_state("applied", &encode_log_id(id))
