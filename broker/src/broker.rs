@@ -21,6 +21,8 @@ use crate::config::BrokerConfig;
 
 /// How often a replica registers with every name server.
 pub const REGISTER_EVERY_MS: u64 = 30_000;
+/// How long a starting replica waits to apply its log before it registers anyway.
+pub const REGISTER_CATCH_UP_MAX_MS: u64 = 5_000;
 /// How soon a replica registers again after a registration failed.
 pub const REGISTER_RETRY_MS: u64 = 1_000;
 /// How often a replica looks for a role change to report.
@@ -125,11 +127,12 @@ impl Broker {
         let replica_config = config.replica_config();
         let batch_max_bytes = replica_config.batch.max_bytes;
         let replica = Replica::start(disk, replica_config).await?;
+        let clients = Mutex::new(Clients::new(config.client_expire_ms));
         let shared = Arc::new(Shared {
             config,
             batch_max_bytes,
             replica,
-            clients: Mutex::default(),
+            clients,
             next_queue: AtomicU32::new(0),
             start: tokio::time::Instant::now(),
         });
@@ -286,6 +289,18 @@ async fn unregister(shared: &Shared) {
 /// a failed registration (a name server down or cut off) again within [`REGISTER_RETRY_MS`],
 /// so that a change made while it was unreachable reaches it soon after it is back.
 async fn register_loop(shared: Arc<Shared>) {
+    // A restarted replica rebuilds its applied state (topics among it) by applying its log
+    // again; registered before that, it would tell the name servers its group holds no
+    // topics, and clients would drop the group from their routes. So the first registration
+    // waits until what the log held at start is applied (bounded: entries past the commit
+    // point may never be).
+    let at_start = shared.metrics().last_log_index;
+    let waited = tokio::time::Instant::now();
+    while shared.metrics().last_applied.map(|l| l.index) < at_start
+        && waited.elapsed() < Duration::from_millis(REGISTER_CATCH_UP_MAX_MS)
+    {
+        tokio::time::sleep(Duration::from_millis(ROLE_POLL_MS / 2)).await;
+    }
     let mut last: Option<(Role, u64, Vec<TopicConfig>)> = None;
     let mut last_at = shared.now_ms();
     loop {

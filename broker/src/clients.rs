@@ -5,14 +5,17 @@
 //! This state is per replica and not replicated (as in RocketMQ, where it lives in the
 //! master's memory): after a failover clients heartbeat to the new leader within one
 //! heartbeat interval, and orderly consumers re-lock. A lock is a lease of [`LOCK_LEASE_MS`];
-//! a client silent for [`CLIENT_EXPIRE_MS`] leaves its groups and loses its locks.
+//! a client silent for `client_expire_ms` (default [`CLIENT_EXPIRE_MS`]) leaves its groups and loses its locks.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use raftmq_proto::v1::{ConsumerGroupInfo, QueueRef};
 
-/// A client not heard from for this long is dropped (RocketMQ: 120 s).
-pub const CLIENT_EXPIRE_MS: u64 = 120_000;
+/// A client not heard from for this long is dropped, by default: three heartbeats of the
+/// SDK's default interval (10 s). RocketMQ waits 120 s but also sees a crashed client's
+/// connection close at once; over gRPC the heartbeat is the only sign, so a crashed member's
+/// queues go to the others after this long. Broker setting `client_expire_ms`.
+pub const CLIENT_EXPIRE_MS: u64 = 30_000;
 /// How long a queue lock lasts unless renewed (RocketMQ: 60 s).
 pub const LOCK_LEASE_MS: u64 = 60_000;
 /// Most clients tracked, and most queues one lock request may name.
@@ -21,15 +24,32 @@ pub const LOCK_QUEUES_MAX: usize = 4096;
 
 type QueueKey = (String, u32);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clients {
+    /// A client silent this long is dropped.
+    expire_ms: u64,
     /// client id → (last heartbeat, consumer groups).
     clients: BTreeMap<String, (u64, Vec<ConsumerGroupInfo>)>,
     /// (group, topic, queue) → (client id, lease end).
     locks: BTreeMap<(String, QueueKey), (String, u64)>,
 }
 
+impl Default for Clients {
+    fn default() -> Self {
+        Self::new(CLIENT_EXPIRE_MS)
+    }
+}
+
 impl Clients {
+    /// Tracks clients, dropping one silent for `expire_ms`.
+    pub fn new(expire_ms: u64) -> Self {
+        Self {
+            expire_ms,
+            clients: BTreeMap::new(),
+            locks: BTreeMap::new(),
+        }
+    }
+
     /// Records a heartbeat. Errors if too many clients are tracked.
     pub fn heartbeat(
         &mut self,
@@ -100,7 +120,7 @@ impl Clients {
         let gone: BTreeSet<String> = self
             .clients
             .iter()
-            .filter(|(_, (t, _))| now_ms.saturating_sub(*t) > CLIENT_EXPIRE_MS)
+            .filter(|(_, (t, _))| now_ms.saturating_sub(*t) > self.expire_ms)
             .map(|(id, _)| id.clone())
             .collect();
         self.clients.retain(|id, _| !gone.contains(id));

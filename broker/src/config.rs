@@ -12,6 +12,7 @@
 //! flush = "sync"                      # "sync" (ack after fsync) or "async"
 //! segment_mib = 1024                  # CommitLog segment size (same on every replica)
 //! file_reserved_hours = 72            # retention: delete segments older than this
+//! client_expire_ms = 30000            # drop a consumer member silent this long
 //!
 //! [initial_members]                   # the group's first voters: replica id = address
 //! 1 = "127.0.0.1:10911"               # (odd count; the lowest id forms the group)
@@ -90,6 +91,10 @@ fn default_reserved_hours() -> u64 {
     72
 }
 
+fn default_client_expire_ms() -> u64 {
+    crate::clients::CLIENT_EXPIRE_MS
+}
+
 /// One replica's configuration; see the module docs for the file format.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +115,10 @@ pub struct BrokerConfig {
     pub segment_mib: u64,
     #[serde(default = "default_reserved_hours")]
     pub file_reserved_hours: u64,
+    /// A client (consumer member) silent this long is dropped from its groups and loses its
+    /// queue locks; its queues then go to the others.
+    #[serde(default = "default_client_expire_ms")]
+    pub client_expire_ms: u64,
     /// Replica id → address of the group's first voters (keys are strings in TOML).
     pub initial_members: BTreeMap<String, String>,
     #[serde(default)]
@@ -171,6 +180,12 @@ impl BrokerConfig {
         }
         if self.replica_id == 0 {
             return bad("replica_id must be ≥ 1".into());
+        }
+        if self.client_expire_ms < 1000 {
+            return bad(format!(
+                "client_expire_ms must be ≥ 1000 (several client heartbeats), got {}",
+                self.client_expire_ms
+            ));
         }
         let members = self.members()?;
         if members.is_empty() || members.len().is_multiple_of(2) {

@@ -81,7 +81,7 @@ pub const MEMBERS_EVERY: Duration = Duration::from_millis(500);
 /// How often a member heartbeats (brokers drop a client silent for 120 s).
 ///
 /// ```
-/// assert!(raftmq_client::consumer::HEARTBEAT_EVERY.as_secs() < 120, "brokers drop clients after 120 s");
+/// assert!(raftmq_client::consumer::HEARTBEAT_EVERY.as_secs() * 3 <= 30, "brokers drop clients after 30 s");
 /// ```
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// How long an orderly consumer's queue lock is renewed before it runs out.
@@ -197,6 +197,7 @@ pub struct PushConsumerBuilder {
     long_poll: Duration,
     offset_file: Option<PathBuf>,
     client_id: Option<String>,
+    heartbeat_every: Duration,
 }
 
 impl PushConsumerBuilder {
@@ -381,6 +382,21 @@ impl PushConsumerBuilder {
         self
     }
 
+    /// How often the member heartbeats every group's leader (default [`HEARTBEAT_EVERY`]).
+    /// Brokers drop a member silent for their `client_expire_ms` (default 30 s), which is how
+    /// soon a crashed member's queues go to the others: keep it several heartbeats long.
+    ///
+    /// ```
+    /// use raftmq_client::consumer::{ConsumeFrom, ConsumeResult, MessageModel, PushConsumer};
+    /// let b = PushConsumer::builder().namesrv_addrs(["127.0.0.1:9876"]).group("G")
+    ///     .subscribe("T", "*").concurrent(|_| ConsumeResult::Success).heartbeat_every(std::time::Duration::from_secs(3));
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn heartbeat_every(mut self, d: Duration) -> Self {
+        self.heartbeat_every = d;
+        self
+    }
+
     /// Broadcasting: the local offset file (default `./raftmq-offsets/<group>@<client id>`).
     ///
     /// ```
@@ -437,6 +453,9 @@ impl PushConsumerBuilder {
         {
             return bad("consume_threads, batch_size ≥ 1 and pull_batch_size in 1..=1024".into());
         }
+        if self.heartbeat_every.is_zero() {
+            return bad("heartbeat_every must be positive".into());
+        }
         let client_id = self
             .client_id
             .clone()
@@ -456,6 +475,7 @@ impl PushConsumerBuilder {
                 running: AtomicBool::new(false),
                 queues: Mutex::default(),
                 progress: Mutex::default(),
+                releasing: Mutex::default(),
                 control: Mutex::default(),
             }),
         })
@@ -491,6 +511,8 @@ struct Inner {
     running: AtomicBool,
     /// Queues this member consumes now. A mutex held only to edit the map.
     queues: Mutex<BTreeMap<MessageQueue, QueueTask>>,
+    /// Queues being let go: their tasks are finishing the batch in hand.
+    releasing: Mutex<BTreeSet<MessageQueue>>,
     /// Next offset to consume per queue (what a commit records). A mutex held only to edit.
     progress: Mutex<BTreeMap<MessageQueue, u64>>,
     control: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -527,6 +549,7 @@ impl PushConsumer {
             pull_batch_size: 32,
             pull_max_bytes: 4 << 20,
             long_poll: Duration::from_secs(2),
+            heartbeat_every: HEARTBEAT_EVERY,
             offset_file: None,
             client_id: None,
         }
@@ -573,7 +596,10 @@ impl PushConsumer {
     /// # Ok(()) }
     /// ```
     pub fn assigned(&self) -> Vec<MessageQueue> {
-        lock(&self.inner.queues).keys().cloned().collect()
+        // A queue being let go still counts until its last batch is handed out.
+        let mut all: BTreeSet<MessageQueue> = lock(&self.inner.queues).keys().cloned().collect();
+        all.extend(lock(&self.inner.releasing).iter().cloned());
+        all.into_iter().collect()
     }
 
     /// Stops pulling, lets every queue finish the batch in hand, commits offsets, releases
@@ -609,6 +635,7 @@ async fn control(inner: Arc<Inner>) {
     // each other before taking queues (fewer needless moves and duplicates).
     let mut seen_once: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut last_rebalance: Option<Instant> = None;
+    let mut incomplete = false;
     let mut last_commit = Instant::now();
     let mut last_heartbeat: Option<(Instant, BTreeSet<String>)> = None;
     while inner.running.load(Ordering::Acquire) {
@@ -617,7 +644,7 @@ async fn control(inner: Arc<Inner>) {
         let leaders = leaders(&inner).await;
         if last_heartbeat
             .as_ref()
-            .is_none_or(|(t, l)| t.elapsed() >= HEARTBEAT_EVERY || *l != leaders)
+            .is_none_or(|(t, l)| t.elapsed() >= inner.cfg.heartbeat_every || *l != leaders)
         {
             heartbeat(&inner, true).await;
             last_heartbeat = Some((Instant::now(), leaders));
@@ -638,8 +665,13 @@ async fn control(inner: Arc<Inner>) {
                 seen_once.insert(topic.clone(), now);
             }
         }
-        if changed || last_rebalance.is_some_and(|t| t.elapsed() >= REBALANCE_EVERY) {
-            rebalance(&inner, &members).await;
+        if changed
+            || incomplete
+            || last_rebalance.is_some_and(|t| t.elapsed() >= REBALANCE_EVERY)
+        {
+            // A queue that could not be started (its group unreachable) is tried again at
+            // the next round, not at the next periodic rebalance.
+            incomplete = !rebalance(&inner, &members).await;
             last_rebalance = Some(Instant::now());
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
@@ -704,10 +736,19 @@ async fn heartbeat(inner: &Inner, member: bool) {
     }
 }
 
-/// The group's members as the leader of the first group holding `topic` knows them.
+/// The group's members as the leader of the first group (by name) holding `topic` knows them.
 async fn group_members(inner: &Inner, topic: &str) -> Option<Vec<String>> {
     let route = inner.routes.route(topic, false).await.ok()?;
-    let addr = route.leaders.values().next()?.clone();
+    // Always the same group's leader (the first group holding the topic): members asking
+    // different groups would see different lists and hold queues twice or not at all.
+    let Some(addr) = route
+        .first_group()
+        .and_then(|g| route.leaders.get(g))
+        .cloned()
+    else {
+        let _ = inner.routes.route(topic, true).await;
+        return None;
+    };
     let req = GetConsumerListRequest {
         consumer_group: inner.cfg.group.clone(),
     };
@@ -724,10 +765,14 @@ async fn group_members(inner: &Inner, topic: &str) -> Option<Vec<String>> {
     }
 }
 
-async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) {
+/// Takes and lets go of queues as `members` dictates; false if a queue it should take could
+/// not be started (or a route not fetched), so the caller tries again soon.
+async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) -> bool {
+    let mut complete = true;
     let mut wanted = BTreeSet::new();
     for topic in inner.cfg.subscriptions.keys() {
         let Ok(route) = inner.routes.route(topic, false).await else {
+            complete = false;
             continue;
         };
         let queues: Vec<MessageQueue> = route
@@ -760,6 +805,7 @@ async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) 
     }
     for q in wanted.difference(&current) {
         let Some(start) = start_offset(inner, q).await else {
+            complete = false;
             continue;
         };
         lock(&inner.progress).insert(q.clone(), start);
@@ -767,14 +813,20 @@ async fn rebalance(inner: &Arc<Inner>, members: &BTreeMap<String, Vec<String>>) 
         let task = tokio::spawn(consume_queue(inner.clone(), q.clone(), start, stop.clone()));
         lock(&inner.queues).insert(q.clone(), QueueTask { stop, task });
     }
+    complete
 }
 
 /// Stops the tasks of `gone` and waits for them (each finishes the batch in hand).
 async fn drop_queues(inner: &Inner, gone: &[MessageQueue]) {
     let tasks: Vec<(MessageQueue, QueueTask)> = {
         let mut qs = lock(&inner.queues);
+        let mut releasing = lock(&inner.releasing);
         gone.iter()
-            .filter_map(|q| qs.remove(q).map(|t| (q.clone(), t)))
+            .filter_map(|q| {
+                let t = qs.remove(q)?;
+                releasing.insert(q.clone());
+                Some((q.clone(), t))
+            })
             .collect()
     };
     for (_, t) in &tasks {
@@ -785,6 +837,7 @@ async fn drop_queues(inner: &Inner, gone: &[MessageQueue]) {
         if matches!(inner.listener, Listener::Orderly(_)) {
             unlock(inner, &q).await;
         }
+        lock(&inner.releasing).remove(&q);
     }
 }
 

@@ -26,6 +26,10 @@ use crate::error::ClientError;
 
 /// A cached route older than this is fetched again.
 pub const ROUTE_REFRESH: Duration = Duration::from_secs(30);
+/// A route naming a group without a known leader (an election was under way) is fetched again
+/// when older than this: otherwise a client would ignore that group for a whole
+/// [`ROUTE_REFRESH`] (no heartbeats to it, no pulls from it).
+pub const ROUTE_REFRESH_INCOMPLETE: Duration = Duration::from_secs(1);
 /// How long a name server or broker call may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// gRPC messages up to this size (a 4 MiB batch plus framing).
@@ -43,6 +47,24 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether every group holding the topic has a known leader.
+    pub fn complete(&self) -> bool {
+        self.read_queues
+            .iter()
+            .chain(&self.write_queues)
+            .all(|(g, _)| self.leaders.contains_key(g))
+    }
+
+    /// The first group (by name) holding the topic: the one whose leader every member of a
+    /// consumer group asks for the member list, so that all see the same list.
+    pub fn first_group(&self) -> Option<&str> {
+        self.read_queues
+            .iter()
+            .chain(&self.write_queues)
+            .map(|(g, _)| g.as_str())
+            .min()
+    }
+
     fn from_wire(r: GetRouteResponse) -> Route {
         let mut write_queues = Vec::new();
         let mut read_queues = Vec::new();
@@ -219,7 +241,12 @@ impl Routes {
     pub async fn route(&self, topic: &str, refresh: bool) -> Result<Arc<Route>, ClientError> {
         if !refresh
             && let Some((r, at)) = lock(&self.inner.cache).get(topic)
-            && at.elapsed() < ROUTE_REFRESH
+            && at.elapsed()
+                < if r.complete() {
+                    ROUTE_REFRESH
+                } else {
+                    ROUTE_REFRESH_INCOMPLETE
+                }
         {
             return Ok(r.clone());
         }

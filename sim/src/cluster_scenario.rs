@@ -61,6 +61,8 @@ const REPLICAS: usize = 3;
 /// Topics: (name, queues per group, orderly).
 const TOPICS: [(&str, u32); 3] = [("Q1", 4), ("Q2", 2), ("O", 4)];
 const ORDERED_KEYS: u32 = 8;
+/// Consumer members' heartbeat interval.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 fn broker_addr(g: usize, i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 2 + g as u8, 11 + i as u8], 10911))
@@ -210,22 +212,34 @@ impl Outcome {
         }
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
+            QueueViolation::Lost { id } => self.history.acked.get(id).map(|a| a.0.clone()),
             QueueViolation::Redelivered { queue, .. }
             | QueueViolation::Skipped { queue, .. }
             | QueueViolation::OutOfOrder { queue, .. } => Some(queue.clone()),
             _ => None,
         });
         if let Some(q) = queue {
-            s.push_str(&format!("events of {q:?}:\n"));
-            for e in &self.history.events {
-                let show = match e {
+            s.push_str(&format!("events of {q:?} (and every crash), last 60:\n"));
+            let shown: Vec<&Event> = self
+                .history
+                .events
+                .iter()
+                .filter(|e| match e {
                     Event::Consumed { queue, .. } | Event::Released { queue, .. } => *queue == q,
                     Event::Crashed { .. } => true,
-                };
-                if show {
-                    s.push_str(&format!("  {e:?}\n"));
-                }
+                })
+                .collect();
+            for e in &shown[shown.len().saturating_sub(60)..] {
+                s.push_str(&format!("  {e:?}\n"));
             }
+            let acked: Vec<(&String, u64)> = self
+                .history
+                .acked
+                .iter()
+                .filter(|(_, (aq, _))| *aq == q)
+                .map(|(id, (_, o))| (id, *o))
+                .collect();
+            s.push_str(&format!("acknowledged on {q:?}: {acked:?}\n"));
         }
         for (g, v) in &self.replica_violations {
             s.push_str(&format!("REPLICAS {g}: {v:?}\n"));
@@ -259,8 +273,14 @@ fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {
     .expect("a valid generated configuration");
     c.segment_bytes_override = Some(256 * 1024);
     c.mutations = mutations;
+    // Members heartbeat every second here (HEARTBEAT); a crashed one's queues move on after
+    // three missed heartbeats.
+    c.client_expire_ms = 3 * HEARTBEAT.as_millis() as u64;
     c
 }
+
+/// The queues each running member holds now (by member index).
+type Holding = Arc<Mutex<BTreeMap<usize, BTreeSet<MessageQueue>>>>;
 
 /// Live replicas by group.
 type Registry = Arc<Mutex<Vec<Vec<Option<Replica>>>>>;
@@ -282,6 +302,10 @@ struct Sim {
     left: Arc<Vec<AtomicBool>>,
     history: Arc<Mutex<QueueHistory>>,
     timeline: Arc<Mutex<Vec<String>>>,
+    /// Members whose leaving (shutdown) finished.
+    left_done: Arc<Mutex<Vec<String>>>,
+    /// The queues each running member holds now (by member index).
+    holding: Holding,
 }
 
 impl Sim {
@@ -517,6 +541,7 @@ impl Sim {
                         .events
                         .push(Event::Crashed { consumer: name });
                     self.handle.kill(id);
+                    lock(&self.holding).remove(&k);
                     tokio::time::sleep(down).await;
                     self.handle.restart(id);
                 }
@@ -687,6 +712,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         left: Arc::new((0..MEMBERS.len()).map(|_| AtomicBool::new(false)).collect()),
         history: history.clone(),
         timeline: Arc::default(),
+        left_done: Arc::default(),
+        holding: Arc::default(),
     };
 
     // Topics on both groups, routed by the name server.
@@ -790,6 +817,9 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     if !joined {
         start_member(&sim, JOINER);
     }
+    if !leaving {
+        sim.left[LEAVER].store(true, Ordering::Release);
+    }
     sim.note("faults stop, all healed");
 
     let mut liveness = Vec::new();
@@ -825,7 +855,12 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     let probes = qp.spawn(probe(history.clone()));
     match tokio::time::timeout(Duration::from_secs(30), probes).await {
         Ok(_) => sim.note("probe sends acknowledged by every group"),
-        Err(_) => liveness.push("no probe send acknowledged by every group within 30 s".into()),
+        Err(_) => {
+            let info = control.spawn(cluster_info()).await.expect("control task");
+            liveness.push(format!(
+                "no probe send acknowledged by every group within 30 s; the name server says: {info}"
+            ));
+        }
     }
     let caught_up = wait_for(Duration::from_secs(60), || {
         let h = lock(&history);
@@ -837,6 +872,56 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         sim.note("consumers caught up");
     } else {
         liveness.push("consumers did not catch up within 60 s".into());
+    }
+
+    // Rebalancing settles: each queue held by exactly one member of each consumer group (two
+    // members may hold one while a change is seen at different moments; one lets go).
+    let all_queues: BTreeMap<&str, BTreeSet<MessageQueue>> = ["CQ", "CO"]
+        .into_iter()
+        .map(|cg| {
+            let qs = MEMBERS
+                .iter()
+                .filter(|m| m.group == cg)
+                .flat_map(|m| m.topics.iter())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .flat_map(|t| {
+                    let n = TOPICS.iter().find(|x| x.0 == *t).map_or(0, |x| x.1);
+                    GROUPS.iter().flat_map(move |g| {
+                        (0..n).map(move |q| MessageQueue {
+                            topic: t.to_string(),
+                            group: g.to_string(),
+                            queue_id: q,
+                        })
+                    })
+                })
+                .collect();
+            (cg, qs)
+        })
+        .collect();
+    let mut unsettled = String::new();
+    let settled = wait_for(Duration::from_secs(20), || {
+        let h = lock(&sim.holding);
+        unsettled.clear();
+        for (cg, qs) in &all_queues {
+            for q in qs {
+                let holders: Vec<&str> = h
+                    .iter()
+                    .filter(|(k, held)| MEMBERS[**k].group == *cg && held.contains(q))
+                    .map(|(k, _)| MEMBERS[*k].name)
+                    .collect();
+                if holders.len() != 1 {
+                    unsettled.push_str(&format!("{cg} {q:?} held by {holders:?}; "));
+                }
+            }
+        }
+        unsettled.is_empty()
+    })
+    .await;
+    if settled {
+        sim.note("every queue held by one member");
+    } else {
+        liveness.push(format!("assignment did not settle within 20 s: {unsettled}"));
     }
 
     // Convergence: every replica of a group applies its leader's last entry.
@@ -872,6 +957,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         replica_violations.extend(found.into_iter().map(|v| (GROUPS[g].to_string(), v)));
     }
 
+    // The member that left finished leaving (its shutdown returned).
+    if !wait_for(Duration::from_secs(30), || !lock(&sim.left_done).is_empty()).await {
+        liveness.push(format!(
+            "{}: leaving (shutdown) did not finish",
+            MEMBERS[LEAVER].name
+        ));
+    }
     let history = lock(&history).clone();
     let violations = check_queue_history(&history);
     let timeline = lock(&sim.timeline).clone();
@@ -900,6 +992,12 @@ async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn start_member(sim: &Sim, k: usize) {
     let incarnation = Arc::new(AtomicU32::new(0));
     let (names, left, history) = (sim.names.clone(), sim.left.clone(), sim.history.clone());
+    let log = (
+        sim.timeline.clone(),
+        sim.start,
+        sim.left_done.clone(),
+        sim.holding.clone(),
+    );
     let node = sim
         .handle
         .create_node()
@@ -909,10 +1007,13 @@ fn start_member(sim: &Sim, k: usize) {
             let n = incarnation.fetch_add(1, Ordering::Relaxed);
             let name = format!("{}#{n}", MEMBERS[k].name);
             lock(&names)[k] = name.clone();
-            let (left, history) = (left.clone(), history.clone());
+            let (left, history, log) = (left.clone(), history.clone(), log.clone());
             async move {
-                if !left[k].load(Ordering::Acquire) {
-                    member(k, name, left, history).await;
+                if left[k].load(Ordering::Acquire) {
+                    // Told to leave while it was down: it is gone.
+                    lock(&log.2).push(name);
+                } else {
+                    member(k, name, left, history, log).await;
                 }
                 std::future::pending::<()>().await;
             }
@@ -927,7 +1028,18 @@ fn queue_of(q: &MessageQueue) -> crate::queue_checks::Queue {
 
 /// One consumer incarnation: consumes (recording every delivery), records the queues it
 /// lets go, and leaves the group when told.
-async fn member(k: usize, name: String, left: Arc<Vec<AtomicBool>>, history: Arc<Mutex<QueueHistory>>) {
+async fn member(
+    k: usize,
+    name: String,
+    left: Arc<Vec<AtomicBool>>,
+    history: Arc<Mutex<QueueHistory>>,
+    (timeline, start, done, holding): (
+        Arc<Mutex<Vec<String>>>,
+        tokio::time::Instant,
+        Arc<Mutex<Vec<String>>>,
+        Holding,
+    ),
+) {
     let m = &MEMBERS[k];
     let (h, n) = (history.clone(), name.clone());
     let listener = move |msgs: &[raftmq_client::consumer::ReceivedMessage]| {
@@ -942,6 +1054,7 @@ async fn member(k: usize, name: String, left: Arc<Vec<AtomicBool>>, history: Arc
         .namesrv_addrs([NAMESRV])
         .group(m.group)
         .client_id(name.clone())
+        .heartbeat_every(HEARTBEAT)
         .consume_from(ConsumeFrom::First)
         .long_poll(Duration::from_millis(500));
     for t in m.topics {
@@ -959,14 +1072,23 @@ async fn member(k: usize, name: String, left: Arc<Vec<AtomicBool>>, history: Arc
     let mut held: BTreeSet<MessageQueue> = BTreeSet::new();
     loop {
         if left[k].load(Ordering::Acquire) {
+            // It holds its queues until shutdown returns (the batches in hand are finished).
+            let t = tokio::time::Instant::now();
             consumer.shutdown().await;
+            // Afterwards it holds nothing: every queue it held or consumed from (it may have
+            // taken one after the last look, while shutting down).
             let mut h = lock(&history);
-            for q in &held {
+            let mut gone: BTreeSet<crate::queue_checks::Queue> = held.iter().map(queue_of).collect();
+            gone.extend(h.deliveries().filter(|d| d.0 == name).map(|d| d.2.clone()));
+            for queue in gone {
                 h.events.push(Event::Released {
                     consumer: name.clone(),
-                    queue: queue_of(q),
+                    queue,
                 });
             }
+            lock(&holding).remove(&k);
+            note(&timeline, start, &format!("{name} left (shutdown took {:?})", t.elapsed()));
+            lock(&done).push(name);
             return;
         }
         let now: BTreeSet<MessageQueue> = consumer.assigned().into_iter().collect();
@@ -979,6 +1101,7 @@ async fn member(k: usize, name: String, left: Arc<Vec<AtomicBool>>, history: Arc
                 });
             }
         }
+        lock(&holding).insert(k, now.clone());
         held = now;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1076,6 +1199,43 @@ async fn probe(history: Arc<Mutex<QueueHistory>>) {
         }
     }
     p.shutdown().await;
+}
+
+/// What the name server knows of the groups, for reports.
+async fn cluster_info() -> String {
+    let call = async {
+        let mut ns = NameServerClient::connect(format!("http://{NAMESRV}")).await.ok()?;
+        let r = ns
+            .get_cluster_info(raftmq_proto::v1::GetClusterInfoRequest {})
+            .await
+            .ok()?;
+        let route = ns
+            .get_route(GetRouteRequest { topic: "Q1".into() })
+            .await
+            .ok()?
+            .into_inner();
+        let route: Vec<String> = route.queues.iter().map(|q| format!("{}/{}w{}", q.group, q.read_queue_nums, q.write_queue_nums)).collect();
+        Some(format!("route of Q1 {route:?}; ") + &
+            r.into_inner()
+                .groups
+                .iter()
+                .map(|g| {
+                    let rs: Vec<String> = g
+                        .replicas
+                        .iter()
+                        .map(|r| format!("{}:{:?}@t{} {}ms ago", r.replica_id, r.role(), r.term, r.last_seen_ms_ago))
+                        .collect();
+                    format!("{} leader {:?} [{}]", g.group, g.leader_addr, rs.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "(no answer)".into())
 }
 
 /// Creates every topic on each group's leader, then waits until the name server routes each

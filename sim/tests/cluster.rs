@@ -11,9 +11,13 @@ use raftmq_sim::cluster_scenario::{ClusterConfig, Fault, Outcome, run};
 use raftmq_sim::queue_checks::QueueViolation;
 
 fn log_if_asked() {
-    if std::env::var("RAFTMQ_SIM_LOG").is_ok() {
+    if let Ok(level) = std::env::var("RAFTMQ_SIM_LOG") {
         let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(if level == "debug" {
+                tracing::Level::DEBUG
+            } else {
+                tracing::Level::INFO
+            })
             .with_writer(std::io::stderr)
             .try_init();
     }
