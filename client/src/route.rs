@@ -93,17 +93,21 @@ impl Route {
 
 /// Latency-based fault avoidance: after a call to a group, how long to avoid it.
 ///
-/// Failures count as the slowest latency. Pauses follow RocketMQ's table: up to 100 ms → no
-/// pause, 550 ms → 30 s, 1 s → 60 s, 2 s → 120 s, 3 s → 180 s, 15 s and more → 600 s.
+/// Failures count as the slowest latency. RocketMQ's table (550 ms → 30 s … failure → 600 s)
+/// assumes a broker that fails stays down for minutes; a raftmq group fails over in about
+/// two seconds, and a producer that avoided it for ten minutes after one timeout would send
+/// everything to the other groups long after the group is back (found by the cluster
+/// simulation). So the same latency steps pause for seconds: up to 100 ms → no pause,
+/// 550 ms → 1 s, 1 s → 2 s, 2 s → 4 s, 3 s → 6 s, 15 s and more (or a failure) → 10 s.
 pub fn pause_after(latency: Duration, failed: bool) -> Duration {
     const TABLE: [(u64, u64); 7] = [
         (50, 0),
         (100, 0),
-        (550, 30_000),
-        (1_000, 60_000),
-        (2_000, 120_000),
-        (3_000, 180_000),
-        (15_000, 600_000),
+        (550, 1_000),
+        (1_000, 2_000),
+        (2_000, 4_000),
+        (3_000, 6_000),
+        (15_000, 10_000),
     ];
     let ms = if failed {
         30_000
@@ -323,9 +327,9 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(pause_after(ms(10), false), Duration::ZERO);
         assert_eq!(pause_after(ms(120), false), Duration::ZERO);
-        assert_eq!(pause_after(ms(600), false), ms(30_000));
-        assert_eq!(pause_after(ms(2_500), false), ms(120_000));
-        assert_eq!(pause_after(ms(10), true), ms(600_000));
+        assert_eq!(pause_after(ms(600), false), ms(1_000));
+        assert_eq!(pause_after(ms(2_500), false), ms(4_000));
+        assert_eq!(pause_after(ms(10), true), ms(10_000));
     }
 
     #[tokio::test]

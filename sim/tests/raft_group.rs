@@ -109,3 +109,36 @@ fn retention_purges_and_lagging_replicas_install_snapshots() {
         "no replica installed a boundary snapshot in {seeds} seeds"
     );
 }
+
+/// The checkers can fail: a replica that does not persist its vote forgets, when restarted,
+/// whom it voted for in which term, and can vote twice in one term (two leaders), or accept
+/// entries that contradict what it promised. Some seed must trip a checker (or an assertion
+/// of openraft's, counted apart).
+#[test]
+fn skipping_the_vote_is_caught() {
+    let seeds = 30u64;
+    let (mut caught, mut asserted) = (0, 0);
+    for seed in 1..=seeds {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(run(ScenarioConfig {
+                mutations: Mutations {
+                    skip_vote: true,
+                    ..Mutations::default()
+                },
+                faults: vec![Fault::KillRestart, Fault::IsolateLeader, Fault::PowerLoss],
+                ..ScenarioConfig::default()
+            }))
+        }));
+        match run {
+            Ok(outcome) if !outcome.is_clean() => caught += 1,
+            Ok(_) => {}
+            Err(_) => asserted += 1,
+        }
+    }
+    eprintln!("skip-vote: checkers fired on {caught}/{seeds} seeds; an assertion on {asserted}");
+    assert!(
+        caught + asserted > 0,
+        "no checker fired on {seeds} seeds with the vote not persisted"
+    );
+}
