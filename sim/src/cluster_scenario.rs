@@ -120,6 +120,8 @@ const JOINER: usize = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     IsolateLeader,
+    /// The leader cut from its followers only: clients and the name server still reach it.
+    LeaderCutOff,
     Split,
     OneWay,
     ClientCut,
@@ -134,8 +136,9 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::IsolateLeader,
+        Fault::LeaderCutOff,
         Fault::Split,
         Fault::OneWay,
         Fault::ClientCut,
@@ -162,6 +165,8 @@ pub struct ClusterConfig {
     pub ordered_messages: u32,
     /// Deliberate bugs (mutation checks).
     pub mutations: Mutations,
+    /// How long a partition, delay or loss lasts (ms, drawn from this range).
+    pub hold_ms: std::ops::Range<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -172,6 +177,7 @@ impl Default for ClusterConfig {
             queue_messages: 240,
             ordered_messages: 160,
             mutations: Mutations::default(),
+            hold_ms: 200..1500,
         }
     }
 }
@@ -304,6 +310,7 @@ struct Sim {
     timeline: Arc<Mutex<Vec<String>>>,
     /// Members whose leaving (shutdown) finished.
     left_done: Arc<Mutex<Vec<String>>>,
+    hold_ms: std::ops::Range<u64>,
     /// The queues each running member holds now (by member index).
     holding: Holding,
 }
@@ -357,7 +364,7 @@ impl Sim {
         let net = NetSim::current();
         let g = thread_rng().gen_range(0..GROUPS.len());
         let pick = thread_rng().gen_range(0..REPLICAS);
-        let hold = Duration::from_millis(thread_rng().gen_range(200..1500));
+        let hold = Duration::from_millis(thread_rng().gen_range(self.hold_ms.clone()));
         match fault {
             Fault::IsolateLeader => {
                 let i = self.leader(g).map_or(pick, |(l, _)| l);
@@ -365,6 +372,27 @@ impl Sim {
                 net.clog_node(self.brokers[g][i].id());
                 tokio::time::sleep(hold).await;
                 net.unclog_node(self.brokers[g][i].id());
+            }
+            Fault::LeaderCutOff => {
+                let l = self.leader(g).map_or(pick, |(l, _)| l);
+                self.note(format!(
+                    "cut {} (leader) from its followers for {hold:?}",
+                    broker_name(g, l)
+                ));
+                let ids: Vec<_> = self.brokers[g].iter().map(NodeHandle::id).collect();
+                for (j, f) in ids.iter().enumerate() {
+                    if j != l {
+                        net.clog_link(ids[l], *f);
+                        net.clog_link(*f, ids[l]);
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                for (j, f) in ids.iter().enumerate() {
+                    if j != l {
+                        net.unclog_link(ids[l], *f);
+                        net.unclog_link(*f, ids[l]);
+                    }
+                }
             }
             Fault::Split => {
                 let nodes = self.net_nodes();
@@ -714,6 +742,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         timeline: Arc::default(),
         left_done: Arc::default(),
         holding: Arc::default(),
+        hold_ms: cfg.hold_ms.clone(),
     };
 
     // Topics on both groups, routed by the name server.
@@ -751,7 +780,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                             .or_default()
                             .insert(r.node_id());
                     }
-                    if tick.is_multiple_of(5)
+                    if tick.is_multiple_of(10)
                         && let Ok(offsets) = consumer_offsets(r.store())
                     {
                         let name = broker_name(*g, *i);
@@ -1103,7 +1132,7 @@ async fn member(
         }
         lock(&holding).insert(k, now.clone());
         held = now;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

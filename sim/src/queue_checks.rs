@@ -172,11 +172,12 @@ pub fn check_delivery(h: &QueueHistory) -> Vec<QueueViolation> {
             Some(_) => {}
         }
     }
-    let mut acked_at: BTreeMap<(&Queue, u64), BTreeSet<&str>> = BTreeMap::new();
+    // A place holds one message forever: what producers were told and what consumers got
+    // there must be one and the same message.
     for (id, (q, o)) in &h.acked {
-        acked_at.entry((q, *o)).or_default().insert(id);
+        at.entry((q, *o)).or_default().insert(id);
     }
-    for (place, ids) in acked_at.into_iter().chain(at) {
+    for (place, ids) in at {
         if ids.len() > 1 {
             out.push(QueueViolation::OffsetReused {
                 queue: place.0.clone(),
@@ -445,6 +446,15 @@ mod tests {
         assert_eq!(check_queue_history(&h), vec![]);
         assert_eq!(duplicate_counts(&h), (0, 1));
 
+        // Consumed at a place acknowledged for another message.
+        let mut h = good();
+        h.indeterminate.insert("e".into());
+        h.consumed("c1#0", "e", q(0), 1);
+        assert!(
+            check_delivery(&h)
+                .iter()
+                .any(|x| matches!(x, QueueViolation::OffsetReused { offset: 1, .. }))
+        );
         let mut h = good();
         h.acked.insert("d".into(), (q(0), 1));
         h.consumed("c1#0", "d", q(0), 1);

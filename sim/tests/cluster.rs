@@ -100,3 +100,46 @@ fn caught_on(
     }
     (n, panicked, which)
 }
+
+/// The checkers can fail: a broker that hands out entries it holds but has not seen committed
+/// lets a consumer read messages that a partition then erases, and the offsets they had are
+/// given to other messages. Some seed must trip a checker (offset reused, lost, order), or an
+/// assertion, counted apart.
+#[test]
+fn serving_uncommitted_pulls_is_caught() {
+    log_if_asked();
+    let seeds = 12u64;
+    let cfg = ClusterConfig {
+        mutations: Mutations {
+            serve_uncommitted_pulls: true,
+            ..Mutations::default()
+        },
+        // Cut long enough for the followers to elect another leader (elections take ≤ 600 ms)
+        // while clients still reach the old one.
+        faults: vec![Fault::LeaderCutOff],
+        hold_ms: 1500..3000,
+        ..ClusterConfig::default()
+    };
+    let (caught, panicked, which) = caught_on(seeds, cfg, |o| {
+        if std::env::var("RAFTMQ_SIM_REPORT").is_ok() && !o.violations.is_empty() {
+            eprintln!("{}", o.report("serving_uncommitted_pulls_is_caught"));
+        }
+        o.violations.iter().any(|v| {
+            matches!(
+                v,
+                QueueViolation::OffsetReused { .. }
+                    | QueueViolation::Lost { .. }
+                    | QueueViolation::Moved { .. }
+                    | QueueViolation::Skipped { .. }
+                    | QueueViolation::OutOfOrder { .. }
+            )
+        })
+    });
+    eprintln!(
+        "serve-uncommitted-pulls: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}"
+    );
+    assert!(
+        caught + panicked > 0,
+        "no checker fired on {seeds} seeds with pulls served from uncommitted entries"
+    );
+}
