@@ -53,7 +53,9 @@ use raftmq_raft::{Mutations, NodeId, Replica};
 use raftmq_store::SimDisk;
 
 use crate::queue_checks::{Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts};
-use crate::replica_checks::{ReplicaViolation, check_leaders, check_replicas};
+use crate::replica_checks::{
+    ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term,
+};
 
 const NAMESRV: &str = "10.0.1.1:9876";
 const GROUPS: [&str; 2] = ["g1", "g2"];
@@ -685,11 +687,14 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     let disks: Vec<Vec<SimDisk>> = (0..GROUPS.len())
         .map(|_| (0..REPLICAS).map(|_| SimDisk::new()).collect())
         .collect();
+    // Each replica's incarnation: a restarted replica replays its log, so its applied
+    // offsets pass through older values again; offsets are compared within one incarnation.
+    let gens: Arc<Mutex<Vec<Vec<u32>>>> = Arc::new(Mutex::new(vec![vec![0; REPLICAS]; GROUPS.len()]));
     let mut brokers = Vec::new();
     for (g, group_disks) in disks.iter().enumerate() {
         let mut nodes = Vec::new();
         for (i, disk) in group_disks.iter().enumerate() {
-            let (d, reg, m) = (disk.clone(), registry.clone(), cfg.mutations);
+            let (d, reg, m, gens) = (disk.clone(), registry.clone(), cfg.mutations, gens.clone());
             nodes.push(
                 handle
                     .create_node()
@@ -698,12 +703,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                     .init(move || {
                         // A fresh view of the disk per incarnation (see store_scenario).
                         let d = d.incarnation();
-                        let reg = reg.clone();
+                        let (reg, gens) = (reg.clone(), gens.clone());
                         async move {
                             let b = Broker::start(config(g, i, m), Arc::new(d))
                                 .await
                                 .unwrap_or_else(|e| panic!("{} starts: {e}", broker_name(g, i)));
                             lock(&reg)[g][i] = Some(b.replica().clone());
+                            lock(&gens)[g][i] += 1;
                             // Keep it (and its server) alive for the node's lifetime.
                             std::future::pending::<()>().await;
                             drop(b);
@@ -755,8 +761,16 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     // Monitors: leaders per term per group, committed offsets per replica.
     let leaders: Arc<Mutex<Vec<BTreeMap<u64, BTreeSet<NodeId>>>>> =
         Arc::new(Mutex::new(vec![BTreeMap::new(); GROUPS.len()]));
+    let terms: Arc<Mutex<Vec<Vec<(NodeId, u64)>>>> =
+        Arc::new(Mutex::new(vec![Vec::new(); GROUPS.len()]));
     {
-        let (registry, leaders, history) = (registry.clone(), leaders.clone(), history.clone());
+        let gens = gens.clone();
+        let (registry, leaders, history, terms) = (
+            registry.clone(),
+            leaders.clone(),
+            history.clone(),
+            terms.clone(),
+        );
         control.spawn(async move {
             let mut seen: BTreeMap<(String, (String, String, u32)), u64> = BTreeMap::new();
             let mut tick = 0u64;
@@ -774,6 +788,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                 };
                 for (g, i, r) in &reps {
                     let m = r.raft().metrics().borrow_watched().clone();
+                    observe_term(&mut lock(&terms)[*g], r.node_id(), m.current_term);
                     if m.state.is_leader() {
                         lock(&leaders)[*g]
                             .entry(m.current_term)
@@ -783,7 +798,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                     if tick.is_multiple_of(10)
                         && let Ok(offsets) = consumer_offsets(r.store())
                     {
-                        let name = broker_name(*g, *i);
+                        let name = format!("{}#{}", broker_name(*g, *i), lock(&gens)[*g][*i]);
                         let mut h = lock(&history);
                         for (key, off) in offsets {
                             let k = (name.clone(), key);
@@ -813,8 +828,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             start_member(&sim, k);
         }
     }
-    let join_at = Duration::from_millis(thread_rng().gen_range(500..window.as_millis() as u64));
-    let leave_at = Duration::from_millis(thread_rng().gen_range(500..window.as_millis() as u64));
+    let join_at = Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
+    let leave_at = Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
 
     // Producers.
     let sending_until = start.elapsed() + window;
@@ -903,6 +918,14 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         liveness.push("consumers did not catch up within 60 s".into());
     }
 
+    // The member that left finished leaving (its shutdown returned).
+    if !wait_for(Duration::from_secs(30), || !lock(&sim.left_done).is_empty()).await {
+        liveness.push(format!(
+            "{}: leaving (shutdown) did not finish",
+            MEMBERS[LEAVER].name
+        ));
+    }
+
     // Rebalancing settles: each queue held by exactly one member of each consumer group (two
     // members may hold one while a change is seen at different moments; one lets go).
     let all_queues: BTreeMap<&str, BTreeSet<MessageQueue>> = ["CQ", "CO"]
@@ -928,8 +951,10 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             (cg, qs)
         })
         .collect();
+    // Settled means so for two seconds on end (members see a change at different moments).
     let mut unsettled = String::new();
-    let settled = wait_for(Duration::from_secs(20), || {
+    let mut since: Option<tokio::time::Instant> = None;
+    let settled = wait_for(Duration::from_secs(30), || {
         let h = lock(&sim.holding);
         unsettled.clear();
         for (cg, qs) in &all_queues {
@@ -944,13 +969,17 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                 }
             }
         }
-        unsettled.is_empty()
+        if !unsettled.is_empty() {
+            since = None;
+            return false;
+        }
+        since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= Duration::from_secs(2)
     })
     .await;
     if settled {
         sim.note("every queue held by one member");
     } else {
-        liveness.push(format!("assignment did not settle within 20 s: {unsettled}"));
+        liveness.push(format!("assignment did not settle within 30 s: {unsettled}"));
     }
 
     // Convergence: every replica of a group applies its leader's last entry.
@@ -983,16 +1012,10 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             .collect();
         let mut found = check_replicas(&logs, &queues);
         found.extend(check_leaders(&lock(&leaders)[g]));
+        found.extend(check_terms(&lock(&terms)[g]));
         replica_violations.extend(found.into_iter().map(|v| (GROUPS[g].to_string(), v)));
     }
 
-    // The member that left finished leaving (its shutdown returned).
-    if !wait_for(Duration::from_secs(30), || !lock(&sim.left_done).is_empty()).await {
-        liveness.push(format!(
-            "{}: leaving (shutdown) did not finish",
-            MEMBERS[LEAVER].name
-        ));
-    }
     let history = lock(&history).clone();
     let violations = check_queue_history(&history);
     let timeline = lock(&sim.timeline).clone();
@@ -1071,11 +1094,16 @@ async fn member(
 ) {
     let m = &MEMBERS[k];
     let (h, n) = (history.clone(), name.clone());
+    // Queues it consumed from since the last look (a queue taken and let go between two
+    // looks is still seen as let go).
+    let touched: Arc<Mutex<BTreeSet<MessageQueue>>> = Arc::default();
+    let t2 = touched.clone();
     let listener = move |msgs: &[raftmq_client::consumer::ReceivedMessage]| {
         let mut h = lock(&h);
         for msg in msgs {
             let body = String::from_utf8_lossy(&msg.body).into_owned();
             h.consumed(&n, &body, queue_of(&msg.queue), msg.queue_offset);
+            lock(&t2).insert(msg.queue.clone());
         }
         ConsumeResult::Success
     };
@@ -1107,6 +1135,7 @@ async fn member(
             // Afterwards it holds nothing: every queue it held or consumed from (it may have
             // taken one after the last look, while shutting down).
             let mut h = lock(&history);
+            held.extend(std::mem::take(&mut *lock(&touched)));
             let mut gone: BTreeSet<crate::queue_checks::Queue> = held.iter().map(queue_of).collect();
             gone.extend(h.deliveries().filter(|d| d.0 == name).map(|d| d.2.clone()));
             for queue in gone {
@@ -1123,6 +1152,7 @@ async fn member(
         let now: BTreeSet<MessageQueue> = consumer.assigned().into_iter().collect();
         {
             let mut h = lock(&history);
+            held.extend(std::mem::take(&mut *lock(&touched)));
             for q in held.difference(&now) {
                 h.events.push(Event::Released {
                     consumer: name.clone(),

@@ -31,7 +31,8 @@ use raftmq_store::{Message, SimDisk, StoreConfig};
 
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
 use crate::replica_checks::{
-    Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, observe,
+    Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, check_terms, observe,
+    observe_term,
 };
 
 /// Replicas in the group.
@@ -418,6 +419,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     // Watch leaders per term; record every queue as observed (retention deletes old
     // messages; the archive still knows them) and run retention right after observing.
     let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>> = Arc::default();
+    let terms: Arc<Mutex<Vec<(NodeId, u64)>>> = Arc::default();
     let archive: Arc<Mutex<(Archive, Vec<ReplicaViolation>)>> = Arc::default();
     let monitor_node = handle.create_node().name("monitor").build();
     if cfg.retention {
@@ -439,13 +441,18 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         });
     }
     {
-        let (registry, leaders) = (registry.clone(), leaders.clone());
+        let (registry, leaders, terms) = (registry.clone(), leaders.clone(), terms.clone());
         monitor_node.spawn(async move {
             let mut tick = 0u64;
             loop {
                 let reps = live_replicas(&registry);
                 for r in reps {
                     let m = r.raft().metrics().borrow_watched().clone();
+                    observe_term(
+                        &mut terms.lock().expect("terms lock"),
+                        r.node_id(),
+                        m.current_term,
+                    );
                     if m.state.is_leader() {
                         leaders
                             .lock()
@@ -560,6 +567,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         .collect();
     let mut replica_violations = check_replicas(&logs, &queues);
     replica_violations.extend(check_leaders(&leaders.lock().expect("leaders lock")));
+    replica_violations.extend(check_terms(&terms.lock().expect("terms lock")));
     let resets = reps
         .iter()
         .map(|r| raftmq_raft::inspect::reset_count(r.store()).expect("read resets"))

@@ -22,6 +22,8 @@ pub enum ReplicaViolation {
     QueuesDiffer { a: usize, b: usize },
     /// Two leaders in one term.
     TwoLeaders { term: u64, leaders: Vec<NodeId> },
+    /// A replica's term went down (across a restart): the term is persistent Raft state.
+    TermWentBack { node: NodeId, from: u64, to: u64 },
     /// A queue's offsets have a hole.
     QueueGap {
         queue: (String, u32),
@@ -164,9 +166,54 @@ pub fn check_leaders(seen: &BTreeMap<u64, BTreeSet<NodeId>>) -> Vec<ReplicaViola
         .collect()
 }
 
+/// Each replica's term never decreases, from its observed terms in order (restarts included:
+/// the vote, with its term, is persisted before it is acted on).
+pub fn check_terms(seen: &[(NodeId, u64)]) -> Vec<ReplicaViolation> {
+    let mut max: BTreeMap<NodeId, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for &(node, term) in seen {
+        let m = max.entry(node).or_insert(term);
+        if term < *m {
+            out.push(ReplicaViolation::TermWentBack {
+                node,
+                from: *m,
+                to: term,
+            });
+        }
+        *m = (*m).max(term);
+    }
+    out
+}
+
+/// Records `term` for `node` if it differs from the last observation of that node.
+pub fn observe_term(seen: &mut Vec<(NodeId, u64)>, node: NodeId, term: u64) {
+    if seen.iter().rev().find(|(n, _)| *n == node).map(|(_, t)| *t) != Some(term) {
+        seen.push((node, term));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn term_checker_fires_when_a_term_goes_back() {
+        let mut seen = Vec::new();
+        for (n, t) in [(1, 1), (2, 1), (1, 1), (1, 3), (2, 3)] {
+            observe_term(&mut seen, n, t);
+        }
+        assert_eq!(seen.len(), 4);
+        assert!(check_terms(&seen).is_empty());
+        observe_term(&mut seen, 1, 0);
+        assert_eq!(
+            check_terms(&seen),
+            vec![ReplicaViolation::TermWentBack {
+                node: 1,
+                from: 3,
+                to: 0
+            }]
+        );
+    }
 
     fn rec(index: u64, b: u8) -> RawRecord {
         RawRecord {
