@@ -302,7 +302,15 @@ impl MessagingImpl {
             messages: Vec::new(),
         };
         if self.shared.config.mutations.serve_uncommitted_pulls && offset >= max.0 {
-            serve_uncommitted(&store, queue, offset, max.0, max_messages, &mut resp, self.shared.group());
+            serve_uncommitted(
+                &store,
+                queue,
+                offset,
+                max.0,
+                max_messages,
+                &mut resp,
+                self.shared.group(),
+            );
             return resp;
         }
         if offset < min.0 || offset > max.0 {

@@ -665,10 +665,7 @@ async fn control(inner: Arc<Inner>) {
                 seen_once.insert(topic.clone(), now);
             }
         }
-        if changed
-            || incomplete
-            || last_rebalance.is_some_and(|t| t.elapsed() >= REBALANCE_EVERY)
-        {
+        if changed || incomplete || last_rebalance.is_some_and(|t| t.elapsed() >= REBALANCE_EVERY) {
             // A queue that could not be started (its group unreachable) is tried again at
             // the next round, not at the next periodic rebalance.
             incomplete = !rebalance(&inner, &members).await;

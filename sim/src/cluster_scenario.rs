@@ -52,7 +52,9 @@ use raftmq_raft::inspect::{QueueContents, RawRecord, consumer_offsets, queue_con
 use raftmq_raft::{Mutations, NodeId, Replica};
 use raftmq_store::SimDisk;
 
-use crate::queue_checks::{Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts};
+use crate::queue_checks::{
+    Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
+};
 use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term,
 };
@@ -208,7 +210,7 @@ impl Outcome {
         let (redelivered, stored_twice) = duplicate_counts(&self.history);
         let deliveries = self.history.deliveries().count();
         let mut s = format!(
-            "reproduce: MADSIM_TEST_SEED={} MADSIM_TEST_NUM=1 RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=target/sim cargo test -p raftmq-sim --test cluster {test}\n\
+            "reproduce: MADSIM_TEST_SEED={} MADSIM_TEST_NUM=1 RUSTFLAGS=\"--cfg madsim -C opt-level=1\" CARGO_TARGET_DIR=target/sim cargo test -p raftmq-sim --test cluster {test} -- --exact --nocapture\n\
              {} acked, {} indeterminate, {} deliveries, {redelivered} redelivered, {stored_twice} stored twice (retried sends)\n",
             self.seed,
             self.history.acked.len(),
@@ -370,7 +372,10 @@ impl Sim {
         match fault {
             Fault::IsolateLeader => {
                 let i = self.leader(g).map_or(pick, |(l, _)| l);
-                self.note(format!("isolate {} (leader) for {hold:?}", broker_name(g, i)));
+                self.note(format!(
+                    "isolate {} (leader) for {hold:?}",
+                    broker_name(g, i)
+                ));
                 net.clog_node(self.brokers[g][i].id());
                 tokio::time::sleep(hold).await;
                 net.unclog_node(self.brokers[g][i].id());
@@ -427,10 +432,7 @@ impl Sim {
                 let nodes = self.net_nodes();
                 let a = thread_rng().gen_range(0..nodes.len());
                 let b = (a + thread_rng().gen_range(1..nodes.len())) % nodes.len();
-                self.note(format!(
-                    "drop {}->{} for {hold:?}",
-                    nodes[a].0, nodes[b].0
-                ));
+                self.note(format!("drop {}->{} for {hold:?}", nodes[a].0, nodes[b].0));
                 net.clog_link(nodes[a].1, nodes[b].1);
                 tokio::time::sleep(hold).await;
                 net.unclog_link(nodes[a].1, nodes[b].1);
@@ -525,8 +527,14 @@ impl Sim {
                     .map(|j| j as u64 + 1)
                     .collect();
                 let reg = self.registry.clone();
-                let r = self.on_control(async move { change_voters(&reg, g, others).await }).await;
-                self.note(format!("remove {} from the voters: {}", broker_name(g, pick), outcome(&r)));
+                let r = self
+                    .on_control(async move { change_voters(&reg, g, others).await })
+                    .await;
+                self.note(format!(
+                    "remove {} from the voters: {}",
+                    broker_name(g, pick),
+                    outcome(&r)
+                ));
                 tokio::time::sleep(hold).await;
                 let addr = broker_addr(g, pick).to_string();
                 let reg = self.registry.clone();
@@ -546,10 +554,16 @@ impl Sim {
                         .await
                     })
                     .await;
-                self.note(format!("add {} back as a learner: {}", broker_name(g, pick), outcome(&r)));
+                self.note(format!(
+                    "add {} back as a learner: {}",
+                    broker_name(g, pick),
+                    outcome(&r)
+                ));
                 let reg = self.registry.clone();
                 let all = (1..=REPLICAS as u64).collect();
-                let r = self.on_control(async move { change_voters(&reg, g, all).await }).await;
+                let r = self
+                    .on_control(async move { change_voters(&reg, g, all).await })
+                    .await;
                 self.note(format!("promote {}: {}", broker_name(g, pick), outcome(&r)));
             }
             Fault::ConsumerCrash => {
@@ -689,7 +703,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         .collect();
     // Each replica's incarnation: a restarted replica replays its log, so its applied
     // offsets pass through older values again; offsets are compared within one incarnation.
-    let gens: Arc<Mutex<Vec<Vec<u32>>>> = Arc::new(Mutex::new(vec![vec![0; REPLICAS]; GROUPS.len()]));
+    let gens: Arc<Mutex<Vec<Vec<u32>>>> =
+        Arc::new(Mutex::new(vec![vec![0; REPLICAS]; GROUPS.len()]));
     let mut brokers = Vec::new();
     for (g, group_disks) in disks.iter().enumerate() {
         let mut nodes = Vec::new();
@@ -720,13 +735,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         }
         brokers.push(nodes);
     }
-    let client_node = |name: &str, ip: [u8; 4]| {
-        handle
-            .create_node()
-            .name(name)
-            .ip(IpAddr::from(ip))
-            .build()
-    };
+    let client_node =
+        |name: &str, ip: [u8; 4]| handle.create_node().name(name).ip(IpAddr::from(ip)).build();
     let control = client_node("control", [10, 0, 6, 1]);
     let qp = client_node("qp", [10, 0, 4, 1]);
     let op = client_node("op", [10, 0, 4, 2]);
@@ -742,7 +752,9 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         control: control.clone(),
         clients: vec![("qp".into(), qp.clone()), ("op".into(), op.clone())],
         consumers: Arc::new(Mutex::new((0..MEMBERS.len()).map(|_| None).collect())),
-        names: Arc::new(Mutex::new(MEMBERS.iter().map(|m| m.name.to_string()).collect())),
+        names: Arc::new(Mutex::new(
+            MEMBERS.iter().map(|m| m.name.to_string()).collect(),
+        )),
         left: Arc::new((0..MEMBERS.len()).map(|_| AtomicBool::new(false)).collect()),
         history: history.clone(),
         timeline: Arc::default(),
@@ -828,13 +840,25 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             start_member(&sim, k);
         }
     }
-    let join_at = Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
-    let leave_at = Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
+    let join_at =
+        Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
+    let leave_at =
+        Duration::from_millis(thread_rng().gen_range(300..window.as_millis() as u64 - 1000));
 
     // Producers.
     let sending_until = start.elapsed() + window;
-    let q_task = qp.spawn(queue_producer(history.clone(), cfg.queue_messages, start, sending_until));
-    let o_task = op.spawn(ordered_producer(history.clone(), cfg.ordered_messages, start, sending_until));
+    let q_task = qp.spawn(queue_producer(
+        history.clone(),
+        cfg.queue_messages,
+        start,
+        sending_until,
+    ));
+    let o_task = op.spawn(ordered_producer(
+        history.clone(),
+        cfg.ordered_messages,
+        start,
+        sending_until,
+    ));
 
     // Faults (and the membership workload) until the window closes.
     let (mut joined, mut leaving) = (false, false);
@@ -845,12 +869,19 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         let t = start.elapsed() - fault_start;
         if !joined && t >= join_at {
             joined = true;
-            sim.note(format!("{} joins {}", MEMBERS[JOINER].name, MEMBERS[JOINER].group));
+            sim.note(format!(
+                "{} joins {}",
+                MEMBERS[JOINER].name, MEMBERS[JOINER].group
+            ));
             start_member(&sim, JOINER);
         }
         if !leaving && t >= leave_at {
             leaving = true;
-            sim.note(format!("{} leaves {}", lock(&sim.names)[LEAVER], MEMBERS[LEAVER].group));
+            sim.note(format!(
+                "{} leaves {}",
+                lock(&sim.names)[LEAVER],
+                MEMBERS[LEAVER].group
+            ));
             sim.left[LEAVER].store(true, Ordering::Release);
         }
         if !cfg.faults.is_empty() {
@@ -880,7 +911,9 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         .await;
         if !ok {
             let (reg, ids) = (registry.clone(), full.iter().copied().collect());
-            let r = sim.on_control(async move { change_voters(&reg, g, ids).await }).await;
+            let r = sim
+                .on_control(async move { change_voters(&reg, g, ids).await })
+                .await;
             let ok = wait_for(Duration::from_secs(20), || {
                 leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full)
             })
@@ -973,13 +1006,18 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             since = None;
             return false;
         }
-        since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= Duration::from_secs(2)
+        since
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+            >= Duration::from_secs(2)
     })
     .await;
     if settled {
         sim.note("every queue held by one member");
     } else {
-        liveness.push(format!("assignment did not settle within 30 s: {unsettled}"));
+        liveness.push(format!(
+            "assignment did not settle within 30 s: {unsettled}"
+        ));
     }
 
     // Convergence: every replica of a group applies its leader's last entry.
@@ -992,13 +1030,17 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             };
             let t = l.raft().metrics().borrow_watched().last_log_index;
             target = t;
-            lock(&registry)[g]
-                .iter()
-                .all(|r| r.as_ref().is_some_and(|r| raftmq_raft::inspect::applied_index(r.store()) >= t))
+            lock(&registry)[g].iter().all(|r| {
+                r.as_ref()
+                    .is_some_and(|r| raftmq_raft::inspect::applied_index(r.store()) >= t)
+            })
         })
         .await;
         let Some(target) = target.filter(|_| converged) else {
-            liveness.push(format!("{}: replicas did not converge within 20 s", GROUPS[g]));
+            liveness.push(format!(
+                "{}: replicas did not converge within 20 s",
+                GROUPS[g]
+            ));
             continue;
         };
         let reps: Vec<Replica> = lock(&registry)[g].iter().flatten().cloned().collect();
@@ -1136,7 +1178,8 @@ async fn member(
             // taken one after the last look, while shutting down).
             let mut h = lock(&history);
             held.extend(std::mem::take(&mut *lock(&touched)));
-            let mut gone: BTreeSet<crate::queue_checks::Queue> = held.iter().map(queue_of).collect();
+            let mut gone: BTreeSet<crate::queue_checks::Queue> =
+                held.iter().map(queue_of).collect();
             gone.extend(h.deliveries().filter(|d| d.0 == name).map(|d| d.2.clone()));
             for queue in gone {
                 h.events.push(Event::Released {
@@ -1145,7 +1188,11 @@ async fn member(
                 });
             }
             lock(&holding).remove(&k);
-            note(&timeline, start, &format!("{name} left (shutdown took {:?})", t.elapsed()));
+            note(
+                &timeline,
+                start,
+                &format!("{name} left (shutdown took {:?})", t.elapsed()),
+            );
             lock(&done).push(name);
             return;
         }
@@ -1232,7 +1279,11 @@ async fn ordered_producer(
         let body = format!("o{k}-{}", seq[k as usize]);
         seq[k as usize] += 1;
         let r = p
-            .send_ordered(Message::new("O", body.clone()), &SelectByHash, &format!("k{k}"))
+            .send_ordered(
+                Message::new("O", body.clone()),
+                &SelectByHash,
+                &format!("k{k}"),
+            )
             .await;
         record_send(&history, "op", body, r);
         i += 1;
@@ -1251,7 +1302,11 @@ async fn probe(history: Arc<Mutex<QueueHistory>>) {
         i += 1;
         let r = p.send(Message::new("Q1", body.clone())).await;
         if std::env::var("RAFTMQ_SIM_LOG").is_ok() {
-            eprintln!("PROBE {body} {:?} {:?}", std::time::SystemTime::now(), r.as_ref().map(|r| &r.queue));
+            eprintln!(
+                "PROBE {body} {:?} {:?}",
+                std::time::SystemTime::now(),
+                r.as_ref().map(|r| &r.queue)
+            );
         }
         if let Some(g) = record_send(&history, "probe", body, r) {
             groups.insert(g);
@@ -1263,7 +1318,9 @@ async fn probe(history: Arc<Mutex<QueueHistory>>) {
 /// What the name server knows of the groups, for reports.
 async fn cluster_info() -> String {
     let call = async {
-        let mut ns = NameServerClient::connect(format!("http://{NAMESRV}")).await.ok()?;
+        let mut ns = NameServerClient::connect(format!("http://{NAMESRV}"))
+            .await
+            .ok()?;
         let r = ns
             .get_cluster_info(raftmq_proto::v1::GetClusterInfoRequest {})
             .await
@@ -1273,21 +1330,34 @@ async fn cluster_info() -> String {
             .await
             .ok()?
             .into_inner();
-        let route: Vec<String> = route.queues.iter().map(|q| format!("{}/{}w{}", q.group, q.read_queue_nums, q.write_queue_nums)).collect();
-        Some(format!("route of Q1 {route:?}; ") + &
-            r.into_inner()
-                .groups
-                .iter()
-                .map(|g| {
-                    let rs: Vec<String> = g
-                        .replicas
-                        .iter()
-                        .map(|r| format!("{}:{:?}@t{} {}ms ago", r.replica_id, r.role(), r.term, r.last_seen_ms_ago))
-                        .collect();
-                    format!("{} leader {:?} [{}]", g.group, g.leader_addr, rs.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join("; "),
+        let route: Vec<String> = route
+            .queues
+            .iter()
+            .map(|q| format!("{}/{}w{}", q.group, q.read_queue_nums, q.write_queue_nums))
+            .collect();
+        Some(
+            format!("route of Q1 {route:?}; ")
+                + &r.into_inner()
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let rs: Vec<String> = g
+                            .replicas
+                            .iter()
+                            .map(|r| {
+                                format!(
+                                    "{}:{:?}@t{} {}ms ago",
+                                    r.replica_id,
+                                    r.role(),
+                                    r.term,
+                                    r.last_seen_ms_ago
+                                )
+                            })
+                            .collect();
+                        format!("{} leader {:?} [{}]", g.group, g.leader_addr, rs.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
         )
     };
     tokio::time::timeout(Duration::from_secs(3), call)

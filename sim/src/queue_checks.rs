@@ -212,7 +212,9 @@ pub fn check_duplicates(h: &QueueHistory) -> Vec<QueueViolation> {
         }
     }
     let let_go = |c: &str, q: &Queue, after: usize, before: Option<usize>| {
-        crashed.get(c).is_some_and(|&i| i > after && before.is_none_or(|b| i < b))
+        crashed
+            .get(c)
+            .is_some_and(|&i| i > after && before.is_none_or(|b| i < b))
             || released
                 .get(&(c, q))
                 .is_some_and(|v| v.iter().any(|&i| i > after && before.is_none_or(|b| i < b)))
@@ -531,17 +533,27 @@ mod tests {
         let mut h = good();
         h.acked.insert("b".into(), (q(0), 0));
         h.acked.insert("a".into(), (q(0), 1));
-        assert!(
-            check_order(&h)
-                .iter()
-                .any(|v| matches!(v, QueueViolation::AckOrder { offset: 0, after: 1, .. }))
-        );
+        assert!(check_order(&h).iter().any(|v| matches!(
+            v,
+            QueueViolation::AckOrder {
+                offset: 0,
+                after: 1,
+                ..
+            }
+        )));
         // An orderly queue delivered out of order by its holder.
         let mut h = good();
         h.events.swap(3, 4);
         let v = check_order(&h);
         assert!(
-            matches!(v[..], [QueueViolation::OutOfOrder { offset: 0, after: 1, .. }]),
+            matches!(
+                v[..],
+                [QueueViolation::OutOfOrder {
+                    offset: 0,
+                    after: 1,
+                    ..
+                }]
+            ),
             "{v:?}"
         );
         // A skip across consumers.
@@ -565,7 +577,11 @@ mod tests {
         h.consumed("o1#0", "x", o(0), 0);
         assert!(matches!(
             check_order(&h)[..],
-            [QueueViolation::OutOfOrder { offset: 0, after: 1, .. }]
+            [QueueViolation::OutOfOrder {
+                offset: 0,
+                after: 1,
+                ..
+            }]
         ));
         // ... allowed after it crashed and its next incarnation resumed from a commit.
         let mut h = good();

