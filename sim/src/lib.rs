@@ -2,10 +2,11 @@
 //!
 //! Scenarios: one replica's storage engine under crashes and power loss (`store_scenario`); a
 //! three-replica Raft group under partitions, crashes, power loss, delay and retention
-//! (`raft_scenario`); and the first whole-cluster run — name server, broker group, SDK producer
-//! and consumer — without faults yet (`cluster_scenario`). The shape stays the same: a scenario records a
-//! [`history::History`], and checkers (pure functions, each with a test that makes it fire)
-//! judge it.
+//! (`raft_scenario`); and the whole product — name server, two broker groups, SDK producers
+//! and consumers — under a seeded mix of faults (`cluster_scenario`). The shape stays the
+//! same: a scenario records a history, and checkers (pure functions, each with a test that
+//! makes it fire) judge it: [`history`], [`queue_checks`], [`replica_checks`]. See
+//! docs/simulation.md.
 //!
 //! Build and run with `RUSTFLAGS="--cfg madsim"` in its own target dir (see README.md); a
 //! failing seed prints `MADSIM_TEST_SEED=<n>`, which replays it exactly.
