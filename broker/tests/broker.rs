@@ -338,21 +338,29 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .into_inner();
     assert_eq!(q.offset, Some(12));
     // A stale (lower) commit — a member that lost the queue — is accepted and ignored: the
-    // committed offset never moves back.
-    let r = c
-        .messaging(new_leader)
-        .await?
-        .commit_offset(CommitOffsetRequest {
-            consumer_group: "G".into(),
-            offsets: vec![QueueOffset {
-                topic: "T".into(),
-                queue_id: 0,
-                offset: 7,
-            }],
-        })
-        .await?
-        .into_inner();
-    assert_eq!(code(&r.status), ErrorCode::Ok);
+    // committed offset never moves back. (Retried while the new leader's lease settles.)
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .messaging(new_leader)
+            .await?
+            .commit_offset(CommitOffsetRequest {
+                consumer_group: "G".into(),
+                offsets: vec![QueueOffset {
+                    topic: "T".into(),
+                    queue_id: 0,
+                    offset: 7,
+                }],
+            })
+            .await?
+            .into_inner();
+        if code(&r.status) == ErrorCode::Unavailable && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
+        break;
+    }
     let q = c
         .messaging(new_leader)
         .await?
