@@ -1388,8 +1388,13 @@ async fn create_topics(registry: Registry) {
             r.unwrap_or_else(|e| panic!("creating {name} on {}: {e}", GROUPS[g]));
         }
     }
+    let routed_by = tokio::time::Instant::now() + Duration::from_secs(60);
     for (name, _) in TOPICS {
         loop {
+            assert!(
+                tokio::time::Instant::now() < routed_by,
+                "topic {name} not routed to every group within 60 s"
+            );
             if let Ok(mut ns) = NameServerClient::connect(format!("http://{NAMESRV}")).await
                 && let Ok(r) = ns.get_route(GetRouteRequest { topic: name.into() }).await
             {

@@ -498,8 +498,15 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         start.elapsed().as_millis()
     ));
 
+    // Bounded: a group that never elects a leader again (a mutation can do that) must fail
+    // the run, not spin in simulated time forever.
     for c in clients {
-        c.await.expect("client task");
+        let done = tokio::time::timeout(Duration::from_secs(60), c).await;
+        assert!(
+            done.is_ok(),
+            "liveness: clients did not finish their writes within 60 s after the faults\n{}",
+            describe(&registry)
+        );
     }
 
     // Liveness: after healing, the group must accept a write within a bound. The probe
