@@ -34,7 +34,8 @@ fn faults() -> Vec<Fault> {
     }
 }
 
-/// Without faults: every send acknowledged, every message consumed exactly once.
+/// Without faults (members still join and leave): every send acknowledged, stored once, and
+/// consumed; redelivered only where a queue changed hands.
 #[madsim::test]
 async fn cluster_delivers_every_acknowledged_message() {
     log_if_asked();
@@ -49,11 +50,13 @@ async fn cluster_delivers_every_acknowledged_message() {
         o.history.indeterminate.is_empty(),
         "without faults every send is acknowledged:\n{report}"
     );
-    let (redelivered, stored_twice) = raftmq_sim::queue_checks::duplicate_counts(&o.history);
+    // Members join and leave, so a queue changing hands may be redelivered from its last
+    // commit (the redelivery checker above allows only that); but no send is retried, so
+    // nothing is stored twice.
+    let (_, stored_twice) = raftmq_sim::queue_checks::duplicate_counts(&o.history);
     assert_eq!(
-        (redelivered, stored_twice),
-        (0, 0),
-        "without faults nothing is delivered twice:\n{report}"
+        stored_twice, 0,
+        "without faults no message is stored twice:\n{report}"
     );
 }
 
