@@ -48,7 +48,7 @@ use raftmq_proto::v1::{
     AddReplicaRequest, ChangeVotersRequest, CreateTopicRequest, GetRouteRequest, Status,
     TopicConfig, TransferLeaderRequest,
 };
-use raftmq_raft::inspect::{QueueContents, RawRecord, consumer_offsets, queue_contents, raw_log};
+use raftmq_raft::inspect::consumer_offsets;
 use raftmq_raft::{Mutations, NodeId, Replica};
 use raftmq_store::SimDisk;
 
@@ -56,7 +56,7 @@ use crate::queue_checks::{
     Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
 };
 use crate::replica_checks::{
-    ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term,
+    ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
 
 const NAMESRV: &str = "10.0.1.1:9876";
@@ -1044,14 +1044,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             continue;
         };
         let reps: Vec<Replica> = lock(&registry)[g].iter().flatten().cloned().collect();
-        let logs: Vec<Vec<RawRecord>> = reps
-            .iter()
-            .map(|r| raw_log(r.store(), target).expect("read log"))
-            .collect();
-        let queues: Vec<QueueContents> = reps
-            .iter()
-            .map(|r| queue_contents(r.store()).expect("read queues"))
-            .collect();
+        let (logs, queues) = read_replicas(&reps, target);
         let mut found = check_replicas(&logs, &queues);
         found.extend(check_leaders(&lock(&leaders)[g]));
         found.extend(check_terms(&lock(&terms)[g]));

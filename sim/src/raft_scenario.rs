@@ -25,14 +25,14 @@ use madsim::net::NetSim;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::Handle;
 use openraft::async_runtime::WatchReceiver;
-use raftmq_raft::inspect::{QueueContents, RawRecord, queue_contents, raw_log};
+use raftmq_raft::inspect::queue_contents;
 use raftmq_raft::{Mutations, NodeId, Replica, ReplicaConfig};
 use raftmq_store::{Message, SimDisk, StoreConfig};
 
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
 use crate::replica_checks::{
     Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, check_terms, observe,
-    observe_term,
+    observe_term, read_replicas,
 };
 
 /// Replicas in the group.
@@ -564,14 +564,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     .await;
 
     let reps = live_replicas(&registry);
-    let logs: Vec<Vec<RawRecord>> = reps
-        .iter()
-        .map(|r| raw_log(r.store(), target).expect("read log"))
-        .collect();
-    let queues: Vec<QueueContents> = reps
-        .iter()
-        .map(|r| queue_contents(r.store()).expect("read queues"))
-        .collect();
+    let (logs, queues) = read_replicas(&reps, target);
     let mut replica_violations = check_replicas(&logs, &queues);
     replica_violations.extend(check_leaders(&leaders.lock().expect("leaders lock")));
     replica_violations.extend(check_terms(&terms.lock().expect("terms lock")));

@@ -155,6 +155,23 @@ pub fn check_archive(archive: &Archive, last: &[(u64, String)]) -> Vec<ReplicaVi
     out
 }
 
+/// What the replica checks read from each replica: its committed log up to `upto` (raw
+/// records) and its queues.
+pub fn read_replicas(
+    reps: &[raftmq_raft::Replica],
+    upto: u64,
+) -> (Vec<Vec<RawRecord>>, Vec<QueueContents>) {
+    let logs = reps
+        .iter()
+        .map(|r| raftmq_raft::inspect::raw_log(r.store(), upto).expect("read log"))
+        .collect();
+    let queues = reps
+        .iter()
+        .map(|r| raftmq_raft::inspect::queue_contents(r.store()).expect("read queues"))
+        .collect();
+    (logs, queues)
+}
+
 /// At most one leader per term, from the observed (term, leader) pairs.
 pub fn check_leaders(seen: &BTreeMap<u64, BTreeSet<NodeId>>) -> Vec<ReplicaViolation> {
     seen.iter()

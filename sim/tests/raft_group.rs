@@ -4,7 +4,8 @@
 
 use raftmq_raft::Mutations;
 use raftmq_sim::history::Violation;
-use raftmq_sim::raft_scenario::{Fault, ScenarioConfig, run};
+use raftmq_sim::raft_scenario::{Fault, Outcome, ScenarioConfig, run};
+use raftmq_sim::replica_checks::ReplicaViolation;
 
 /// Every seed must pass every checker.
 #[madsim::test]
@@ -33,42 +34,51 @@ async fn group_survives_faults() {
     );
 }
 
+/// Runs `cfg` on seeds `1..=seeds` (each its own runtime). Returns on how many seeds `caught`
+/// held and how many runs panicked (a log that loses acknowledged entries can also trip
+/// openraft's own assertions: a detection too, but not the checker a test is about, so it is
+/// counted apart).
+fn caught_on(seeds: u64, cfg: &ScenarioConfig, caught: impl Fn(&Outcome) -> bool) -> (u64, u64) {
+    let (mut n, mut asserted) = (0, 0);
+    for seed in 1..=seeds {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(run(cfg.clone()))
+        }));
+        match run {
+            Ok(outcome) if caught(&outcome) => {
+                if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+                    eprintln!("seed {seed}:\n{}", outcome.report());
+                }
+                n += 1;
+            }
+            Ok(_) => {}
+            Err(_) => asserted += 1,
+        }
+    }
+    (n, asserted)
+}
+
 /// The checkers can fail: acknowledging appends before they are synced must lose
 /// acknowledged writes under power loss on some seed.
 #[test]
 fn acking_before_sync_is_caught() {
     let seeds = 30u64;
-    let (mut caught, mut asserted) = (0, 0);
-    for seed in 1..=seeds {
-        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        // A log that loses acknowledged entries can also trip openraft's own assertions (a
-        // follower's matched index going backwards): that is a detection too, but not the one
-        // this test is about, so it is counted apart.
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(run(ScenarioConfig {
-                mutations: Mutations {
-                    ack_before_sync: true,
-                    ..Mutations::default()
-                },
-                faults: vec![Fault::PowerLoss, Fault::IsolateAny, Fault::IsolateLeader],
-                // The lost-write checker alone, on the whole queue.
-                retention: false,
-                ..ScenarioConfig::default()
-            }))
-        }));
-        match run {
-            Ok(outcome) => {
-                if outcome
-                    .violations
-                    .iter()
-                    .any(|v| matches!(v, Violation::Lost { .. }))
-                {
-                    caught += 1;
-                }
-            }
-            Err(_) => asserted += 1,
-        }
-    }
+    let cfg = ScenarioConfig {
+        mutations: Mutations {
+            ack_before_sync: true,
+            ..Mutations::default()
+        },
+        faults: vec![Fault::PowerLoss, Fault::IsolateAny, Fault::IsolateLeader],
+        // The lost-write checker alone, on the whole queue.
+        retention: false,
+        ..ScenarioConfig::default()
+    };
+    let (caught, asserted) = caught_on(seeds, &cfg, |o| {
+        o.violations
+            .iter()
+            .any(|v| matches!(v, Violation::Lost { .. }))
+    });
     eprintln!(
         "ack-before-sync: lost-write checker fired on {caught}/{seeds} seeds; a Raft assertion on {asserted}"
     );
@@ -110,40 +120,31 @@ fn retention_purges_and_lagging_replicas_install_snapshots() {
     );
 }
 
-/// The checkers can fail: a replica that does not persist its vote forgets, when restarted,
-/// whom it voted for in which term, and can vote twice in one term (two leaders), or accept
-/// entries that contradict what it promised. Some seed must trip a checker (or an assertion
-/// of openraft's, counted apart).
+/// The checkers can fail: a replica that does not persist its vote comes back from a restart
+/// at term 0, having forgotten whom it voted for (so it could vote twice in one term). The
+/// term checker must fire on some seed (openraft's own assertions, which may trip too, do
+/// not count).
 #[test]
 fn skipping_the_vote_is_caught() {
     let seeds = 10u64;
-    let (mut caught, mut asserted) = (0, 0);
-    for seed in 1..=seeds {
-        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(run(ScenarioConfig {
-                mutations: Mutations {
-                    skip_vote: true,
-                    ..Mutations::default()
-                },
-                faults: vec![Fault::KillRestart, Fault::IsolateLeader, Fault::PowerLoss],
-                ..ScenarioConfig::default()
-            }))
-        }));
-        match run {
-            Ok(outcome) if !outcome.is_clean() => {
-                if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
-                    eprintln!("seed {seed}:\n{}", outcome.report());
-                }
-                caught += 1
-            }
-            Ok(_) => {}
-            Err(_) => asserted += 1,
-        }
-    }
-    eprintln!("skip-vote: checkers fired on {caught}/{seeds} seeds; an assertion on {asserted}");
+    let cfg = ScenarioConfig {
+        mutations: Mutations {
+            skip_vote: true,
+            ..Mutations::default()
+        },
+        faults: vec![Fault::KillRestart, Fault::IsolateLeader, Fault::PowerLoss],
+        ..ScenarioConfig::default()
+    };
+    let (caught, asserted) = caught_on(seeds, &cfg, |o| {
+        o.replica_violations
+            .iter()
+            .any(|v| matches!(v, ReplicaViolation::TermWentBack { .. }))
+    });
+    eprintln!(
+        "skip-vote: term checker fired on {caught}/{seeds} seeds; an assertion on {asserted}"
+    );
     assert!(
-        caught + asserted > 0,
-        "no checker fired on {seeds} seeds with the vote not persisted"
+        caught > 0,
+        "the term checker never fired on {seeds} seeds with the vote not persisted"
     );
 }
