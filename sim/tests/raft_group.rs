@@ -148,3 +148,35 @@ fn skipping_the_vote_is_caught() {
         "the term checker never fired on {seeds} seeds with the vote not persisted"
     );
 }
+
+fn regression(seed: u64) {
+    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let outcome = rt.block_on(run(ScenarioConfig::default()));
+    assert!(
+        outcome.is_clean(),
+        "seed {seed}: checkers fired:\n{}",
+        outcome.report()
+    );
+}
+
+macro_rules! regressions {
+    ($($name:ident = $seed:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                regression($seed);
+            }
+        )*
+    };
+}
+
+regressions! {
+    // Replica 0 diverged from the others at the first retained entry: it had truncated an
+    // uncommitted entry that had opened a new segment but kept the blank that closed the
+    // previous one, so the committed entry that replaced it opened the new segment too, at
+    // another position than on the replicas that never held the stale entry.
+    regression_seed_90144_truncation_removes_the_closing_blank = 90144;
+    regression_seed_90375_truncation_removes_the_closing_blank = 90375;
+    regression_seed_90918_truncation_removes_the_closing_blank = 90918;
+    regression_seed_91054_truncation_removes_the_closing_blank = 91054;
+}

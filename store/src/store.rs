@@ -252,18 +252,22 @@ impl Store {
             self.dispatched
         );
         let at = self.raft_index.get(from)?.position;
-        if self.ckpt.log.position > at {
+        // The end of the last kept entry, if the Raft index still holds it (not after a
+        // snapshot install or a purge up to it).
+        let kept_end = match last_kept {
+            Some(k) if k >= self.raft_index.first() => {
+                let e = self.raft_index.get(k)?;
+                Some(Position(e.position.0 + u64::from(e.len)))
+            }
+            _ => None,
+        };
+        let point = self.log.truncation_point(at, kept_end)?;
+        if self.ckpt.log.position > point.position {
             // The checkpoint must never point past the end of the log.
-            let header = self.reader.read_header(at)?;
-            let point = ChainPoint {
-                position: at,
-                prev_crc: header.prev_crc,
-                last_index: last_kept,
-            };
             self.raft_index.truncate(from)?;
             self.write_checkpoint(point)?;
         }
-        self.log.truncate(at)?;
+        self.log.truncate(point)?;
         self.raft_index.truncate(from)?;
         Ok(())
     }

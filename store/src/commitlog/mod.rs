@@ -347,32 +347,80 @@ impl CommitLog {
         Ok(())
     }
 
-    /// Removes every record at or after `at` (which must be a record boundary at or above
-    /// the first retained position); the chain continues from `at`'s predecessor.
+    /// Where the log ends after removing every record at or after `at` (a record boundary
+    /// at or above the first retained position). `kept_end` is the end of the last record
+    /// kept, when the caller knows it (the Raft index does).
     ///
-    /// Durability order: the synced marker is lowered first, then the record at `at` is
-    /// overwritten with zeros and synced, so that neither a crash in between nor stale
-    /// records after `at` can bring the removed entries back.
-    pub fn truncate(&mut self, at: Position) -> Result<()> {
-        let sh = self.shared.clone();
-        let written = sh.written.load(Ordering::Acquire);
-        if at.0 >= written {
-            return Ok(());
-        }
+    /// When `at` opens a segment, the previous segment was closed by a blank only because
+    /// the removed record did not fit there; the blank goes too and the log ends at
+    /// `kept_end`. Otherwise the next record would open the new segment where a replica that
+    /// never held the removed records puts it in the previous one, and committed logs would
+    /// differ in their positions (DESIGN invariant 1: committed CommitLogs are byte-identical).
+    /// Only where the previous segment is not this replica's (the log starts at `at` after a
+    /// snapshot install) does the log end at `at`.
+    pub fn truncation_point(&self, at: Position, kept_end: Option<Position>) -> Result<ChainPoint> {
+        let sh = &self.shared;
         let header = sh.read_header(at.0)?;
         if header.kind == RecordKind::BLANK {
             return Err(StoreError::InvalidArgument(format!(
                 "cannot truncate at {at}: a blank fill"
             )));
         }
-        let mut fs = sh.flush_state();
-        if fs.marker.value() > at.0 {
-            fs.marker.store(at.0)?;
+        let last_index = header.index.0.checked_sub(1).map(LogIndex);
+        match kept_end {
+            Some(end) if end < at => {
+                let blank = sh.read_header(end.0)?;
+                if blank.kind != RecordKind::BLANK || end.0 + u64::from(blank.len) != at.0 {
+                    return Err(StoreError::corrupt(
+                        segment_path(end.0 / sh.segment_bytes * sh.segment_bytes),
+                        end.0,
+                        format!("the last kept record ends here, but no blank reaches {at}"),
+                    ));
+                }
+                Ok(ChainPoint {
+                    position: end,
+                    prev_crc: blank.prev_crc,
+                    last_index,
+                })
+            }
+            Some(end) if end > at => Err(StoreError::InvalidArgument(format!(
+                "the last kept record ends at {end}, past the first removed one at {at}"
+            ))),
+            _ => Ok(ChainPoint {
+                position: at,
+                prev_crc: header.prev_crc,
+                last_index,
+            }),
         }
-        sh.synced.fetch_min(at.0, Ordering::AcqRel);
-        let seg = at.0 / sh.segment_bytes;
-        let file = sh.segment(seg).expect("read_header found this segment");
-        let in_seg = at.0 % sh.segment_bytes;
+    }
+
+    /// Removes every record from `point` on ([`truncation_point`](Self::truncation_point)
+    /// says where); the chain continues from `point`.
+    ///
+    /// Durability order: the synced marker is lowered first, then the record (or blank) at
+    /// `point` is overwritten with zeros and synced, so that neither a crash in between nor
+    /// stale records after it can bring the removed entries back.
+    pub fn truncate(&mut self, point: ChainPoint) -> Result<()> {
+        let sh = self.shared.clone();
+        let at = point.position.0;
+        let written = sh.written.load(Ordering::Acquire);
+        if at >= written {
+            return Ok(());
+        }
+        assert!(
+            at >= sh.first.load(Ordering::Acquire),
+            "truncating at {at}, below the first retained position"
+        );
+        let mut fs = sh.flush_state();
+        if fs.marker.value() > at {
+            fs.marker.store(at)?;
+        }
+        sh.synced.fetch_min(at, Ordering::AcqRel);
+        let seg = at / sh.segment_bytes;
+        let file = sh.segment(seg).ok_or_else(|| {
+            StoreError::corrupt(segment_path(seg * sh.segment_bytes), at, "segment vanished")
+        })?;
+        let in_seg = at % sh.segment_bytes;
         file.write_at(in_seg, &[0u8; HEADER_LEN])?;
         file.sync_range(in_seg, HEADER_LEN as u64)?;
         drop(fs);
@@ -384,12 +432,8 @@ impl CommitLog {
         for k in extra {
             sh.remove_segment(k)?;
         }
-        sh.written.store(at.0, Ordering::Release);
-        self.tail = ChainPoint {
-            position: at,
-            prev_crc: header.prev_crc,
-            last_index: header.index.0.checked_sub(1).map(LogIndex),
-        };
+        sh.written.store(at, Ordering::Release);
+        self.tail = point;
         Ok(())
     }
 

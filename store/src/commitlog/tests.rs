@@ -208,7 +208,10 @@ fn truncate_then_append_and_stale_records_never_return() {
         .unwrap();
     let r = log.reader();
     r.sync_to(r.written()).unwrap();
-    log.truncate(locs[1].position).unwrap();
+    let point = log
+        .truncation_point(locs[1].position, Some(Position(locs[0].len.into())))
+        .unwrap();
+    log.truncate(point).unwrap();
     assert_eq!(log.tail().last_index, Some(LogIndex(1)));
     assert_eq!(r.written(), locs[1].position);
     // Crash right after the truncation: the old entries must not come back.
@@ -237,6 +240,77 @@ fn truncate_then_append_and_stale_records_never_return() {
     assert_eq!(
         log.reader().read(new_locs[0].position).unwrap().payload,
         b"new2"
+    );
+}
+
+/// A removed record that opened a segment (it did not fit in the previous one) takes the
+/// blank that closed the previous segment with it: a smaller record appended next lands
+/// where a log that never held the removed one puts it, byte for byte (regression: replicas
+/// of a group disagreed on positions after such a truncation, sim seed 90144).
+#[test]
+fn truncating_a_record_that_opened_a_segment_removes_the_blank_too() {
+    let big = vec![7u8; 500];
+    let small = vec![8u8; 100];
+    let first = vec![1u8; 600];
+    // Reference: a log that only ever held entries 1 and the small 2.
+    let clean = SimDisk::new();
+    let (mut reference, _) = open(&clean);
+    reference.append(&[entry(1, &first)]).unwrap();
+    let want = reference
+        .append(&[EntryRef {
+            term: 2,
+            ..entry(2, &small)
+        }])
+        .unwrap();
+    assert!(
+        want[0].position.0 < SEG,
+        "the small entry fits in segment 0"
+    );
+
+    let disk = SimDisk::new();
+    let (mut log, _) = open(&disk);
+    let one = log.append(&[entry(1, &first)]).unwrap();
+    let stale = log.append(&[entry(2, &big)]).unwrap();
+    assert_eq!(
+        stale[0].position,
+        Position(SEG),
+        "the big entry opens segment 1"
+    );
+    let kept_end = Position(one[0].position.0 + u64::from(one[0].len));
+    let point = log
+        .truncation_point(stale[0].position, Some(kept_end))
+        .unwrap();
+    assert_eq!(point.position, kept_end);
+    assert_eq!(point.last_index, Some(LogIndex(1)));
+    log.truncate(point).unwrap();
+    assert!(!disk.exists(&segment_path(SEG)), "segment 1 is gone");
+    let got = log
+        .append(&[EntryRef {
+            term: 2,
+            ..entry(2, &small)
+        }])
+        .unwrap();
+    assert_eq!(got[0].position, want[0].position);
+    assert_eq!(log.tail(), reference.tail(), "same chain, same end");
+    let (a, b) = (log.reader(), reference.reader());
+    assert_eq!(
+        a.read_bytes(Position(0), a.written().0 as u32).unwrap(),
+        b.read_bytes(Position(0), b.written().0 as u32).unwrap()
+    );
+    // And it survives a crash: the blank does not come back.
+    a.sync_to(a.written()).unwrap();
+    drop(log);
+    let (log, scanned) = open(&disk);
+    assert_eq!(scanned.len(), 2);
+    assert_eq!(log.tail(), reference.tail());
+
+    // A kept end that is not followed by the blank reaching `at` is refused.
+    let (mut bad, _) = open(&SimDisk::new());
+    bad.append(&[entry(1, &first)]).unwrap();
+    let stale = bad.append(&[entry(2, &big)]).unwrap();
+    assert!(
+        bad.truncation_point(stale[0].position, Some(Position(8)))
+            .is_err()
     );
 }
 
