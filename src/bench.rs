@@ -125,7 +125,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                                     let us = t0.elapsed().as_micros() as u64;
                                     let _ = hist
                                         .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
+                                        .expect("lock poisoned: a panic broke this state; see [profile.release]")
                                         .record(us.max(1));
                                 }
                                 Err(_) => {
@@ -141,7 +141,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             }
             let _ = prog.await;
             let n = count.load(Ordering::Relaxed);
-            let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let h = hist
+                .lock()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]")
+                .clone();
             report(
                 "produce",
                 n,
@@ -171,7 +174,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    let mut h = h2.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut h = h2
+                        .lock()
+                        .expect("lock poisoned: a panic broke this state; see [profile.release]");
                     for m in msgs {
                         b2.fetch_add(m.body.len() as u64, Ordering::Relaxed);
                         let _ = h.record(now.saturating_sub(m.store_timestamp_ms).max(1) * 1000);
@@ -184,7 +189,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             c.start().await?;
             progress(count.clone(), until).await;
             c.shutdown().await;
-            let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let h = hist
+                .lock()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]")
+                .clone();
             report(
                 "consume (store → delivery)",
                 count.load(Ordering::Relaxed),

@@ -5,8 +5,7 @@
 //! a role, term or topic change, so routes follow the leader within a fraction of a second.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -16,8 +15,9 @@ use raftmq_raft::{Replica, StartError};
 use raftmq_store::Disk;
 use tokio::sync::oneshot;
 
-use crate::clients::Clients;
 use crate::config::BrokerConfig;
+use crate::managers::Managers;
+use crate::shared::Shared;
 
 /// How often a replica registers with every name server.
 pub const REGISTER_EVERY_MS: u64 = 30_000;
@@ -29,9 +29,6 @@ pub const REGISTER_RETRY_MS: u64 = 1_000;
 pub const ROLE_POLL_MS: u64 = 100;
 /// How long one registration call may take.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
-/// gRPC messages up to this size (a 4 MiB batch plus its framing).
-pub const GRPC_MESSAGE_MAX: usize = 16 << 20;
-
 /// Why a broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -45,68 +42,6 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// State shared by the services of one replica.
-pub(crate) struct Shared {
-    pub config: BrokerConfig,
-    pub replica: Replica,
-    /// Heartbeats and queue locks; a mutex held only to read or edit the maps.
-    pub clients: Mutex<Clients>,
-    /// Most encoded bytes one write may carry (the replica's batch limit).
-    pub batch_max_bytes: usize,
-    /// Round-robin queue choice for sends that name no queue.
-    pub next_queue: AtomicU32,
-    pub start: tokio::time::Instant,
-}
-
-impl Shared {
-    pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    pub fn clients(&self) -> MutexGuard<'_, Clients> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn group(&self) -> &str {
-        &self.config.group
-    }
-
-    pub fn metrics(&self) -> openraft::RaftMetrics<raftmq_raft::TypeConfig> {
-        openraft::async_runtime::WatchReceiver::borrow_watched(&self.replica.raft().metrics())
-            .clone()
-    }
-
-    /// This replica's role as the name server and admin tools see it.
-    pub fn role(&self) -> (Role, u64) {
-        let m = self.metrics();
-        let role = match m.state {
-            ServerState::Leader if m.current_leader == Some(self.config.replica_id) => Role::Leader,
-            ServerState::Leader | ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Unknown,
-        };
-        (role, m.current_term)
-    }
-
-    /// Topics as applied on this replica.
-    pub fn topics(&self) -> Vec<TopicConfig> {
-        let store = self.replica.store().lock();
-        store
-            .meta()
-            .topics()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|t| TopicConfig {
-                name: t.name,
-                read_queue_nums: t.read_queue_nums,
-                write_queue_nums: t.write_queue_nums,
-                perm: t.perm,
-            })
-            .collect()
-    }
 }
 
 /// A running broker replica.
@@ -127,20 +62,18 @@ impl Broker {
         let replica_config = config.replica_config();
         let batch_max_bytes = replica_config.batch.max_bytes;
         let replica = Replica::start(disk, replica_config).await?;
-        let clients = Mutex::new(Clients::new(config.client_expire_ms));
+        let managers = Managers::new(&config, &replica, batch_max_bytes);
         let shared = Arc::new(Shared {
             config,
-            batch_max_bytes,
             replica,
-            clients,
-            next_queue: AtomicU32::new(0),
+            managers,
             start: tokio::time::Instant::now(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(shared.replica.raft_service())
-            .add_service(crate::messaging::service(shared.clone()))
-            .add_service(crate::admin::service(shared.clone()));
+            .add_service(crate::services::messaging::service(shared.clone()))
+            .add_service(crate::services::admin::service(shared.clone()));
         let listen = shared.config.listen;
         #[cfg(not(madsim))]
         let (addr, server) = {
@@ -235,7 +168,7 @@ fn registration(shared: &Shared) -> RegisterBrokerRequest {
         addr: shared.config.listen.to_string(),
         role: role as i32,
         term,
-        topics: shared.topics(),
+        topics: shared.managers.topics.list(),
     }
 }
 
@@ -308,7 +241,7 @@ async fn register_loop(shared: Arc<Shared>) {
         if shared.metrics().state == ServerState::Shutdown {
             return;
         }
-        let now = (role, term, shared.topics());
+        let now = (role, term, shared.managers.topics.list());
         if last.as_ref() != Some(&now) || shared.now_ms() - last_at >= REGISTER_EVERY_MS {
             let all_ok = register_all(&shared).await;
             last = Some(now);

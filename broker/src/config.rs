@@ -91,8 +91,14 @@ fn default_reserved_hours() -> u64 {
     72
 }
 
+/// A client not heard from for this long is dropped, by default: three heartbeats of the
+/// SDK's default interval (10 s). RocketMQ waits 120 s but also sees a crashed client's
+/// connection close at once; over gRPC the heartbeat is the only sign, so a crashed member's
+/// queues go to the others after this long. Broker setting `client_expire_ms`.
+pub const CLIENT_EXPIRE_MS: u64 = 30_000;
+
 fn default_client_expire_ms() -> u64 {
-    crate::clients::CLIENT_EXPIRE_MS
+    CLIENT_EXPIRE_MS
 }
 
 /// One replica's configuration; see the module docs for the file format.

@@ -1,13 +1,11 @@
-//! Wire ↔ store conversions, `offsetMsgId`, and status helpers.
+//! Wire ↔ store conversions and `offsetMsgId`.
 //!
 //! `offsetMsgId` = 16 upper-case hex digits of the CommitLog position followed by the group
 //! name. Committed CommitLogs are byte-identical on every replica of a group, so it names the
 //! same message on any of them (DESIGN.md, invariant 1).
 
-use raftmq_proto::ErrorCode;
-use raftmq_proto::v1::{self as pb, Status};
-use raftmq_raft::WriteError;
-use raftmq_store::{Message, StoreError};
+use raftmq_proto::v1 as pb;
+use raftmq_store::{Message, Position, QueueOffset};
 
 /// A store message from a producer's wire message (the queue is chosen by the caller; the
 /// store timestamp is set by the writer).
@@ -30,12 +28,19 @@ pub fn to_store(m: pb::Message, queue_id: u32) -> Message {
 }
 
 /// A consumer's view of a stored message.
-pub fn to_wire(m: Message, queue_offset: u64, position: u64, group: &str) -> pb::StoredMessage {
+/// `queue_offset` is `None` where it is not known (a key query, a purged queue entry): the
+/// wire says `u64::MAX` then, as RocketMQ says -1.
+pub fn to_wire(
+    m: Message,
+    queue_offset: Option<QueueOffset>,
+    position: Position,
+    group: &str,
+) -> pb::StoredMessage {
     pb::StoredMessage {
         queue_id: m.queue_id,
-        queue_offset,
+        queue_offset: queue_offset.map_or(u64::MAX, |o| o.0),
         store_timestamp_ms: m.store_timestamp_ms,
-        position,
+        position: position.0,
         offset_msg_id: offset_msg_id(group, position),
         group: group.to_string(),
         message: Some(pb::Message {
@@ -55,12 +60,12 @@ pub fn to_wire(m: Message, queue_offset: u64, position: u64, group: &str) -> pb:
 }
 
 /// The `offsetMsgId` of the message at `position` in `group`.
-pub fn offset_msg_id(group: &str, position: u64) -> String {
-    format!("{position:016X}{group}")
+pub fn offset_msg_id(group: &str, position: Position) -> String {
+    format!("{:016X}{group}", position.0)
 }
 
 /// `(group, position)` from an `offsetMsgId`.
-pub fn parse_offset_msg_id(id: &str) -> Option<(&str, u64)> {
+pub fn parse_offset_msg_id(id: &str) -> Option<(&str, Position)> {
     if id.len() <= 16 || !id.is_char_boundary(16) {
         return None;
     }
@@ -71,54 +76,9 @@ pub fn parse_offset_msg_id(id: &str) -> Option<(&str, u64)> {
     {
         return None;
     }
-    u64::from_str_radix(hex, 16).ok().map(|p| (group, p))
-}
-
-pub fn ok() -> Option<Status> {
-    Some(Status {
-        code: ErrorCode::Ok as i32,
-        ..Default::default()
-    })
-}
-
-pub fn status(code: ErrorCode, message: impl Into<String>) -> Option<Status> {
-    Some(Status {
-        code: code as i32,
-        message: message.into(),
-        leader_addr: String::new(),
-    })
-}
-
-/// A failed write as a status: `NOT_LEADER` with the leader's address when one is known;
-/// `UNAVAILABLE` (retry here shortly) when this replica leads but its lease is not
-/// established yet, or no leader is known.
-pub fn write_error(e: WriteError) -> Option<Status> {
-    match e {
-        WriteError::NotLeader {
-            leader_addr: Some(addr),
-            ..
-        } => Some(Status {
-            code: ErrorCode::NotLeader as i32,
-            message: "not the leader".into(),
-            leader_addr: addr,
-        }),
-        WriteError::NotLeader { .. } => status(
-            ErrorCode::Unavailable,
-            "no leader known yet (election or lease in progress); retry",
-        ),
-        WriteError::InvalidArgument(m) => status(ErrorCode::InvalidArgument, m),
-        WriteError::Unavailable(m) => status(ErrorCode::Unavailable, m),
-    }
-}
-
-/// A store error while serving a read.
-pub fn store_error(e: StoreError) -> Option<Status> {
-    match e {
-        StoreError::Corrupt { .. } => status(ErrorCode::StoreCorrupted, e.to_string()),
-        StoreError::OutOfRange { .. } => status(ErrorCode::OffsetOutOfRange, e.to_string()),
-        StoreError::InvalidArgument(m) => status(ErrorCode::InvalidArgument, m),
-        other => status(ErrorCode::Internal, other.to_string()),
-    }
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .map(|p| (group, Position(p)))
 }
 
 /// Tag hashes a subscription selects: `None` = everything (`*` or empty).
@@ -144,9 +104,9 @@ mod tests {
 
     #[test]
     fn offset_msg_ids_round_trip_and_reject_garbage() {
-        let id = offset_msg_id("g1", 0x1234);
+        let id = offset_msg_id("g1", Position(0x1234));
         assert_eq!(id, "0000000000001234g1");
-        assert_eq!(parse_offset_msg_id(&id), Some(("g1", 0x1234)));
+        assert_eq!(parse_offset_msg_id(&id), Some(("g1", Position(0x1234))));
         for bad in [
             "",
             "0000000000001234",

@@ -299,7 +299,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .await?
         .commit_offset(CommitOffsetRequest {
             consumer_group: "G".into(),
-            offsets: vec![QueueOffset {
+            offsets: vec![CommittedOffset {
                 topic: "T".into(),
                 queue_id: 0,
                 offset: 12,
@@ -314,7 +314,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .await?
         .commit_offset(CommitOffsetRequest {
             consumer_group: "G".into(),
-            offsets: vec![QueueOffset {
+            offsets: vec![CommittedOffset {
                 topic: "T".into(),
                 queue_id: 0,
                 offset: 12,
@@ -346,7 +346,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
             .await?
             .commit_offset(CommitOffsetRequest {
                 consumer_group: "G".into(),
-                offsets: vec![QueueOffset {
+                offsets: vec![CommittedOffset {
                     topic: "T".into(),
                     queue_id: 0,
                     offset: 7,
@@ -557,7 +557,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
     let r = m
         .commit_offset(CommitOffsetRequest {
             consumer_group: "G".into(),
-            offsets: vec![QueueOffset {
+            offsets: vec![CommittedOffset {
                 topic: "T".into(),
                 queue_id: 0,
                 offset: 99,

@@ -45,9 +45,9 @@ use std::time::Duration;
 use raftmq_proto::ErrorCode;
 use raftmq_proto::limits::check_name;
 use raftmq_proto::v1::{
-    CommitOffsetRequest, ConsumeMode, ConsumerGroupInfo, GetConsumerListRequest, HeartbeatRequest,
-    LockQueuesRequest, PullRequest, QueryOffsetRequest, QueryQueueRequest, QueueOffset, QueueRef,
-    Subscription, UnlockQueuesRequest,
+    CommitOffsetRequest, CommittedOffset, ConsumeMode, ConsumerGroupInfo, GetConsumerListRequest,
+    HeartbeatRequest, LockQueuesRequest, PullRequest, QueryOffsetRequest, QueryQueueRequest,
+    QueueRef, Subscription, UnlockQueuesRequest,
 };
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -519,7 +519,8 @@ struct Inner {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
+        .expect("lock poisoned: a panic broke this state; see [profile.release]")
 }
 
 fn code(s: &Option<raftmq_proto::v1::Status>) -> ErrorCode {
@@ -1147,12 +1148,12 @@ pub(crate) async fn commit_remote(
     consumer_group: &str,
     progress: BTreeMap<MessageQueue, u64>,
 ) -> bool {
-    let mut by_group: BTreeMap<(String, String), Vec<QueueOffset>> = BTreeMap::new();
+    let mut by_group: BTreeMap<(String, String), Vec<CommittedOffset>> = BTreeMap::new();
     for (q, o) in progress {
         by_group
             .entry((q.topic.clone(), q.group.clone()))
             .or_default()
-            .push(QueueOffset {
+            .push(CommittedOffset {
                 topic: q.topic,
                 queue_id: q.queue_id,
                 offset: o,

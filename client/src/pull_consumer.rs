@@ -158,7 +158,8 @@ pub struct PullConsumer {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
+        .expect("lock poisoned: a panic broke this state; see [profile.release]")
 }
 
 impl PullConsumer {

@@ -22,6 +22,8 @@ use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use raftmq_proto::limits::GRPC_MESSAGE_MAX;
+
 use crate::error::ClientError;
 
 /// A cached route older than this is fetched again.
@@ -32,9 +34,6 @@ pub const ROUTE_REFRESH: Duration = Duration::from_secs(30);
 pub const ROUTE_REFRESH_INCOMPLETE: Duration = Duration::from_secs(1);
 /// How long a name server or broker call may take before it counts as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// gRPC messages up to this size (a 4 MiB batch plus framing).
-pub const GRPC_MESSAGE_MAX: usize = 16 << 20;
-
 /// A topic's route as the client uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -160,7 +159,8 @@ struct Inner {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
+        .expect("lock poisoned: a panic broke this state; see [profile.release]")
 }
 
 impl Routes {

@@ -27,6 +27,25 @@ pub const QUEUE_NUMS_MAX: u32 = 1024;
 pub const PULL_MESSAGES_MAX: u32 = 1024;
 /// Longest a pull may be held (long polling).
 pub const LONG_POLL_MS_MAX: u32 = 60_000;
+/// Messages a pull returns when the request does not say.
+pub const PULL_MESSAGES_DEFAULT: u32 = 32;
+/// Bytes one pull returns at most (the request may ask for less).
+pub const PULL_BYTES_MAX: u32 = 8 << 20;
+/// Queue entries one pull looks at, at most (tag filtering may skip many).
+pub const PULL_SCAN_MAX: u64 = 16_384;
+/// Most offsets one commit may carry.
+pub const COMMIT_OFFSETS_MAX: usize = 4096;
+/// Most messages one key query returns.
+pub const QUERY_MESSAGES_MAX: u32 = 64;
+/// Most queues one lock (or unlock) request may name.
+pub const LOCK_QUEUES_MAX: usize = 4096;
+/// Largest gRPC message between clients and servers (brokers, name servers): a
+/// [`BATCH_BYTES_MAX`] send or a [`PULL_BYTES_MAX`] pull plus framing, with room to spare.
+pub const GRPC_MESSAGE_MAX: usize = 16 << 20;
+/// Largest gRPC message between the replicas of a group. Larger than [`GRPC_MESSAGE_MAX`]:
+/// one entry may be as large as the store's largest record (64 MiB); a snapshot is small
+/// metadata.
+pub const RAFT_GRPC_MESSAGE_MAX: usize = 80 << 20;
 
 /// A request outside the limits.
 #[derive(Debug, Clone, PartialEq, Eq)]

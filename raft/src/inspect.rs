@@ -69,13 +69,9 @@ pub fn applied_index(rs: &ReplicaStore) -> Option<u64> {
 
 /// How many times the replica restarted its store from a leader's boundary snapshot.
 pub fn reset_count(rs: &ReplicaStore) -> io::Result<u64> {
-    let raw = rs
-        .lock()
-        .meta()
-        .raft(crate::log_store::keys::RESETS)
-        .map_err(io_err)?;
+    let raw = rs.lock().meta().raft(crate::keys::RESETS).map_err(io_err)?;
     raw.map_or(Ok(0), |b| {
-        crate::types::decode_value(&b, crate::log_store::keys::RESETS)
+        crate::types::decode_value(&b, crate::keys::RESETS)
     })
 }
 

@@ -10,7 +10,9 @@
 //! - [`replica`]: one replica: start, group-commit writer, membership.
 
 pub mod inspect;
+mod keys;
 pub mod log_store;
+pub mod mutations;
 pub mod network;
 pub mod replica;
 pub mod rt;
@@ -20,8 +22,12 @@ pub mod types;
 /// The generated `RaftService` types.
 pub use raftmq_proto::raft::v1 as proto;
 
-pub use log_store::{Mutations, ReplicaStore};
+pub use log_store::ReplicaStore;
+pub use mutations::Mutations;
 pub use replica::{
     BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
 };
 pub use types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TypeConfig};
+
+/// The openraft handle of one replica.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;

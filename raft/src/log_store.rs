@@ -25,34 +25,11 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use raftmq_store::flush::FlushHandle;
 use raftmq_store::{FlushMode, LogIndex, Position, Store, StoreError};
 
+use crate::keys;
+use crate::mutations::Mutations;
 use crate::types::{
     EncodedEntry, Entry, LogId, TypeConfig, Vote, decode_value, encode_value, log_id,
 };
-
-/// MetaStore keys of the Raft layer (values: version byte + JSON).
-pub(crate) mod keys {
-    pub const VOTE: &str = "vote";
-    pub const PURGED: &str = "purged";
-    pub const MEMBERSHIP: &str = "membership";
-    pub const SNAPSHOT: &str = "snapshot";
-    /// Boundary snapshots, one per CommitLog segment start (see `state_machine`).
-    pub const BOUNDARY_PREFIX: &str = "boundary/";
-    /// How many times this replica restarted its store from a leader's snapshot.
-    pub const RESETS: &str = "resets";
-}
-
-/// Deliberate bugs for proving that the simulator's checkers fire. Never set in production.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Mutations {
-    /// Signal `IOFlushed` right after the write, before the sync, even in `Sync` mode.
-    pub ack_before_sync: bool,
-    /// `save_vote` returns without storing the vote: a restarted replica forgets whom it
-    /// voted for (and its term).
-    pub skip_vote: bool,
-    /// The broker serves pulls from entries in the local log that are not committed yet,
-    /// numbering them after the queue's applied end (used by `raftmq-broker`).
-    pub serve_uncommitted_pulls: bool,
-}
 
 /// One replica's store, shared; see the module docs.
 #[derive(Debug, Clone)]
@@ -95,8 +72,11 @@ impl ReplicaStore {
 
     /// Locks the store for a short synchronous operation (never hold it across an await).
     pub fn lock(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock broke an invariant; the process is going down.
-        self.inner.store.lock().unwrap_or_else(|p| p.into_inner())
+        // Never poisoned in a release build (panic = "abort": see the workspace Cargo.toml).
+        self.inner
+            .store
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
     }
 
     /// Asks the snapshot builder for the boundary snapshot ending at `last` (retention is
@@ -229,7 +209,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        if self.rs.inner.mutations.skip_vote {
+        if self.rs.inner.mutations.skip_vote() {
             return Ok(());
         }
         self.rs.write_value(keys::VOTE, vote, true)
@@ -261,7 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .expect("one location per entry, and entries is not empty");
             Position(last.position.0 + u64::from(last.len))
         };
-        if self.rs.inner.mode == FlushMode::Async || self.rs.inner.mutations.ack_before_sync {
+        if self.rs.inner.mode == FlushMode::Async || self.rs.inner.mutations.ack_before_sync() {
             callback.io_completed(Ok(()));
             return Ok(());
         }
@@ -287,7 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .meta()
             .raft_keys(keys::BOUNDARY_PREFIX)
             .map_err(io_err)?;
-        let keep_from = crate::state_machine::boundary_key(log_id.index);
+        let keep_from = crate::keys::boundary_key(log_id.index);
         let mut txn = store.meta().begin(true).map_err(io_err)?;
         txn.put_raft(keys::PURGED, &encode_value(&log_id))
             .map_err(io_err)?;

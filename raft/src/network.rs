@@ -24,18 +24,17 @@ use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_store::RecordKind;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::Raft;
 use crate::types::{
-    EncodedEntry, LogId, NodeId, Raft, SnapshotMeta, TypeConfig, Vote, decode_value, encode_value,
-    log_id,
+    EncodedEntry, LogId, NodeId, SnapshotMeta, TypeConfig, Vote, decode_value, encode_value, log_id,
 };
 
 /// Bytes of entry payload in one AppendEntries request, at most (plus at least one entry).
 /// Small enough that a follower writes and syncs it well within the append timeout on a busy
 /// disk; at 16 MiB, requests timed out, were dropped and were sent again, over and over.
 pub const APPEND_BYTES_MAX: usize = 1 << 20;
-/// Largest gRPC message a replica sends or accepts (one entry may be up to the store's
-/// largest record, 64 MiB, and a snapshot is small metadata).
-pub const GRPC_MESSAGE_MAX: usize = 80 << 20;
+/// Largest gRPC message a replica sends or accepts (defined with the other wire limits).
+pub use raftmq_proto::limits::RAFT_GRPC_MESSAGE_MAX as GRPC_MESSAGE_MAX;
 /// Shortest timeout of an AppendEntries that carries entries (see `append_entries`); below
 /// the shortest election timeout a replica can be configured with, so a follower that
 /// stopped answering is still noticed well before anyone's election.

@@ -21,10 +21,12 @@ use raftmq_store::message::encode_batch;
 use raftmq_store::{Disk, Message, Store, StoreConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::log_store::{LogStore, Mutations, ReplicaStore};
+use crate::Raft;
+use crate::log_store::{LogStore, ReplicaStore};
+use crate::mutations::Mutations;
 use crate::network::{NetworkFactory, RaftServer};
 use crate::state_machine::StateMachine;
-use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, Raft};
+use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId};
 
 /// Requests waiting for the writer, at most.
 pub const WRITE_QUEUE_MAX: usize = 4096;
@@ -314,7 +316,7 @@ impl Replica {
                 }
                 let first = store.first_index_at(start).map_err(store_err)?;
                 let last = first.0 - 1;
-                let key = crate::state_machine::boundary_key(last);
+                let key = crate::keys::boundary_key(last);
                 if store.meta().raft(&key).map_err(store_err)?.is_some() {
                     found = Some((start, last));
                     break;

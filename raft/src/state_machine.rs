@@ -41,7 +41,8 @@ use raftmq_store::store::ResetPoint;
 use raftmq_store::{LogIndex, Position, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::log_store::{ReplicaStore, io_err, keys};
+use crate::keys::{self, boundary_key};
+use crate::log_store::{ReplicaStore, io_err};
 use crate::types::{
     AssignedOffset, Command, CommandResult, LogId, MetaCommand, SnapshotMeta, StoredMembership,
     TypeConfig, decode_value, encode_value,
@@ -81,11 +82,6 @@ pub struct Boundary {
     pub position: u64,
     /// The crc of the record before it.
     pub prev_crc: u32,
-}
-
-/// MetaStore key of the boundary snapshot whose last entry is `index`.
-pub(crate) fn boundary_key(index: u64) -> String {
-    format!("{}{index:020}", keys::BOUNDARY_PREFIX)
 }
 
 /// The newest boundary snapshot ending at or before `upto`, raw, if any.

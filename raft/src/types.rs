@@ -49,7 +49,6 @@ pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type Raft = openraft::Raft<TypeConfig, crate::state_machine::StateMachine>;
 
 /// Record kind of the blank entry a new leader commits.
 pub const RAFT_BLANK: RecordKind = RecordKind(2);

@@ -266,7 +266,8 @@ impl Outcome {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    m.lock()
+        .expect("lock poisoned: a panic broke this state; see [profile.release]")
 }
 
 fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {

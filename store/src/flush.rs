@@ -119,7 +119,9 @@ impl FlushHandle {
 
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
     }
 
     fn check_failed(&self) -> Result<()> {

@@ -637,7 +637,11 @@ impl CommitLogReader {
         let sh = &self.shared;
         let in_seg = sh.written.load(Ordering::Acquire) % sh.segment_bytes;
         in_seg >= sh.segment_bytes / 2
-            && *sh.spare.lock().unwrap_or_else(|p| p.into_inner()) == Spare::Absent
+            && *sh
+                .spare
+                .lock()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]")
+                == Spare::Absent
     }
 
     /// Makes the spare segment (zero-filled, durable) if there is none; the next roll renames
@@ -645,7 +649,10 @@ impl CommitLogReader {
     pub fn prepare_spare(&self) -> Result<bool> {
         let sh = &self.shared;
         {
-            let mut spare = sh.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spare = sh
+                .spare
+                .lock()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]");
             if *spare != Spare::Absent {
                 return Ok(false);
             }
@@ -655,7 +662,10 @@ impl CommitLogReader {
             sh.disk.remove(SPARE)?;
         }
         let result = sh.disk.create(SPARE, sh.segment_bytes);
-        let mut spare = sh.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spare = sh
+            .spare
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         match result {
             Ok(_) => {
                 *spare = Spare::Ready;
@@ -676,11 +686,15 @@ impl CommitLogReader {
 
 impl Shared {
     fn segments_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<dyn DiskFile>>> {
-        self.segments.read().unwrap_or_else(|p| p.into_inner())
+        self.segments
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
     }
 
     fn flush_state(&self) -> std::sync::MutexGuard<'_, FlushState> {
-        self.flush.lock().unwrap_or_else(|p| p.into_inner())
+        self.flush
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
     }
 
     fn segment(&self, k: u64) -> Option<Arc<dyn DiskFile>> {
@@ -693,7 +707,10 @@ impl Shared {
         }
         let path = segment_path(k * self.segment_bytes);
         let file = {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            let mut spare = self
+                .spare
+                .lock()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]");
             if *spare == Spare::Ready {
                 *spare = Spare::Absent;
                 self.disk.rename(SPARE, &path)?;
@@ -705,7 +722,7 @@ impl Shared {
         };
         self.segments
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
             .insert(k, file);
         Ok(())
     }
@@ -715,13 +732,16 @@ impl Shared {
     /// WAL segments). Its stale records can never join the log: they do not chain
     /// (`prev_crc`) to the records written over them. Returns whether it was recycled.
     fn recycle_segment(&self, k: u64) -> Result<bool> {
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spare = self
+            .spare
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         if *spare != Spare::Absent {
             return Ok(false);
         }
         self.segments
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
             .remove(&k);
         self.disk
             .rename(&segment_path(k * self.segment_bytes), SPARE)?;
@@ -732,7 +752,7 @@ impl Shared {
     fn remove_segment(&self, k: u64) -> Result<()> {
         self.segments
             .write()
-            .unwrap_or_else(|p| p.into_inner())
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
             .remove(&k);
         self.disk.remove(&segment_path(k * self.segment_bytes))?;
         Ok(())

@@ -293,7 +293,10 @@ impl DiskFile for MmapFile {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         use std::os::unix::fs::FileExt;
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .map
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
         check_bounds(&self.path, offset, data.len() as u64, file_len)?;
         self.file
@@ -304,7 +307,10 @@ impl DiskFile for MmapFile {
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         {
-            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            let map = self
+                .map
+                .read()
+                .expect("lock poisoned: a panic broke this state; see [profile.release]");
             let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
             check_bounds(&self.path, offset, total, file_len)?;
         }
@@ -312,7 +318,10 @@ impl DiskFile for MmapFile {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .map
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
         check_bounds(&self.path, offset, buf.len() as u64, file_len)?;
         if let Some(m) = map.as_ref() {
@@ -338,7 +347,10 @@ impl DiskFile for MmapFile {
             }
             return Ok(());
         }
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .map
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
         check_bounds(&self.path, offset, len, file_len)?;
         match map.as_ref() {
@@ -351,7 +363,10 @@ impl DiskFile for MmapFile {
     }
 
     fn set_len(&self, len: u64) -> Result<(), DiskError> {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .map
+            .write()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
         *map = None;
         self.file.set_len(len).map_err(self.io_err("set_len"))?;
         *map = Self::map(&self.path, &self.file, len)?;

@@ -73,7 +73,9 @@ impl SimDisk {
     }
 
     fn state(&self) -> MutexGuard<'_, SimState> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
     }
 
     /// The state, if this view belongs to the live incarnation.

@@ -1,6 +1,7 @@
-//! Clients as this replica knows them: who heartbeats in which consumer group, and which
-//! member holds which queue lock (orderly consumption). Plain state, time passed in; the
-//! service keeps it behind a mutex held only to read or edit it.
+//! Consumer groups as this replica knows them: who heartbeats in which group, and which
+//! member holds which queue lock (orderly consumption). One state for both, because a
+//! lock lives only as long as its holder heartbeats. [`Clients`] is the plain state (time
+//! passed in, unit-tested); [`ConsumerGroups`] is the manager that guards it.
 //!
 //! This state is per replica and not replicated (as in RocketMQ, where it lives in the
 //! master's memory): after a failover clients heartbeat to the new leader within one
@@ -8,19 +9,18 @@
 //! a client silent for `client_expire_ms` (default [`CLIENT_EXPIRE_MS`]) leaves its groups and loses its locks.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
 
+use raftmq_proto::limits::{LOCK_QUEUES_MAX, check_name};
 use raftmq_proto::v1::{ConsumerGroupInfo, QueueRef};
 
-/// A client not heard from for this long is dropped, by default: three heartbeats of the
-/// SDK's default interval (10 s). RocketMQ waits 120 s but also sees a crashed client's
-/// connection close at once; over gRPC the heartbeat is the only sign, so a crashed member's
-/// queues go to the others after this long. Broker setting `client_expire_ms`.
-pub const CLIENT_EXPIRE_MS: u64 = 30_000;
+use crate::error::Refusal;
+
+pub use crate::config::CLIENT_EXPIRE_MS;
 /// How long a queue lock lasts unless renewed (RocketMQ: 60 s).
 pub const LOCK_LEASE_MS: u64 = 60_000;
-/// Most clients tracked, and most queues one lock request may name.
+/// Most clients tracked.
 pub const CLIENTS_MAX: usize = 100_000;
-pub const LOCK_QUEUES_MAX: usize = 4096;
 
 type QueueKey = (String, u32);
 
@@ -127,6 +127,85 @@ impl Clients {
         self.locks
             .retain(|_, (holder, until)| *until > now_ms && !gone.contains(holder));
     }
+}
+
+/// The consumer-group manager: heartbeats, member lists and queue locks of one replica.
+///
+/// The state sits behind a `std::sync::Mutex` held only to read or edit the maps (never
+/// across an await). Member lists and locks are the leader's: the services refuse them on a
+/// follower, whose view no other member would share.
+pub struct ConsumerGroups {
+    clients: Mutex<Clients>,
+}
+
+impl ConsumerGroups {
+    pub fn new(client_expire_ms: u64) -> Self {
+        ConsumerGroups {
+            clients: Mutex::new(Clients::new(client_expire_ms)),
+        }
+    }
+
+    fn clients(&self) -> MutexGuard<'_, Clients> {
+        // Never poisoned in a release build (panic = "abort": see the workspace Cargo.toml).
+        self.clients
+            .lock()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
+    }
+
+    /// Records a client's heartbeat with the groups it consumes in.
+    pub fn heartbeat(
+        &self,
+        client_id: &str,
+        groups: Vec<ConsumerGroupInfo>,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        for g in &groups {
+            check_name("consumer group", &g.group)?;
+        }
+        self.clients()
+            .heartbeat(client_id, groups, now_ms)
+            .map_err(Refusal::InvalidArgument)
+    }
+
+    /// The live members of a group, sorted.
+    pub fn members(&self, group: &str, now_ms: u64) -> Result<Vec<String>, Refusal> {
+        check_name("consumer group", group)?;
+        Ok(self.clients().consumers(group, now_ms))
+    }
+
+    /// Locks (or renews) queues for a client; returns those it now holds.
+    pub fn lock(
+        &self,
+        group: &str,
+        client_id: &str,
+        queues: &[QueueRef],
+        now_ms: u64,
+    ) -> Result<Vec<QueueRef>, Refusal> {
+        check_lock_request(group, client_id, queues)?;
+        Ok(self.clients().lock(group, client_id, queues, now_ms))
+    }
+
+    /// Releases the queues a client holds among `queues`.
+    pub fn unlock(&self, group: &str, client_id: &str, queues: &[QueueRef]) -> Result<(), Refusal> {
+        check_name("consumer group", group)?;
+        self.clients().unlock(group, client_id, queues);
+        Ok(())
+    }
+}
+
+/// A lock request's shape: a group name, a client id and at most [`LOCK_QUEUES_MAX`] queues.
+pub fn check_lock_request(
+    group: &str,
+    client_id: &str,
+    queues: &[QueueRef],
+) -> Result<(), Refusal> {
+    check_name("consumer group", group)?;
+    if client_id.is_empty() || queues.len() > LOCK_QUEUES_MAX {
+        return Err(Refusal::InvalidArgument(format!(
+            "a client id and at most {LOCK_QUEUES_MAX} queues"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,56 @@
+//! The broker's managers: each owns one capability's state and operations, and answers with
+//! a typed [`Refusal`](crate::error::Refusal). Services only validate the request's shape,
+//! call a manager and turn its answer into a response.
+//!
+//! | manager | owns | state |
+//! |---|---|---|
+//! | [`topics`] | topic configs: lookup, auto-create, create/delete, stats | replicated (MetaStore, via Raft) |
+//! | [`messages`] | sends (queue choice, batch limit) and reads (pull look, view, key query) | the CommitLog and ConsumeQueues |
+//! | [`long_poll`] | held pulls, woken by apply | none (the replica's applied signal) |
+//! | [`offsets`] | committed consumer offsets, consumer progress | replicated (MetaStore, via Raft) |
+//! | [`consumer_groups`] | members by heartbeat, queue locks (orderly consumption) | per replica, in memory |
+//!
+//! Where the next capabilities go: transactions (`transactions`: half messages, the
+//! check-back scheduler), timers and delay levels (`timers`), retry and DLQ (`retry`), POP
+//! consumption (`pop`: claims and receipt handles) — each a module here, each proposing its
+//! decisions as Raft commands so a new leader continues them (DESIGN: every piece of their
+//! state is Raft state).
+
+pub mod consumer_groups;
+pub mod long_poll;
+pub mod messages;
+pub mod offsets;
+pub mod topics;
+
+use raftmq_raft::Replica;
+
+use crate::config::BrokerConfig;
+
+/// Every manager of one replica.
+pub(crate) struct Managers {
+    pub topics: topics::TopicManager,
+    pub messages: messages::MessageManager,
+    pub long_poll: long_poll::PullHolds,
+    pub offsets: offsets::OffsetManager,
+    pub consumer_groups: consumer_groups::ConsumerGroups,
+}
+
+impl Managers {
+    pub fn new(config: &BrokerConfig, replica: &Replica, batch_max_bytes: usize) -> Self {
+        let topics =
+            topics::TopicManager::new(replica.clone(), &config.group, config.auto_create_topics);
+        Managers {
+            messages: messages::MessageManager::new(
+                replica.clone(),
+                &config.group,
+                topics.clone(),
+                batch_max_bytes,
+                config.mutations.serve_uncommitted_pulls(),
+            ),
+            topics,
+            long_poll: long_poll::PullHolds::new(replica.clone()),
+            offsets: offsets::OffsetManager::new(replica.clone()),
+            consumer_groups: consumer_groups::ConsumerGroups::new(config.client_expire_ms),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The `Messaging` service: sends, pulls (with long polling), offsets, heartbeats, queue
+//! locks and message lookups, each handed to its manager ([`crate::managers`]).
+//!
+//! Member lists and queue locks are the leader's (clients heartbeat the leader): a follower
+//! answers `NOT_LEADER` with the leader's address, so the client finds it.
+
+use std::sync::Arc;
+
+use raftmq_proto::limits::GRPC_MESSAGE_MAX;
+use raftmq_proto::v1::messaging_server::{Messaging, MessagingServer};
+use raftmq_proto::v1::*;
+use raftmq_store::consumequeue::QueueId;
+use tonic::{Request, Response};
+
+use crate::error::{Refusal, respond};
+use crate::shared::Shared;
+
+/// The tonic service type (the simulated build's server type carries an interceptor).
+#[cfg(not(madsim))]
+pub type MessagingService = MessagingServer<MessagingImpl>;
+#[cfg(madsim)]
+pub type MessagingService = MessagingServer<MessagingImpl, tonic::codegen::IdentityInterceptor>;
+
+pub(crate) fn service(shared: Arc<Shared>) -> MessagingService {
+    MessagingServer::new(MessagingImpl { shared })
+        .max_decoding_message_size(GRPC_MESSAGE_MAX)
+        .max_encoding_message_size(GRPC_MESSAGE_MAX)
+}
+
+/// The `Messaging` service of one replica.
+#[derive(Clone)]
+pub struct MessagingImpl {
+    shared: Arc<Shared>,
+}
+
+type Res<T> = Result<Response<T>, tonic::Status>;
+
+impl MessagingImpl {
+    /// Refused on a follower: the state asked for is the leader's.
+    fn leader_only(&self) -> Result<(), Refusal> {
+        if self.shared.is_leader() {
+            Ok(())
+        } else {
+            Err(self.shared.not_leader().into())
+        }
+    }
+
+    async fn pull_inner(&self, req: PullRequest) -> Result<PullResponse, Refusal> {
+        let m = &self.shared.managers;
+        let spec = m.messages.pull_spec(&req)?;
+        // Held while the answer is "nothing new yet": OK, no messages, same offset.
+        let nothing = |r: &PullResponse| {
+            r.status.is_none() && r.messages.is_empty() && r.next_offset == spec.offset.0
+        };
+        Ok(m.long_poll
+            .hold(spec.hold_ms, || m.messages.look(&spec), |r| !nothing(r))
+            .await)
+    }
+}
+
+#[tonic::async_trait]
+impl Messaging for MessagingImpl {
+    async fn send(&self, req: Request<SendRequest>) -> Res<SendResponse> {
+        let r = self.shared.managers.messages.send(req.into_inner()).await;
+        respond(r.map(|results| SendResponse {
+            status: None,
+            group: self.shared.group().to_string(),
+            results,
+        }))
+    }
+
+    async fn pull(&self, req: Request<PullRequest>) -> Res<PullResponse> {
+        respond(self.pull_inner(req.into_inner()).await)
+    }
+
+    async fn query_queue(&self, req: Request<QueryQueueRequest>) -> Res<QueryQueueResponse> {
+        let req = req.into_inner();
+        let queue = QueueId {
+            topic: req.topic,
+            queue_id: req.queue_id,
+        };
+        respond(
+            self.shared
+                .managers
+                .messages
+                .query_queue(&queue, req.timestamp_ms),
+        )
+    }
+
+    async fn query_offset(&self, req: Request<QueryOffsetRequest>) -> Res<QueryOffsetResponse> {
+        let req = req.into_inner();
+        let r = self
+            .shared
+            .managers
+            .offsets
+            .query(&req.consumer_group, &req.topic, req.queue_id);
+        respond(r.map(|o| QueryOffsetResponse {
+            status: None,
+            offset: o.map(|o| o.0),
+        }))
+    }
+
+    async fn commit_offset(&self, req: Request<CommitOffsetRequest>) -> Res<CommitOffsetResponse> {
+        let req = req.into_inner();
+        let r = self
+            .shared
+            .managers
+            .offsets
+            .commit(req.consumer_group, req.offsets)
+            .await;
+        respond(r.map(|()| CommitOffsetResponse::default()))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        let req = req.into_inner();
+        let now = self.shared.now_ms();
+        let r = self
+            .shared
+            .managers
+            .consumer_groups
+            .heartbeat(&req.client_id, req.consumer_groups, now)
+            // Kept on a follower too (harmless), but the client is told, so it finds the
+            // leader (a new leader knows no client until it is heartbeated).
+            .and_then(|()| self.leader_only());
+        respond(r.map(|()| HeartbeatResponse::default()))
+    }
+
+    async fn get_consumer_list(
+        &self,
+        req: Request<GetConsumerListRequest>,
+    ) -> Res<GetConsumerListResponse> {
+        let req = req.into_inner();
+        let groups = &self.shared.managers.consumer_groups;
+        let r = raftmq_proto::limits::check_name("consumer group", &req.consumer_group)
+            .map_err(Refusal::from)
+            .and_then(|()| self.leader_only())
+            .and_then(|()| groups.members(&req.consumer_group, self.shared.now_ms()));
+        respond(r.map(|client_ids| GetConsumerListResponse {
+            status: None,
+            client_ids,
+        }))
+    }
+
+    async fn lock_queues(&self, req: Request<LockQueuesRequest>) -> Res<LockQueuesResponse> {
+        let req = req.into_inner();
+        let groups = &self.shared.managers.consumer_groups;
+        let r = crate::managers::consumer_groups::check_lock_request(
+            &req.consumer_group,
+            &req.client_id,
+            &req.queues,
+        )
+        .and_then(|()| self.leader_only())
+        .and_then(|()| {
+            groups.lock(
+                &req.consumer_group,
+                &req.client_id,
+                &req.queues,
+                self.shared.now_ms(),
+            )
+        });
+        respond(r.map(|locked| LockQueuesResponse {
+            status: None,
+            locked,
+            lease_ms: crate::managers::consumer_groups::LOCK_LEASE_MS,
+        }))
+    }
+
+    async fn unlock_queues(&self, req: Request<UnlockQueuesRequest>) -> Res<UnlockQueuesResponse> {
+        let req = req.into_inner();
+        let r = self.shared.managers.consumer_groups.unlock(
+            &req.consumer_group,
+            &req.client_id,
+            &req.queues,
+        );
+        respond(r.map(|()| UnlockQueuesResponse::default()))
+    }
+
+    async fn view_message(&self, req: Request<ViewMessageRequest>) -> Res<ViewMessageResponse> {
+        let id = req.into_inner().offset_msg_id;
+        let r = self.shared.managers.messages.view(&id);
+        respond(r.map(|m| ViewMessageResponse {
+            status: None,
+            message: Some(m),
+        }))
+    }
+
+    async fn query_by_key(&self, req: Request<QueryByKeyRequest>) -> Res<QueryByKeyResponse> {
+        let r = self
+            .shared
+            .managers
+            .messages
+            .query_by_key(&req.into_inner());
+        respond(r.map(|messages| QueryByKeyResponse {
+            status: None,
+            messages,
+        }))
+    }
+}

@@ -1,0 +1,43 @@
+//! Deliberate bugs that prove the simulator's checkers fire (a checker never seen failing
+//! proves nothing). Compiled in only with the cargo feature `mutations`, which `raftmq-sim`
+//! enables; without it [`Mutations`] has no fields and every switch is a constant `false`,
+//! so the code behind them is dead and the release `raftmq` binary carries none of it
+//! (`cargo build --release` builds the root package alone, so no other member's features
+//! are unified into it).
+
+/// Which deliberate bugs are switched on (none by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mutations {
+    /// Signal `IOFlushed` right after the write, before the sync, even in `Sync` mode.
+    #[cfg(feature = "mutations")]
+    pub ack_before_sync: bool,
+    /// `save_vote` returns without storing the vote: a restarted replica forgets whom it
+    /// voted for (and its term).
+    #[cfg(feature = "mutations")]
+    pub skip_vote: bool,
+    /// The broker serves pulls from entries in the local log that are not committed yet,
+    /// numbering them after the queue's applied end (used by `raftmq-broker`).
+    #[cfg(feature = "mutations")]
+    pub serve_uncommitted_pulls: bool,
+}
+
+macro_rules! switches {
+    ($($name:ident),*) => {
+        impl Mutations {
+            $(
+                #[cfg(feature = "mutations")]
+                #[inline]
+                pub fn $name(&self) -> bool {
+                    self.$name
+                }
+                #[cfg(not(feature = "mutations"))]
+                #[inline]
+                pub const fn $name(&self) -> bool {
+                    false
+                }
+            )*
+        }
+    };
+}
+
+switches!(ack_before_sync, skip_vote, serve_uncommitted_pulls);
