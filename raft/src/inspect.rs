@@ -78,6 +78,6 @@ pub fn reset_count(rs: &ReplicaStore) -> io::Result<u64> {
 /// Every committed consumer offset this replica applied: ((group, topic, queue id), offset).
 pub fn consumer_offsets(
     rs: &ReplicaStore,
-) -> io::Result<Vec<(raftmq_store::meta::OffsetKey, u64)>> {
+) -> io::Result<Vec<(raftmq_store::meta::OffsetKey, QueueOffset)>> {
     rs.lock().meta().consumer_offsets().map_err(io_err)
 }

@@ -38,7 +38,7 @@ use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::meta::{MetaStore, TopicConfig};
 use raftmq_store::store::ResetPoint;
-use raftmq_store::{LogIndex, Position, Store, StoreError};
+use raftmq_store::{LogIndex, Position, QueueOffset, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, boundary_key};
@@ -66,7 +66,7 @@ pub struct SnapshotState {
     pub last_log_id: Option<LogId>,
     pub membership: StoredMembership,
     pub topics: Vec<(String, u32, u32, u32)>,
-    pub consumer_offsets: Vec<(String, String, u32, u64)>,
+    pub consumer_offsets: Vec<(String, String, u32, QueueOffset)>,
     /// (topic, queue id, next offset).
     pub queue_ends: Vec<(String, u32, u64)>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
@@ -199,8 +199,8 @@ impl StateMachine {
                     .map(|a| AssignedOffset {
                         topic: a.queue.topic,
                         queue_id: a.queue.queue_id,
-                        queue_offset: a.offset.0,
-                        position: a.position.0,
+                        queue_offset: a.offset,
+                        position: a.position,
                         size: a.size,
                     })
                     .collect(),

@@ -25,7 +25,7 @@ use std::io;
 
 use openraft::impls::leader_id_std;
 use openraft::{EntryPayload, Membership};
-use raftmq_store::{LogIndex, RecordKind};
+use raftmq_store::{LogIndex, Position, QueueOffset, RecordKind};
 use serde::{Deserialize, Serialize};
 
 use crate::rt::RaftRuntime;
@@ -97,7 +97,7 @@ pub struct TopicSpec {
 pub struct OffsetCommit {
     pub topic: String,
     pub queue_id: u32,
-    pub offset: u64,
+    pub offset: QueueOffset,
 }
 
 impl fmt::Display for Command {
@@ -114,9 +114,9 @@ impl fmt::Display for Command {
 pub struct AssignedOffset {
     pub topic: String,
     pub queue_id: u32,
-    pub queue_offset: u64,
+    pub queue_offset: QueueOffset,
     /// CommitLog position of the message (the same on every replica).
-    pub position: u64,
+    pub position: Position,
     pub size: u32,
 }
 

@@ -77,7 +77,7 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
                         assert_eq!(a[0].queue_id, c);
                         let mut g = acks.lock().expect("acks lock");
                         g.by_id
-                            .insert(id.clone(), (c, a[0].queue_offset, Instant::now(), leader));
+                            .insert(id.clone(), (c, a[0].queue_offset.0, Instant::now(), leader));
                         g.per_client.entry(c).or_default().push(id);
                         seq += 1;
                     }

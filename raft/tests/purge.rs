@@ -53,7 +53,7 @@ async fn commit_offset(leader: &Replica, offset: u64) -> anyhow::Result<()> {
             .map(|q| OffsetCommit {
                 topic: "T".into(),
                 queue_id: q,
-                offset: offset + u64::from(q),
+                offset: raftmq_store::QueueOffset(offset + u64::from(q)),
             })
             .collect(),
     };

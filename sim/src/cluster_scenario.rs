@@ -813,7 +813,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                     {
                         let name = format!("{}#{}", broker_name(*g, *i), lock(&gens)[*g][*i]);
                         let mut h = lock(&history);
-                        for (key, off) in offsets {
+                        for (key, off) in offsets.into_iter().map(|(k, o)| (k, o.0)) {
                             let k = (name.clone(), key);
                             if seen.get(&k) != Some(&off) {
                                 let (cg, topic, q) = k.1.clone();

@@ -224,7 +224,7 @@ async fn client(id: u32, writes: u32, registry: Registry, history: Arc<Mutex<His
                     .lock()
                     .expect("history lock")
                     .acked
-                    .push((w, a[0].queue_offset));
+                    .push((w, a[0].queue_offset.0));
             }
             // NotLeader means not committed; counting it as indeterminate is merely lenient.
             other => {

@@ -37,7 +37,7 @@ use crate::consumequeue::QueueId;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Result, StoreError};
 use crate::indexfile::IndexCheckpoint;
-use crate::types::{LogId, LogIndex, Position};
+use crate::types::{LogId, LogIndex, Position, QueueOffset};
 
 /// The redb file.
 pub const FILE: &str = "meta.redb";
@@ -311,25 +311,30 @@ impl MetaStore {
     }
 
     /// The committed offset of a consumer group on one queue.
-    pub fn consumer_offset(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>> {
+    pub fn consumer_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<QueueOffset>> {
         self.read(|t| {
             let table = t.open_table(OFFSETS).map_err(meta_err)?;
             Ok(table
                 .get((group, topic, queue_id))
                 .map_err(meta_err)?
-                .map(|v| v.value()))
+                .map(|v| QueueOffset(v.value())))
         })
     }
 
     /// Every committed offset: ((group, topic, queue id), offset).
-    pub fn consumer_offsets(&self) -> Result<Vec<(OffsetKey, u64)>> {
+    pub fn consumer_offsets(&self) -> Result<Vec<(OffsetKey, QueueOffset)>> {
         self.read(|t| {
             let table = t.open_table(OFFSETS).map_err(meta_err)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(meta_err)? {
                 let (k, v) = row.map_err(meta_err)?;
                 let (g, tp, q) = k.value();
-                out.push(((g.to_string(), tp.to_string(), q), v.value()));
+                out.push(((g.to_string(), tp.to_string(), q), QueueOffset(v.value())));
             }
             Ok(out)
         })
@@ -436,11 +441,11 @@ impl MetaTxn {
         group: &str,
         topic: &str,
         queue_id: u32,
-        offset: u64,
+        offset: QueueOffset,
     ) -> Result<()> {
         let mut table = self.txn.open_table(OFFSETS).map_err(meta_err)?;
         table
-            .insert((group, topic, queue_id), offset)
+            .insert((group, topic, queue_id), offset.0)
             .map_err(meta_err)?;
         Ok(())
     }
@@ -452,18 +457,18 @@ impl MetaTxn {
         group: &str,
         topic: &str,
         queue_id: u32,
-        offset: u64,
+        offset: QueueOffset,
     ) -> Result<bool> {
         let mut table = self.txn.open_table(OFFSETS).map_err(meta_err)?;
         let cur = table
             .get((group, topic, queue_id))
             .map_err(meta_err)?
             .map(|v| v.value());
-        if cur.is_some_and(|c| c >= offset) {
+        if cur.is_some_and(|c| c >= offset.0) {
             return Ok(false);
         }
         table
-            .insert((group, topic, queue_id), offset)
+            .insert((group, topic, queue_id), offset.0)
             .map_err(meta_err)?;
         Ok(true)
     }

@@ -2,7 +2,7 @@
 //! database keeps working after any number of power cuts.
 
 use raftmq_store::meta::MetaStore;
-use raftmq_store::{LogId, LogIndex, SimDisk};
+use raftmq_store::{LogId, LogIndex, QueueOffset, SimDisk};
 
 #[test]
 fn durable_commits_survive_repeated_power_loss() {
@@ -30,7 +30,7 @@ fn durable_commits_survive_repeated_power_loss() {
                         "group-with-a-long-name",
                         &format!("topic-{}", n % 7),
                         q,
-                        n,
+                        QueueOffset(n),
                     )
                     .unwrap();
                 }

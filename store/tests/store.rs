@@ -353,12 +353,17 @@ fn meta_tables_round_trip_and_survive_power_loss() {
     };
     let mut txn = s.meta().begin(true).unwrap();
     txn.put_topic(&t).unwrap();
-    txn.set_consumer_offset("g", "T", 1, 42).unwrap();
+    txn.set_consumer_offset("g", "T", 1, QueueOffset(42))
+        .unwrap();
     txn.commit().unwrap();
     let mut txn = s.meta().begin(false).unwrap();
-    txn.set_consumer_offset("g", "T", 1, 99).unwrap();
+    txn.set_consumer_offset("g", "T", 1, QueueOffset(99))
+        .unwrap();
     txn.commit().unwrap();
-    assert_eq!(s.meta().consumer_offset("g", "T", 1).unwrap(), Some(99));
+    assert_eq!(
+        s.meta().consumer_offset("g", "T", 1).unwrap(),
+        Some(QueueOffset(99))
+    );
     drop(s);
     disk.power_loss(4);
     let s = common::open(&disk);
@@ -366,7 +371,10 @@ fn meta_tables_round_trip_and_survive_power_loss() {
     assert_eq!(s.meta().topics().unwrap(), vec![t]);
     // The non-durable commit may or may not have survived; the durable one did.
     let off = s.meta().consumer_offset("g", "T", 1).unwrap();
-    assert!(off == Some(42) || off == Some(99), "{off:?}");
+    assert!(
+        off == Some(QueueOffset(42)) || off == Some(QueueOffset(99)),
+        "{off:?}"
+    );
     let mut txn = s.meta().begin(true).unwrap();
     assert!(txn.delete_topic("T").unwrap());
     txn.commit().unwrap();

@@ -111,9 +111,9 @@ impl MessageManager {
             .zip(ids)
             .map(|(a, msg_id)| SendResult {
                 msg_id,
-                offset_msg_id: offset_msg_id(self.group(), Position(a.position)),
+                offset_msg_id: offset_msg_id(self.group(), a.position),
                 queue_id: a.queue_id,
-                queue_offset: a.queue_offset,
+                queue_offset: a.queue_offset.0,
             })
             .collect())
     }

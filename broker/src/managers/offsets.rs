@@ -30,13 +30,12 @@ impl OffsetManager {
     ) -> Result<Option<QueueOffset>, Refusal> {
         check_name("consumer group", group)?;
         check_name("topic", topic)?;
-        let o = self
+        Ok(self
             .replica
             .store()
             .lock()
             .meta()
-            .consumer_offset(group, topic, queue_id)?;
-        Ok(o.map(QueueOffset))
+            .consumer_offset(group, topic, queue_id)?)
     }
 
     /// Commits offsets through Raft (leader only). Each must be at most its queue's end.
@@ -72,7 +71,7 @@ impl OffsetManager {
                 .map(|o| OffsetCommit {
                     topic: o.topic,
                     queue_id: o.queue_id,
-                    offset: o.offset,
+                    offset: QueueOffset(o.offset),
                 })
                 .collect(),
         };
@@ -97,8 +96,8 @@ impl OffsetManager {
                     topic: t,
                     queue_id: q,
                     broker_offset: max.0,
-                    consumer_offset: o,
-                    lag: max.0.saturating_sub(o),
+                    consumer_offset: o.0,
+                    lag: max.0.saturating_sub(o.0),
                 }
             })
             .collect())

@@ -145,5 +145,5 @@ where
 /// Writes `messages` through `leader` (retrying `NotLeader`); returns the queue offsets.
 pub async fn write_retrying(leader: &Replica, messages: Vec<Message>) -> anyhow::Result<Vec<u64>> {
     let a = retry_not_leader(|| leader.write(messages.clone())).await?;
-    Ok(a.into_iter().map(|a| a.queue_offset).collect())
+    Ok(a.into_iter().map(|a| a.queue_offset.0).collect())
 }
