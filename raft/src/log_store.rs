@@ -4,7 +4,8 @@
 //! separate objects (log storage, log readers, state machine). It sits behind a
 //! `std::sync::Mutex` because every store call is short and synchronous (writes go to the
 //! page cache or `SimDisk`; syncs happen in the flusher task, outside the lock) and nothing
-//! awaits while holding it.
+//! awaits while holding it. Clients' reads (pulls, lookups, queries) do not take it: they
+//! use the store's [`ReadView`], which publishes only applied, complete data.
 //!
 //! # Durability contract (what openraft relies on)
 //! - `append` writes the records, then signals [`IOFlushed`] only once the flusher reports
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use raftmq_store::flush::FlushHandle;
-use raftmq_store::{FlushMode, LogIndex, Position, Store, StoreError};
+use raftmq_store::{FlushMode, LogIndex, Position, ReadView, Store, StoreError};
 
 use crate::keys;
 use crate::mutations::Mutations;
@@ -40,6 +41,8 @@ pub struct ReplicaStore {
 #[derive(Debug)]
 struct Inner {
     store: Mutex<Store>,
+    /// Read handles that never take `store`'s lock (pulls, lookups, queries).
+    view: ReadView,
     flusher: FlushHandle,
     mode: FlushMode,
     mutations: Mutations,
@@ -60,6 +63,7 @@ impl ReplicaStore {
         let flusher = FlushHandle::spawn(store.reader(), cfg.flush_mode, cfg.flush_interval_ms);
         ReplicaStore {
             inner: Arc::new(Inner {
+                view: store.view(),
                 store: Mutex::new(store),
                 flusher,
                 mode: cfg.flush_mode,
@@ -70,7 +74,16 @@ impl ReplicaStore {
         }
     }
 
+    /// What readers use instead of [`lock`](Self::lock): the store's published CommitLog,
+    /// ConsumeQueues, IndexFile and MetaStore (see [`ReadView`]). A pull scanning thousands
+    /// of entries through it never delays an append, an apply or a vote.
+    pub fn view(&self) -> &ReadView {
+        &self.inner.view
+    }
+
     /// Locks the store for a short synchronous operation (never hold it across an await).
+    /// This is the appender's lock (Raft's log storage and the state machine); readers use
+    /// [`view`](Self::view).
     pub fn lock(&self) -> MutexGuard<'_, Store> {
         // Never poisoned in a release build (panic = "abort": see the workspace Cargo.toml).
         self.inner

@@ -13,11 +13,11 @@
 //! `%XX`, so no name can escape the directory. Positions grow with offsets within a queue,
 //! which is what lets time lookups and retention binary-search.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 
 use crate::disk::Disk;
-use crate::entryfile::{Entry, EntryFiles, pack, unpack};
+use crate::entryfile::{Entry, EntryFiles, EntryReader, pack, unpack};
 use crate::error::Result;
 use crate::types::{Position, QueueOffset};
 
@@ -101,6 +101,13 @@ pub struct ConsumeQueue {
 }
 
 impl ConsumeQueue {
+    /// A read handle on the published entries.
+    pub fn reader(&self) -> QueueReader {
+        QueueReader {
+            entries: self.files.reader(),
+        }
+    }
+
     /// Appends the entry for the next queue offset; returns that offset.
     pub fn append(&mut self, e: CqEntry) -> Result<QueueOffset> {
         Ok(QueueOffset(self.files.append(&e.encode())?))
@@ -134,12 +141,54 @@ impl ConsumeQueue {
     }
 }
 
+/// A read handle on one queue's published entries (see [`crate::entryfile`]): what pulls
+/// read, without the store's lock.
+#[derive(Debug, Clone)]
+pub struct QueueReader {
+    entries: EntryReader,
+}
+
+impl QueueReader {
+    /// The entry at `offset`, if published.
+    pub fn get(&self, offset: QueueOffset) -> Result<CqEntry> {
+        Ok(CqEntry::decode(&self.entries.get(offset.0)?))
+    }
+
+    /// Smallest offset still held.
+    pub fn min_offset(&self) -> QueueOffset {
+        QueueOffset(self.entries.first())
+    }
+
+    /// One past the largest published offset.
+    pub fn max_offset(&self) -> QueueOffset {
+        QueueOffset(self.entries.end())
+    }
+
+    /// The first offset whose entry satisfies the monotonic `pred`, or the max offset.
+    pub fn partition_point(
+        &self,
+        mut pred: impl FnMut(CqEntry) -> Result<bool>,
+    ) -> Result<QueueOffset> {
+        let entries = &self.entries;
+        entries
+            .partition_point(|n| pred(CqEntry::decode(&entries.get(n)?)))
+            .map(QueueOffset)
+    }
+}
+
+/// Every queue's reader, shared with the store's read views. The map changes only when a
+/// queue is created or a reset replaces them all; its lock is held to clone one reader.
+pub type QueueReaders = Arc<RwLock<BTreeMap<QueueId, QueueReader>>>;
+
 /// Every queue of the store, opened lazily.
 #[derive(Debug)]
 pub struct ConsumeQueues {
     disk: Arc<dyn Disk>,
     per_file: u64,
     queues: BTreeMap<QueueId, ConsumeQueue>,
+    readers: QueueReaders,
+    /// Queues appended to since the last [`publish`](Self::publish).
+    dirty: BTreeSet<QueueId>,
 }
 
 impl ConsumeQueues {
@@ -184,11 +233,49 @@ impl ConsumeQueues {
                 queues.insert(id.clone(), ConsumeQueue { files });
             }
         }
+        let readers = queues
+            .iter()
+            .map(|(k, q)| (k.clone(), q.reader()))
+            .collect();
         Ok(Self {
             disk,
             per_file,
             queues,
+            readers: Arc::new(RwLock::new(readers)),
+            dirty: BTreeSet::new(),
         })
+    }
+
+    /// The readers of every queue (shared: later queues appear in it too).
+    pub fn readers(&self) -> QueueReaders {
+        self.readers.clone()
+    }
+
+    fn readers_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<QueueId, QueueReader>> {
+        // Never poisoned in a release build (panic = "abort": see the workspace Cargo.toml).
+        self.readers
+            .write()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
+    }
+
+    /// Appends the entry for `id`'s next offset (creating the queue if needed); readers see
+    /// it after the next [`publish`](Self::publish).
+    pub fn append(&mut self, id: &QueueId, e: CqEntry) -> Result<QueueOffset> {
+        let offset = self.get_or_create(id)?.append(e)?;
+        if !self.dirty.contains(id) {
+            self.dirty.insert(id.clone());
+        }
+        Ok(offset)
+    }
+
+    /// Makes every entry appended so far readable through the readers.
+    pub fn publish(&mut self) -> Result<()> {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(q) = self.queues.get_mut(&id) {
+                q.files.publish()?;
+            }
+        }
+        Ok(())
     }
 
     /// The queue, if it exists.
@@ -207,7 +294,9 @@ impl ConsumeQueues {
                 0,
                 0,
             )?;
-            self.queues.insert(id.clone(), ConsumeQueue { files });
+            let q = ConsumeQueue { files };
+            self.readers_mut().insert(id.clone(), q.reader());
+            self.queues.insert(id.clone(), q);
         }
         Ok(self.queues.get_mut(id).expect("inserted above"))
     }
@@ -236,6 +325,8 @@ impl ConsumeQueues {
     /// Removes every queue's files; the queues in `ends` restart empty at their end offset
     /// (a snapshot install), the others are forgotten.
     pub fn reset(&mut self, ends: &BTreeMap<QueueId, u64>) -> Result<()> {
+        self.readers_mut().clear();
+        self.dirty.clear();
         for (_, q) in std::mem::take(&mut self.queues) {
             q.files.destroy()?;
         }
@@ -249,7 +340,9 @@ impl ConsumeQueues {
                 end,
             )?;
             files.reset(end)?;
-            self.queues.insert(id.clone(), ConsumeQueue { files });
+            let q = ConsumeQueue { files };
+            self.readers_mut().insert(id.clone(), q.reader());
+            self.queues.insert(id.clone(), q);
         }
         Ok(())
     }

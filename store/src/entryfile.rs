@@ -8,9 +8,18 @@
 //!
 //! Appends are buffered: the newest entries (at most [`PENDING_MAX`] bytes, never across a
 //! file boundary) wait in memory and go out in one write when the buffer fills, before a
-//! sync, a purge, or a roll to the next file. One `pwrite` per 20-byte entry cost a system
-//! call per message on the apply path; the buffer makes it one per few thousand. Reads see
-//! the buffer, and losing it in a crash loses nothing the owner does not rebuild.
+//! sync, a purge, a roll to the next file, or a [`publish`](EntryFiles::publish). One
+//! `pwrite` per 20-byte entry cost a system call per message on the apply path; the buffer
+//! makes it one per apply batch. The owner's reads see the buffer, and losing it in a crash
+//! loses nothing the owner does not rebuild.
+//!
+//! # Readers off the writer's lock
+//! An [`EntryReader`] reads the *published* range `[first, end)` without the owner: only
+//! entries already written to their file are published (`publish` writes the buffer first,
+//! then raises `end` with release ordering; a reader loads it with acquire). A purge raises
+//! `first` before it removes files, a truncation lowers `end` before it does; a reader checks
+//! the range again after its read, so an entry it returns was in the published range for the
+//! whole read. The file map readers use is behind a `RwLock` held only to clone one `Arc`.
 //!
 //! # File header (version 1, little-endian)
 //!
@@ -27,7 +36,8 @@
 //! | 32     | …    | `per_file` entries of 20 bytes               |
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use crate::codec::{PutLe, le_u32, le_u64};
 use crate::disk::{Disk, DiskFile};
@@ -75,6 +85,99 @@ pub struct EntryFiles {
     /// Entries `[pending_from, end)`, appended and not yet written (all in one file).
     pending: Vec<u8>,
     pending_from: u64,
+    /// What readers see (see the module docs).
+    published: Arc<Published>,
+}
+
+/// The range and files readers may use, published by the owner.
+#[derive(Debug)]
+struct Published {
+    dir: String,
+    per_file: u64,
+    first: AtomicU64,
+    end: AtomicU64,
+    files: RwLock<BTreeMap<u64, Arc<dyn DiskFile>>>,
+}
+
+impl Published {
+    fn files(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<dyn DiskFile>>> {
+        // Never poisoned in a release build (panic = "abort": see the workspace Cargo.toml).
+        self.files
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
+    }
+
+    fn files_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Arc<dyn DiskFile>>> {
+        self.files
+            .write()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]")
+    }
+}
+
+/// A read handle on the published entries of an [`EntryFiles`] (see the module docs).
+#[derive(Debug, Clone)]
+pub struct EntryReader {
+    published: Arc<Published>,
+}
+
+impl EntryReader {
+    /// First published entry number.
+    pub fn first(&self) -> u64 {
+        self.published.first.load(Ordering::Acquire)
+    }
+
+    /// One past the last published entry number.
+    pub fn end(&self) -> u64 {
+        self.published.end.load(Ordering::Acquire)
+    }
+
+    fn out_of_range(&self, n: u64) -> StoreError {
+        StoreError::OutOfRange {
+            what: "entry",
+            value: n,
+            first: self.first(),
+            end: self.end(),
+        }
+    }
+
+    /// Reads entry `n`, which must be published (in `[first, end)`) before and after the read.
+    pub fn get(&self, n: u64) -> Result<Entry> {
+        let p = &self.published;
+        if n < self.first() || n >= self.end() {
+            return Err(self.out_of_range(n));
+        }
+        let start = n / p.per_file * p.per_file;
+        let at = HEADER_LEN as u64 + (n - start) * ENTRY_LEN as u64;
+        let file = p.files().get(&start).cloned();
+        let mut e = [0u8; ENTRY_LEN];
+        let read = match file {
+            Some(f) => f.read_at(at, &mut e).map_err(StoreError::from),
+            None => Err(StoreError::corrupt(
+                format!("{}/{start:020}", p.dir),
+                0,
+                "entry file missing",
+            )),
+        };
+        // Purged or truncated while we read: out of range, whatever the read gave.
+        if n < self.first() || n >= self.end() {
+            return Err(self.out_of_range(n));
+        }
+        read.map(|()| e)
+    }
+
+    /// The smallest published `n` for which the monotonic `pred(n)` holds; `end` if none.
+    pub fn partition_point(&self, mut pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
+        let (mut lo, mut hi) = (self.first(), self.end());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(mid)? {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
 }
 
 fn encode_header(magic: u32, first: u64, per_file: u64) -> Vec<u8> {
@@ -157,6 +260,13 @@ impl EntryFiles {
             None => first.max(end),
         };
         let end = end.max(first);
+        let published = Arc::new(Published {
+            dir: dir.to_string(),
+            per_file,
+            first: AtomicU64::new(first),
+            end: AtomicU64::new(end),
+            files: RwLock::new(files.clone()),
+        });
         Ok(Self {
             disk,
             dir: dir.to_string(),
@@ -168,7 +278,38 @@ impl EntryFiles {
             synced_end: end,
             pending: Vec::new(),
             pending_from: end,
+            published,
         })
+    }
+
+    /// A read handle on the published entries.
+    pub fn reader(&self) -> EntryReader {
+        EntryReader {
+            published: self.published.clone(),
+        }
+    }
+
+    /// Makes every appended entry readable through [`EntryReader`]s: writes the buffer, then
+    /// publishes the range.
+    pub fn publish(&mut self) -> Result<()> {
+        self.write_pending()?;
+        self.published.first.store(self.first, Ordering::Release);
+        self.published.end.store(self.end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Publishes a smaller range before files go: `first` up, `end` down (never the reverse:
+    /// that is [`publish`](Self::publish), after the entries are written).
+    fn unpublish(&self, first: u64, end: u64) {
+        self.published.first.fetch_max(first, Ordering::AcqRel);
+        self.published.end.fetch_min(end, Ordering::AcqRel);
+    }
+
+    fn forget_file(&mut self, start: u64) -> Result<()> {
+        self.files.remove(&start);
+        self.published.files_mut().remove(&start);
+        self.disk.remove(&format!("{}/{start:020}", self.dir))?;
+        Ok(())
     }
 
     /// First valid entry number.
@@ -201,6 +342,7 @@ impl EntryFiles {
                 let f = self.disk.create(&path, len)?;
                 f.write_at(0, &encode_header(self.magic, start, self.per_file))?;
                 f.sync_range(0, HEADER_LEN as u64)?;
+                self.published.files_mut().insert(start, f.clone());
                 self.files.insert(start, f);
             }
         }
@@ -260,6 +402,7 @@ impl EntryFiles {
             return Ok(());
         }
         let end = end.max(self.first);
+        self.unpublish(self.first, end);
         if end >= self.pending_from {
             self.pending
                 .truncate((end - self.pending_from) as usize * ENTRY_LEN);
@@ -273,8 +416,7 @@ impl EntryFiles {
         let doomed: Vec<u64> = self.files.range(keep_from + 1..).map(|(k, _)| *k).collect();
         for k in doomed {
             if k >= end {
-                self.files.remove(&k);
-                self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+                self.forget_file(k)?;
             }
         }
         self.end = end;
@@ -290,11 +432,11 @@ impl EntryFiles {
         self.write_pending()?;
         let first = first.min(self.end);
         self.first = first;
+        self.unpublish(first, u64::MAX);
         let keep_from = self.locate(first).0;
         let doomed: Vec<u64> = self.files.range(..keep_from).map(|(k, _)| *k).collect();
         for k in doomed {
-            self.files.remove(&k);
-            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+            self.forget_file(k)?;
         }
         Ok(())
     }
@@ -332,6 +474,9 @@ impl EntryFiles {
 
     /// Removes every file and restarts the range, empty, at `at` (a snapshot install).
     pub fn reset(&mut self, at: u64) -> Result<()> {
+        // Empty for readers first (first = end), then move the empty range to `at`.
+        self.unpublish(u64::MAX, 0);
+        self.published.files_mut().clear();
         for k in std::mem::take(&mut self.files).into_keys() {
             self.disk.remove(&format!("{}/{k:020}", self.dir))?;
         }
@@ -340,11 +485,15 @@ impl EntryFiles {
         self.synced_end = at;
         self.pending.clear();
         self.pending_from = at;
+        self.published.first.store(at, Ordering::Release);
+        self.published.end.store(at, Ordering::Release);
         Ok(())
     }
 
     /// Removes every file (the whole structure is being deleted).
     pub fn destroy(self) -> Result<()> {
+        self.unpublish(u64::MAX, 0);
+        self.published.files_mut().clear();
         for k in self.files.keys() {
             self.disk.remove(&format!("{}/{k:020}", self.dir))?;
         }
@@ -361,17 +510,19 @@ impl EntryFiles {
                 self.first, self.end
             )));
         }
+        self.unpublish(u64::MAX, 0);
         let keep = self.locate(at).0;
         let doomed: Vec<u64> = self.files.keys().copied().filter(|&k| k != keep).collect();
         for k in doomed {
-            self.files.remove(&k);
-            self.disk.remove(&format!("{}/{k:020}", self.dir))?;
+            self.forget_file(k)?;
         }
         self.first = at;
         self.end = at;
         self.synced_end = at;
         self.pending.clear();
         self.pending_from = at;
+        self.published.first.store(at, Ordering::Release);
+        self.published.end.store(at, Ordering::Release);
         Ok(())
     }
 }

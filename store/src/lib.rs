@@ -36,6 +36,7 @@ pub mod raftindex;
 mod slotfile;
 pub mod store;
 pub mod types;
+pub mod view;
 
 pub use commitlog::record::{EntryRef, RecordKind};
 pub use config::{FlushMode, StoreConfig};
@@ -44,3 +45,4 @@ pub use error::{Result, StoreError};
 pub use message::Message;
 pub use store::Store;
 pub use types::{LogId, LogIndex, Position, QueueOffset};
+pub use view::ReadView;

@@ -14,10 +14,12 @@
 //!
 //! # Ownership
 //! One task owns the `Store` (`&mut self` for every change). Readers that must not wait for
-//! it use [`CommitLogReader`], and the group-commit flusher ([`crate::flush`]) holds one too.
+//! it use its [`ReadView`] (CommitLog, ConsumeQueues, IndexFile and MetaStore read handles,
+//! each publishing only what is complete), and the group-commit flusher ([`crate::flush`])
+//! holds a [`CommitLogReader`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::commitlog::record::{EntryRef, RecordKind};
 use crate::commitlog::{ChainPoint, CommitLog, CommitLogReader, Record, RecordLoc};
@@ -30,6 +32,7 @@ use crate::message::{self, Message};
 use crate::meta::{Checkpoint, MetaStore, MetaTxn};
 use crate::raftindex::{IndexEntry, RaftIndex};
 use crate::types::{LogIndex, Position, QueueOffset};
+use crate::view::ReadView;
 
 /// A queue offset assigned to one message by dispatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +70,10 @@ pub struct Store {
     reader: CommitLogReader,
     raft_index: RaftIndex,
     cqs: ConsumeQueues,
-    index: IndexFiles,
-    meta: MetaStore,
+    meta: Arc<MetaStore>,
+    /// Read handles; also where the IndexFile lives (behind its own mutex, shared by apply's
+    /// puts and queries).
+    view: ReadView,
     ckpt: Checkpoint,
     dispatched: Option<LogIndex>,
     dispatched_position: Position,
@@ -114,16 +119,27 @@ impl Store {
             slot_count: config.index_slots,
             max_entries: config.index_max_entries,
         };
-        let index = IndexFiles::open(disk.clone(), index_cfg, ckpt.index)?;
+        let index = Arc::new(Mutex::new(IndexFiles::open(
+            disk.clone(),
+            index_cfg,
+            ckpt.index,
+        )?));
+        let meta = Arc::new(meta);
         let reader = log.reader();
+        let view = ReadView {
+            log: reader.clone(),
+            queues: cqs.readers(),
+            index,
+            meta: meta.clone(),
+        };
         let mut store = Store {
             config,
             log,
             reader,
             raft_index,
             cqs,
-            index,
             meta,
+            view,
             ckpt,
             dispatched: ckpt.dispatched_index,
             dispatched_position: ckpt.dispatched_position,
@@ -132,6 +148,7 @@ impl Store {
         store.cqs.truncate_from(ckpt.dispatched_position)?;
         store.cqs.purge_before(store.reader.first())?;
         store.redispatch()?;
+        store.cqs.publish()?;
         Ok(store)
     }
 
@@ -166,6 +183,11 @@ impl Store {
     /// The metadata store.
     pub fn meta(&self) -> &MetaStore {
         &self.meta
+    }
+
+    /// Read handles that do not need this `Store` (nor its owner's lock); see [`ReadView`].
+    pub fn view(&self) -> ReadView {
+        self.view.clone()
     }
 
     /// Appends Raft entries; returns where each landed. Written, not yet synced: in `Sync`
@@ -329,7 +351,7 @@ impl Store {
         self.log.reset(point.log)?;
         self.raft_index.reset(first)?;
         self.cqs.reset(&point.queue_ends)?;
-        self.index.reset()?;
+        self.view.index().reset()?;
         self.ckpt = ckpt;
         self.dispatched = Some(last);
         self.dispatched_position = point.log.position;
@@ -374,6 +396,7 @@ impl Store {
             self.dispatched_position = Position(rec.position.0 + u64::from(rec.header.len));
             next = LogIndex(next.0 + 1);
         }
+        self.cqs.publish()?;
         Ok(out)
     }
 
@@ -407,15 +430,15 @@ impl Store {
                 size: span.len,
                 tag_hash: message::tag_hash(m.tags),
             };
-            let offset = self.cqs.get_or_create(&queue)?.append(entry)?;
+            let offset = self.cqs.append(&queue, entry)?;
+            let mut index = self.view.index();
             for key in m
                 .keys
                 .iter()
                 .chain(std::iter::once(&m.msg_id))
                 .filter(|k| !k.is_empty())
             {
-                self.index
-                    .put(m.topic, key, position, span.len, m.store_timestamp_ms)?;
+                index.put(m.topic, key, position, span.len, m.store_timestamp_ms)?;
             }
             out.push(Assigned {
                 index: rec.header.index,
@@ -450,7 +473,7 @@ impl Store {
     fn write_checkpoint(&mut self, log: ChainPoint) -> Result<()> {
         self.raft_index.sync()?;
         self.cqs.sync()?;
-        let index = self.index.sync()?;
+        let index = self.view.index().sync()?;
         let ckpt = Checkpoint {
             log,
             log_first: self.raft_index.first(),
@@ -466,98 +489,49 @@ impl Store {
         Ok(())
     }
 
+    // Reads go through the read view (one implementation for the owner and for readers
+    // that do not take the owner's lock).
+
     /// The ConsumeQueue entry at `offset` of a queue.
     pub fn cq_entry(&self, queue: &QueueId, offset: QueueOffset) -> Result<CqEntry> {
-        let q = self.cqs.get(queue).ok_or(StoreError::OutOfRange {
-            what: "queue offset",
-            value: offset.0,
-            first: 0,
-            end: 0,
-        })?;
-        q.get(offset)
+        self.view.cq_entry(queue, offset)
     }
 
     /// The smallest and one-past-largest offsets of a queue (`(0, 0)` if it does not exist).
     pub fn queue_bounds(&self, queue: &QueueId) -> (QueueOffset, QueueOffset) {
-        self.cqs
-            .get(queue)
-            .map_or((QueueOffset(0), QueueOffset(0)), |q| {
-                (q.min_offset(), q.max_offset())
-            })
+        self.view.queue_bounds(queue)
     }
 
     /// Every queue with its bounds.
     pub fn queues(&self) -> Vec<(QueueId, QueueOffset, QueueOffset)> {
-        self.cqs
-            .iter()
-            .map(|(k, q)| (k.clone(), q.min_offset(), q.max_offset()))
-            .collect()
+        self.view.queues()
     }
 
     /// Reads and verifies the message at `position` (`size` bytes).
     pub fn read_message(&self, position: Position, size: u32) -> Result<Message> {
-        let bytes = self.reader.read_bytes(position, size)?;
-        Message::decode(&bytes)
-            .map_err(|e| StoreError::corrupt(crate::commitlog::DIR, position.0, e.to_string()))
+        self.view.read_message(position, size)
     }
 
-    /// Reads and verifies the message starting at `position` (its length is its first four
-    /// bytes). A position where no message starts is an `InvalidArgument`, not corruption:
-    /// positions come from users (`offsetMsgId`).
+    /// Reads and verifies the message starting at `position` (see
+    /// [`ReadView::read_message_at`]).
     pub fn read_message_at(&self, position: Position) -> Result<Message> {
-        let not_here = |why: String| {
-            StoreError::InvalidArgument(format!("no message starts at position {position}: {why}"))
-        };
-        let head = self
-            .reader
-            .read_bytes(position, 4)
-            .map_err(|e| not_here(e.to_string()))?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        if len < 8 || len as usize > message::MESSAGE_MAX {
-            return Err(not_here(format!("length field {len}")));
-        }
-        let bytes = self
-            .reader
-            .read_bytes(position, len)
-            .map_err(|e| not_here(e.to_string()))?;
-        Message::decode(&bytes).map_err(|e| not_here(e.to_string()))
+        self.view.read_message_at(position)
     }
 
     /// Reads the message at a queue offset.
     pub fn read_queue_message(&self, queue: &QueueId, offset: QueueOffset) -> Result<Message> {
-        let e = self.cq_entry(queue, offset)?;
-        self.read_message(e.position, e.size)
+        self.view.read_queue_message(queue, offset)
     }
 
     /// The first offset of `queue` whose message was stored at or after `timestamp_ms`
     /// (the queue's max offset if none).
     pub fn offset_at_time(&self, queue: &QueueId, timestamp_ms: u64) -> Result<QueueOffset> {
-        let Some(q) = self.cqs.get(queue) else {
-            return Ok(QueueOffset(0));
-        };
-        q.partition_point(|e| {
-            Ok(self.read_message(e.position, e.size)?.store_timestamp_ms >= timestamp_ms)
-        })
+        self.view.offset_at_time(queue, timestamp_ms)
     }
 
     /// Messages matching `q` by key or unique id, newest first (hash collisions removed).
     pub fn query_by_key(&self, q: &KeyQuery<'_>) -> Result<Vec<(Position, Message)>> {
-        let (topic, key, max) = (q.topic, q.key, q.max);
-        let mut out = Vec::new();
-        // Hash collisions are dropped here, so ask the index for more than `max` hits.
-        for hit in self.index.query(&KeyQuery {
-            max: max.saturating_mul(4).max(16),
-            ..*q
-        })? {
-            if out.len() >= max || hit.position < self.reader.first() {
-                continue;
-            }
-            let m = self.read_message(hit.position, hit.size)?;
-            if m.topic == topic && (m.msg_id == key || m.keys.iter().any(|k| k == key)) {
-                out.push((hit.position, m));
-            }
-        }
-        Ok(out)
+        self.view.query_by_key(q)
     }
 
     /// Deletes whole CommitLog segments that are fully dispatched and older than
@@ -637,7 +611,7 @@ impl Store {
         self.checkpoint()?;
         let deleted = self.log.purge_before(new_first)?;
         self.cqs.purge_before(new_first)?;
-        self.index.purge_before(new_first)?;
+        self.view.index().purge_before(new_first)?;
         self.write_checkpoint(self.log.tail())?;
         Ok(RetentionReport {
             segments_deleted: deleted,

@@ -3,7 +3,9 @@
 //! `offsetMsgId`, messages by key).
 //!
 //! Sends go through Raft, so only the leader takes them. Reads are served by any replica
-//! from what it has applied: committed data is identical everywhere; a follower may lag.
+//! from what it has applied (committed data is identical everywhere; a follower may lag),
+//! through the store's read view: a pull scanning [`PULL_SCAN_MAX`] entries never holds
+//! the lock that appends and applies take.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -18,7 +20,7 @@ use raftmq_proto::v1::{
 use raftmq_raft::Replica;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::indexfile::KeyQuery;
-use raftmq_store::{Position, QueueOffset, Store};
+use raftmq_store::{Position, QueueOffset, ReadView};
 
 use crate::convert::{offset_msg_id, parse_offset_msg_id, subscription_hashes, to_store, to_wire};
 use crate::error::Refusal;
@@ -161,8 +163,8 @@ impl MessageManager {
     /// [`PULL_SCAN_MAX`] entries looked at), and the queue's bounds. An offset outside the
     /// queue answers `OFFSET_OUT_OF_RANGE` with the bounds, so the consumer can correct it.
     pub fn look(&self, spec: &PullSpec) -> PullResponse {
-        let store = self.replica.store().lock();
-        let (min, max) = store.queue_bounds(&spec.queue);
+        let view = self.replica.store().view();
+        let (min, max) = view.queue_bounds(&spec.queue);
         let mut resp = PullResponse {
             status: None,
             min_offset: min.0,
@@ -172,6 +174,7 @@ impl MessageManager {
         };
         #[cfg(feature = "mutations")]
         if self.serve_uncommitted && spec.offset >= max {
+            let store = self.replica.store().lock();
             serve_uncommitted(&store, spec, max, &mut resp, self.group());
             return resp;
         }
@@ -185,7 +188,7 @@ impl MessageManager {
             );
             return resp;
         }
-        match scan(&store, spec, max, self.group(), &mut resp.messages) {
+        match scan(view, spec, max, self.group(), &mut resp.messages) {
             Ok(next) => resp.next_offset = next.0,
             Err(e) => resp.status = Some(Refusal::from(e).status()),
         }
@@ -199,10 +202,10 @@ impl MessageManager {
         timestamp_ms: Option<u64>,
     ) -> Result<QueryQueueResponse, Refusal> {
         check_name("topic", &queue.topic)?;
-        let store = self.replica.store().lock();
-        let (min, max) = store.queue_bounds(queue);
+        let view = self.replica.store().view();
+        let (min, max) = view.queue_bounds(queue);
         let offset_at_time = match timestamp_ms {
-            Some(ts) => Some(store.offset_at_time(queue, ts)?.0),
+            Some(ts) => Some(view.offset_at_time(queue, ts)?.0),
             None => None,
         };
         Ok(QueryQueueResponse {
@@ -226,15 +229,15 @@ impl MessageManager {
                 self.group()
             )));
         }
-        let store = self.replica.store().lock();
-        let m = store.read_message_at(position)?;
+        let view = self.replica.store().view();
+        let m = view.read_message_at(position)?;
         // The queue offset is not stored in the message; find it in the ConsumeQueue.
         let queue = QueueId {
             topic: m.topic.clone(),
             queue_id: m.queue_id,
         };
         // A message whose queue entry was purged still shows, with no offset.
-        let offset = offset_of(&store, &queue, position);
+        let offset = offset_of(view, &queue, position);
         Ok(to_wire(m, offset, position, self.group()))
     }
 
@@ -253,7 +256,7 @@ impl MessageManager {
             req.end_ms
         };
         let q = KeyQuery::new(&req.topic, &req.key, max).between(req.begin_ms, end);
-        let hits = self.replica.store().lock().query_by_key(&q)?;
+        let hits = self.replica.store().view().query_by_key(&q)?;
         Ok(hits
             .into_iter()
             .map(|(p, m)| to_wire(m, None, p, self.group()))
@@ -264,7 +267,7 @@ impl MessageManager {
 /// Reads the messages a pull returns from `spec.offset` (inside the queue's bounds, below
 /// `max`) into `out`; returns the offset the next pull starts at.
 fn scan(
-    store: &Store,
+    store: &ReadView,
     spec: &PullSpec,
     max: QueueOffset,
     group: &str,
@@ -294,7 +297,7 @@ fn scan(
 
 /// The queue offset of the message at `position` (a binary search of the ConsumeQueue,
 /// whose positions grow with offsets), or `None` if the queue no longer holds it.
-fn offset_of(store: &Store, queue: &QueueId, position: Position) -> Option<QueueOffset> {
+fn offset_of(store: &ReadView, queue: &QueueId, position: Position) -> Option<QueueOffset> {
     let (min, max) = store.queue_bounds(queue);
     let (mut lo, mut hi) = (min.0, max.0);
     while lo < hi {
@@ -316,7 +319,7 @@ fn offset_of(store: &Store, queue: &QueueId, position: Position) -> Option<Queue
 /// hands out the messages of entries this replica holds but has not applied (so not known to
 /// be committed), numbering them after the queue's applied end `max`.
 fn serve_uncommitted(
-    store: &Store,
+    store: &raftmq_store::Store,
     spec: &PullSpec,
     max: QueueOffset,
     resp: &mut PullResponse,

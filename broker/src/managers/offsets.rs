@@ -33,7 +33,7 @@ impl OffsetManager {
         Ok(self
             .replica
             .store()
-            .lock()
+            .view()
             .meta()
             .consumer_offset(group, topic, queue_id)?)
     }
@@ -53,7 +53,7 @@ impl OffsetManager {
         }
         for o in &offsets {
             check_name("topic", &o.topic)?;
-            let (_, max) = self.replica.store().lock().queue_bounds(&QueueId {
+            let (_, max) = self.replica.store().view().queue_bounds(&QueueId {
                 topic: o.topic.clone(),
                 queue_id: o.queue_id,
             });
@@ -82,13 +82,13 @@ impl OffsetManager {
     /// The group's committed offsets against each queue's end (`topic` empty: every topic).
     pub fn progress(&self, group: &str, topic: &str) -> Result<Vec<QueueProgress>, Refusal> {
         check_name("consumer group", group)?;
-        let store = self.replica.store().lock();
-        let offsets = store.meta().consumer_offsets()?;
+        let view = self.replica.store().view();
+        let offsets = view.meta().consumer_offsets()?;
         Ok(offsets
             .into_iter()
             .filter(|((g, t, _), _)| g == group && (topic.is_empty() || t == topic))
             .map(|((_, t, q), o)| {
-                let (_, max) = store.queue_bounds(&QueueId {
+                let (_, max) = view.queue_bounds(&QueueId {
                     topic: t.clone(),
                     queue_id: q,
                 });

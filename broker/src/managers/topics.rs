@@ -30,7 +30,7 @@ impl TopicManager {
 
     /// A topic's configuration as applied on this replica.
     pub fn get(&self, name: &str) -> Result<meta::TopicConfig, Refusal> {
-        let t = self.replica.store().lock().meta().topic(name)?;
+        let t = self.replica.store().view().meta().topic(name)?;
         t.ok_or_else(|| Refusal::TopicNotFound {
             topic: name.to_string(),
             group: self.group.clone(),
@@ -114,8 +114,9 @@ impl TopicManager {
 
     /// Every topic as applied on this replica (what it registers with the name servers).
     pub fn list(&self) -> Vec<TopicConfig> {
-        let store = self.replica.store().lock();
-        store
+        self.replica
+            .store()
+            .view()
             .meta()
             .topics()
             .unwrap_or_default()
@@ -132,10 +133,10 @@ impl TopicManager {
     /// Each queue's offset range.
     pub fn stats(&self, name: &str) -> Result<Vec<QueueStats>, Refusal> {
         let t = self.get(name)?;
-        let store = self.replica.store().lock();
+        let view = self.replica.store().view();
         Ok((0..t.read_queue_nums.max(t.write_queue_nums))
             .map(|q| {
-                let (min, max) = store.queue_bounds(&QueueId {
+                let (min, max) = view.queue_bounds(&QueueId {
                     topic: name.to_string(),
                     queue_id: q,
                 });
