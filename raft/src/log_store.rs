@@ -48,6 +48,9 @@ struct Inner {
     mutations: Mutations,
     /// The boundary snapshot retention wants next (its last index; 0 = none asked).
     snapshot_target: AtomicU64,
+    /// One past the highest committed index openraft reported (0: none yet). Kept in memory
+    /// only, to check `applied <= committed <= last` (see [`check_committed`]).
+    committed_end: AtomicU64,
     /// Woken (all waiters) after every apply: long-polling pulls wait on it.
     applied: tokio::sync::Notify,
 }
@@ -69,6 +72,7 @@ impl ReplicaStore {
                 mode: cfg.flush_mode,
                 mutations,
                 snapshot_target: AtomicU64::new(0),
+                committed_end: AtomicU64::new(0),
                 applied: tokio::sync::Notify::new(),
             }),
         }
@@ -109,6 +113,11 @@ impl ReplicaStore {
     /// looking, then waits on it.
     pub fn applied_signal(&self) -> &tokio::sync::Notify {
         &self.inner.applied
+    }
+
+    /// One past the highest index known committed (0: none reported yet).
+    pub fn committed_end(&self) -> u64 {
+        self.inner.committed_end.load(Ordering::Acquire)
     }
 
     /// The group-commit flusher.
@@ -221,6 +230,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
+    /// Not persisted (openraft then recovers the committed index from a quorum, as before);
+    /// used to assert that the committed index never passes the end of the local log and
+    /// never goes back.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let Some(c) = committed else {
+            return Ok(());
+        };
+        let (last, purged) = {
+            let store = self.rs.lock();
+            let (_, last) = store.log_bounds().map_err(io_err)?;
+            (last.map(|(i, _)| i.0), store.purged().map(|p| p.0))
+        };
+        let prev = self
+            .rs
+            .inner
+            .committed_end
+            .fetch_max(c.index + 1, Ordering::AcqRel);
+        check_committed(c.index, prev, last.max(purged));
+        Ok(())
+    }
+
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         if self.rs.inner.mutations.skip_vote() {
             return Ok(());
@@ -289,5 +319,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         txn.commit().map_err(io_err)?;
         store.purge_upto(LogIndex(log_id.index)).map_err(io_err)
+    }
+}
+
+/// `committed <= last` (an index is committed only once this replica holds it) and the
+/// committed index never goes back (`prev_end` is one past the previous one). A failure is
+/// a broken Raft invariant: crash rather than apply or serve a log that disagrees.
+fn check_committed(committed: u64, prev_end: u64, last: Option<u64>) {
+    assert!(
+        last.is_some_and(|l| committed <= l),
+        "committed index {committed} is past the local log's end {last:?}"
+    );
+    assert!(
+        committed + 1 >= prev_end,
+        "committed index went back from {} to {committed}",
+        prev_end - 1
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_committed;
+
+    #[test]
+    fn committed_within_the_log_and_forward_only() {
+        check_committed(5, 0, Some(5));
+        check_committed(5, 6, Some(9));
+        assert!(std::panic::catch_unwind(|| check_committed(6, 0, Some(5))).is_err());
+        assert!(std::panic::catch_unwind(|| check_committed(4, 6, Some(9))).is_err());
+        assert!(std::panic::catch_unwind(|| check_committed(0, 0, None)).is_err());
     }
 }

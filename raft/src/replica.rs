@@ -549,31 +549,69 @@ async fn run_writer(raft: Raft, limits: BatchLimits, mut rx: mpsc::Receiver<Writ
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
+        let mut fill = BatchFill::new(first.messages.len(), first.bytes);
         let mut batch = vec![first];
-        let mut count = batch[0].messages.len();
-        let mut bytes = batch[0].bytes;
-        while count < limits.max_messages && bytes < limits.max_bytes {
-            match rx.try_recv() {
-                Ok(r) => {
-                    if count + r.messages.len() > limits.max_messages
-                        || bytes + r.bytes > limits.max_bytes
-                    {
-                        // Does not fit: it opens the next batch.
-                        propose_batch(&raft, std::mem::take(&mut batch), None).await;
-                        count = r.messages.len();
-                        bytes = r.bytes;
-                        batch.push(r);
-                    } else {
-                        count += r.messages.len();
-                        bytes += r.bytes;
-                        batch.push(r);
-                    }
-                }
-                Err(_) => break,
+        while !fill.full(&limits) {
+            let Ok(r) = rx.try_recv() else { break };
+            if !fill.admit(r.messages.len(), r.bytes, &limits) {
+                // Does not fit: it opens the next batch.
+                propose_batch(&raft, std::mem::take(&mut batch), None).await;
+                fill = BatchFill::new(r.messages.len(), r.bytes);
             }
+            batch.push(r);
         }
         propose_batch(&raft, batch, Some(permit)).await;
     }
+}
+
+/// How full the batch being gathered is: the writer's batching rule, apart from its I/O.
+/// A request joins the batch if the batch stays within both limits; the first request of a
+/// batch always joins (a single request is bounded by the broker's own checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchFill {
+    messages: usize,
+    bytes: usize,
+}
+
+impl BatchFill {
+    fn new(messages: usize, bytes: usize) -> Self {
+        BatchFill { messages, bytes }
+    }
+
+    /// No more requests are gathered once a limit is reached.
+    fn full(&self, limits: &BatchLimits) -> bool {
+        self.messages >= limits.max_messages || self.bytes >= limits.max_bytes
+    }
+
+    /// Adds a request if it fits; false (and unchanged) if it must open the next batch.
+    fn admit(&mut self, messages: usize, bytes: usize, limits: &BatchLimits) -> bool {
+        let next = BatchFill::new(self.messages + messages, self.bytes + bytes);
+        if next.messages > limits.max_messages || next.bytes > limits.max_bytes {
+            return false;
+        }
+        *self = next;
+        true
+    }
+}
+
+/// Hands each request its share of the offsets apply assigned to the whole batch, in order;
+/// an error if apply assigned another number of offsets than the batch had messages.
+fn split_assigned(
+    assigned: Vec<AssignedOffset>,
+    counts: &[usize],
+) -> Result<Vec<Vec<AssignedOffset>>, String> {
+    let total: usize = counts.iter().sum();
+    if assigned.len() != total {
+        return Err(format!(
+            "apply assigned {} offsets for {total} messages",
+            assigned.len()
+        ));
+    }
+    let mut it = assigned.into_iter();
+    Ok(counts
+        .iter()
+        .map(|&n| it.by_ref().take(n).collect())
+        .collect())
 }
 
 fn now_ms() -> u64 {
@@ -629,22 +667,15 @@ async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>, permit: Option<OwnedSe
             Ok(Err(e)) => Err(map_client_write_err(e)),
             Err(_) => Err(WriteError::Unavailable("raft dropped the write".into())),
         };
-        match result {
-            Ok(assigned) if assigned.len() == counts.iter().sum::<usize>() => {
-                let mut it = assigned.into_iter();
-                for (reply, n) in replies.into_iter().zip(counts) {
-                    let _ = reply.send(Ok(it.by_ref().take(n).collect()));
-                }
-            }
-            Ok(assigned) => {
-                let msg = format!(
-                    "apply assigned {} offsets for {} messages",
-                    assigned.len(),
-                    counts.iter().sum::<usize>()
-                );
+        match result.and_then(|a| {
+            split_assigned(a, &counts).map_err(|msg| {
                 tracing::error!("{msg}");
-                for r in replies {
-                    let _ = r.send(Err(WriteError::Unavailable(msg.clone())));
+                WriteError::Unavailable(msg)
+            })
+        }) {
+            Ok(shares) => {
+                for (reply, share) in replies.into_iter().zip(shares) {
+                    let _ = reply.send(Ok(share));
                 }
             }
             Err(e) => {
@@ -654,4 +685,61 @@ async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>, permit: Option<OwnedSe
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> BatchLimits {
+        BatchLimits {
+            max_messages: 10,
+            max_bytes: 1000,
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_requests_while_both_limits_hold() {
+        let l = limits();
+        let mut f = BatchFill::new(4, 400);
+        assert!(!f.full(&l));
+        assert!(f.admit(6, 100, &l), "exactly at the message limit joins");
+        assert_eq!(f, BatchFill::new(10, 500));
+        assert!(f.full(&l));
+        let mut f = BatchFill::new(1, 900);
+        assert!(
+            !f.admit(1, 101, &l),
+            "over the byte limit opens the next batch"
+        );
+        assert_eq!(
+            f,
+            BatchFill::new(1, 900),
+            "a refused request changes nothing"
+        );
+        assert!(f.admit(1, 100, &l));
+        assert!(f.full(&l));
+        // The first request of a batch is taken whatever its size.
+        assert!(BatchFill::new(50, 5000).full(&l));
+    }
+
+    fn a(offset: u64) -> AssignedOffset {
+        AssignedOffset {
+            topic: "T".into(),
+            queue_id: 0,
+            queue_offset: raftmq_store::QueueOffset(offset),
+            position: raftmq_store::Position(offset * 100),
+            size: 10,
+        }
+    }
+
+    #[test]
+    fn each_request_gets_its_own_offsets_in_order() {
+        let shares = split_assigned((0..5).map(a).collect(), &[2, 0, 3]).unwrap();
+        let offsets: Vec<Vec<u64>> = shares
+            .iter()
+            .map(|s| s.iter().map(|x| x.queue_offset.0).collect())
+            .collect();
+        assert_eq!(offsets, vec![vec![0, 1], vec![], vec![2, 3, 4]]);
+        assert!(split_assigned((0..4).map(a).collect(), &[2, 3]).is_err());
+    }
 }

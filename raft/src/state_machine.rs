@@ -168,6 +168,13 @@ impl StateMachine {
                 results.push(CommandResult::default());
                 continue;
             }
+            // applied <= committed: openraft applies only what it reported committed.
+            let committed_end = self.rs.committed_end();
+            assert!(
+                committed_end == 0 || index < committed_end,
+                "applying entry {index}, past the committed index {}",
+                committed_end.saturating_sub(1)
+            );
             if let Some(point) = store.segment_boundary_at(LogIndex(index)).map_err(io_err)? {
                 // Entry `index` opens a segment: save the state after `index - 1`. The state
                 // is read from the committed MetaStore, so commit what this call applied

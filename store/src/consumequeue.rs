@@ -98,6 +98,9 @@ fn queue_dir(q: &QueueId) -> String {
 #[derive(Debug)]
 pub struct ConsumeQueue {
     files: EntryFiles,
+    /// The position of the last entry appended in this process (positions grow with
+    /// offsets: time lookups and retention binary-search on it).
+    last_position: Option<Position>,
 }
 
 impl ConsumeQueue {
@@ -110,7 +113,15 @@ impl ConsumeQueue {
 
     /// Appends the entry for the next queue offset; returns that offset.
     pub fn append(&mut self, e: CqEntry) -> Result<QueueOffset> {
-        Ok(QueueOffset(self.files.append(&e.encode())?))
+        assert!(
+            self.last_position.is_none_or(|p| p < e.position),
+            "queue entry at position {} after one at {:?}: positions must grow with offsets",
+            e.position,
+            self.last_position
+        );
+        let offset = QueueOffset(self.files.append(&e.encode())?);
+        self.last_position = Some(e.position);
+        Ok(offset)
     }
 
     /// The entry at `offset`.
@@ -222,7 +233,13 @@ impl ConsumeQueues {
                     0,
                     end.unwrap_or(0),
                 )?;
-                queues.insert(id, ConsumeQueue { files });
+                queues.insert(
+                    id,
+                    ConsumeQueue {
+                        files,
+                        last_position: None,
+                    },
+                );
             }
         }
         // A queue whose entries were all dropped by a reset has no files, only its end.
@@ -230,7 +247,13 @@ impl ConsumeQueues {
             if !queues.contains_key(id) {
                 let files =
                     EntryFiles::open(disk.clone(), &queue_dir(id), MAGIC, per_file, end, end)?;
-                queues.insert(id.clone(), ConsumeQueue { files });
+                queues.insert(
+                    id.clone(),
+                    ConsumeQueue {
+                        files,
+                        last_position: None,
+                    },
+                );
             }
         }
         let readers = queues
@@ -294,7 +317,10 @@ impl ConsumeQueues {
                 0,
                 0,
             )?;
-            let q = ConsumeQueue { files };
+            let q = ConsumeQueue {
+                files,
+                last_position: None,
+            };
             self.readers_mut().insert(id.clone(), q.reader());
             self.queues.insert(id.clone(), q);
         }
@@ -340,7 +366,10 @@ impl ConsumeQueues {
                 end,
             )?;
             files.reset(end)?;
-            let q = ConsumeQueue { files };
+            let q = ConsumeQueue {
+                files,
+                last_position: None,
+            };
             self.readers_mut().insert(id.clone(), q.reader());
             self.queues.insert(id.clone(), q);
         }
@@ -363,6 +392,7 @@ impl ConsumeQueues {
         for q in self.queues.values_mut() {
             let cut = q.partition_point(|e| Ok(e.position >= end))?;
             q.files.truncate(cut.0)?;
+            q.last_position = None;
         }
         Ok(())
     }

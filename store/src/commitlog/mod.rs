@@ -343,6 +343,14 @@ impl CommitLog {
             (run.len() + usize::from(blank)) * HEADER_LEN
         );
         file.write_vectored_at(start % seg_bytes, &slices)?;
+        // Read the run's first header back: a short or misplaced write must never be
+        // acknowledged (one small read per append call).
+        let mut back = [0u8; HEADER_LEN];
+        file.read_at(start % seg_bytes, &mut back)?;
+        assert!(
+            back[..] == self.buf[..HEADER_LEN],
+            "the record header at {start} reads back other than written"
+        );
         self.buf.clear();
         Ok(())
     }
@@ -840,6 +848,17 @@ impl Shared {
         if let Err(e) = &result {
             fs.failed = Some(e.to_string());
         }
+        // Marker ordering (module docs): marker <= synced <= written. The flush state is
+        // held, and a truncation lowers synced under it before it lowers written.
+        let (synced, written) = (
+            self.synced.load(Ordering::Acquire),
+            self.written.load(Ordering::Acquire),
+        );
+        assert!(
+            fs.marker.value() <= synced && synced <= written,
+            "commitlog markers out of order: marker {} synced {synced} written {written}",
+            fs.marker.value()
+        );
         result
     }
 
