@@ -74,46 +74,7 @@ impl Broker {
             .add_service(shared.replica.raft_service())
             .add_service(crate::services::messaging::service(shared.clone()))
             .add_service(crate::services::admin::service(shared.clone()));
-        let listen = shared.config.listen;
-        #[cfg(not(madsim))]
-        let (addr, server) = {
-            let incoming =
-                raftmq_raft::network::listen(listen).map_err(|source| BrokerError::Listen {
-                    addr: listen,
-                    source,
-                })?;
-            let addr = incoming
-                .local_addr()
-                .map_err(|source| BrokerError::Listen {
-                    addr: listen,
-                    source,
-                })?;
-            let server = tokio::spawn(async move {
-                let r = router
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "broker gRPC server failed");
-                }
-            });
-            (addr, server)
-        };
-        #[cfg(madsim)]
-        let (addr, server) = {
-            let server = tokio::spawn(async move {
-                let r = router
-                    .serve_with_shutdown(listen, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "broker gRPC server failed");
-                }
-            });
-            (listen, server)
-        };
+        let (addr, server) = serve(router, shared.config.listen, stopped)?;
         if members.keys().next() == Some(&shared.config.replica_id) {
             tokio::spawn(form_group(shared.clone(), members));
         }
@@ -145,6 +106,55 @@ impl Broker {
         unregister(&self.shared).await;
         self.shared.replica.shutdown().await;
     }
+}
+
+/// Serves `router` on `listen` until `stopped` fires; returns the address bound (the real
+/// port when `listen` asks for port 0) and the server task.
+fn serve(
+    router: tonic::transport::server::Router,
+    listen: std::net::SocketAddr,
+    stopped: oneshot::Receiver<()>,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), BrokerError> {
+    #[cfg(not(madsim))]
+    let (addr, server) = {
+        let incoming =
+            raftmq_raft::network::listen(listen).map_err(|source| BrokerError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = incoming
+            .local_addr()
+            .map_err(|source| BrokerError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let server = tokio::spawn(async move {
+            let r = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "broker gRPC server failed");
+            }
+        });
+        (addr, server)
+    };
+    #[cfg(madsim)]
+    let (addr, server) = {
+        let server = tokio::spawn(async move {
+            let r = router
+                .serve_with_shutdown(listen, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "broker gRPC server failed");
+            }
+        });
+        (listen, server)
+    };
+    Ok((addr, server))
 }
 
 /// Initializes the group once (an already formed group refuses, which is fine).

@@ -36,7 +36,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::{EntryPayload, RaftTypeConfig};
 use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
-use raftmq_store::meta::{MetaStore, TopicConfig};
+use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
 use raftmq_store::store::ResetPoint;
 use raftmq_store::{LogIndex, Position, QueueOffset, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -159,7 +159,8 @@ impl StateMachine {
     /// Applies a run of entries; returns one result per entry (in order).
     fn apply_entries(&mut self, entries: &[crate::types::Entry]) -> io::Result<Vec<CommandResult>> {
         let mut results = Vec::with_capacity(entries.len());
-        let mut store = self.rs.lock();
+        let rs = self.rs.clone();
+        let mut store = rs.lock();
         let mut txn = store.meta().begin(false).map_err(io_err)?;
         let mut last = None;
         for e in entries {
@@ -176,53 +177,13 @@ impl StateMachine {
                 committed_end.saturating_sub(1)
             );
             if let Some(point) = store.segment_boundary_at(LogIndex(index)).map_err(io_err)? {
-                // Entry `index` opens a segment: save the state after `index - 1`. The state
-                // is read from the committed MetaStore, so commit what this call applied
-                // so far first; the snapshot then commits with what follows.
-                if let Some(l) = last.take() {
-                    commit_applied(txn, l)?;
-                    self.applied = Some(l);
-                    txn = store.meta().begin(false).map_err(io_err)?;
-                }
-                if self.applied.as_ref().map(|a| a.index + 1) == Some(index) {
-                    let boundary = Boundary {
-                        position: point.position.0,
-                        prev_crc: point.prev_crc,
-                    };
-                    let state = state_of(&store, self.applied, &self.membership, Some(boundary))?;
-                    txn.put_raft(&boundary_key(index - 1), &encode_value(&state))
-                        .map_err(io_err)?;
-                } else {
-                    tracing::warn!(index, applied = ?self.applied, "segment boundary not after the applied entry; no boundary snapshot");
-                }
+                txn = self.save_boundary(&store, txn, &mut last, index, point)?;
             }
             // Dispatch every entry once, in log order (it keeps the store's dispatched index in
             // step with the applied one); only `Messages` entries assign queue offsets.
             let assigned = store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
-            let result = CommandResult {
-                assigned: assigned
-                    .into_iter()
-                    .filter(|a| a.index.0 == index)
-                    .map(|a| AssignedOffset {
-                        topic: a.queue.topic,
-                        queue_id: a.queue.queue_id,
-                        queue_offset: a.offset,
-                        position: a.position,
-                        size: a.size,
-                    })
-                    .collect(),
-            };
-            match &e.payload {
-                EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
-                EntryPayload::Normal(Command::Meta(m)) => {
-                    apply_meta(&mut txn, m).map_err(io_err)?;
-                }
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    txn.put_raft(keys::MEMBERSHIP, &encode_value(&self.membership))
-                        .map_err(io_err)?;
-                }
-            }
+            let result = result_of(index, assigned);
+            self.apply_payload(&mut txn, e)?;
             last = Some(e.log_id);
             results.push(result);
         }
@@ -239,6 +200,53 @@ impl StateMachine {
             self.since_checkpoint = 0;
         }
         Ok(results)
+    }
+
+    /// Entry `index` opens a segment: saves the state after `index - 1` as a boundary
+    /// snapshot. The state is read from the committed MetaStore, so what this apply call
+    /// applied so far (`last`) is committed first; the snapshot then commits with what
+    /// follows, in the transaction returned.
+    fn save_boundary(
+        &mut self,
+        store: &Store,
+        mut txn: MetaTxn,
+        last: &mut Option<LogId>,
+        index: u64,
+        point: ChainPoint,
+    ) -> io::Result<MetaTxn> {
+        if let Some(l) = last.take() {
+            commit_applied(txn, l)?;
+            self.applied = Some(l);
+            txn = store.meta().begin(false).map_err(io_err)?;
+        }
+        if self.applied.as_ref().map(|a| a.index + 1) == Some(index) {
+            let boundary = Boundary {
+                position: point.position.0,
+                prev_crc: point.prev_crc,
+            };
+            let state = state_of(store, self.applied, &self.membership, Some(boundary))?;
+            txn.put_raft(&boundary_key(index - 1), &encode_value(&state))
+                .map_err(io_err)?;
+        } else {
+            tracing::warn!(index, applied = ?self.applied, "segment boundary not after the applied entry; no boundary snapshot");
+        }
+        Ok(txn)
+    }
+
+    /// Applies what an entry changes besides messages: metadata and membership.
+    fn apply_payload(&mut self, txn: &mut MetaTxn, e: &crate::types::Entry) -> io::Result<()> {
+        match &e.payload {
+            EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
+            EntryPayload::Normal(Command::Meta(m)) => {
+                apply_meta(txn, m).map_err(io_err)?;
+            }
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                txn.put_raft(keys::MEMBERSHIP, &encode_value(&self.membership))
+                    .map_err(io_err)?;
+            }
+        }
+        Ok(())
     }
 
     /// Restarts this replica at a leader's boundary snapshot: the store is reset to the
@@ -324,7 +332,24 @@ impl StateMachine {
 }
 
 /// Records `l` as applied in `txn` and commits it.
-fn commit_applied(mut txn: raftmq_store::meta::MetaTxn, l: LogId) -> io::Result<()> {
+/// The answer to entry `index`: the queue offsets dispatch assigned to its messages.
+fn result_of(index: u64, assigned: Vec<raftmq_store::store::Assigned>) -> CommandResult {
+    CommandResult {
+        assigned: assigned
+            .into_iter()
+            .filter(|a| a.index.0 == index)
+            .map(|a| AssignedOffset {
+                topic: a.queue.topic,
+                queue_id: a.queue.queue_id,
+                queue_offset: a.offset,
+                position: a.position,
+                size: a.size,
+            })
+            .collect(),
+    }
+}
+
+fn commit_applied(mut txn: MetaTxn, l: LogId) -> io::Result<()> {
     txn.set_applied(&raftmq_store::LogId {
         term: l.leader_id.term,
         node_id: 0,
@@ -334,7 +359,7 @@ fn commit_applied(mut txn: raftmq_store::meta::MetaTxn, l: LogId) -> io::Result<
     txn.commit().map_err(io_err)
 }
 
-fn apply_meta(txn: &mut raftmq_store::meta::MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
+fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
     match m {
         MetaCommand::PutTopic(t) => txn.put_topic(&TopicConfig {
             name: t.name.clone(),
