@@ -2,7 +2,7 @@
 //!
 //! `offsetMsgId` = 16 upper-case hex digits of the CommitLog position followed by the group
 //! name. Committed CommitLogs are byte-identical on every replica of a group, so it names the
-//! same message on any of them (DESIGN.md, invariant 1).
+//! same message on any of them (docs/architecture.md, invariant 1).
 
 use raftmq_proto::v1 as pb;
 use raftmq_store::{Message, Position, QueueOffset};

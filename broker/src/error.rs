@@ -54,7 +54,10 @@ impl Refusal {
             }) => ErrorCode::NotLeader,
             Refusal::Write(WriteError::NotLeader { .. }) => ErrorCode::Unavailable,
             Refusal::Write(WriteError::InvalidArgument(_)) => ErrorCode::InvalidArgument,
-            Refusal::Write(WriteError::Unavailable(_)) => ErrorCode::Unavailable,
+            // Raft stopped or the store failed under it: retriable elsewhere, indeterminate.
+            Refusal::Write(
+                WriteError::Unavailable(_) | WriteError::Stopped(_) | WriteError::Store(_),
+            ) => ErrorCode::Unavailable,
             Refusal::Store(StoreError::Corrupt { .. }) => ErrorCode::StoreCorrupted,
             Refusal::Store(StoreError::OutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
             Refusal::Store(StoreError::InvalidArgument(_)) => ErrorCode::InvalidArgument,

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::impls::{BasicNode, ProgressResponder};
 use openraft::{ChangeMembers, Config, SnapshotPolicy};
 use raftmq_store::message::encode_batch;
@@ -26,7 +26,7 @@ use crate::log_store::{LogStore, ReplicaStore};
 use crate::mutations::Mutations;
 use crate::network::{NetworkFactory, RaftServer};
 use crate::state_machine::StateMachine;
-use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId};
+use crate::types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TypeConfig};
 
 /// Requests waiting for the writer, at most.
 pub const WRITE_QUEUE_MAX: usize = 4096;
@@ -43,12 +43,15 @@ pub enum StartError {
     Config(String),
     #[error("store: {0}")]
     Store(#[from] raftmq_store::StoreError),
+    #[error("state machine: {0}")]
+    StateMachine(#[source] std::io::Error),
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] Fatal<TypeConfig>),
 }
 
-/// Why a write or an admin operation failed.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+/// Why a write or an admin operation failed. Clone (one failure answers every request of
+/// a batch), so sources are shared.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     /// This replica does not lead; the leader is given when known.
     #[error("not the leader (leader: {leader_id:?} at {leader_addr:?})")]
@@ -62,6 +65,24 @@ pub enum WriteError {
     /// committed (indeterminate).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Raft stopped (shut down, or a fatal storage error): indeterminate, like `Unavailable`.
+    #[error("unavailable: raft stopped: {0}")]
+    Stopped(#[source] Arc<Fatal<TypeConfig>>),
+    /// The store failed under an operation (retention, say).
+    #[error("unavailable: store: {0}")]
+    Store(#[source] Arc<raftmq_store::StoreError>),
+}
+
+impl From<Fatal<TypeConfig>> for WriteError {
+    fn from(f: Fatal<TypeConfig>) -> Self {
+        WriteError::Stopped(Arc::new(f))
+    }
+}
+
+impl From<raftmq_store::StoreError> for WriteError {
+    fn from(e: raftmq_store::StoreError) -> Self {
+        WriteError::Store(Arc::new(e))
+    }
 }
 
 /// How much the writer puts in one entry.
@@ -181,7 +202,7 @@ impl ReplicaConfig {
             heartbeat_interval: self.timeouts.heartbeat_ms,
             election_timeout_min: self.timeouts.election_min_ms,
             election_timeout_max: self.timeouts.election_max_ms,
-            // The log is purged by retention, never by entry count (see DESIGN.md).
+            // The log is purged by retention, never by entry count (see docs/architecture.md).
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             max_payload_entries: 256,
@@ -249,7 +270,7 @@ fn map_write_err(
         RaftError::APIError(ClientWriteError::PreconditionFailed(p)) => {
             WriteError::InvalidArgument(p.to_string())
         }
-        RaftError::Fatal(f) => WriteError::Unavailable(f.to_string()),
+        RaftError::Fatal(f) => f.into(),
     }
 }
 
@@ -265,7 +286,7 @@ impl Replica {
         let raft_config = Arc::new(config.raft_config()?);
         let store = Store::open(disk, config.store.clone())?;
         let rs = ReplicaStore::new(store, config.mutations);
-        let sm = StateMachine::open(rs.clone()).map_err(|e| StartError::Raft(e.to_string()))?;
+        let sm = StateMachine::open(rs.clone()).map_err(StartError::StateMachine)?;
         let network = NetworkFactory::new(&config.group, config.store.segment_bytes);
         let raft = Raft::new(
             config.node_id,
@@ -275,7 +296,7 @@ impl Replica {
             sm,
         )
         .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(StartError::Raft)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         tokio::spawn(run_writer(raft.clone(), config.batch, rx));
         let replica = Replica {
@@ -297,7 +318,6 @@ impl Replica {
     /// the segments. Any step that openraft defers (a leader keeps entries a replication
     /// still reads) leaves the rest for the next run. Every replica runs it on its own.
     pub async fn run_retention(&self, now_ms: u64) -> Result<RetentionOutcome, WriteError> {
-        let store_err = |e: raftmq_store::StoreError| WriteError::Unavailable(e.to_string());
         let (start, last) = {
             let store = self.store.lock();
             let first_position = store.reader().first().0;
@@ -305,7 +325,7 @@ impl Replica {
                 first_position,
                 ..RetentionOutcome::default()
             };
-            let Some(cut) = store.expired_before(now_ms).map_err(store_err)? else {
+            let Some(cut) = store.expired_before(now_ms).map_err(WriteError::from)? else {
                 return Ok(nothing);
             };
             // The newest segment start at or below the cut that has a boundary snapshot.
@@ -314,10 +334,10 @@ impl Replica {
                 if start > cut || start.0 == 0 {
                     continue;
                 }
-                let first = store.first_index_at(start).map_err(store_err)?;
+                let first = store.first_index_at(start).map_err(WriteError::from)?;
                 let last = first.0 - 1;
                 let key = crate::keys::boundary_key(last);
-                if store.meta().raft(&key).map_err(store_err)?.is_some() {
+                if store.meta().raft(&key).map_err(WriteError::from)?.is_some() {
                     found = Some((start, last));
                     break;
                 }
@@ -335,7 +355,7 @@ impl Replica {
                 .trigger()
                 .snapshot()
                 .await
-                .map_err(|f| WriteError::Unavailable(f.to_string()))?;
+                .map_err(WriteError::from)?;
             let r = self
                 .raft
                 .wait(Some(wait))
@@ -353,7 +373,7 @@ impl Replica {
                 .trigger()
                 .purge_log(last)
                 .await
-                .map_err(|f| WriteError::Unavailable(f.to_string()))?;
+                .map_err(WriteError::from)?;
             let r = self
                 .raft
                 .wait(Some(wait))
@@ -368,7 +388,7 @@ impl Replica {
             .store
             .lock()
             .delete_segments_before(start)
-            .map_err(store_err)?;
+            .map_err(WriteError::from)?;
         Ok(self.retention_outcome(Some(last), report.segments_deleted))
     }
 
@@ -421,7 +441,7 @@ impl Replica {
             .collect();
         self.raft.initialize(nodes).await.map_err(|e| match e {
             RaftError::APIError(e) => WriteError::InvalidArgument(e.to_string()),
-            RaftError::Fatal(f) => WriteError::Unavailable(f.to_string()),
+            RaftError::Fatal(f) => f.into(),
         })
     }
 
@@ -514,7 +534,7 @@ impl Replica {
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|f| WriteError::Unavailable(f.to_string()))
+            .map_err(WriteError::from)
     }
 
     /// Stops Raft and the flusher.
@@ -653,8 +673,9 @@ async fn propose_batch(raft: &Raft, batch: Vec<WriteReq>, permit: Option<OwnedSe
         batch: encoded,
     };
     if let Err(f) = raft.client_write_ff(cmd, Some(responder)).await {
+        let e = WriteError::from(f);
         for r in replies {
-            let _ = r.send(Err(WriteError::Unavailable(f.to_string())));
+            let _ = r.send(Err(e.clone()));
         }
         return;
     }

@@ -1,7 +1,7 @@
 //! openraft's [`AsyncRuntime`] on the workspace `tokio` (which is `madsim-tokio`): real tokio
 //! in a normal build, madsim's deterministic executor under `--cfg madsim`.
 //!
-//! What keeps a simulated run deterministic (see ../shared/STACK.md):
+//! What keeps a simulated run deterministic (see docs/simulation.md):
 //! - tasks, sleeps and timeouts come from `tokio::task` / `tokio::time`, which madsim
 //!   replaces; [`Timeout`] polls its future before its timer (biased);
 //! - [`RaftRuntime::thread_rng`] is seeded from madsim's RNG under `cfg(madsim)` (a

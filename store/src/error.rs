@@ -35,7 +35,7 @@ pub enum StoreError {
     Config(String),
     /// The metadata store (redb) failed.
     #[error("metadata store: {0}")]
-    Meta(String),
+    Meta(#[source] Box<redb::Error>),
     /// The store was closed, or its flusher stopped after an I/O error.
     #[error("store closed: {0}")]
     Closed(String),

@@ -197,8 +197,8 @@ fn decode_log_id(b: &[u8]) -> Result<LogId> {
     Ok(id)
 }
 
-fn meta_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Meta(e.to_string())
+fn meta_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Meta(Box::new(e.into()))
 }
 
 /// redb's storage, on the disk seam.

@@ -2,12 +2,12 @@
 //! be given where another is meant (a queue offset where a CommitLog position is expected
 //! does not compile).
 //!
-//! One meaning per word (STYLE): an **offset** is a message's place within its queue
+//! One meaning per word: an **offset** is a message's place within its queue
 //! ([`QueueOffset`]); a **position** is a byte position in the CommitLog ([`Position`]); an
 //! **index** is a Raft log index ([`LogIndex`]); a **term** stays a plain `u64` named `term`.
 //!
-//! Every crate depends on this one (the store, Raft, the broker, the client SDK, the CLI);
-//! it depends on nothing but `serde`. Each type serializes as its bare number (serde
+//! The store, Raft, the broker and the client SDK depend on it (the wire keeps plain
+//! integers); it depends on nothing but `serde`. Each type serializes as its bare number (serde
 //! `transparent`), so replicated commands and wire formats are the same as with a `u64`.
 
 use std::fmt;

@@ -13,7 +13,7 @@
 //! Where the next capabilities go: transactions (`transactions`: half messages, the
 //! check-back scheduler), timers and delay levels (`timers`), retry and DLQ (`retry`), POP
 //! consumption (`pop`: claims and receipt handles) — each a module here, each proposing its
-//! decisions as Raft commands so a new leader continues them (DESIGN: every piece of their
+//! decisions as Raft commands so a new leader continues them (docs/architecture.md: every piece of their
 //! state is Raft state).
 
 pub mod consumer_groups;

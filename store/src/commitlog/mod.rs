@@ -9,7 +9,7 @@
 //!
 //! Record format: [`record`]. Invariants kept here:
 //! - records are chained (`prev_crc`) and indexes of non-blank records are consecutive;
-//! - `first <= synced <= written`; `written` is the end of the last complete record and is
+//! - `marker <= synced <= written` (asserted at every sync); `written` is the end of the last complete record and is
 //!   published (release) only after the bytes are written, so a reader (acquire) below it
 //!   always sees whole records;
 //! - the synced marker (a [`SlotFile`]) is never above what is really synced: data is synced
@@ -363,7 +363,7 @@ impl CommitLog {
     /// the removed record did not fit there; the blank goes too and the log ends at
     /// `kept_end`. Otherwise the next record would open the new segment where a replica that
     /// never held the removed records puts it in the previous one, and committed logs would
-    /// differ in their positions (DESIGN invariant 1: committed CommitLogs are byte-identical).
+    /// differ in their positions (docs/architecture.md, invariant 1: committed CommitLogs are byte-identical).
     /// Only where the previous segment is not this replica's (the log starts at `at` after a
     /// snapshot install) does the log end at `at`.
     pub fn truncation_point(&self, at: Position, kept_end: Option<Position>) -> Result<ChainPoint> {
