@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::*;
+use raftmq_testkit::{wait_for, wait_until};
 
 const MESSAGES: u64 = 10_000;
 const PER_REQUEST: u64 = 5;
@@ -70,17 +71,15 @@ async fn leader(namesrv: &str) -> Option<String> {
         .filter(|a| !a.is_empty())
 }
 
-async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> anyhow::Result<String> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(l) = leader(namesrv).await
-            && Some(l.as_str()) != not
-        {
-            return Ok(l);
-        }
-        anyhow::ensure!(Instant::now() < end, "no leader within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> String {
+    let what = match not {
+        Some(old) => format!("a leader other than {old}"),
+        None => "a leader".to_string(),
+    };
+    wait_for(limit, &what, || async {
+        leader(namesrv).await.filter(|l| Some(l.as_str()) != not)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,13 +112,13 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
             spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
         );
     }
-    let first = wait_leader(&ns, None, Duration::from_secs(30)).await?;
+    let first = wait_leader(&ns, None, Duration::from_secs(30)).await;
     // Create the topic (retrying while the lease settles).
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let l = wait_leader(&ns, None, Duration::from_secs(10)).await?;
+    wait_for(Duration::from_secs(10), "topic T created", || async {
+        let l = wait_leader(&ns, None, Duration::from_secs(10)).await;
         let r = AdminClient::connect(format!("http://{l}"))
-            .await?
+            .await
+            .expect("connect to the leader")
             .create_topic(CreateTopicRequest {
                 topic: Some(TopicConfig {
                     name: "T".into(),
@@ -128,14 +127,16 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
                     perm: 6,
                 }),
             })
-            .await?
+            .await
+            .expect("create_topic answers")
             .into_inner();
         if code(&r.status) == ErrorCode::Ok {
-            break;
+            Ok(())
+        } else {
+            Err(format!("create topic: {:?}", r.status))
         }
-        anyhow::ensure!(Instant::now() < end, "create topic: {:?}", r.status);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // Producers: each sends its share in requests of PER_REQUEST messages, retrying a request
     // until it is acknowledged (a request whose answer was lost may be stored twice: that is
@@ -148,7 +149,8 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
         tasks.push(tokio::spawn(async move {
             let share = MESSAGES / PRODUCERS;
             let mut next = 0;
-            let mut target = wait_leader(&ns, None, Duration::from_secs(10)).await?;
+            // Where to send next: the last leader seen or hinted.
+            let target = Mutex::new(wait_leader(&ns, None, Duration::from_secs(10)).await);
             while next < share {
                 let ids: Vec<String> = (next..next + PER_REQUEST)
                     .map(|i| format!("p{p}-{i}"))
@@ -163,10 +165,11 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
                         ..Default::default()
                     })
                     .collect();
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
+                let what = format!("producer {p}'s messages from {next} acknowledged");
+                wait_for(Duration::from_secs(60), &what, || async {
+                    let to = target.lock().expect("target").clone();
                     let r = async {
-                        MessagingClient::connect(format!("http://{target}"))
+                        MessagingClient::connect(format!("http://{to}"))
                             .await?
                             .send(SendRequest {
                                 producer_group: "P".into(),
@@ -178,22 +181,25 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
                     }
                     .await;
                     match r {
-                        Ok(r) if code(&r.status) == ErrorCode::Ok => break,
+                        Ok(r) if code(&r.status) == ErrorCode::Ok => Ok(()),
                         Ok(r) if code(&r.status) == ErrorCode::NotLeader => {
-                            target = r.status.map(|s| s.leader_addr).unwrap_or_default();
+                            let seen = format!("{:?} from {to}", r.status);
+                            *target.lock().expect("target") =
+                                r.status.map(|s| s.leader_addr).unwrap_or_default();
+                            Err(seen)
                         }
-                        _ => {
-                            anyhow::ensure!(
-                                Instant::now() < deadline,
-                                "producer {p} stuck at {next}"
-                            );
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        failed => {
                             if let Some(l) = leader(&ns).await {
-                                target = l;
+                                *target.lock().expect("target") = l;
                             }
+                            Err(match failed {
+                                Ok(r) => format!("{:?} from {to}", r.status),
+                                Err(e) => format!("{e} from {to}"),
+                            })
                         }
                     }
-                }
+                })
+                .await;
                 acked.lock().expect("acked").extend(ids);
                 sent.fetch_add(PER_REQUEST, Ordering::Relaxed);
                 next += PER_REQUEST;
@@ -202,15 +208,15 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
         }));
     }
     // Mid-stream: SIGKILL the leader's process.
-    let end = Instant::now() + Duration::from_secs(120);
-    while sent.load(Ordering::Relaxed) < MESSAGES / 2 {
-        anyhow::ensure!(
-            Instant::now() < end,
-            "producers too slow: {}",
-            sent.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(120), "half the messages sent", || {
+        let n = sent.load(Ordering::Relaxed);
+        if n >= MESSAGES / 2 {
+            Ok(())
+        } else {
+            Err(format!("producers too slow: {n}"))
+        }
+    })
+    .await;
     let victim = leader(&ns).await.unwrap_or(first);
     let child = procs.0.get_mut(&victim).expect("the leader is one of ours");
     // SAFETY: `kill` on a child we spawned and have not reaped.
@@ -218,7 +224,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
     assert_eq!(rc, 0, "SIGKILL the leader");
     let _ = child.wait();
     let at = sent.load(Ordering::Relaxed);
-    let new_leader = wait_leader(&ns, Some(&victim), Duration::from_secs(30)).await?;
+    let new_leader = wait_leader(&ns, Some(&victim), Duration::from_secs(30)).await;
     for t in tasks {
         t.await??;
     }
@@ -227,7 +233,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
     eprintln!("killed leader {victim} after {at} acks; new leader {new_leader}");
 
     // Consume every queue from the start on the new leader.
-    let leader_now = wait_leader(&ns, Some(&victim), Duration::from_secs(10)).await?;
+    let leader_now = wait_leader(&ns, Some(&victim), Duration::from_secs(10)).await;
     let mut m = MessagingClient::connect(format!("http://{leader_now}")).await?;
     let mut consumed: BTreeMap<String, u32> = BTreeMap::new();
     for q in 0..QUEUES {

@@ -11,6 +11,7 @@ use common::{Cluster, code, msg};
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::*;
+use raftmq_testkit::wait_for;
 
 async fn pull(
     c: &Cluster,
@@ -35,11 +36,30 @@ async fn pull(
         .into_inner())
 }
 
+/// The route of `topic` if it is there and names a leader; otherwise what came back.
+async fn routed(
+    mut ns: NameServerClient<tonic::transport::Channel>,
+    topic: &str,
+) -> Result<GetRouteResponse, String> {
+    let r = ns
+        .get_route(GetRouteRequest {
+            topic: topic.into(),
+        })
+        .await
+        .expect("the name server answers")
+        .into_inner();
+    if code(&r.status) == ErrorCode::Ok && !r.groups[0].leader_addr.is_empty() {
+        Ok(r)
+    } else {
+        Err(format!("{:?}", r.status))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_lifecycle_and_routes() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     c.create_topic("Orders", 4, 6).await?;
-    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
     let mut admin = c.admin(leader).await?;
     let list = admin.list_topics(ListTopicsRequest {}).await?.into_inner();
     assert_eq!(
@@ -57,43 +77,21 @@ async fn topic_lifecycle_and_routes() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(stats.queues.len(), 4);
     // The route reaches the name server within a registration poll.
-    let mut ns = NameServerClient::connect(format!("http://{}", c.namesrv)).await?;
-    let end = Instant::now() + Duration::from_secs(5);
-    let route = loop {
-        let r = ns
-            .get_route(GetRouteRequest {
-                topic: "Orders".into(),
-            })
-            .await?
-            .into_inner();
-        if code(&r.status) == ErrorCode::Ok && !r.groups[0].leader_addr.is_empty() {
-            break r;
-        }
-        anyhow::ensure!(Instant::now() < end, "no route: {:?}", r.status);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ns = NameServerClient::connect(format!("http://{}", c.namesrv)).await?;
+    let route = wait_for(Duration::from_secs(5), "a route to Orders' leader", || {
+        routed(ns.clone(), "Orders")
+    })
+    .await;
     assert_eq!(route.queues[0].write_queue_nums, 4);
     assert_eq!(route.groups[0].leader_addr, c.addr(leader));
     // The second name server, independent of the first, has the same route.
     let mut ns2 = NameServerClient::connect(format!("http://{}", c.namesrv2)).await?;
-    let end = Instant::now() + Duration::from_secs(5);
-    let r2 = loop {
-        let r = ns2
-            .get_route(GetRouteRequest {
-                topic: "Orders".into(),
-            })
-            .await?
-            .into_inner();
-        if code(&r.status) == ErrorCode::Ok && !r.groups[0].leader_addr.is_empty() {
-            break r;
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "no route on the second name server: {:?}",
-            r.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let r2 = wait_for(
+        Duration::from_secs(5),
+        "a route to Orders' leader on the second name server",
+        || routed(ns2.clone(), "Orders"),
+    )
+    .await;
     assert_eq!(r2.groups[0].leader_addr, c.addr(leader));
     let info = ns2
         .get_cluster_info(GetClusterInfoRequest {})
@@ -141,7 +139,7 @@ async fn send_pull_round_trip_order_lookups_and_long_poll() -> anyhow::Result<()
         let r = c.send(vec![msg("T", Some(1), &format!("b{i}"))]).await?;
         assert_eq!(r.results[0].queue_offset, i);
     }
-    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
     let p = pull(&c, leader, "T", 1, 0, 0).await?;
     assert_eq!(code(&p.status), ErrorCode::Ok);
     assert_eq!(p.messages.len(), 10);
@@ -159,25 +157,28 @@ async fn send_pull_round_trip_order_lookups_and_long_poll() -> anyhow::Result<()
     // offsetMsgId views the same message on every replica (a follower may lag: wait).
     let id = p.messages[3].offset_msg_id.clone();
     for r in 1..=3 {
-        let end = Instant::now() + Duration::from_secs(5);
-        loop {
+        let what = format!("message {id} on replica {r}");
+        let v = wait_for(Duration::from_secs(5), &what, || async {
             let v = c
                 .messaging(r)
-                .await?
+                .await
+                .expect("connect")
                 .view_message(ViewMessageRequest {
                     offset_msg_id: id.clone(),
                 })
-                .await?
+                .await
+                .expect("view_message answers")
                 .into_inner();
             if code(&v.status) == ErrorCode::Ok {
-                let m = v.message.expect("message");
-                assert_eq!(m.message.expect("inner").body, b"b3");
-                assert_eq!(m.queue_offset, 3);
-                break;
+                Ok(v)
+            } else {
+                Err(format!("{:?}", v.status))
             }
-            anyhow::ensure!(Instant::now() < end, "replica {r}: {:?}", v.status);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
+        let m = v.message.expect("message");
+        assert_eq!(m.message.expect("inner").body, b"b3");
+        assert_eq!(m.queue_offset, 3);
     }
     let q = c
         .messaging(leader)
@@ -228,6 +229,7 @@ async fn send_pull_round_trip_order_lookups_and_long_poll() -> anyhow::Result<()
                 (Instant::now(), r)
             })
         };
+        // Not a wait for a condition: the pull must still be held after a while with nothing.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             !held.is_finished(),
@@ -264,7 +266,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
     for i in 0..20 {
         c.send(vec![msg("T", Some(0), &format!("m{i}"))]).await?;
     }
-    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
     let follower = (1..=3).find(|&i| i != leader).expect("a follower");
     // A follower refuses writes and names the leader.
     let r = c
@@ -324,7 +326,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .into_inner();
     assert_eq!(code(&r.status), ErrorCode::Ok);
     c.stop_broker(leader).await;
-    let new_leader = c.wait_leader(Duration::from_secs(10)).await?;
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     let q = c
         .messaging(new_leader)
@@ -339,28 +341,34 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
     assert_eq!(q.offset, Some(12));
     // A stale (lower) commit — a member that lost the queue — is accepted and ignored: the
     // committed offset never moves back. (Retried while the new leader's lease settles.)
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = c
-            .messaging(new_leader)
-            .await?
-            .commit_offset(CommitOffsetRequest {
-                consumer_group: "G".into(),
-                offsets: vec![CommittedOffset {
-                    topic: "T".into(),
-                    queue_id: 0,
-                    offset: 7,
-                }],
-            })
-            .await?
-            .into_inner();
-        if code(&r.status) == ErrorCode::Unavailable && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        }
-        assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
-        break;
-    }
+    let r = wait_for(
+        Duration::from_secs(10),
+        "a stale commit answered other than UNAVAILABLE",
+        || async {
+            let r = c
+                .messaging(new_leader)
+                .await
+                .expect("connect")
+                .commit_offset(CommitOffsetRequest {
+                    consumer_group: "G".into(),
+                    offsets: vec![CommittedOffset {
+                        topic: "T".into(),
+                        queue_id: 0,
+                        offset: 7,
+                    }],
+                })
+                .await
+                .expect("commit_offset answers")
+                .into_inner();
+            if code(&r.status) == ErrorCode::Unavailable {
+                Err(format!("{:?}", r.status))
+            } else {
+                Ok(r)
+            }
+        },
+    )
+    .await;
+    assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
     let q = c
         .messaging(new_leader)
         .await?
@@ -376,19 +384,19 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
     let r = c.send(vec![msg("T", Some(0), "after")]).await?;
     assert_eq!(r.results[0].queue_offset, 21);
     c.start_broker(leader).await?;
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let p = pull(&c, leader, "T", 0, 0, 0).await?;
-        if p.max_offset == 22 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "old leader did not catch up: {}",
-            p.max_offset
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        Duration::from_secs(10),
+        "old leader to catch up",
+        || async {
+            let p = pull(&c, leader, "T", 0, 0, 0).await.expect("pull answers");
+            if p.max_offset == 22 {
+                Ok(())
+            } else {
+                Err(format!("max offset {}", p.max_offset))
+            }
+        },
+    )
+    .await;
     c.shutdown().await;
     Ok(())
 }
@@ -398,7 +406,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     c.create_topic("T", 2, 6).await?;
     c.create_topic("ReadOnly", 1, 4).await?;
-    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
     let mut m = c.messaging(leader).await?;
     let mut admin = c.admin(leader).await?;
     let before = admin
@@ -635,7 +643,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
 async fn heartbeats_consumer_lists_and_queue_locks() -> anyhow::Result<()> {
     let c = Cluster::start().await?;
     c.create_topic("T", 4, 6).await?;
-    let leader = c.wait_leader(Duration::from_secs(5)).await?;
+    let leader = c.wait_leader(Duration::from_secs(5)).await;
     let mut m = c.messaging(leader).await?;
     for id in ["client-b", "client-a"] {
         let r = m

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use common::local;
 use raftmq_client::consumer::{ConsumeFrom, MessageModel};
 use raftmq_client::producer::SelectByHash;
 use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
+use raftmq_testkit::{wait_for, wait_until};
 
 type Log = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -44,9 +46,9 @@ async fn send_n(p: &Producer, from: u32, n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_distinct(log: &Log, want: usize, limit: Duration) -> anyhow::Result<()> {
-    let end = Instant::now() + limit;
-    loop {
+async fn wait_distinct(log: &Log, want: usize, limit: Duration) {
+    let what = format!("{want} distinct messages consumed");
+    wait_until(limit, &what, || {
         let n = log
             .lock()
             .expect("log")
@@ -55,11 +57,12 @@ async fn wait_distinct(log: &Log, want: usize, limit: Duration) -> anyhow::Resul
             .collect::<BTreeSet<_>>()
             .len();
         if n >= want {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(format!("consumed {n} of {want}"))
         }
-        anyhow::ensure!(Instant::now() < end, "consumed {n} of {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,22 +82,22 @@ async fn clustering_three_members_consume_everything_and_resume_after_restart() 
     for c in &cs {
         c.start().await?;
     }
-    wait_distinct(&log, 200, Duration::from_secs(20)).await?;
+    wait_distinct(&log, 200, Duration::from_secs(20)).await;
     // Once settled, every queue has exactly one owner.
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), "each queue owned once", || {
         let owned: Vec<_> = cs.iter().flat_map(|c| c.assigned()).collect();
         let set: BTreeSet<_> = owned.iter().collect();
         if owned.len() == 4 && set.len() == 4 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("queues not settled: {owned:?}"))
         }
-        anyhow::ensure!(Instant::now() < end, "queues not settled: {owned:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     // One member leaves; the rest take its queues; more messages all arrive.
     cs[2].shutdown().await;
     send_n(&p, 200, 100).await?;
-    wait_distinct(&log, 300, Duration::from_secs(20)).await?;
+    wait_distinct(&log, 300, Duration::from_secs(20)).await;
     for c in &cs[..2] {
         c.shutdown().await;
     }
@@ -116,7 +119,9 @@ async fn clustering_three_members_consume_everything_and_resume_after_restart() 
     let log2: Log = Arc::default();
     let c = consumer(&l.namesrv, "G", "c9", &log2);
     c.start().await?;
-    wait_distinct(&log2, 50, Duration::from_secs(20)).await?;
+    wait_distinct(&log2, 50, Duration::from_secs(20)).await;
+    // Not a wait for a condition: a window in which anything it should not get (a message
+    // below the committed offsets) would arrive, before checking that nothing did.
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.shutdown().await;
     let seen: BTreeSet<String> = log2
@@ -172,26 +177,29 @@ async fn broadcasting_and_orderly() -> anyhow::Result<()> {
         bs.push(c);
     }
     send_n(&p, 0, 40).await?;
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let per: BTreeMap<String, BTreeSet<String>> =
-            log.lock()
-                .expect("log")
-                .iter()
-                .fold(BTreeMap::new(), |mut m, (c, b)| {
-                    m.entry(c.clone()).or_default().insert(b.clone());
-                    m
-                });
-        if per.len() == 2 && per.values().all(|s| s.len() == 40) {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "broadcast incomplete: {:?}",
-            per.values().map(BTreeSet::len).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "40 messages to each member",
+        || {
+            let per: BTreeMap<String, BTreeSet<String>> =
+                log.lock()
+                    .expect("log")
+                    .iter()
+                    .fold(BTreeMap::new(), |mut m, (c, b)| {
+                        m.entry(c.clone()).or_default().insert(b.clone());
+                        m
+                    });
+            if per.len() == 2 && per.values().all(|s| s.len() == 40) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "broadcast incomplete: {:?}",
+                    per.values().map(BTreeSet::len).collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
     for c in &bs {
         c.shutdown().await;
     }
@@ -234,7 +242,17 @@ async fn broadcasting_and_orderly() -> anyhow::Result<()> {
     };
     let o1 = orderly("o1");
     o1.start().await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // It consumes from the last offset it finds when it takes a queue: what is sent before it
+    // holds all four would be skipped.
+    wait_until(Duration::from_secs(10), "o1 to hold all 4 queues", || {
+        let held = o1.assigned();
+        if held.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("holds {held:?}"))
+        }
+    })
+    .await;
     let mut sent = 0u32;
     let send_keys = |from: u32, to: u32| {
         let p = p.clone();
@@ -260,8 +278,8 @@ async fn broadcasting_and_orderly() -> anyhow::Result<()> {
     o2.shutdown().await;
     send_keys(120, 180).await?;
     sent += 60;
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("orderly consumed all {sent}");
+    wait_until(Duration::from_secs(30), &what, || {
         let n: usize = order
             .lock()
             .expect("order")
@@ -269,11 +287,12 @@ async fn broadcasting_and_orderly() -> anyhow::Result<()> {
             .map(|v| v.iter().collect::<BTreeSet<_>>().len())
             .sum();
         if n == sent as usize {
-            break;
+            Ok(())
+        } else {
+            Err(format!("orderly consumed {n} of {sent}"))
         }
-        anyhow::ensure!(Instant::now() < end, "orderly consumed {n} of {sent}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     o1.shutdown().await;
     assert!(
         !overlap.load(std::sync::atomic::Ordering::SeqCst),
@@ -320,14 +339,20 @@ async fn lite_pull_poll_commit_seek() -> anyhow::Result<()> {
     c.start().await?;
     c.subscribe("T", "*").await?;
     assert_eq!(c.assignment().len(), 4);
-    let mut got = BTreeSet::new();
-    let end = Instant::now() + Duration::from_secs(10);
-    while got.len() < 30 {
-        for m in c.poll(Duration::from_millis(500)).await? {
-            got.insert(String::from_utf8_lossy(&m.body).into_owned());
+    let got = RefCell::new(BTreeSet::new());
+    wait_for(Duration::from_secs(10), "30 messages polled", || async {
+        for m in c.poll(Duration::from_millis(500)).await.expect("poll") {
+            got.borrow_mut()
+                .insert(String::from_utf8_lossy(&m.body).into_owned());
         }
-        anyhow::ensure!(Instant::now() < end, "polled {}", got.len());
-    }
+        let n = got.borrow().len();
+        if n >= 30 {
+            Ok(())
+        } else {
+            Err(format!("polled {n}"))
+        }
+    })
+    .await;
     assert!(
         c.poll(Duration::from_millis(200)).await?.is_empty(),
         "nothing more"
@@ -396,26 +421,30 @@ async fn reconsume_later_redelivers_after_a_delay() -> anyhow::Result<()> {
         .build()?;
     c.start().await?;
     p.send(Message::new("T", "retry-me")).await?;
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
+    let mine = wait_until(Duration::from_secs(15), "retry-me redelivered", || {
         let d = deliveries.lock().expect("log").clone();
-        let mine: Vec<_> = d.iter().filter(|(b, _, _)| b == "retry-me").collect();
+        let mine: Vec<_> = d
+            .iter()
+            .filter(|(b, _, _)| b == "retry-me")
+            .cloned()
+            .collect();
         if mine.len() >= 2 {
-            assert_eq!(
-                (mine[0].1, mine[1].1),
-                (0, 1),
-                "reconsume_times counts the redeliveries"
-            );
-            let gap = mine[1].2.duration_since(mine[0].2);
-            assert!(
-                gap >= Duration::from_millis(900),
-                "redelivered after a delay, got {gap:?}"
-            );
-            break;
+            Ok(mine)
+        } else {
+            Err(format!("not redelivered: {d:?}"))
         }
-        anyhow::ensure!(Instant::now() < end, "not redelivered: {d:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        (mine[0].1, mine[1].1),
+        (0, 1),
+        "reconsume_times counts the redeliveries"
+    );
+    let gap = mine[1].2.duration_since(mine[0].2);
+    assert!(
+        gap >= Duration::from_millis(900),
+        "redelivered after a delay, got {gap:?}"
+    );
     c.shutdown().await;
     p.shutdown().await;
     for (_, b) in l.brokers {

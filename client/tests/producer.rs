@@ -5,12 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::local;
 use raftmq_client::producer::SelectByHash;
 use raftmq_client::{ClientError, Message, Producer};
 use raftmq_proto::ErrorCode;
+use raftmq_testkit::wait_for;
 
 fn producer(ns: &str) -> Producer {
     Producer::builder()
@@ -99,23 +100,26 @@ async fn every_kind_of_send() -> anyhow::Result<()> {
     ));
     // Everything acknowledged is there (the oneway one too, once it landed).
     let leader = l.leader().await.expect("leader");
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
+    let want = 8 + 2 + 50 + 1 + 40;
+    let what = format!("{want} distinct messages stored");
+    wait_for(Duration::from_secs(5), &what, || async {
         // A send whose answer timed out is retried and may be stored twice (at-least-once):
         // count distinct ids.
         let ids: BTreeSet<String> = l
             .contents(&leader)
-            .await?
+            .await
+            .expect("read the queues")
             .into_iter()
             .map(|(_, _, id)| id)
             .collect();
         let n = ids.len();
-        if n == 8 + 2 + 50 + 1 + 40 {
-            break;
+        if n == want {
+            Ok(())
+        } else {
+            Err(format!("{n} distinct messages stored"))
         }
-        anyhow::ensure!(Instant::now() < end, "{n} distinct messages stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     for (_, b) in l.brokers {
         b.shutdown().await;
     }
@@ -159,14 +163,7 @@ async fn sync_sends_ride_through_a_leader_stop() -> anyhow::Result<()> {
         "the producer should ride through a failover: {} acked",
         acked.len()
     );
-    let end = Instant::now() + Duration::from_secs(10);
-    let leader = loop {
-        if let Some(a) = l.leader().await {
-            break a;
-        }
-        anyhow::ensure!(Instant::now() < end, "no leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leader = wait_for(Duration::from_secs(10), "a leader", || l.leader()).await;
     let stored: BTreeSet<String> = l
         .contents(&leader)
         .await?

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, leader_of, start, wait_for};
+use common::{Node, leader_of, start};
 use raftmq_raft::NodeId;
 use raftmq_raft::WriteError;
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_store::Message;
+use raftmq_testkit::wait_until;
 
 #[derive(Default)]
 struct Acks {
@@ -95,14 +96,21 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
 
     let acked = |n: usize| {
         let acks = acks.clone();
-        move || (acks.lock().expect("acks lock").by_id.len() >= n).then_some(())
+        move || {
+            let now = acks.lock().expect("acks lock").by_id.len();
+            if now >= n {
+                Ok(())
+            } else {
+                Err(format!("{now} acknowledged"))
+            }
+        }
     };
-    wait_for(
-        "300 acknowledged writes",
+    wait_until(
         Duration::from_secs(30),
+        "300 acknowledged writes",
         acked(300),
     )
-    .await?;
+    .await;
 
     // Stop the leader's server and its Raft.
     let (old_idx, old_id, old_addr, old_dir, stopped_at) = {
@@ -118,18 +126,18 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     println!("old leader stopped in {:?}", stopped_at.elapsed());
     {
         let nodes = nodes.clone();
-        let t = wait_for("new leader", Duration::from_secs(10), move || {
+        let t = wait_until(Duration::from_secs(10), "new leader", move || {
             let g = nodes.try_read().ok()?;
             leader_of(&g).map(|_| Instant::now())
         })
-        .await?;
+        .await;
         println!("new leader after {:?}", t - stopped_at);
     }
     let first_after = {
         let acks = acks.clone();
-        wait_for(
-            "a write acknowledged by a new leader",
+        wait_until(
             Duration::from_secs(10),
+            "a write acknowledged by a new leader",
             move || {
                 let g = acks.lock().expect("acks lock");
                 g.by_id
@@ -139,29 +147,29 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
                     .min()
             },
         )
-        .await?
+        .await
     };
     let failover = first_after - stopped_at;
     println!("failover: leader stop -> first acknowledged write on the new leader: {failover:?}");
 
     let before = acks.lock().expect("acks lock").by_id.len();
-    wait_for(
-        "300 more writes",
+    wait_until(
         Duration::from_secs(30),
+        "300 more writes",
         acked(before + 300),
     )
-    .await?;
+    .await;
 
     // The old leader rejoins on its old address and data.
     let node = start(old_id, old_dir, Some(old_addr)).await?;
     nodes.write().await[old_idx] = Some(node);
     let before = acks.lock().expect("acks lock").by_id.len();
-    wait_for(
-        "200 more writes",
+    wait_until(
         Duration::from_secs(30),
+        "200 more writes",
         acked(before + 200),
     )
-    .await?;
+    .await;
     stop_writes.store(true, std::sync::atomic::Ordering::Release);
     for c in clients {
         c.await?;
@@ -174,10 +182,10 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
         applied_index(g[leader].as_ref().expect("present").replica.store()).expect("applied");
     for n in g.iter().flatten() {
         let rs = n.replica.store().clone();
-        wait_for("replica to converge", Duration::from_secs(20), move || {
-            (applied_index(&rs) >= Some(target)).then_some(())
+        wait_until(Duration::from_secs(20), "replica to converge", move || {
+            applied_index(&rs) >= Some(target)
         })
-        .await?;
+        .await;
     }
     let old = g[old_idx].as_ref().expect("restarted");
     let m = openraft::async_runtime::WatchReceiver::borrow_watched(&old.replica.raft().metrics())

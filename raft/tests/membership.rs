@@ -10,10 +10,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Node, leader_of, metrics, start, wait_for};
+use common::{Node, leader_of, metrics, start};
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_raft::{NodeId, Replica, WriteError};
 use raftmq_store::Message;
+use raftmq_testkit::wait_until;
 
 fn voters(r: &Replica) -> BTreeSet<NodeId> {
     metrics(r)
@@ -62,13 +63,13 @@ async fn learner_joins_is_promoted_old_voter_leaves_and_leadership_moves() -> an
     let addrs: BTreeMap<NodeId, String> =
         nodes.values().map(|n| (n.id, n.addr.to_string())).collect();
     nodes[&1].replica.initialize(&addrs).await?;
-    let leader_id = wait_for("a leader", Duration::from_secs(10), || {
+    let leader_id = wait_until(Duration::from_secs(10), "a leader", || {
         nodes
             .values()
             .find(|n| metrics(&n.replica).state.is_leader())
             .map(|n| n.id)
     })
-    .await?;
+    .await;
     let leader = nodes[&leader_id].replica.clone();
     let mut acked = write_n(&leader, 0, 100).await?;
 
@@ -131,11 +132,11 @@ async fn learner_joins_is_promoted_old_voter_leaves_and_leadership_moves() -> an
     // Hand leadership to the new replica by name.
     leader.transfer_leader(4).await?;
     let n4 = nodes[&4].replica.clone();
-    wait_for("replica 4 to lead", Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), "replica 4 to lead", || {
         let m = metrics(&n4);
-        (m.state.is_leader() && m.current_leader == Some(4)).then_some(())
+        m.state.is_leader() && m.current_leader == Some(4)
     })
-    .await?;
+    .await;
     acked.extend(write_n(&n4, 300, 100).await?);
 
     // The members converge, byte for byte, and hold every acknowledged write where it was
@@ -143,10 +144,10 @@ async fn learner_joins_is_promoted_old_voter_leaves_and_leadership_moves() -> an
     let target = applied_index(n4.store()).expect("applied");
     for n in nodes.values() {
         let rs = n.replica.store().clone();
-        wait_for("a member to converge", Duration::from_secs(20), move || {
-            (applied_index(&rs) >= Some(target)).then_some(())
+        wait_until(Duration::from_secs(20), "a member to converge", move || {
+            applied_index(&rs) >= Some(target)
         })
-        .await?;
+        .await;
     }
     let logs: Vec<_> = nodes
         .values()

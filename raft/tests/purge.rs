@@ -11,11 +11,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Node, metrics, retry_not_leader, start_with, wait_for, write_retrying};
+use common::{Node, metrics, retry_not_leader, start_with, write_retrying};
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_raft::types::{OffsetCommit, TopicSpec};
 use raftmq_raft::{MetaCommand, NodeId, Replica, ReplicaConfig};
 use raftmq_store::Message;
+use raftmq_testkit::{wait_for, wait_until};
 
 const QUEUES: u32 = 3;
 
@@ -64,19 +65,19 @@ async fn commit_offset(leader: &Replica, offset: u64) -> anyhow::Result<()> {
 /// Runs retention on `r` until it has purged its Raft log (a leader defers the purge while a
 /// replication still reads the entries), for a bounded time.
 async fn retain(r: &Replica) -> anyhow::Result<u64> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = r.run_retention(u64::MAX / 2).await?;
-        if o.segments_deleted > 0 {
-            return Ok(o.purged_upto.expect("deleted segments are purged"));
+    let what = format!("replica {} to purge", r.node_id());
+    let purged = wait_for(Duration::from_secs(20), &what, || async {
+        match r.run_retention(u64::MAX / 2).await {
+            Ok(o) if o.segments_deleted > 0 => {
+                Ok(Ok(o.purged_upto.expect("deleted segments are purged")))
+            }
+            Ok(o) => Err(format!("{o:?}")),
+            // A failure ends the wait: it is the test's error, not "not yet".
+            Err(e) => Ok(Err(e)),
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "replica {} did not purge: {o:?}",
-            r.node_id()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await?;
+    Ok(purged)
 }
 
 /// `r` holds exactly what `leader` holds from `r`'s first retained entry on, at the same
@@ -116,12 +117,12 @@ async fn converge(nodes: &BTreeMap<NodeId, Node>, leader: &Replica) -> anyhow::R
     let target = applied_index(leader.store()).expect("applied");
     for n in nodes.values() {
         let rs = n.replica.store().clone();
-        wait_for(
-            "a replica to converge",
+        wait_until(
             Duration::from_secs(30),
-            move || (applied_index(&rs) >= Some(target)).then_some(()),
+            "a replica to converge",
+            move || applied_index(&rs) >= Some(target),
         )
-        .await?;
+        .await;
     }
     Ok(target)
 }
@@ -140,13 +141,13 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
     let addrs: BTreeMap<NodeId, String> =
         nodes.values().map(|n| (n.id, n.addr.to_string())).collect();
     nodes[&1].replica.initialize(&addrs).await?;
-    let leader_id = wait_for("a leader", Duration::from_secs(10), || {
+    let leader_id = wait_until(Duration::from_secs(10), "a leader", || {
         nodes
             .values()
             .find(|n| metrics(&n.replica).state.is_leader())
             .map(|n| n.id)
     })
-    .await?;
+    .await;
     let leader = nodes[&leader_id].replica.clone();
     let topic = MetaCommand::PutTopic(TopicSpec {
         name: "T".into(),

@@ -42,6 +42,8 @@ fn read(view: &ReadView, off: u64) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The appender's lock is held across an await on purpose: the scan must finish without it.
+#[allow(clippy::await_holding_lock)]
 async fn a_pull_sized_scan_runs_while_writes_complete() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let node = common::start(1, dir.path().to_path_buf(), None).await?;

@@ -51,6 +51,7 @@ use raftmq_proto::v1::{
 use raftmq_raft::inspect::consumer_offsets;
 use raftmq_raft::{Mutations, NodeId, Replica};
 use raftmq_store::SimDisk;
+use raftmq_testkit::{Deadline, try_wait_for, wait_for};
 
 use crate::queue_checks::{
     Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
@@ -647,10 +648,12 @@ where
     F: Fn(AdminClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<Option<Status>, tonic::Status>>,
 {
-    let start = tokio::time::Instant::now();
-    let mut last = "no leader".to_string();
-    while start.elapsed() < limit {
-        if let Some((l, _)) = leader_of(registry, g) {
+    try_wait_for(
+        Deadline::every(limit, Duration::from_millis(100)),
+        || async {
+            let Some((l, _)) = leader_of(registry, g) else {
+                return Err("no leader".to_string());
+            };
             let call = async {
                 let c = AdminClient::connect(format!("http://{}", broker_addr(g, l)))
                     .await
@@ -658,15 +661,15 @@ where
                 f(c).await.map_err(|e| e.to_string())
             };
             match tokio::time::timeout(Duration::from_secs(2), call).await {
-                Ok(Ok(Some(s))) if s.code == 0 => return Ok(()),
-                Ok(Ok(s)) => last = format!("{s:?}"),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = "timeout".into(),
+                Ok(Ok(Some(s))) if s.code == 0 => Ok(()),
+                Ok(Ok(s)) => Err(format!("{s:?}")),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("timeout".into()),
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last)
+        },
+    )
+    .await
+    .map_err(|t| t.last.unwrap_or_default())
 }
 
 async fn change_voters(registry: &Registry, g: usize, ids: Vec<u64>) -> Result<(), String> {
@@ -906,20 +909,14 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     // Healed: every replica a voter again (a membership change may have been cut short).
     for g in 0..GROUPS.len() {
         let full: BTreeSet<NodeId> = (1..=REPLICAS as NodeId).collect();
-        let ok = wait_for(Duration::from_secs(20), || {
-            leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full)
-        })
-        .await;
-        if !ok {
+        let restored =
+            || std::future::ready(leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full));
+        if try_wait_for(within(20), restored).await.is_err() {
             let (reg, ids) = (registry.clone(), full.iter().copied().collect());
             let r = sim
                 .on_control(async move { change_voters(&reg, g, ids).await })
                 .await;
-            let ok = wait_for(Duration::from_secs(20), || {
-                leader_of(&registry, g).is_some_and(|(_, l)| voters(&l) == full)
-            })
-            .await;
-            if !ok {
+            if try_wait_for(within(20), restored).await.is_err() {
                 liveness.push(format!(
                     "{}: voters not restored to {full:?} ({})",
                     GROUPS[g],
@@ -940,20 +937,24 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             ));
         }
     }
-    let caught_up = wait_for(Duration::from_secs(60), || {
+    let caught_up = try_wait_for(within(60), || {
         let h = lock(&history);
         let got: BTreeSet<&str> = h.deliveries().map(|d| d.1).collect();
-        h.acked.keys().all(|k| got.contains(k.as_str()))
+        std::future::ready(h.acked.keys().all(|k| got.contains(k.as_str())))
     })
     .await;
-    if caught_up {
+    if caught_up.is_ok() {
         sim.note("consumers caught up");
     } else {
         liveness.push("consumers did not catch up within 60 s".into());
     }
 
     // The member that left finished leaving (its shutdown returned).
-    if !wait_for(Duration::from_secs(30), || !lock(&sim.left_done).is_empty()).await {
+    let left = try_wait_for(within(30), || {
+        std::future::ready(!lock(&sim.left_done).is_empty())
+    })
+    .await;
+    if left.is_err() {
         liveness.push(format!(
             "{}: leaving (shutdown) did not finish",
             MEMBERS[LEAVER].name
@@ -986,11 +987,10 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         })
         .collect();
     // Settled means so for two seconds on end (members see a change at different moments).
-    let mut unsettled = String::new();
     let mut since: Option<tokio::time::Instant> = None;
-    let settled = wait_for(Duration::from_secs(30), || {
+    let settled = try_wait_for(within(30), || {
         let h = lock(&sim.holding);
-        unsettled.clear();
+        let mut unsettled = String::new();
         for (cg, qs) in &all_queues {
             for q in qs {
                 let holders: Vec<&str> = h
@@ -1005,39 +1005,44 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         }
         if !unsettled.is_empty() {
             since = None;
-            return false;
+            return std::future::ready(Err(unsettled));
         }
-        since
+        let held_for = since
             .get_or_insert_with(tokio::time::Instant::now)
-            .elapsed()
-            >= Duration::from_secs(2)
+            .elapsed();
+        std::future::ready(if held_for >= Duration::from_secs(2) {
+            Ok(())
+        } else {
+            Err(String::new())
+        })
     })
     .await;
-    if settled {
-        sim.note("every queue held by one member");
-    } else {
-        liveness.push(format!(
-            "assignment did not settle within 30 s: {unsettled}"
-        ));
+    match settled {
+        Ok(()) => sim.note("every queue held by one member"),
+        Err(t) => liveness.push(format!(
+            "assignment did not settle within 30 s: {}",
+            t.last.unwrap_or_default()
+        )),
     }
 
     // Convergence: every replica of a group applies its leader's last entry.
     let mut replica_violations = Vec::new();
     for g in 0..GROUPS.len() {
-        let mut target = None;
-        let converged = wait_for(Duration::from_secs(20), || {
-            let Some((_, l)) = leader_of(&registry, g) else {
-                return false;
-            };
-            let t = l.raft().metrics().borrow_watched().last_log_index;
-            target = t;
-            lock(&registry)[g].iter().all(|r| {
-                r.as_ref()
-                    .is_some_and(|r| raftmq_raft::inspect::applied_index(r.store()) >= t)
-            })
+        // Done with the leader's last index once every replica applied it.
+        let converged = try_wait_for(within(20), || {
+            std::future::ready(leader_of(&registry, g).and_then(|(_, l)| {
+                let t = l.raft().metrics().borrow_watched().last_log_index;
+                lock(&registry)[g]
+                    .iter()
+                    .all(|r| {
+                        r.as_ref()
+                            .is_some_and(|r| raftmq_raft::inspect::applied_index(r.store()) >= t)
+                    })
+                    .then_some(t)
+            }))
         })
         .await;
-        let Some(target) = target.filter(|_| converged) else {
+        let Some(target) = converged.ok().flatten() else {
             liveness.push(format!(
                 "{}: replicas did not converge within 20 s",
                 GROUPS[g]
@@ -1063,17 +1068,6 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         liveness,
         timeline,
     }
-}
-
-async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = tokio::time::Instant::now();
-    while !f() {
-        if start.elapsed() >= limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }
 
 /// Starts member `k` on its own node; a restarted node is the next incarnation.
@@ -1363,6 +1357,15 @@ async fn cluster_info() -> String {
 
 /// Creates every topic on each group's leader, then waits until the name server routes each
 /// topic to both groups.
+/// How often the harness's waits check (the interval they were written with: it is part of
+/// each seed's schedule, so the named regression seeds replay the runs they were found in).
+const POLL: Duration = Duration::from_millis(50);
+
+/// A wait of up to `secs` seconds, checking every [`POLL`].
+fn within(secs: u64) -> Deadline {
+    Deadline::every(Duration::from_secs(secs), POLL)
+}
+
 async fn create_topics(registry: Registry) {
     for g in 0..GROUPS.len() {
         for (name, queues) in TOPICS {
@@ -1384,21 +1387,20 @@ async fn create_topics(registry: Registry) {
     }
     let routed_by = tokio::time::Instant::now() + Duration::from_secs(60);
     for (name, _) in TOPICS {
-        loop {
-            assert!(
-                tokio::time::Instant::now() < routed_by,
-                "topic {name} not routed to every group within 60 s"
-            );
+        let left = routed_by.saturating_duration_since(tokio::time::Instant::now());
+        let what = format!("topic {name} routed to every group");
+        wait_for(Deadline::every(left, POLL), &what, || async {
             if let Ok(mut ns) = NameServerClient::connect(format!("http://{NAMESRV}")).await
                 && let Ok(r) = ns.get_route(GetRouteRequest { topic: name.into() }).await
             {
                 let groups: BTreeSet<String> =
                     r.into_inner().queues.into_iter().map(|q| q.group).collect();
                 if groups.len() == GROUPS.len() {
-                    break;
+                    return true;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            false
+        })
+        .await;
     }
 }

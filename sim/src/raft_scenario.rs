@@ -28,12 +28,19 @@ use openraft::async_runtime::WatchReceiver;
 use raftmq_raft::inspect::queue_contents;
 use raftmq_raft::{Mutations, NodeId, Replica, ReplicaConfig};
 use raftmq_store::{Message, SimDisk, StoreConfig};
+use raftmq_testkit::{Deadline, wait_until};
 
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
 use crate::replica_checks::{
     Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, check_terms, observe,
     observe_term, read_replicas,
 };
+
+/// A wait of up to `secs` seconds, checking every 20 ms (the interval these waits were
+/// written with: it is part of each seed's schedule).
+fn within(secs: u64) -> Deadline {
+    Deadline::every(Duration::from_secs(secs), Duration::from_millis(20))
+}
 
 /// Replicas in the group.
 const REPLICAS: usize = 3;
@@ -328,14 +335,6 @@ impl Cluster {
     }
 }
 
-async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "liveness: {what} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The replicas that are running now.
 fn live_replicas(registry: &Registry) -> Vec<Replica> {
     registry
@@ -400,7 +399,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     };
 
     // Form the group.
-    wait_until("replicas start", Duration::from_secs(5), || {
+    wait_until(within(5), "liveness: replicas start", || {
         registry
             .lock()
             .expect("registry lock")
@@ -540,20 +539,17 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     );
 
     // Convergence: every replica applies the leader's last entry.
-    let mut found = None;
-    wait_until("a leader after healing", Duration::from_secs(10), || {
-        found = leader(&registry);
-        found.is_some()
+    let (_, l) = wait_until(within(10), "liveness: a leader after healing", || {
+        leader(&registry)
     })
     .await;
-    let (_, l) = found.expect("found just above");
     let target = l
         .raft()
         .metrics()
         .borrow_watched()
         .last_log_index
         .expect("leader has a log");
-    wait_until("replicas converge", Duration::from_secs(20), || {
+    wait_until(within(20), "liveness: replicas converge", || {
         registry
             .lock()
             .expect("registry lock")

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use raftmq_store::flush::FlushHandle;
 use raftmq_store::{FlushMode, LogIndex, SimDisk};
+use raftmq_testkit::wait_until;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -78,14 +79,10 @@ fn async_mode_acknowledges_at_once_and_syncs_on_a_timer() {
         // Acknowledged, but not synced yet …
         assert!(s.reader().synced() < end);
         // … until the interval passes.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while s.reader().synced() < end {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "async flush never ran"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(Duration::from_secs(5), "async flush ran", || {
+            s.reader().synced() >= end
+        })
+        .await;
     });
 }
 
@@ -144,14 +141,10 @@ fn the_synced_marker_trails_under_load_and_catches_up_when_idle() {
         flusher.wait_durable(end).await.unwrap();
         assert_eq!(s.reader().synced(), end, "acknowledged means synced");
         // Idle: within a few marker intervals the marker reaches the synced end.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while s.reader().synced_marker() < end {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the marker never caught up"
-            );
-            tokio::time::sleep(Duration::from_millis(raftmq_store::flush::MARKER_LAG_MS)).await;
-        }
+        wait_until(Duration::from_secs(5), "the marker caught up", || {
+            s.reader().synced_marker() >= end
+        })
+        .await;
         // Now a bit flip in that record is corruption, not a torn tail.
         drop(s);
         flusher.stop();

@@ -2,9 +2,10 @@
 //! broker group, each replica a `Broker` with its own data directory and gRPC port.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftmq_broker::{Broker, BrokerConfig};
 use raftmq_proto::ErrorCode;
@@ -12,6 +13,7 @@ use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::*;
 use raftmq_store::MmapDisk;
+use raftmq_testkit::wait_for;
 use tonic::transport::Channel;
 
 pub struct Cluster {
@@ -80,7 +82,7 @@ impl Cluster {
         for id in 1..=3 {
             cluster.start_broker(id).await?;
         }
-        cluster.wait_leader(Duration::from_secs(15)).await?;
+        cluster.wait_leader(Duration::from_secs(15)).await;
         Ok(cluster)
     }
 
@@ -105,20 +107,19 @@ impl Cluster {
 
     /// The replica that leads and whose lease lets it take writes (a GroupStatus says
     /// LEADER); waits up to `limit`.
-    pub async fn wait_leader(&self, limit: Duration) -> anyhow::Result<u64> {
-        let end = Instant::now() + limit;
-        loop {
+    pub async fn wait_leader(&self, limit: Duration) -> u64 {
+        wait_for(limit, "a leader that takes writes", || async {
             for &id in self.brokers.keys() {
                 if let Ok(mut a) = self.admin(id).await
                     && let Ok(r) = a.group_status(GroupStatusRequest {}).await
                     && r.get_ref().role == Role::Leader as i32
                 {
-                    return Ok(id);
+                    return Some(id);
                 }
             }
-            anyhow::ensure!(Instant::now() < end, "no leader within {limit:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            None
+        })
+        .await
     }
 
     pub async fn messaging(&self, id: u64) -> anyhow::Result<MessagingClient<Channel>> {
@@ -131,67 +132,92 @@ impl Cluster {
 
     /// Creates a topic through the leader, retrying while leadership settles.
     pub async fn create_topic(&self, name: &str, queues: u32, perm: u32) -> anyhow::Result<()> {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let leader = self.wait_leader(Duration::from_secs(10)).await?;
-            let r = self
-                .admin(leader)
-                .await?
-                .create_topic(CreateTopicRequest {
-                    topic: Some(TopicConfig {
-                        name: name.into(),
-                        read_queue_nums: queues,
-                        write_queue_nums: queues,
-                        perm,
-                    }),
-                })
-                .await?
-                .into_inner();
-            match code(&r.status) {
-                ErrorCode::Ok => return Ok(()),
-                ErrorCode::NotLeader | ErrorCode::Unavailable if Instant::now() < end => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
+        let topic = TopicConfig {
+            name: name.into(),
+            read_queue_nums: queues,
+            write_queue_nums: queues,
+            perm,
+        };
+        let what = format!("topic {name} created by a leader");
+        let r = wait_for(Duration::from_secs(10), &what, || async {
+            let leader = self.wait_leader(Duration::from_secs(10)).await;
+            let request = CreateTopicRequest {
+                topic: Some(topic.clone()),
+            };
+            let r = match self.admin(leader).await {
+                Ok(mut a) => a.create_topic(request).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match r.map(tonic::Response::into_inner) {
+                Ok(r)
+                    if matches!(
+                        code(&r.status),
+                        ErrorCode::NotLeader | ErrorCode::Unavailable
+                    ) =>
+                {
+                    Err(format!("{:?}", r.status))
                 }
-                c => anyhow::bail!("create topic: {c:?} {:?}", r.status),
+                // Any other answer, or a failed call, ends the wait.
+                done => Ok(done),
             }
+        })
+        .await?;
+        match code(&r.status) {
+            ErrorCode::Ok => Ok(()),
+            c => anyhow::bail!("create topic: {c:?} {:?}", r.status),
         }
     }
 
     /// Sends through whichever replica leads, following NOT_LEADER hints and retrying
     /// UNAVAILABLE, for a bounded time.
     pub async fn send(&self, messages: Vec<Message>) -> anyhow::Result<SendResponse> {
-        let end = Instant::now() + Duration::from_secs(15);
-        let mut target = self.wait_leader(Duration::from_secs(10)).await?;
-        loop {
-            let r = self
-                .messaging(target)
-                .await?
-                .send(SendRequest {
+        // The replica to try next; none until a leader is found.
+        let target: Cell<Option<u64>> = Cell::new(None);
+        wait_for(
+            Duration::from_secs(15),
+            "a send not refused as NOT_LEADER or UNAVAILABLE",
+            || async {
+                let to = match target.get() {
+                    Some(id) => id,
+                    None => self.wait_leader(Duration::from_secs(10)).await,
+                };
+                let request = SendRequest {
                     producer_group: "P".into(),
                     messages: messages.clone(),
-                })
-                .await?
-                .into_inner();
-            match code(&r.status) {
-                ErrorCode::NotLeader | ErrorCode::Unavailable if Instant::now() < end => {
-                    let hint = r
-                        .status
-                        .as_ref()
-                        .map(|s| s.leader_addr.clone())
-                        .unwrap_or_default();
-                    target = match self
-                        .configs
-                        .iter()
-                        .find(|(_, c)| c.listen.to_string() == hint)
-                    {
-                        Some((&id, _)) if self.brokers.contains_key(&id) => id,
-                        _ => self.wait_leader(Duration::from_secs(10)).await?,
-                    };
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                let r = match self.messaging(to).await {
+                    Ok(mut m) => m.send(request).await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                let r = match r {
+                    Ok(r) => r.into_inner(),
+                    // A failed call ends the wait.
+                    Err(e) => return Ok(Err(e)),
+                };
+                if !matches!(
+                    code(&r.status),
+                    ErrorCode::NotLeader | ErrorCode::Unavailable
+                ) {
+                    return Ok(Ok(r));
                 }
-                _ => return Ok(r),
-            }
-        }
+                let hint = r
+                    .status
+                    .as_ref()
+                    .map(|s| s.leader_addr.clone())
+                    .unwrap_or_default();
+                let next = match self
+                    .configs
+                    .iter()
+                    .find(|(_, c)| c.listen.to_string() == hint)
+                {
+                    Some((&id, _)) if self.brokers.contains_key(&id) => id,
+                    _ => self.wait_leader(Duration::from_secs(10)).await,
+                };
+                target.set(Some(next));
+                Err(format!("{:?} from replica {to}", r.status))
+            },
+        )
+        .await
     }
 
     pub async fn shutdown(mut self) {

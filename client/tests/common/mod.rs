@@ -10,6 +10,7 @@ use raftmq_broker::{Broker, BrokerConfig};
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::{CreateTopicRequest, GroupStatusRequest, PullRequest, Role, TopicConfig};
+use raftmq_testkit::wait_for;
 
 pub struct Local {
     pub _tmp: tempfile::TempDir,
@@ -58,52 +59,56 @@ pub async fn local() -> anyhow::Result<Local> {
         namesrv: ns.to_string(),
         brokers,
     };
-    // A topic with 4 queues, created on the leader once it takes writes.
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let leader = l.leader().await;
-        if let Some(addr) = leader {
-            let r = AdminClient::connect(format!("http://{addr}"))
-                .await?
-                .create_topic(CreateTopicRequest {
-                    topic: Some(TopicConfig {
-                        name: "T".into(),
-                        read_queue_nums: 4,
-                        write_queue_nums: 4,
-                        perm: 6,
-                    }),
-                })
-                .await?
-                .into_inner();
-            if r.status.as_ref().is_some_and(|s| s.code == 0) {
-                break;
-            }
+    // A topic with 4 queues, created on the leader once it takes writes; then routed, all
+    // within one budget.
+    let (budget, started) = (Duration::from_secs(20), Instant::now());
+    wait_for(budget, "topic T created on a usable leader", || async {
+        let Some(addr) = l.leader().await else {
+            return Err("no leader".to_string());
+        };
+        let r = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the leader")
+            .create_topic(CreateTopicRequest {
+                topic: Some(TopicConfig {
+                    name: "T".into(),
+                    read_queue_nums: 4,
+                    write_queue_nums: 4,
+                    perm: 6,
+                }),
+            })
+            .await
+            .expect("create_topic answers")
+            .into_inner();
+        if r.status.as_ref().is_some_and(|s| s.code == 0) {
+            Ok(())
+        } else {
+            Err(format!("{:?} from {addr}", r.status))
         }
-        anyhow::ensure!(Instant::now() < end, "no usable leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // The name server learns the topic at the leader's next registration (≤ 100 ms later).
-    let mut ns = raftmq_proto::v1::name_server_client::NameServerClient::connect(format!(
+    let ns = raftmq_proto::v1::name_server_client::NameServerClient::connect(format!(
         "http://{}",
         l.namesrv
     ))
     .await?;
-    loop {
-        let r = ns
-            .get_route(raftmq_proto::v1::GetRouteRequest { topic: "T".into() })
-            .await?
-            .into_inner();
-        if r.status.as_ref().is_some_and(|s| s.code == 0)
-            && r.groups.iter().any(|g| !g.leader_addr.is_empty())
-        {
-            return Ok(l);
-        }
-        anyhow::ensure!(
-            Instant::now() < end,
-            "the name server never learned topic T"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        budget.saturating_sub(started.elapsed()),
+        "the name server to learn topic T",
+        || async {
+            let r = ns
+                .clone()
+                .get_route(raftmq_proto::v1::GetRouteRequest { topic: "T".into() })
+                .await
+                .expect("the name server answers")
+                .into_inner();
+            r.status.as_ref().is_some_and(|s| s.code == 0)
+                && r.groups.iter().any(|g| !g.leader_addr.is_empty())
+        },
+    )
+    .await;
+    Ok(l)
 }
 
 impl Local {

@@ -1,14 +1,15 @@
 //! Helpers shared by the real-network tests: start a replica behind a gRPC server on
-//! loopback, find the leader, wait for a condition.
+//! loopback, find the leader, retry a write refused while leadership settles.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raftmq_raft::{NodeId, Replica, ReplicaConfig, WriteError};
 use raftmq_store::Message;
 use raftmq_store::{MmapDisk, StoreConfig};
+use raftmq_testkit::wait_for;
 use tokio::sync::oneshot;
 
 pub struct Node {
@@ -91,23 +92,6 @@ pub fn leader_of(nodes: &[Option<Node>]) -> Option<usize> {
     None
 }
 
-pub async fn wait_for<T>(
-    what: &str,
-    deadline: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            anyhow::bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 impl Node {
     /// Stops the server and Raft (as a crash of the process would, minus the disk).
     pub async fn stop(mut self) {
@@ -130,16 +114,21 @@ pub async fn retry_not_leader<T, Fut>(mut f: impl FnMut() -> Fut) -> anyhow::Res
 where
     Fut: std::future::Future<Output = Result<T, WriteError>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(WriteError::NotLeader { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let done = wait_for(
+        Duration::from_secs(10),
+        "a write not refused as NotLeader",
+        || {
+            let attempt = f();
+            async move {
+                match attempt.await {
+                    Err(e @ WriteError::NotLeader { .. }) => Err(e.to_string()),
+                    done => Ok(done),
+                }
             }
-            Err(e) => return Err(e.into()),
-        }
-    }
+        },
+    )
+    .await;
+    Ok(done?)
 }
 
 /// Writes `messages` through `leader` (retrying `NotLeader`); returns the queue offsets.
