@@ -1,6 +1,7 @@
 //! raftmq-client: the client SDK.
 //!
-//! Depends on `raftmq-proto` only. Built so far (the client issue is in progress):
+//! Depends on `raftmq-proto` (the wire) and `raftmq-types` (the shared number types) only; the
+//! broker and name server are test dependencies.
 //! - [`Producer`]: sync, async, oneway, batch and ordered sends with route caching, fault
 //!   avoidance, retries and `NOT_LEADER` redirection;
 //! - [`PushConsumer`]: subscriptions, concurrent or orderly listeners, clustering or
@@ -9,6 +10,12 @@
 //! - [`rebalance`]: how a clustering consumer group shares a topic's queues (average,
 //!   average-by-circle, consistent hash, manual) — pure functions;
 //! - [`msg_id`]: client-made unique message ids.
+//!
+//! Inside: `policy` holds the protocol rules as pure, unit-tested functions (offsets, the
+//! producer's retries and fault avoidance, the member-list rule); `options` the settings every
+//! builder shares; `route` the routes and connections; `offsets` the broadcasting offset file;
+//! `sync` the one lock helper. Not built yet: the transaction producer and the admin client
+//! (docs/client.md).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), raftmq_client::ClientError> {
@@ -26,10 +33,13 @@ pub mod error;
 pub mod message;
 pub mod msg_id;
 pub(crate) mod offsets;
+pub(crate) mod options;
+pub(crate) mod policy;
 pub mod producer;
 pub mod pull_consumer;
 pub mod rebalance;
 pub(crate) mod route;
+pub(crate) mod sync;
 
 pub use consumer::{ConsumeResult, PushConsumer, ReceivedMessage};
 pub use error::ClientError;

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use raftmq_types::QueueOffset;
+
 use crate::error::ClientError;
 use crate::rebalance::MessageQueue;
 
@@ -29,7 +31,7 @@ impl LocalOffsets {
 
     /// Reads every stored offset (none if the file does not exist). A malformed file is an
     /// error, never a silent restart from zero.
-    pub fn load(&self) -> Result<BTreeMap<MessageQueue, u64>, ClientError> {
+    pub fn load(&self) -> Result<BTreeMap<MessageQueue, QueueOffset>, ClientError> {
         let bad = |m: String| {
             ClientError::InvalidArgument(format!("offset file {}: {m}", self.path.display()))
         };
@@ -50,7 +52,7 @@ impl LocalOffsets {
                     .parse::<u32>()
                     .ok()
                     .zip(o.parse::<u64>().ok())
-                    .map(|(q, o)| (MessageQueue::new(t, g, q), o)),
+                    .map(|(q, o)| (MessageQueue::new(t, g, q), QueueOffset(o))),
                 _ => None,
             };
             let (q, o) = parsed
@@ -61,7 +63,7 @@ impl LocalOffsets {
     }
 
     /// Replaces the file with `offsets`, atomically and durably.
-    pub fn store(&self, offsets: &BTreeMap<MessageQueue, u64>) -> Result<(), ClientError> {
+    pub fn store(&self, offsets: &BTreeMap<MessageQueue, QueueOffset>) -> Result<(), ClientError> {
         let err = |e: std::io::Error| {
             ClientError::InvalidArgument(format!("offset file {}: {e}", self.path.display()))
         };
@@ -96,13 +98,13 @@ mod tests {
         let f = LocalOffsets::new(dir.join("o"));
         assert!(f.load().unwrap().is_empty());
         let a: BTreeMap<_, _> = [
-            (MessageQueue::new("T", "g1", 0), 5),
-            (MessageQueue::new("T", "g2", 3), 9),
+            (MessageQueue::new("T", "g1", 0), QueueOffset(5)),
+            (MessageQueue::new("T", "g2", 3), QueueOffset(9)),
         ]
         .into();
         f.store(&a).unwrap();
         assert_eq!(f.load().unwrap(), a);
-        let b: BTreeMap<_, _> = [(MessageQueue::new("T", "g1", 0), 6)].into();
+        let b: BTreeMap<_, _> = [(MessageQueue::new("T", "g1", 0), QueueOffset(6))].into();
         f.store(&b).unwrap();
         assert_eq!(f.load().unwrap(), b, "replaced, not merged");
         std::fs::write(dir.join("o"), "T g1 zero 5\n").unwrap();

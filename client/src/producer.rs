@@ -18,22 +18,27 @@
 //! # How a send goes
 //! The topic's route comes from the name servers (cached, fetched again after 30 s or a
 //! failure). A queue is picked round-robin among the writable queues, skipping groups that just
-//! failed or answered slowly (avoided for up to ten minutes, by RocketMQ's latency table) while
-//! others are usable. The request
-//! goes to the group's leader; `NOT_LEADER` is followed at once to the hinted leader and does
-//! not count as a failure. Any other retriable failure (no answer, `UNAVAILABLE`, a lost
-//! connection) counts: the route is fetched again and the send is retried on another queue —
-//! of another group when there is one — up to `retries` times, pausing a little longer each
-//! time. Ordered sends never move to another queue. A send that timed out may still have been
-//! stored: delivery is at-least-once, and the msg id is the dedupe key.
+//! failed or answered slowly (avoided for up to ten seconds, by RocketMQ's latency table scaled
+//! to raftmq's fast failovers) while others are usable. The request goes to the group's leader;
+//! `NOT_LEADER` is followed at once to the hinted leader and does not count as a failure. Any
+//! other retriable failure (no answer, `UNAVAILABLE`, a lost connection) counts: the route is
+//! fetched again and the send is retried on another queue — of another group when there is
+//! one — up to `retries` times, pausing a little longer each time. Ordered sends never move to
+//! another queue. A send that timed out may still have been stored: delivery is
+//! at-least-once, and the msg id is the dedupe key.
+//!
+//! The rules (answer classes, the retry budget and pauses, the queue choice, the latency →
+//! pause table) are pure functions in `policy::send`, unit-tested there; this module does the
+//! calls.
 
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use raftmq_proto::ErrorCode;
-use raftmq_proto::limits::{self, check_batch, check_name};
+use raftmq_proto::limits::{self, check_batch};
 use raftmq_proto::v1::{SendRequest, SendResponse};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -41,6 +46,8 @@ use tokio::time::Instant;
 use crate::error::ClientError;
 use crate::message::Message;
 use crate::msg_id::new_msg_id;
+use crate::options::{ClientOptions, client_setters};
+use crate::policy::send::{Answer, Failed, REDIRECTS_MAX, Retries, classify, pick_queue};
 use crate::rebalance::MessageQueue;
 use crate::route::{CALL_TIMEOUT, Routes};
 
@@ -62,8 +69,6 @@ pub const RETRIES_DEFAULT: u32 = 2;
 /// assert_eq!(raftmq_client::producer::IN_FLIGHT_DEFAULT, 1024);
 /// ```
 pub const IN_FLIGHT_DEFAULT: usize = 1024;
-/// `NOT_LEADER` hints followed within one attempt, at most.
-const REDIRECTS_MAX: u32 = 3;
 
 /// Where a message was stored.
 ///
@@ -179,38 +184,17 @@ impl std::hash::Hasher for Fnv {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProducerBuilder {
-    namesrv_addrs: Vec<String>,
-    group: String,
+    opts: ClientOptions,
     send_timeout: Duration,
     retries: u32,
     max_in_flight: usize,
 }
 
 impl ProducerBuilder {
-    /// The name servers (one is picked at random; the others on failure).
-    ///
-    /// ```
-    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["10.0.0.1:9876", "10.0.0.2:9876"]).group("P");
-    /// assert!(b.build().is_ok());
-    /// ```
-    pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.namesrv_addrs = addrs.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The producer group.
-    ///
-    /// ```
-    /// assert!(raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("bad group").build().is_err());
-    /// ```
-    pub fn group(mut self, group: impl Into<String>) -> Self {
-        self.group = group.into();
-        self
-    }
+    client_setters!(
+        "producer",
+        "raftmq_client::Producer::builder().group(\"P\")"
+    );
 
     /// How long a sync send may take, retries included (default 10 s).
     ///
@@ -251,23 +235,15 @@ impl ProducerBuilder {
     /// assert!(raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").build().is_ok());
     /// ```
     pub fn build(self) -> Result<Producer, ClientError> {
-        if self.namesrv_addrs.is_empty() {
-            return Err(ClientError::InvalidArgument(
-                "at least one name server address".into(),
-            ));
-        }
-        check_name("producer group", &self.group)
-            .map_err(|e| ClientError::InvalidArgument(e.message))?;
+        self.opts.validate("producer")?;
         if self.send_timeout.is_zero() || self.max_in_flight == 0 {
             return Err(ClientError::InvalidArgument(
                 "send_timeout and max_in_flight must be positive".into(),
             ));
         }
-        let start = (crate::msg_id::new_msg_id().len() + std::process::id() as usize)
-            % self.namesrv_addrs.len();
         Ok(Producer {
             inner: Arc::new(Inner {
-                routes: Routes::new(self.namesrv_addrs.clone(), start),
+                routes: self.opts.routes(),
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
                 cfg: self,
                 started: AtomicBool::new(false),
@@ -301,10 +277,10 @@ struct Inner {
     in_flight: Arc<Semaphore>,
 }
 
-/// Why one attempt failed.
+/// Why one try failed (what the retry budget then does: [`Failed`]).
 enum Failure {
     /// The group has no known leader (an election is under way): wait, fetch the route
-    /// again, and try the same way; not counted as a failure (bounded by the send timeout).
+    /// again, and try the same way ([`Failed::NoLeader`]: not counted).
     NoLeader(ClientError),
     /// Worth trying again (elsewhere).
     Retry(ClientError),
@@ -320,8 +296,7 @@ impl Producer {
     /// ```
     pub fn builder() -> ProducerBuilder {
         ProducerBuilder {
-            namesrv_addrs: Vec::new(),
-            group: String::new(),
+            opts: ClientOptions::default(),
             send_timeout: SEND_TIMEOUT_DEFAULT,
             retries: RETRIES_DEFAULT,
             max_in_flight: IN_FLIGHT_DEFAULT,
@@ -510,132 +485,88 @@ impl Producer {
     }
 
     /// One request (≤ the wire limits) with retries; `fixed` pins the queue (ordered sends).
+    /// What to do after each failure is [`Retries`]'s call.
     async fn send_batch_once(
         &self,
         msgs: &[Message],
         fixed: Option<(String, u32)>,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let topic = msgs[0].topic.clone();
-        let ids: Vec<String> = msgs.iter().map(|_| new_msg_id()).collect();
-        let wire = |queue_id: u32| -> Vec<raftmq_proto::v1::Message> {
-            msgs.iter()
-                .zip(&ids)
-                .map(|(m, id)| m.to_wire(id.clone(), queue_id, "client"))
-                .collect()
-        };
-        check_batch(&wire(0)).map_err(|e| match e.code() {
-            ErrorCode::MessageTooLarge => ClientError::Refused {
-                code: e.code(),
-                message: e.message.clone(),
-            },
-            _ => ClientError::InvalidArgument(e.message.clone()),
-        })?;
+        let batch = Batch::new(msgs)?;
         let deadline = Instant::now() + self.inner.cfg.send_timeout;
-        let attempts = if fixed.is_some() {
-            u32::MAX
-        } else {
-            self.inner.cfg.retries + 1
-        };
+        let mut retries = Retries::new(self.inner.cfg.retries, fixed.is_some());
         let mut last_group: Option<String> = None;
         let mut last_err = ClientError::Unavailable("no attempt made".into());
-        let mut attempt = 0u32;
         let mut refresh = false;
-        while attempt < attempts && Instant::now() < deadline {
-            let route = match self.inner.routes.route(&topic, refresh).await {
-                Ok(r) => r,
+        while retries.may_try() && Instant::now() < deadline {
+            let failed = match self.inner.routes.route(&batch.topic, refresh).await {
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     last_err = e;
-                    attempt += 1;
-                    refresh = true;
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                    continue;
+                    Failed::Route
                 }
-            };
-            let (group, queue_id) = match &fixed {
-                Some(q) => q.clone(),
-                None => match self.pick(&route.write_queues, last_group.as_deref()) {
-                    Some(q) => q,
-                    None => {
-                        return Err(ClientError::Refused {
-                            code: ErrorCode::NoPermission,
-                            message: format!("topic {topic} has no writable queue"),
-                        });
+                Ok(route) => {
+                    let (group, queue_id) = self.choose(
+                        &batch.topic,
+                        &route.write_queues,
+                        fixed.as_ref(),
+                        last_group.as_deref(),
+                    )?;
+                    let started = Instant::now();
+                    let wire = batch.wire(queue_id);
+                    match self.attempt(&route.leaders, &group, wire, deadline).await {
+                        Ok(resp) => {
+                            self.inner.routes.record(&group, started.elapsed(), false);
+                            return Ok(batch.results(&group, resp));
+                        }
+                        Err(Failure::Fatal(e)) => return Err(e),
+                        Err(Failure::NoLeader(e)) => {
+                            last_err = e;
+                            Failed::NoLeader
+                        }
+                        Err(Failure::Retry(e)) => {
+                            let attempt = retries.failed();
+                            tracing::debug!(%group, error = %e, attempt, "send failed; retrying");
+                            self.inner.routes.record(&group, started.elapsed(), true);
+                            last_err = e;
+                            last_group = Some(group);
+                            Failed::Retriable
+                        }
                     }
-                },
+                }
             };
-            let started = Instant::now();
-            match self
-                .attempt(&route.leaders, &group, wire(queue_id), deadline)
-                .await
-            {
-                Ok(resp) => {
-                    self.inner.routes.record(&group, started.elapsed(), false);
-                    return Ok(resp
-                        .results
-                        .into_iter()
-                        .map(|r| SendResult {
-                            msg_id: r.msg_id,
-                            offset_msg_id: r.offset_msg_id,
-                            queue: MessageQueue::new(&topic, &group, r.queue_id),
-                            queue_offset: r.queue_offset,
-                        })
-                        .collect());
-                }
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::NoLeader(e)) => {
-                    last_err = e;
-                    // Fetch the route again on the next pass without counting an attempt.
-                    refresh = true;
-                    tokio::time::sleep(
-                        Duration::from_millis(100)
-                            .min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                }
-                Err(Failure::Retry(e)) => {
-                    tracing::debug!(%group, error = %e, attempt, "send failed; retrying");
-                    self.inner.routes.record(&group, started.elapsed(), true);
-                    last_err = e;
-                    last_group = Some(group);
-                    attempt += 1;
-                    refresh = true;
-                    let pause = Duration::from_millis(300 * u64::from(attempt.min(10)));
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                }
-            }
+            // Whatever failed, the next try fetches the route again first.
+            refresh = true;
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(retries.after(failed, left)).await;
         }
         Err(last_err)
     }
 
-    /// The next queue round-robin, preferring usable groups other than `avoid`.
-    fn pick(&self, queues: &[(String, u32)], avoid: Option<&str>) -> Option<(String, u32)> {
-        let n = queues.len();
-        if n == 0 {
-            return None;
+    /// The queue of the next try: the pinned one, else the next by [`pick_queue`] (in turn,
+    /// avoiding groups in their fault pause and `avoid`, the group that just failed).
+    fn choose(
+        &self,
+        topic: &str,
+        queues: &[(String, u32)],
+        fixed: Option<&(String, u32)>,
+        avoid: Option<&str>,
+    ) -> Result<(String, u32), ClientError> {
+        if let Some(q) = fixed {
+            return Ok(q.clone());
         }
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) as usize;
-        let ok =
-            |q: &(String, u32)| self.inner.routes.available(&q.0) && Some(q.0.as_str()) != avoid;
-        (0..n)
-            .map(|i| &queues[(start + i) % n])
-            .find(|q| ok(q))
-            .or_else(|| {
-                (0..n)
-                    .map(|i| &queues[(start + i) % n])
-                    .find(|q| Some(q.0.as_str()) != avoid)
-            })
-            .or_else(|| Some(&queues[start % n]))
+        pick_queue(queues, start, avoid, |g| self.inner.routes.available(g))
             .cloned()
+            .ok_or_else(|| ClientError::Refused {
+                code: ErrorCode::NoPermission,
+                message: format!("topic {topic} has no writable queue"),
+            })
     }
 
-    /// One attempt on `group`'s leader, following NOT_LEADER hints.
+    /// One try on `group`'s leader, following `NOT_LEADER` hints (at most [`REDIRECTS_MAX`]).
     async fn attempt(
         &self,
-        leaders: &std::collections::BTreeMap<String, String>,
+        leaders: &BTreeMap<String, String>,
         group: &str,
         messages: Vec<raftmq_proto::v1::Message>,
         deadline: Instant,
@@ -646,47 +577,19 @@ impl Producer {
             ))));
         };
         for _ in 0..=REDIRECTS_MAX {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .min(CALL_TIMEOUT);
-            if left.is_zero() {
-                return Err(Failure::Retry(ClientError::Timeout(
-                    self.inner.cfg.send_timeout,
-                )));
-            }
-            let call = async {
-                let mut c = self.inner.routes.messaging(&addr).await?;
-                c.send(SendRequest {
-                    producer_group: self.inner.cfg.group.clone(),
-                    messages: messages.clone(),
-                })
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
-            };
-            let resp = match tokio::time::timeout(left, call).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    self.inner.routes.drop_channel(&addr);
-                    return Err(Failure::Retry(e));
-                }
-                Err(_) => {
-                    self.inner.routes.drop_channel(&addr);
-                    return Err(Failure::Retry(ClientError::Timeout(left)));
-                }
-            };
+            let resp = self.call_send(&addr, &messages, deadline).await?;
             let status = resp.status.clone().unwrap_or_default();
             let code = ErrorCode::try_from(status.code).unwrap_or(ErrorCode::Internal);
-            match code {
-                ErrorCode::Ok => return Ok(resp),
-                ErrorCode::NotLeader if !status.leader_addr.is_empty() => addr = status.leader_addr,
-                ErrorCode::NotLeader | ErrorCode::Unavailable | ErrorCode::Internal => {
+            match classify(code, &status.leader_addr) {
+                Answer::Stored => return Ok(resp),
+                Answer::FollowHint => addr = status.leader_addr,
+                Answer::Retry => {
                     return Err(Failure::Retry(ClientError::Unavailable(format!(
                         "{addr}: {code:?}: {}",
                         status.message
                     ))));
                 }
-                _ => {
+                Answer::Refused => {
                     return Err(Failure::Fatal(ClientError::Refused {
                         code,
                         message: status.message,
@@ -697,5 +600,88 @@ impl Producer {
         Err(Failure::Retry(ClientError::Unavailable(format!(
             "more than {REDIRECTS_MAX} leader redirects"
         ))))
+    }
+
+    /// One `Send` call to `addr`, within [`CALL_TIMEOUT`] and the send deadline. A failed or
+    /// silent call drops the cached channel (the next call reconnects).
+    async fn call_send(
+        &self,
+        addr: &str,
+        messages: &[raftmq_proto::v1::Message],
+        deadline: Instant,
+    ) -> Result<SendResponse, Failure> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CALL_TIMEOUT);
+        if left.is_zero() {
+            return Err(Failure::Retry(ClientError::Timeout(
+                self.inner.cfg.send_timeout,
+            )));
+        }
+        let call = async {
+            let mut c = self.inner.routes.messaging(addr).await?;
+            c.send(SendRequest {
+                producer_group: self.inner.cfg.opts.group.clone(),
+                messages: messages.to_vec(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
+        };
+        let failed = match tokio::time::timeout(left, call).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e)) => e,
+            Err(_) => ClientError::Timeout(left),
+        };
+        self.inner.routes.drop_channel(addr);
+        Err(Failure::Retry(failed))
+    }
+}
+
+/// One request's messages with their client-made ids, checked against the wire limits.
+struct Batch<'m> {
+    topic: String,
+    msgs: &'m [Message],
+    ids: Vec<String>,
+}
+
+impl<'m> Batch<'m> {
+    /// Gives `msgs` (one topic, at least one message) their ids and checks them.
+    fn new(msgs: &'m [Message]) -> Result<Self, ClientError> {
+        let batch = Batch {
+            topic: msgs[0].topic.clone(),
+            msgs,
+            ids: msgs.iter().map(|_| new_msg_id()).collect(),
+        };
+        check_batch(&batch.wire(0)).map_err(|e| match e.code() {
+            ErrorCode::MessageTooLarge => ClientError::Refused {
+                code: e.code(),
+                message: e.message.clone(),
+            },
+            _ => ClientError::InvalidArgument(e.message.clone()),
+        })?;
+        Ok(batch)
+    }
+
+    /// The messages as sent to `queue_id`.
+    fn wire(&self, queue_id: u32) -> Vec<raftmq_proto::v1::Message> {
+        self.msgs
+            .iter()
+            .zip(&self.ids)
+            .map(|(m, id)| m.to_wire(id.clone(), queue_id, "client"))
+            .collect()
+    }
+
+    /// Where each message was stored, in order.
+    fn results(&self, group: &str, resp: SendResponse) -> Vec<SendResult> {
+        resp.results
+            .into_iter()
+            .map(|r| SendResult {
+                msg_id: r.msg_id,
+                offset_msg_id: r.offset_msg_id,
+                queue: MessageQueue::new(&self.topic, group, r.queue_id),
+                queue_offset: r.queue_offset,
+            })
+            .collect()
     }
 }

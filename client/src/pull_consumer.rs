@@ -29,17 +29,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use raftmq_proto::ErrorCode;
 use raftmq_proto::limits::check_name;
 use raftmq_proto::v1::PullRequest;
+use raftmq_types::QueueOffset;
 use tokio::time::Instant;
 
-use crate::consumer::{
-    ConsumeFrom, ReceivedMessage, commit_remote, query_start, received, wanted_tags,
-};
+use crate::consumer::ReceivedMessage;
+use crate::consumer::calls::{code, commit_remote, received, start_committed, wanted_tags};
 use crate::error::ClientError;
+use crate::options::{ClientOptions, ConsumeOptions, client_setters, consume_setters};
+use crate::policy::offsets::{Patience, PullAnswer, PullStep, advance, after_pull};
 use crate::rebalance::MessageQueue;
 use crate::route::Routes;
+use crate::sync::lock;
 
 /// Builds a [`PullConsumer`].
 ///
@@ -50,57 +52,18 @@ use crate::route::Routes;
 /// ```
 #[derive(Debug, Clone)]
 pub struct PullConsumerBuilder {
-    namesrv_addrs: Vec<String>,
-    group: String,
-    from: ConsumeFrom,
-    pull_batch_size: u32,
+    opts: ClientOptions,
+    consume: ConsumeOptions,
 }
 
 impl PullConsumerBuilder {
-    /// The name servers.
-    ///
-    /// ```
-    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1", "b:1"]).group("G").build().is_ok());
-    /// ```
-    pub fn namesrv_addrs<I, S>(mut self, addrs: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.namesrv_addrs = addrs.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// The consumer group (offsets are committed under it).
-    ///
-    /// ```
-    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("").build().is_err());
-    /// ```
-    pub fn group(mut self, g: impl Into<String>) -> Self {
-        self.group = g.into();
-        self
-    }
-
-    /// Where queues without a committed offset start (default: last).
-    ///
-    /// ```
-    /// use raftmq_client::consumer::ConsumeFrom;
-    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").consume_from(ConsumeFrom::First).build().is_ok());
-    /// ```
-    pub fn consume_from(mut self, f: ConsumeFrom) -> Self {
-        self.from = f;
-        self
-    }
-
-    /// Messages per pull, at most (default 32).
-    ///
-    /// ```
-    /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").pull_batch_size(2000).build().is_err());
-    /// ```
-    pub fn pull_batch_size(mut self, n: u32) -> Self {
-        self.pull_batch_size = n;
-        self
-    }
+    client_setters!(
+        "consumer",
+        "raftmq_client::PullConsumer::builder().group(\"G\")"
+    );
+    consume_setters!(
+        "raftmq_client::PullConsumer::builder().namesrv_addrs([\"a:1\"]).group(\"G\")"
+    );
 
     /// Checks the settings.
     ///
@@ -108,21 +71,10 @@ impl PullConsumerBuilder {
     /// assert!(raftmq_client::PullConsumer::builder().namesrv_addrs(["a:1"]).group("G").build().is_ok());
     /// ```
     pub fn build(self) -> Result<PullConsumer, ClientError> {
-        if self.namesrv_addrs.is_empty() {
-            return Err(ClientError::InvalidArgument(
-                "at least one name server address".into(),
-            ));
-        }
-        check_name("consumer group", &self.group)
-            .map_err(|e| ClientError::InvalidArgument(e.message))?;
-        if self.pull_batch_size == 0 || self.pull_batch_size > 1024 {
-            return Err(ClientError::InvalidArgument(
-                "pull_batch_size must be 1..=1024".into(),
-            ));
-        }
-        let start = std::process::id() as usize % self.namesrv_addrs.len();
+        self.opts.validate("consumer")?;
+        self.consume.validate()?;
         Ok(PullConsumer {
-            routes: Routes::new(self.namesrv_addrs.clone(), start),
+            routes: self.opts.routes(),
             cfg: self,
             running: AtomicBool::new(false),
             queues: Mutex::default(),
@@ -133,7 +85,7 @@ impl PullConsumerBuilder {
 
 #[derive(Debug, Clone)]
 struct Assigned {
-    position: u64,
+    position: QueueOffset,
     tags: Option<BTreeSet<String>>,
     expression: String,
 }
@@ -157,11 +109,6 @@ pub struct PullConsumer {
     next: AtomicUsize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock()
-        .expect("lock poisoned: a panic broke this state; see [profile.release]")
-}
-
 impl PullConsumer {
     /// A builder with the defaults.
     ///
@@ -170,10 +117,8 @@ impl PullConsumer {
     /// ```
     pub fn builder() -> PullConsumerBuilder {
         PullConsumerBuilder {
-            namesrv_addrs: Vec::new(),
-            group: String::new(),
-            from: ConsumeFrom::default(),
-            pull_batch_size: 32,
+            opts: ClientOptions::default(),
+            consume: ConsumeOptions::default(),
         }
     }
 
@@ -238,9 +183,14 @@ impl PullConsumer {
 
     async fn add(&self, queues: Vec<MessageQueue>, expression: &str) -> Result<(), ClientError> {
         for q in queues {
-            let start = query_start(&self.routes, &self.cfg.group, true, self.cfg.from, &q)
-                .await
-                .ok_or_else(|| ClientError::Unavailable(format!("no start offset for {q:?}")))?;
+            let start = start_committed(
+                &self.routes,
+                &self.cfg.opts.group,
+                self.cfg.consume.from,
+                &q,
+            )
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("no start offset for {q:?}: {e}")))?;
             lock(&self.queues).insert(
                 q,
                 Assigned {
@@ -279,10 +229,11 @@ impl PullConsumer {
     /// # Ok(()) }
     /// ```
     pub fn position(&self, queue: &MessageQueue) -> Option<u64> {
-        lock(&self.queues).get(queue).map(|a| a.position)
+        lock(&self.queues).get(queue).map(|a| a.position.0)
     }
 
-    /// Moves `queue`'s position (the next `commit` records it).
+    /// Moves `queue`'s position, back if asked (the next `commit` records it): the one way a
+    /// lite pull consumer's offset moves back.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), raftmq_client::ClientError> {
@@ -296,7 +247,7 @@ impl PullConsumer {
     pub fn seek(&self, queue: &MessageQueue, offset: u64) -> Result<(), ClientError> {
         match lock(&self.queues).get_mut(queue) {
             Some(a) => {
-                a.position = offset;
+                a.position = QueueOffset(offset);
                 Ok(())
             }
             None => Err(ClientError::InvalidArgument(format!(
@@ -351,56 +302,69 @@ impl PullConsumer {
         }
     }
 
-    /// One pull from `q`; moves its position. `None` when the broker could not be reached.
+    /// One pull from `q`; moves its position (see [`after_pull`]: a lagging replica never
+    /// moves it back, and there is no limit to waiting for one — the application may `seek`).
+    /// `None` when the broker could not be reached or refused.
     async fn pull_once(&self, q: &MessageQueue, a: &Assigned) -> Option<Vec<ReceivedMessage>> {
         let addr = self.routes.leader_of(&q.topic, &q.group).await?;
         let req = PullRequest {
-            consumer_group: self.cfg.group.clone(),
+            consumer_group: self.cfg.opts.group.clone(),
             topic: q.topic.clone(),
             queue_id: q.queue_id,
-            offset: a.position,
-            max_messages: self.cfg.pull_batch_size,
+            offset: a.position.0,
+            max_messages: self.cfg.consume.pull_batch_size,
             max_bytes: 0,
             subscription: a.expression.clone(),
             long_poll_ms: 0,
         };
-        let resp = match self
+        let resp = self
             .routes
             .call(&addr, |mut c| async move { c.pull(req).await })
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = self.routes.route(&q.topic, true).await;
-                return None;
-            }
+            .await;
+        let Ok(resp) = resp else {
+            let _ = self.routes.route(&q.topic, true).await;
+            return None;
         };
-        let code = resp
-            .status
-            .as_ref()
-            .and_then(|s| ErrorCode::try_from(s.code).ok());
-        let next = match code {
-            Some(ErrorCode::Ok) => resp.next_offset,
-            // Below the first retained message: move up to it. Past the end the replica
-            // answering is behind (a follower, or a new leader still applying): never move
-            // back (that would hand out messages again); the user may `seek`.
-            Some(ErrorCode::OffsetOutOfRange) if a.position < resp.min_offset => resp.min_offset,
-            Some(ErrorCode::OffsetOutOfRange) => {
+        let answer = PullAnswer {
+            code: code(&resp.status),
+            requested: a.position,
+            min: QueueOffset(resp.min_offset),
+            max: QueueOffset(resp.max_offset),
+            next: QueueOffset(resp.next_offset),
+        };
+        let next = match after_pull(&answer, Patience::Forever) {
+            PullStep::Deliver { next } => next,
+            PullStep::MoveUp(first) => first,
+            PullStep::RestartAtEnd(end) => end,
+            PullStep::WaitForReplica => {
                 let _ = self.routes.route(&q.topic, true).await;
                 a.position
             }
-            _ => {
+            PullStep::Retry => {
                 let _ = self.routes.route(&q.topic, true).await;
                 return None;
             }
         };
         let msgs = received(q, resp.messages, a.tags.as_ref());
-        if let Some(cur) = lock(&self.queues).get_mut(q)
-            && cur.position == a.position
-        {
-            cur.position = next;
-        }
+        self.move_position(q, a.position, next);
         Some(msgs)
+    }
+
+    /// Moves `q` from `from` to `to` — unless a `seek` moved it meanwhile, or `to` is behind
+    /// (a broker's answer never moves a position back).
+    fn move_position(&self, q: &MessageQueue, from: QueueOffset, to: QueueOffset) {
+        let to = match advance(from, to) {
+            Ok(to) => to,
+            Err(e) => {
+                tracing::warn!(queue = ?q, error = %e, "position not moved");
+                return;
+            }
+        };
+        if let Some(cur) = lock(&self.queues).get_mut(q)
+            && cur.position == from
+        {
+            cur.position = to;
+        }
     }
 
     /// Commits every queue's position to the brokers.
@@ -416,11 +380,11 @@ impl PullConsumer {
     /// ```
     pub async fn commit(&self) -> Result<(), ClientError> {
         self.check()?;
-        let progress: BTreeMap<MessageQueue, u64> = lock(&self.queues)
+        let progress: BTreeMap<MessageQueue, QueueOffset> = lock(&self.queues)
             .iter()
             .map(|(q, a)| (q.clone(), a.position))
             .collect();
-        if commit_remote(&self.routes, &self.cfg.group, progress).await {
+        if commit_remote(&self.routes, &self.cfg.opts.group, progress).await {
             Ok(())
         } else {
             Err(ClientError::Unavailable(

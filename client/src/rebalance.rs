@@ -101,68 +101,95 @@ pub fn allocate(
         return Vec::new();
     }
     let mut out: Vec<MessageQueue> = match strategy {
-        Strategy::Average => {
-            let (q, c) = (queues.len(), members.len());
-            let rem = q % c;
-            let size = if q <= c {
-                1
-            } else if index < rem {
-                q / c + 1
-            } else {
-                q / c
-            };
-            let start = if index < rem {
-                index * size
-            } else {
-                index * size + rem
-            };
-            (0..size.min(q.saturating_sub(start)))
-                .map(|i| queues[(start + i) % q].clone())
-                .collect()
-        }
-        Strategy::AverageByCircle => queues
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % members.len() == index)
-            .map(|(_, q)| (*q).clone())
-            .collect(),
+        Strategy::Average => average(&queues, &members, index),
+        Strategy::AverageByCircle => by_circle(&queues, &members, index),
         Strategy::ConsistentHash { virtual_nodes } => {
-            let vn = (*virtual_nodes).max(1);
-            let ring: BTreeMap<u64, &str> = members
-                .iter()
-                .flat_map(|m| (0..vn).map(move |i| (fnv1a(format!("{m}#{i}").as_bytes()), *m)))
-                .collect();
-            queues
-                .iter()
-                .filter(|q| {
-                    let h = fnv1a(format!("{}@{}#{}", q.topic, q.group, q.queue_id).as_bytes());
-                    let owner = ring
-                        .range(h..)
-                        .next()
-                        .or_else(|| ring.iter().next())
-                        .map(|(_, m)| *m);
-                    owner == Some(me)
-                })
-                .map(|q| (*q).clone())
-                .collect()
+            consistent_hash(&queues, &members, me, *virtual_nodes)
         }
-        Strategy::Manual(assignment) => {
-            let existing: BTreeSet<&MessageQueue> = queues.iter().copied().collect();
-            // The first member (sorted) naming a queue gets it.
-            let mut taken: BTreeSet<&MessageQueue> = BTreeSet::new();
-            let mut mine = Vec::new();
-            for (m, qs) in assignment {
-                for q in qs {
-                    if existing.contains(q) && taken.insert(q) && m == me {
-                        mine.push(q.clone());
-                    }
-                }
-            }
-            mine
-        }
+        Strategy::Manual(assignment) => manual(assignment, &queues, me),
     };
     out.sort();
     out
+}
+
+/// [`Strategy::Average`]: member `index` of `members` takes a contiguous run of the sorted
+/// `queues`.
+fn average(queues: &[&MessageQueue], members: &[&str], index: usize) -> Vec<MessageQueue> {
+    let (q, c) = (queues.len(), members.len());
+    let rem = q % c;
+    let size = if q <= c {
+        1
+    } else if index < rem {
+        q / c + 1
+    } else {
+        q / c
+    };
+    let start = if index < rem {
+        index * size
+    } else {
+        index * size + rem
+    };
+    (0..size.min(q.saturating_sub(start)))
+        .map(|i| queues[(start + i) % q].clone())
+        .collect()
+}
+
+/// [`Strategy::AverageByCircle`]: member `index` of `members` takes every `members.len()`-th
+/// queue.
+fn by_circle(queues: &[&MessageQueue], members: &[&str], index: usize) -> Vec<MessageQueue> {
+    queues
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % members.len() == index)
+        .map(|(_, q)| (*q).clone())
+        .collect()
+}
+
+/// [`Strategy::ConsistentHash`]: the queues whose next member clockwise on the ring is `me`.
+fn consistent_hash(
+    queues: &[&MessageQueue],
+    members: &[&str],
+    me: &str,
+    virtual_nodes: u32,
+) -> Vec<MessageQueue> {
+    let vn = virtual_nodes.max(1);
+    let ring: BTreeMap<u64, &str> = members
+        .iter()
+        .flat_map(|m| (0..vn).map(move |i| (fnv1a(format!("{m}#{i}").as_bytes()), *m)))
+        .collect();
+    queues
+        .iter()
+        .filter(|q| {
+            let h = fnv1a(format!("{}@{}#{}", q.topic, q.group, q.queue_id).as_bytes());
+            let owner = ring
+                .range(h..)
+                .next()
+                .or_else(|| ring.iter().next())
+                .map(|(_, m)| *m);
+            owner == Some(me)
+        })
+        .map(|q| (*q).clone())
+        .collect()
+}
+
+/// [`Strategy::Manual`]: the existing queues `assignment` gives `me`; the first member (sorted)
+/// naming a queue gets it.
+fn manual(
+    assignment: &BTreeMap<String, Vec<MessageQueue>>,
+    queues: &[&MessageQueue],
+    me: &str,
+) -> Vec<MessageQueue> {
+    let existing: BTreeSet<&MessageQueue> = queues.iter().copied().collect();
+    let mut taken: BTreeSet<&MessageQueue> = BTreeSet::new();
+    let mut mine = Vec::new();
+    for (m, qs) in assignment {
+        for q in qs {
+            if existing.contains(q) && taken.insert(q) && m == me {
+                mine.push(q.clone());
+            }
+        }
+    }
+    mine
 }
 
 /// FNV-1a, 64 bits: stable across processes, versions and platforms (the ring must be the

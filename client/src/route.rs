@@ -4,11 +4,12 @@
 //! - Routes are cached per topic and fetched again when older than [`ROUTE_REFRESH`] or when
 //!   a send fails.
 //! - gRPC channels are cached per broker address.
-//! - Fault avoidance ([`Faults`]): a group that just failed, or answered slowly, is avoided
-//!   for a while, with RocketMQ's latency → pause table.
+//! - Fault avoidance: the outcome of each send is recorded in a [`Faults`] table
+//!   (`policy::send`), so a group that just failed, or answered slowly, is avoided for a while.
 //!
-//! Every lock here is a `std::sync::Mutex` held only to read or edit a map (no I/O, nothing
-//! awaits under it).
+//! Each lock here is a `std::sync::Mutex` over one map, taken only to read or edit it (no I/O,
+//! nothing awaited under it): the maps are shared by every task of one client and each edit is
+//! a single insert or lookup, so a lock is cheaper and simpler than a task owning them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,8 @@ use tonic::transport::Channel;
 use raftmq_proto::limits::GRPC_MESSAGE_MAX;
 
 use crate::error::ClientError;
+use crate::policy::send::Faults;
+use crate::sync::lock;
 
 /// A cached route older than this is fetched again.
 pub const ROUTE_REFRESH: Duration = Duration::from_secs(30);
@@ -90,60 +93,6 @@ impl Route {
     }
 }
 
-/// Latency-based fault avoidance: after a call to a group, how long to avoid it.
-///
-/// Failures count as the slowest latency. RocketMQ's table (550 ms → 30 s … failure → 600 s)
-/// assumes a broker that fails stays down for minutes; a raftmq group fails over in about
-/// two seconds, and a producer that avoided it for ten minutes after one timeout would send
-/// everything to the other groups long after the group is back (found by the cluster
-/// simulation). So the same latency steps pause for seconds: up to 100 ms → no pause,
-/// 550 ms → 1 s, 1 s → 2 s, 2 s → 4 s, 3 s → 6 s, 15 s and more (or a failure) → 10 s.
-pub fn pause_after(latency: Duration, failed: bool) -> Duration {
-    const TABLE: [(u64, u64); 7] = [
-        (50, 0),
-        (100, 0),
-        (550, 1_000),
-        (1_000, 2_000),
-        (2_000, 4_000),
-        (3_000, 6_000),
-        (15_000, 10_000),
-    ];
-    let ms = if failed {
-        30_000
-    } else {
-        latency.as_millis() as u64
-    };
-    let pause = TABLE
-        .iter()
-        .rev()
-        .find(|(lat, _)| ms >= *lat)
-        .map_or(0, |(_, p)| *p);
-    Duration::from_millis(pause)
-}
-
-/// Groups to avoid, until when.
-#[derive(Debug, Default)]
-pub struct Faults {
-    until: BTreeMap<String, Instant>,
-}
-
-impl Faults {
-    /// Records the outcome of a call to `group`.
-    pub fn record(&mut self, group: &str, latency: Duration, failed: bool, now: Instant) {
-        let pause = pause_after(latency, failed);
-        if pause.is_zero() {
-            self.until.remove(group);
-        } else {
-            self.until.insert(group.to_string(), now + pause);
-        }
-    }
-
-    /// Whether `group` is usable at `now`.
-    pub fn available(&self, group: &str, now: Instant) -> bool {
-        self.until.get(group).is_none_or(|u| *u <= now)
-    }
-}
-
 /// Name servers, routes, channels and faults of one client; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Routes {
@@ -156,11 +105,6 @@ struct Inner {
     cache: Mutex<HashMap<String, (Arc<Route>, Instant)>>,
     channels: Mutex<HashMap<String, Channel>>,
     faults: Mutex<Faults>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock()
-        .expect("lock poisoned: a panic broke this state; see [profile.release]")
 }
 
 impl Routes {
@@ -309,38 +253,13 @@ impl Routes {
         )))
     }
 
+    /// Records the outcome of a call to `group` for fault avoidance.
     pub fn record(&self, group: &str, latency: Duration, failed: bool) {
         lock(&self.inner.faults).record(group, latency, failed, Instant::now());
     }
 
+    /// Whether `group` is out of its fault pause.
     pub fn available(&self, group: &str) -> bool {
         lock(&self.inner.faults).available(group, Instant::now())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pauses_follow_the_latency_table() {
-        let ms = Duration::from_millis;
-        assert_eq!(pause_after(ms(10), false), Duration::ZERO);
-        assert_eq!(pause_after(ms(120), false), Duration::ZERO);
-        assert_eq!(pause_after(ms(600), false), ms(1_000));
-        assert_eq!(pause_after(ms(2_500), false), ms(4_000));
-        assert_eq!(pause_after(ms(10), true), ms(10_000));
-    }
-
-    #[tokio::test]
-    async fn a_failed_group_is_avoided_then_forgiven() {
-        let mut f = Faults::default();
-        let t0 = Instant::now();
-        f.record("g1", Duration::ZERO, true, t0);
-        assert!(!f.available("g1", t0));
-        assert!(f.available("g2", t0));
-        assert!(f.available("g1", t0 + Duration::from_secs(601)));
-        f.record("g1", Duration::from_millis(5), false, t0);
-        assert!(f.available("g1", t0), "a fast success clears the pause");
     }
 }

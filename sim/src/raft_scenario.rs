@@ -374,6 +374,27 @@ fn describe(registry: &Registry) -> String {
 /// Runs one scenario on the current madsim runtime.
 pub async fn run(cfg: ScenarioConfig) -> Outcome {
     let handle = Handle::current();
+    let cluster = start_cluster(&handle, &cfg);
+    form_group(&cluster.registry).await;
+    let watch = spawn_monitors(&handle, &cluster.registry, cfg.retention);
+
+    let clients_node = handle.create_node().name("clients").build();
+    let mut clients = Vec::new();
+    for c in 0..cfg.clients {
+        clients.push(clients_node.spawn(client(
+            c,
+            cfg.writes_per_client,
+            cluster.registry.clone(),
+            cluster.history.clone(),
+        )));
+    }
+    inject_faults(&cluster, &cfg).await;
+    let target = await_liveness(&cluster, &cfg, &clients_node, clients).await;
+    check(&cluster, &watch, target)
+}
+
+/// The replica nodes, each on its own disk, started (not yet a group).
+fn start_cluster(handle: &Handle, cfg: &ScenarioConfig) -> Cluster {
     let registry: Registry = Arc::new(Mutex::new(vec![None; REPLICAS]));
     let history = Arc::new(Mutex::new(History::default()));
     let disks: Vec<SimDisk> = (0..REPLICAS).map(|_| SimDisk::new()).collect();
@@ -390,15 +411,17 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
                 .build(),
         );
     }
-    let cluster = Cluster {
+    Cluster {
         handle: handle.clone(),
         nodes,
         disks,
-        registry: registry.clone(),
-        history: history.clone(),
-    };
+        registry,
+        history,
+    }
+}
 
-    // Form the group.
+/// Waits for every replica to start, then forms the group from the first one.
+async fn form_group(registry: &Registry) {
     wait_until(within(5), "liveness: replicas start", || {
         registry
             .lock()
@@ -414,15 +437,27 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         .clone()
         .expect("started");
     first.initialize(&voters).await.expect("initialize");
+}
 
-    // Watch leaders per term; record every queue as observed (retention deletes old
-    // messages; the archive still knows them) and run retention right after observing.
-    let leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>> = Arc::default();
-    let terms: Arc<Mutex<Vec<(NodeId, u64)>>> = Arc::default();
-    let archive: Arc<Mutex<(Archive, Vec<ReplicaViolation>)>> = Arc::default();
+/// What the monitors saw during the run.
+#[derive(Default)]
+struct Watch {
+    /// Leaders seen per term.
+    leaders: Arc<Mutex<BTreeMap<u64, BTreeSet<NodeId>>>>,
+    /// Each replica's terms in the order seen.
+    terms: Arc<Mutex<Vec<(NodeId, u64)>>>,
+    /// Every queue offset as observed (retention deletes old messages; the archive still
+    /// knows them), and conflicts found while observing.
+    archive: Arc<Mutex<(Archive, Vec<ReplicaViolation>)>>,
+}
+
+/// Watches leaders per term; records every queue as observed and runs retention right
+/// after observing (if `retention`).
+fn spawn_monitors(handle: &Handle, registry: &Registry, retention: bool) -> Watch {
+    let watch = Watch::default();
     let monitor_node = handle.create_node().name("monitor").build();
-    if cfg.retention {
-        let (registry, archive) = (registry.clone(), archive.clone());
+    if retention {
+        let (registry, archive) = (registry.clone(), watch.archive.clone());
         monitor_node.spawn(async move {
             loop {
                 tokio::time::sleep(RETENTION_EVERY).await;
@@ -439,52 +474,42 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
             }
         });
     }
-    {
-        let (registry, leaders, terms) = (registry.clone(), leaders.clone(), terms.clone());
-        monitor_node.spawn(async move {
-            let mut tick = 0u64;
-            loop {
-                let reps = live_replicas(&registry);
-                for r in reps {
-                    let m = r.raft().metrics().borrow_watched().clone();
-                    observe_term(
-                        &mut terms.lock().expect("terms lock"),
-                        r.node_id(),
-                        m.current_term,
-                    );
-                    if m.state.is_leader() {
-                        leaders
-                            .lock()
-                            .expect("leaders lock")
-                            .entry(m.current_term)
-                            .or_default()
-                            .insert(r.node_id());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                tick += 1;
-                if std::env::var("RAFTMQ_SIM_LOG").is_ok() && tick.is_multiple_of(200) {
-                    eprintln!(
-                        "MONITOR {:?}\n{}",
-                        std::time::SystemTime::now(),
-                        describe(&registry)
-                    );
+    let (registry, leaders, terms) = (registry.clone(), watch.leaders.clone(), watch.terms.clone());
+    monitor_node.spawn(async move {
+        let mut tick = 0u64;
+        loop {
+            for r in live_replicas(&registry) {
+                let m = r.raft().metrics().borrow_watched().clone();
+                observe_term(
+                    &mut terms.lock().expect("terms lock"),
+                    r.node_id(),
+                    m.current_term,
+                );
+                if m.state.is_leader() {
+                    leaders
+                        .lock()
+                        .expect("leaders lock")
+                        .entry(m.current_term)
+                        .or_default()
+                        .insert(r.node_id());
                 }
             }
-        });
-    }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tick += 1;
+            if std::env::var("RAFTMQ_SIM_LOG").is_ok() && tick.is_multiple_of(200) {
+                eprintln!(
+                    "MONITOR {:?}\n{}",
+                    std::time::SystemTime::now(),
+                    describe(&registry)
+                );
+            }
+        }
+    });
+    watch
+}
 
-    let clients_node = handle.create_node().name("clients").build();
-    let mut clients = Vec::new();
-    for c in 0..cfg.clients {
-        clients.push(clients_node.spawn(client(
-            c,
-            cfg.writes_per_client,
-            registry.clone(),
-            history.clone(),
-        )));
-    }
-
+/// Injects seeded faults, one at a time, for the fault window; then everything is healed.
+async fn inject_faults(cluster: &Cluster, cfg: &ScenarioConfig) {
     let start = tokio::time::Instant::now();
     while start.elapsed() < cfg.fault_window && !cfg.faults.is_empty() {
         let wait = thread_rng().gen_range(100..600);
@@ -496,7 +521,17 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         "t={}ms faults stop, all healed",
         start.elapsed().as_millis()
     ));
+}
 
+/// After healing: the clients finish, a probe write is acknowledged, and every replica
+/// applies the leader's last entry, each within a bound. Returns that entry's index.
+async fn await_liveness(
+    cluster: &Cluster,
+    cfg: &ScenarioConfig,
+    clients_node: &madsim::runtime::NodeHandle,
+    clients: Vec<madsim::task::JoinHandle<()>>,
+) -> u64 {
+    let (registry, history) = (&cluster.registry, &cluster.history);
     // Bounded: a group that never elects a leader again (a mutation can do that) must fail
     // the run, not spin in simulated time forever.
     for c in clients {
@@ -504,12 +539,12 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         assert!(
             done.is_ok(),
             "liveness: clients did not finish their writes within 60 s after the faults\n{}",
-            describe(&registry)
+            describe(registry)
         );
     }
 
-    // Liveness: after healing, the group must accept a write within a bound. The probe
-    // retries (a write can be refused while leadership settles) until one is acknowledged.
+    // The group must accept a write within a bound. The probe retries (a write can be
+    // refused while leadership settles) until one is acknowledged.
     let probe = {
         let (registry, history) = (registry.clone(), history.clone());
         let id = cfg.clients;
@@ -535,12 +570,12 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         live.is_ok(),
         "liveness: no write acknowledged within 15 s after healing\n{:?}\n{}",
         history.lock().expect("history").faults,
-        describe(&registry)
+        describe(registry)
     );
 
     // Convergence: every replica applies the leader's last entry.
     let (_, l) = wait_until(within(10), "liveness: a leader after healing", || {
-        leader(&registry)
+        leader(registry)
     })
     .await;
     let target = l
@@ -558,12 +593,17 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
             .all(|r| raftmq_raft::inspect::applied_index(r.store()) >= Some(target))
     })
     .await;
+    target
+}
 
-    let reps = live_replicas(&registry);
+/// Runs every checker on the converged replicas (up to `target`) and what was watched, then
+/// stops the replicas.
+fn check(cluster: &Cluster, watch: &Watch, target: u64) -> Outcome {
+    let reps = live_replicas(&cluster.registry);
     let (logs, queues) = read_replicas(&reps, target);
     let mut replica_violations = check_replicas(&logs, &queues);
-    replica_violations.extend(check_leaders(&leaders.lock().expect("leaders lock")));
-    replica_violations.extend(check_terms(&terms.lock().expect("terms lock")));
+    replica_violations.extend(check_leaders(&watch.leaders.lock().expect("leaders lock")));
+    replica_violations.extend(check_terms(&watch.terms.lock().expect("terms lock")));
     let resets = reps
         .iter()
         .map(|r| raftmq_raft::inspect::reset_count(r.store()).expect("read resets"))
@@ -579,7 +619,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
         .max()
         .unwrap_or(0);
     let (archived, conflicts) = {
-        let a = archive.lock().expect("archive lock");
+        let a = watch.archive.lock().expect("archive lock");
         (a.0.clone(), a.1.clone())
     };
     replica_violations.extend(conflicts);
@@ -596,7 +636,7 @@ pub async fn run(cfg: ScenarioConfig) -> Outcome {
     for i in 0..REPLICAS {
         cluster.down(i);
     }
-    let history = history.lock().expect("history lock").clone();
+    let history = cluster.history.lock().expect("history lock").clone();
     let violations = check_all(&history, &log);
     Outcome {
         history,
