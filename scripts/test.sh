@@ -14,6 +14,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (workspace)"
 cargo test --workspace
 
+echo "== the raftmq binary carries no mutation (deliberate-bug) code"
+bash scripts/check-no-mutations.sh
+
 # The simulation build lives in its own target dir: --cfg madsim changes every crate. It is
 # optimized (-C opt-level=1, debug assertions still on): unoptimized, openraft's per-step state
 # validation made a whole-cluster seed ~14x slower.
