@@ -49,7 +49,7 @@ struct Inner {
     /// The boundary snapshot retention wants next (its last index; 0 = none asked).
     snapshot_target: AtomicU64,
     /// One past the highest committed index openraft reported (0: none yet). Kept in memory
-    /// only, to check `applied <= committed <= last` (see [`check_committed`]).
+    /// only, to check `committed <= last` and that it never goes back ([`check_committed`]).
     committed_end: AtomicU64,
     /// Woken (all waiters) after every apply: long-polling pulls wait on it.
     applied: tokio::sync::Notify,

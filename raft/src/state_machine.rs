@@ -169,13 +169,11 @@ impl StateMachine {
                 results.push(CommandResult::default());
                 continue;
             }
-            // applied <= committed: openraft applies only what it reported committed.
-            let committed_end = self.rs.committed_end();
-            assert!(
-                committed_end == 0 || index < committed_end,
-                "applying entry {index}, past the committed index {}",
-                committed_end.saturating_sub(1)
-            );
+            // applied <= committed is openraft's to keep (its engine hands the state machine
+            // only committed entries). It is not asserted against `save_committed` here: the
+            // state machine's worker may apply an entry before the core's `save_committed`
+            // for it reaches the log storage (seen in simulation: "applying entry 39, past
+            // the committed index 38" on seeds 110851, 111039, 111963).
             if let Some(point) = store.segment_boundary_at(LogIndex(index)).map_err(io_err)? {
                 txn = self.save_boundary(&store, txn, &mut last, index, point)?;
             }
