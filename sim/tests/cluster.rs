@@ -187,4 +187,8 @@ regressions! {
     regression_seed_32_offsets_per_incarnation = 32;
     // Too little acknowledged under packet loss for the sanity bound (now > 20).
     regression_seed_910_heavy_packet_loss = 910;
+    // A restarted leader's registration was lost; its retry waited for 30 s of uptime, and
+    // routes named no leader for its group (19 and 15 acknowledged sends).
+    regression_seed_300590_registration_retried_soon = 300590;
+    regression_seed_300621_registration_retried_soon = 300621;
 }
