@@ -11,6 +11,22 @@
 //! Build and run with `RUSTFLAGS="--cfg madsim"` in its own target dir (see README.md); a
 //! failing seed prints `MADSIM_TEST_SEED=<n>`, which replays it exactly.
 
+/// Named regression seeds: `regressions! { runner; name = seed; … }` makes one `#[test]` per
+/// seed, each calling `runner(seed)` (which runs the scenario on that seed and asserts it is
+/// clean).
+#[macro_export]
+macro_rules! regressions {
+    ($runner:path; $($(#[$m:meta])* $name:ident = $seed:expr;)*) => {
+        $(
+            $(#[$m])*
+            #[test]
+            fn $name() {
+                $runner($seed);
+            }
+        )*
+    };
+}
+
 pub mod history;
 pub mod queue_checks;
 pub mod replica_checks;

@@ -157,18 +157,8 @@ fn regression(seed: u64) {
     assert!(o.is_clean(), "checkers fired:\n{}", o.report("regression_"));
 }
 
-macro_rules! regressions {
-    ($($name:ident = $seed:expr;)*) => {
-        $(
-            #[test]
-            fn $name() {
-                regression($seed);
-            }
-        )*
-    };
-}
-
-regressions! {
+raftmq_sim::regressions! {
+    regression;
     // A consumer rewound to a lagging replica's end and was handed messages again.
     regression_seed_3_no_rewind_on_a_lagging_replica = 3;
     // Two members held the same queues for the whole run: their routes named different

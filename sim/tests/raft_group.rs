@@ -159,18 +159,8 @@ fn regression(seed: u64) {
     );
 }
 
-macro_rules! regressions {
-    ($($name:ident = $seed:expr;)*) => {
-        $(
-            #[test]
-            fn $name() {
-                regression($seed);
-            }
-        )*
-    };
-}
-
-regressions! {
+raftmq_sim::regressions! {
+    regression;
     // Replica 0 diverged from the others at the first retained entry: it had truncated an
     // uncommitted entry that had opened a new segment but kept the blank that closed the
     // previous one, so the committed entry that replaced it opened the new segment too, at

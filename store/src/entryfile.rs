@@ -56,6 +56,24 @@ pub type Entry = [u8; ENTRY_LEN];
 /// Bytes of appended entries held in memory before they are written out.
 pub const PENDING_MAX: usize = 64 << 10;
 
+/// The smallest `n` in `[lo, hi)` for which the monotonic `pred(n)` holds (false…false
+/// true…true); `hi` if none.
+fn partition_point(
+    mut lo: u64,
+    mut hi: u64,
+    mut pred: impl FnMut(u64) -> Result<bool>,
+) -> Result<u64> {
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid)? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
 /// Both users of entry files store the same shape, `position u64 | len u32 | extra u64`
 /// (the extra is a term or a tag hash): one packing for both.
 pub(crate) fn pack(position: u64, len: u32, extra: u64) -> Entry {
@@ -166,17 +184,8 @@ impl EntryReader {
     }
 
     /// The smallest published `n` for which the monotonic `pred(n)` holds; `end` if none.
-    pub fn partition_point(&self, mut pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
-        let (mut lo, mut hi) = (self.first(), self.end());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if pred(mid)? {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        Ok(lo)
+    pub fn partition_point(&self, pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
+        partition_point(self.first(), self.end(), pred)
     }
 }
 
@@ -459,17 +468,8 @@ impl EntryFiles {
 
     /// The smallest `n` in `[first, end)` for which `pred(n)` holds, given that `pred` is
     /// monotonic (false…false true…true); `end` if none.
-    pub fn partition_point(&self, mut pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
-        let (mut lo, mut hi) = (self.first, self.end);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if pred(mid)? {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        Ok(lo)
+    pub fn partition_point(&self, pred: impl FnMut(u64) -> Result<bool>) -> Result<u64> {
+        partition_point(self.first, self.end, pred)
     }
 
     /// Removes every file and restarts the range, empty, at `at` (a snapshot install).
