@@ -115,11 +115,6 @@ impl ReplicaStore {
         &self.inner.applied
     }
 
-    /// One past the highest index known committed (0: none reported yet).
-    pub fn committed_end(&self) -> u64 {
-        self.inner.committed_end.load(Ordering::Acquire)
-    }
-
     /// The group-commit flusher.
     pub fn flusher(&self) -> &FlushHandle {
         &self.inner.flusher

@@ -124,23 +124,8 @@ impl ConsumeQueue {
         Ok(offset)
     }
 
-    /// The entry at `offset`.
-    pub fn get(&self, offset: QueueOffset) -> Result<CqEntry> {
-        Ok(CqEntry::decode(&self.files.get(offset.0)?))
-    }
-
-    /// Smallest offset still held.
-    pub fn min_offset(&self) -> QueueOffset {
-        QueueOffset(self.files.first())
-    }
-
-    /// One past the largest offset: the offset the next message will get.
-    pub fn max_offset(&self) -> QueueOffset {
-        QueueOffset(self.files.end())
-    }
-
-    /// The first offset whose entry satisfies the monotonic `pred` (false…true), or
-    /// [`max_offset`](Self::max_offset) if none.
+    /// The first offset whose entry satisfies the monotonic `pred` (false…true), over the
+    /// owner's entries (published or not), or the end if none. Readers use [`QueueReader`].
     pub fn partition_point(
         &self,
         mut pred: impl FnMut(CqEntry) -> Result<bool>,
@@ -301,11 +286,6 @@ impl ConsumeQueues {
         Ok(())
     }
 
-    /// The queue, if it exists.
-    pub fn get(&self, id: &QueueId) -> Option<&ConsumeQueue> {
-        self.queues.get(id)
-    }
-
     /// The queue, created empty if it does not exist.
     pub fn get_or_create(&mut self, id: &QueueId) -> Result<&mut ConsumeQueue> {
         if !self.queues.contains_key(id) {
@@ -325,11 +305,6 @@ impl ConsumeQueues {
             self.queues.insert(id.clone(), q);
         }
         Ok(self.queues.get_mut(id).expect("inserted above"))
-    }
-
-    /// Every queue, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&QueueId, &ConsumeQueue)> {
-        self.queues.iter()
     }
 
     /// Every queue's end offset (for the checkpoint).
