@@ -43,6 +43,9 @@ mod tests {
         assert_eq!(ErrorCode::Unavailable as i32, 9);
         assert_eq!(ErrorCode::LockHeld as i32, 10);
         assert_eq!(ErrorCode::TopicExists as i32, 11);
+        assert_eq!(ErrorCode::TxnAlreadyDecided as i32, 12);
+        assert_eq!(ErrorCode::TxnNotFound as i32, 13);
+        assert_eq!(ErrorCode::TxnGroupMismatch as i32, 14);
     }
 
     #[test]
