@@ -79,6 +79,7 @@ impl Broker {
             tokio::spawn(form_group(shared.clone(), members));
         }
         tokio::spawn(register_loop(shared.clone()));
+        tokio::spawn(transaction_checker(shared.clone()));
         Ok(Broker {
             shared,
             addr,
@@ -102,6 +103,8 @@ impl Broker {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        // Client channels are long-lived streams: end them, or the server waits for them.
+        self.shared.managers.channels.clear();
         let _ = (&mut self.server).await;
         unregister(&self.shared).await;
         self.shared.replica.shutdown().await;
@@ -231,6 +234,29 @@ async fn unregister(shared: &Shared) {
 /// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change; after
 /// a failed registration (a name server down or cut off) again within [`REGISTER_RETRY_MS`],
 /// so that a change made while it was unreachable reaches it soon after it is back.
+/// The transaction checker (`managers::transactions`): a pass every `scan_interval_ms` while
+/// this replica leads. Client channels are the leader's: while not leading, any are dropped
+/// (so their clients reconnect to the leader).
+async fn transaction_checker(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.transaction.scan_interval_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        if shared.metrics().state == ServerState::Shutdown {
+            shared.managers.channels.clear();
+            return;
+        }
+        if !shared.is_leader() {
+            shared.managers.channels.clear();
+            continue;
+        }
+        let now = raftmq_raft::replica::now_ms();
+        let pass = shared.managers.transactions.check_due(now).await;
+        if pass != Default::default() {
+            tracing::debug!(?pass, "transaction checker");
+        }
+    }
+}
+
 async fn register_loop(shared: Arc<Shared>) {
     // A restarted replica rebuilds its applied state (topics among it) by applying its log
     // again; registered before that, it would tell the name servers its group holds no

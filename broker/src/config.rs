@@ -23,6 +23,12 @@
 //! heartbeat_ms = 60
 //! election_min_ms = 300
 //! election_max_ms = 600
+//!
+//! [transaction]                       # optional; these are the defaults
+//! timeout_ms = 6000                   # first check of an undecided transaction this long after its half message
+//! check_interval_ms = 60000           # then a check this often
+//! max_checks = 15                     # then roll it back ("check limit")
+//! scan_interval_ms = 1000             # how often the leader's checker looks for due checks
 //! ```
 
 use std::collections::BTreeMap;
@@ -81,6 +87,31 @@ impl Default for RaftSection {
     }
 }
 
+/// The transaction checker's settings as written in the file (docs/transactions.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionSection {
+    /// An undecided transaction is first checked this long after its half message was stored.
+    pub timeout_ms: u64,
+    /// Then checked again this often.
+    pub check_interval_ms: u64,
+    /// Checks sent before the transaction is rolled back (reason "check limit").
+    pub max_checks: u32,
+    /// How often the leader's checker looks for due checks.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for TransactionSection {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 6_000,
+            check_interval_ms: 60_000,
+            max_checks: 15,
+            scan_interval_ms: 1_000,
+        }
+    }
+}
+
 fn default_cluster() -> String {
     "DefaultCluster".into()
 }
@@ -129,6 +160,8 @@ pub struct BrokerConfig {
     pub initial_members: BTreeMap<String, String>,
     #[serde(default)]
     pub raft: RaftSection,
+    #[serde(default)]
+    pub transaction: TransactionSection,
     /// Not in the file: test hook for smaller segments (bytes; overrides `segment_mib`).
     #[serde(skip)]
     pub segment_bytes_override: Option<u64>,
@@ -207,6 +240,13 @@ impl BrokerConfig {
             return bad(format!(
                 "segment_mib must be 1..=16384, got {}",
                 self.segment_mib
+            ));
+        }
+        let t = &self.transaction;
+        if t.check_interval_ms < 100 || t.scan_interval_ms < 10 || t.max_checks == 0 {
+            return bad(format!(
+                "transaction: check_interval_ms must be ≥ 100 (got {}), scan_interval_ms ≥ 10 (got {}), max_checks ≥ 1 (got {})",
+                t.check_interval_ms, t.scan_interval_ms, t.max_checks
             ));
         }
         if self.file_reserved_hours == 0 {
@@ -311,6 +351,13 @@ namesrv_addrs = ["127.0.0.1:9876"]
                 "colour",
             ),
             (GOOD.replace("9876\"]", "9876\", \"nope\"]"), "nope"),
+            (
+                GOOD.replace(
+                    "[initial_members]",
+                    "[transaction]\nmax_checks = 0\n[initial_members]",
+                ),
+                "max_checks",
+            ),
             (
                 GOOD.replace(
                     "[initial_members]",

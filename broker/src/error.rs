@@ -34,6 +34,15 @@ pub enum Refusal {
     /// The store could not serve a read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The transaction was decided before; nothing changed.
+    #[error("{0}")]
+    TxnAlreadyDecided(String),
+    /// No such transaction (never stored, or forgotten after its decision).
+    #[error("{0}")]
+    TxnNotFound(String),
+    /// The transaction belongs to another producer group.
+    #[error("{0}")]
+    TxnGroupMismatch(String),
 }
 
 impl Refusal {
@@ -62,6 +71,9 @@ impl Refusal {
             Refusal::Store(StoreError::OutOfRange { .. }) => ErrorCode::OffsetOutOfRange,
             Refusal::Store(StoreError::InvalidArgument(_)) => ErrorCode::InvalidArgument,
             Refusal::Store(_) => ErrorCode::Internal,
+            Refusal::TxnAlreadyDecided(_) => ErrorCode::TxnAlreadyDecided,
+            Refusal::TxnNotFound(_) => ErrorCode::TxnNotFound,
+            Refusal::TxnGroupMismatch(_) => ErrorCode::TxnGroupMismatch,
         }
     }
 
@@ -138,6 +150,8 @@ replies!(
     AddReplicaResponse,
     ChangeVotersResponse,
     RemoveReplicaResponse,
+    EndTransactionResponse,
+    ListTransactionsResponse,
 );
 
 /// A manager's answer as a gRPC response: `OK` unless the response already carries a status

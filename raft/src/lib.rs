@@ -5,6 +5,7 @@
 //! - [`types`]: the `TypeConfig`, the replicated [`types::Command`]s, entry ↔ record;
 //! - [`log_store`]: `RaftLogStorage`/`RaftLogReader` over the store (durability contract);
 //! - [`state_machine`]: apply (queue offsets in log order), snapshots;
+//! - [`txn_apply`]: what apply does with transactions (half messages, decisions, checks);
 //! - [`network`]: the tonic `RaftService`, client and server;
 //! - [`rt`]: the `AsyncRuntime` on the workspace tokio (real or madsim);
 //! - [`replica`]: one replica: start, group-commit writer, membership.
@@ -17,6 +18,7 @@ pub mod network;
 pub mod replica;
 pub mod rt;
 pub mod state_machine;
+pub mod txn_apply;
 pub mod types;
 
 /// The generated `RaftService` types.
@@ -27,7 +29,9 @@ pub use mutations::Mutations;
 pub use replica::{
     BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
 };
-pub use types::{AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TypeConfig};
+pub use types::{
+    AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TxnOutcome, TypeConfig,
+};
 
 /// The openraft handle of one replica.
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;

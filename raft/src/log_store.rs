@@ -60,6 +60,11 @@ pub(crate) fn io_err(e: StoreError) -> io::Error {
 }
 
 impl ReplicaStore {
+    /// The deliberate bugs switched on (none outside the simulator).
+    pub fn mutations(&self) -> Mutations {
+        self.inner.mutations
+    }
+
     /// Wraps an opened store and starts its flusher (must run inside a runtime).
     pub fn new(store: Store, mutations: Mutations) -> Self {
         let cfg = store.config().clone();

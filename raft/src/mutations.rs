@@ -19,6 +19,17 @@ pub struct Mutations {
     /// numbering them after the queue's applied end (used by `raftmq-broker`).
     #[cfg(feature = "mutations")]
     pub serve_uncommitted_pulls: bool,
+    /// Apply admits a commit of an already decided transaction: the message enters its
+    /// queue once per commit entry.
+    #[cfg(feature = "mutations")]
+    pub commit_twice: bool,
+    /// Half messages are dispatched straight to their topic's queue at send time.
+    #[cfg(feature = "mutations")]
+    pub halves_visible: bool,
+    /// The broker's transaction checker keeps its check counts in leader memory and never
+    /// records them in the log (used by `raftmq-broker`).
+    #[cfg(feature = "mutations")]
+    pub checks_in_memory: bool,
 }
 
 macro_rules! switches {
@@ -40,4 +51,11 @@ macro_rules! switches {
     };
 }
 
-switches!(ack_before_sync, skip_vote, serve_uncommitted_pulls);
+switches!(
+    ack_before_sync,
+    skip_vote,
+    serve_uncommitted_pulls,
+    commit_twice,
+    halves_visible,
+    checks_in_memory
+);

@@ -476,6 +476,27 @@ impl Replica {
             .map_err(|_| WriteError::Unavailable("writer dropped the request".into()))?
     }
 
+    /// Appends one message as an entry of its own, outside group commit, and resolves once
+    /// applied: a transaction's commit message, whose fate apply decides (see
+    /// [`crate::txn_apply`]; the result says what it did).
+    pub async fn write_alone(&self, mut msg: Message) -> Result<CommandResult, WriteError> {
+        msg.validate()
+            .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+        let timestamp_ms = now_ms();
+        msg.store_timestamp_ms = timestamp_ms;
+        let batch = encode_batch(std::slice::from_ref(&msg))
+            .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+        let r = self
+            .raft
+            .client_write(Command::Messages {
+                timestamp_ms,
+                batch,
+            })
+            .await
+            .map_err(map_write_err)?;
+        Ok(r.data)
+    }
+
     /// Replicates a metadata command; resolves once applied.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<CommandResult, WriteError> {
         let r = self
@@ -634,7 +655,9 @@ fn split_assigned(
         .collect())
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in milliseconds since the epoch: the clock a leader writes into entries
+/// (store times, transaction decisions) and schedules by.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

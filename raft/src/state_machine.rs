@@ -38,14 +38,16 @@ use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
 use raftmq_store::store::ResetPoint;
+use raftmq_store::txn::TxnRecord;
 use raftmq_store::{LogIndex, Position, QueueOffset, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, boundary_key};
 use crate::log_store::{ReplicaStore, io_err};
+use crate::txn_apply::{ApplyGate, apply_txn_command, record_halves};
 use crate::types::{
     AssignedOffset, Command, CommandResult, LogId, MetaCommand, SnapshotMeta, StoredMembership,
-    TypeConfig, decode_value, encode_value,
+    TxnOutcome, TypeConfig, decode_value, encode_value,
 };
 
 /// Checkpoint the store after this many applied entries (bounds recovery's replay).
@@ -69,6 +71,10 @@ pub struct SnapshotState {
     pub consumer_offsets: Vec<(String, String, u32, QueueOffset)>,
     /// (topic, queue id, next offset).
     pub queue_ends: Vec<(String, u32, u64)>,
+    /// The transaction table: every record (pending and decided), encoded as in
+    /// `raftmq_store::txn`.
+    #[serde(default)]
+    pub transactions: Vec<Vec<u8>>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
     /// boundary (absent in a snapshot of the applied state).
     #[serde(default)]
@@ -122,6 +128,15 @@ fn state_of(
             .queues()
             .into_iter()
             .map(|(q, _, end)| (q.topic, q.queue_id, end.0))
+            .collect(),
+        transactions: [false, true]
+            .into_iter()
+            .map(|decided| meta.transactions(decided, usize::MAX).map(|(r, _)| r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_err)?
+            .into_iter()
+            .flatten()
+            .map(|r| r.encode())
             .collect(),
         boundary,
     })
@@ -179,9 +194,27 @@ impl StateMachine {
             }
             // Dispatch every entry once, in log order (it keeps the store's dispatched index in
             // step with the applied one); only `Messages` entries assign queue offsets.
-            let assigned = store.dispatch_upto(LogIndex(index)).map_err(io_err)?;
-            let result = result_of(index, assigned);
-            self.apply_payload(&mut txn, e)?;
+            let decided_ms = match &e.payload {
+                EntryPayload::Normal(Command::Messages { timestamp_ms, .. }) => *timestamp_ms,
+                _ => 0,
+            };
+            let mut gate = ApplyGate {
+                txn: &mut txn,
+                decided_ms,
+                mutations: self.rs.mutations(),
+                outcome: None,
+                error: None,
+            };
+            let assigned = store
+                .dispatch_upto_gated(LogIndex(index), &mut gate)
+                .map_err(io_err)?;
+            let outcome = gate.outcome;
+            if let Some(err) = gate.error {
+                return Err(io_err(err));
+            }
+            record_halves(&mut txn, &store, &assigned).map_err(io_err)?;
+            let mut result = result_of(index, assigned);
+            result.txn = outcome.or(self.apply_payload(&mut txn, e)?);
             last = Some(e.log_id);
             results.push(result);
         }
@@ -231,11 +264,20 @@ impl StateMachine {
         Ok(txn)
     }
 
-    /// Applies what an entry changes besides messages: metadata and membership.
-    fn apply_payload(&mut self, txn: &mut MetaTxn, e: &crate::types::Entry) -> io::Result<()> {
+    /// Applies what an entry changes besides messages: metadata and membership. Returns what
+    /// a transaction command did.
+    fn apply_payload(
+        &mut self,
+        txn: &mut MetaTxn,
+        e: &crate::types::Entry,
+    ) -> io::Result<Option<TxnOutcome>> {
         match &e.payload {
             EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
             EntryPayload::Normal(Command::Meta(m)) => {
+                let index = LogIndex(e.log_id.index);
+                if let Some(outcome) = apply_txn_command(txn, index, m).map_err(io_err)? {
+                    return Ok(Some(outcome));
+                }
                 apply_meta(txn, m).map_err(io_err)?;
             }
             EntryPayload::Membership(m) => {
@@ -244,7 +286,7 @@ impl StateMachine {
                     .map_err(io_err)?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Restarts this replica at a leader's boundary snapshot: the store is reset to the
@@ -307,6 +349,10 @@ impl StateMachine {
                 for (g, t, q, o) in &state.consumer_offsets {
                     txn.set_consumer_offset(g, t, *q, *o)?;
                 }
+                txn.clear_transactions()?;
+                for raw in &state.transactions {
+                    txn.put_transaction(&TxnRecord::decode(raw)?)?;
+                }
                 txn.set_applied(&raftmq_store::LogId {
                     term: last.leader_id.term,
                     node_id: 0,
@@ -344,6 +390,7 @@ fn result_of(index: u64, assigned: Vec<raftmq_store::store::Assigned>) -> Comman
                 size: a.size,
             })
             .collect(),
+        txn: None,
     }
 }
 
@@ -375,6 +422,8 @@ fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
             }
             Ok(())
         }
+        // Applied by `apply_txn_command`.
+        MetaCommand::RollbackTransaction { .. } | MetaCommand::CheckTransaction { .. } => Ok(()),
     }
 }
 

@@ -81,6 +81,24 @@ pub enum MetaCommand {
         group: String,
         offsets: Vec<OffsetCommit>,
     },
+    /// Roll back the transaction of the half message at `half` (if still undecided, with this
+    /// msg_id and producer group). `decided_ms` is the proposing leader's clock.
+    RollbackTransaction {
+        half: u64,
+        msg_id: String,
+        producer_group: String,
+        reason: String,
+        decided_ms: u64,
+    },
+    /// The leader's checker asks (or is about to ask) a producer about the transaction at
+    /// `half`: its check count becomes `checks` and the next check is due at `next_check_ms`
+    /// (leader clock). Ignored once decided, and when it would not raise the count.
+    CheckTransaction {
+        half: u64,
+        msg_id: String,
+        checks: u32,
+        next_check_ms: u64,
+    },
 }
 
 /// A topic's configuration as replicated.
@@ -120,11 +138,28 @@ pub struct AssignedOffset {
     pub size: u32,
 }
 
+/// What applying a transaction decision (a commit message or a rollback) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    /// This entry decided the transaction.
+    Decided,
+    /// It was already decided (`commit` says how); nothing changed.
+    AlreadyDecided { commit: bool },
+    /// No transaction at that position (or it was forgotten); nothing changed.
+    NotFound,
+    /// The transaction has another msg_id or producer group; nothing changed.
+    Mismatch,
+}
+
 /// The state machine's answer to one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CommandResult {
-    /// Queue offsets of the entry's messages, in batch order.
+    /// Queue offsets of the entry's messages, in batch order (half messages: in the half
+    /// queue).
     pub assigned: Vec<AssignedOffset>,
+    /// For a transaction decision: what it did.
+    #[serde(default)]
+    pub txn: Option<TxnOutcome>,
 }
 
 /// An entry in its record form: what is written to the CommitLog and sent to followers.

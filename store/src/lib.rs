@@ -14,6 +14,7 @@
 //!   it starts OS threads, which madsim forbids, so it could never run in the deterministic
 //!   simulation; redb is stable, crash-safe, thread-free, and its `StorageBackend` puts its
 //!   file on the same disk seam as everything else;
+//! - [`txn`]: half messages, commits and the transaction table's record;
 //! - [`flush`]: group commit (`Sync`) and periodic sync (`Async`);
 //! - [`store`]: the whole, with the checkpoint that makes recovery cheap, and retention.
 //!
@@ -35,6 +36,7 @@ pub mod meta;
 pub mod raftindex;
 mod slotfile;
 pub mod store;
+pub mod txn;
 pub mod types;
 pub mod view;
 

@@ -16,6 +16,10 @@
 //! - `raft`: key → bytes owned by the Raft layer (the vote, the applied membership, the
 //!   snapshot, the purged log id, boundary snapshots `boundary/<index:020>`, the reset count
 //!   `resets`); each value carries its own version, documented in `raftmq-raft`.
+//! - `txn_pending` / `txn_decided`: half message position → [`TxnRecord`] (encoded in
+//!   [`crate::txn`]): undecided transactions, and decided ones still on record;
+//! - `txn_refused_commits`: log index → 0, the commit entries apply refused (a second
+//!   decision), kept until a checkpoint passes them (see [`crate::txn`]).
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
@@ -28,7 +32,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
+    TableDefinition,
 };
 
 use crate::codec::{PutLe, Reader};
@@ -37,6 +42,7 @@ use crate::consumequeue::QueueId;
 use crate::disk::{Disk, DiskFile};
 use crate::error::{Result, StoreError};
 use crate::indexfile::IndexCheckpoint;
+use crate::txn::TxnRecord;
 use crate::types::{LogId, LogIndex, Position, QueueOffset};
 
 /// The redb file.
@@ -47,6 +53,9 @@ const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("c
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const CQ_ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("cq_ends");
 const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
+const TXN_PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("txn_pending");
+const TXN_DECIDED: TableDefinition<u64, &[u8]> = TableDefinition::new("txn_decided");
+const TXN_REFUSED: TableDefinition<u64, u8> = TableDefinition::new("txn_refused_commits");
 const VERSION: u8 = 1;
 
 /// Read and write permission bits of a topic (RocketMQ's `perm`).
@@ -368,6 +377,55 @@ impl MetaStore {
         })
     }
 
+    /// One transaction, undecided or decided.
+    pub fn transaction(&self, half: Position) -> Result<Option<TxnRecord>> {
+        self.read(|t| {
+            for def in [TXN_PENDING, TXN_DECIDED] {
+                let table = t.open_table(def).map_err(meta_err)?;
+                if let Some(v) = table.get(half.0).map_err(meta_err)? {
+                    return TxnRecord::decode(v.value()).map(Some);
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// Up to `limit` undecided (`decided == false`) or decided transactions, by half
+    /// position, and how many the table holds in all.
+    pub fn transactions(&self, decided: bool, limit: usize) -> Result<(Vec<TxnRecord>, u64)> {
+        self.read(|t| {
+            let table = t
+                .open_table(if decided { TXN_DECIDED } else { TXN_PENDING })
+                .map_err(meta_err)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(meta_err)?.take(limit) {
+                let (_, v) = row.map_err(meta_err)?;
+                out.push(TxnRecord::decode(v.value())?);
+            }
+            Ok((out, table.len().map_err(meta_err)?))
+        })
+    }
+
+    /// The lowest half message position of an undecided transaction (retention keeps its
+    /// segment).
+    pub fn oldest_pending_half(&self) -> Result<Option<Position>> {
+        self.read(|t| {
+            let table = t.open_table(TXN_PENDING).map_err(meta_err)?;
+            Ok(table
+                .first()
+                .map_err(meta_err)?
+                .map(|(k, _)| Position(k.value())))
+        })
+    }
+
+    /// Whether apply refused the commit in entry `index`.
+    pub fn commit_refused(&self, index: LogIndex) -> Result<bool> {
+        self.read(|t| {
+            let table = t.open_table(TXN_REFUSED).map_err(meta_err)?;
+            Ok(table.get(index.0).map_err(meta_err)?.is_some())
+        })
+    }
+
     /// The last checkpoint.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         self.state("checkpoint")
@@ -417,6 +475,79 @@ impl MetaTxn {
         self.txn.open_table(STATE).map_err(meta_err)?;
         self.txn.open_table(CQ_ENDS).map_err(meta_err)?;
         self.txn.open_table(RAFT).map_err(meta_err)?;
+        self.txn.open_table(TXN_PENDING).map_err(meta_err)?;
+        self.txn.open_table(TXN_DECIDED).map_err(meta_err)?;
+        self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// One transaction, undecided or decided, as this transaction sees it.
+    pub fn transaction(&self, half: Position) -> Result<Option<TxnRecord>> {
+        for def in [TXN_PENDING, TXN_DECIDED] {
+            let table = self.txn.open_table(def).map_err(meta_err)?;
+            if let Some(v) = table.get(half.0).map_err(meta_err)? {
+                return TxnRecord::decode(v.value()).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a transaction in the table its state belongs to.
+    pub fn put_transaction(&mut self, r: &TxnRecord) -> Result<()> {
+        let (to, from) = if r.pending() {
+            (TXN_PENDING, TXN_DECIDED)
+        } else {
+            (TXN_DECIDED, TXN_PENDING)
+        };
+        self.txn
+            .open_table(from)
+            .map_err(meta_err)?
+            .remove(r.half.0)
+            .map_err(meta_err)?;
+        self.txn
+            .open_table(to)
+            .map_err(meta_err)?
+            .insert(r.half.0, r.encode().as_slice())
+            .map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Forgets decided transactions whose half message lies below `below`; returns how many.
+    pub fn forget_decided_below(&mut self, below: Position) -> Result<u64> {
+        let mut table = self.txn.open_table(TXN_DECIDED).map_err(meta_err)?;
+        let gone = table.extract_from_if(..below.0, |_, _| true).map_err(meta_err)?;
+        let mut n = 0;
+        for row in gone {
+            row.map_err(meta_err)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes every transaction (a snapshot install replaces them all).
+    pub fn clear_transactions(&mut self) -> Result<()> {
+        for def in [TXN_PENDING, TXN_DECIDED] {
+            self.txn.delete_table(def).map_err(meta_err)?;
+            self.txn.open_table(def).map_err(meta_err)?;
+        }
+        Ok(())
+    }
+
+    /// Records that apply refused the commit in entry `index` (see [`crate::txn`]).
+    pub fn refuse_commit(&mut self, index: LogIndex) -> Result<()> {
+        let mut table = self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
+        table.insert(index.0, 0).map_err(meta_err)?;
+        Ok(())
+    }
+
+    /// Forgets refused commits at or below `upto` (a checkpoint has passed them: no replay
+    /// will meet them again).
+    pub fn forget_refused_upto(&mut self, upto: LogIndex) -> Result<()> {
+        let mut table = self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
+        let gone = table.extract_from_if(..=upto.0, |_, _| true).map_err(meta_err)?;
+        for row in gone {
+            row.map_err(meta_err)?;
+        }
         Ok(())
     }
 

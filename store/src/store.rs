@@ -31,6 +31,7 @@ use crate::indexfile::{IndexCheckpoint, IndexFileConfig, IndexFiles, KeyQuery};
 use crate::message::{self, Message};
 use crate::meta::{Checkpoint, MetaStore, MetaTxn};
 use crate::raftindex::{IndexEntry, RaftIndex};
+use crate::txn::{self, DispatchGate, HALF_TOPIC, ReplayGate};
 use crate::types::{LogIndex, Position, QueueOffset};
 use crate::view::ReadView;
 
@@ -381,8 +382,28 @@ impl Store {
 
     /// Builds ConsumeQueue and IndexFile entries for every entry in `(dispatched, upto]`, in
     /// log order, and returns the queue offsets assigned. Idempotent: entries already
-    /// dispatched are skipped.
+    /// dispatched are skipped. Commit messages enter their queue unless apply refused them
+    /// (the [`ReplayGate`]); the state machine decides with [`Store::dispatch_upto_gated`].
     pub fn dispatch_upto(&mut self, upto: LogIndex) -> Result<Vec<Assigned>> {
+        let meta = self.meta.clone();
+        let mut gate = ReplayGate {
+            meta: &meta,
+            error: None,
+        };
+        let out = self.dispatch_upto_gated(upto, &mut gate)?;
+        match gate.error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// [`Store::dispatch_upto`], with `gate` deciding what transactional messages do (see
+    /// [`crate::txn`]). Half messages are assigned offsets in [`HALF_TOPIC`]/0.
+    pub fn dispatch_upto_gated(
+        &mut self,
+        upto: LogIndex,
+        gate: &mut dyn DispatchGate,
+    ) -> Result<Vec<Assigned>> {
         let mut out = Vec::new();
         let mut next = self
             .dispatched
@@ -390,7 +411,7 @@ impl Store {
         while next <= upto {
             let rec = self.read_entry(next)?;
             if rec.header.kind == RecordKind::MESSAGES {
-                self.dispatch_messages(&rec, &mut out)?;
+                self.dispatch_messages(&rec, gate, &mut out)?;
             }
             self.dispatched = Some(next);
             self.dispatched_position = Position(rec.position.0 + u64::from(rec.header.len));
@@ -400,7 +421,12 @@ impl Store {
         Ok(out)
     }
 
-    fn dispatch_messages(&mut self, rec: &Record, out: &mut Vec<Assigned>) -> Result<()> {
+    fn dispatch_messages(
+        &mut self,
+        rec: &Record,
+        gate: &mut dyn DispatchGate,
+        out: &mut Vec<Assigned>,
+    ) -> Result<()> {
         let base = rec.position.0 + crate::commitlog::record::HEADER_LEN as u64;
         // The payload was verified by its CRC and was validated before it was proposed; a
         // batch that still does not decode is skipped identically on every replica.
@@ -420,10 +446,17 @@ impl Store {
                     continue;
                 }
             };
+            let half = txn::is_half(&m) && !gate.halves_visible();
+            if let Some(commits) = txn::commit_of(&m) {
+                let admitted = commits.is_some_and(|p| gate.admit_commit(rec.header.index, p, m.msg_id));
+                if !admitted {
+                    continue;
+                }
+            }
             let position = Position(base + u64::from(span.offset));
             let queue = QueueId {
-                topic: m.topic.to_string(),
-                queue_id: m.queue_id,
+                topic: if half { HALF_TOPIC } else { m.topic }.to_string(),
+                queue_id: if half { 0 } else { m.queue_id },
             };
             let entry = CqEntry {
                 position,
@@ -431,14 +464,17 @@ impl Store {
                 tag_hash: message::tag_hash(m.tags),
             };
             let offset = self.cqs.append(&queue, entry)?;
-            let mut index = self.view.index();
-            for key in m
-                .keys
-                .iter()
-                .chain(std::iter::once(&m.msg_id))
-                .filter(|k| !k.is_empty())
-            {
-                index.put(m.topic, key, position, span.len, m.store_timestamp_ms)?;
+            // A half message is found by its position; its keys are indexed when committed.
+            if !half {
+                let mut index = self.view.index();
+                for key in m
+                    .keys
+                    .iter()
+                    .chain(std::iter::once(&m.msg_id))
+                    .filter(|k| !k.is_empty())
+                {
+                    index.put(m.topic, key, position, span.len, m.store_timestamp_ms)?;
+                }
             }
             out.push(Assigned {
                 index: rec.header.index,
@@ -484,6 +520,9 @@ impl Store {
         };
         let mut txn = self.meta.begin(true)?;
         txn.set_checkpoint(&ckpt, &self.cqs.ends())?;
+        if let Some(d) = self.dispatched {
+            txn.forget_refused_upto(d)?;
+        }
         txn.commit()?;
         self.ckpt = ckpt;
         Ok(())
@@ -560,14 +599,20 @@ impl Store {
     }
 
     /// Where retention may cut at `now_ms`: the start of the oldest segment to keep, if any
-    /// older segment is expired and fully dispatched (see [`Store::delete_expired`]).
+    /// older segment is expired and fully dispatched (see [`Store::delete_expired`]) and holds
+    /// no undecided transaction's half message.
     pub fn expired_before(&self, now_ms: u64) -> Result<Option<Position>> {
         let seg = self.config.segment_bytes;
         let starts = self.reader.segment_starts();
+        // An undecided transaction's half message keeps its segment (and every later one).
+        let hold = self
+            .meta
+            .oldest_pending_half()?
+            .map_or(u64::MAX, |p| p.0 - p.0 % seg);
         let mut cut = None;
         for w in starts.windows(2) {
             let (start, next) = (w[0], w[1]);
-            if next.0 > self.dispatched_position.0 {
+            if next.0 > self.dispatched_position.0 || next.0 > hold {
                 break;
             }
             match self.first_timestamp(next)? {

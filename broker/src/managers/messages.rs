@@ -25,6 +25,7 @@ use raftmq_store::{Position, QueueOffset, ReadView};
 use crate::convert::{offset_msg_id, parse_offset_msg_id, subscription_hashes, to_store, to_wire};
 use crate::error::Refusal;
 use crate::managers::topics::TopicManager;
+use crate::managers::transactions::{TransactionManager, half_result};
 
 /// A pull, checked: which queue, from where, how much, which tags.
 #[derive(Debug, Clone)]
@@ -94,11 +95,21 @@ impl MessageManager {
             Some(q) => q,
             None => self.next_queue.fetch_add(1, Ordering::Relaxed) % t.write_queue_nums,
         };
-        let msgs: Vec<_> = req
+        if req.transactional && (req.producer_group.is_empty() || req.messages.len() != 1) {
+            return Err(Refusal::InvalidArgument(
+                "a transactional send needs a producer group and exactly one message".into(),
+            ));
+        }
+        let mut msgs: Vec<_> = req
             .messages
             .into_iter()
             .map(|m| to_store(m, queue_id))
             .collect();
+        if req.transactional {
+            for m in &mut msgs {
+                TransactionManager::make_half(&req.producer_group, m);
+            }
+        }
         let bytes: usize = msgs.iter().map(|m| m.encoded_len()).sum();
         if bytes > self.batch_max_bytes {
             return Err(Refusal::MessageTooLarge(format!(
@@ -108,6 +119,13 @@ impl MessageManager {
         }
         let ids: Vec<String> = msgs.iter().map(|m| m.msg_id.clone()).collect();
         let assigned = self.replica.write(msgs).await?;
+        if req.transactional {
+            return Ok(assigned
+                .into_iter()
+                .zip(ids)
+                .map(|(a, msg_id)| half_result(self.group(), msg_id, queue_id, a.position))
+                .collect());
+        }
         Ok(assigned
             .into_iter()
             .zip(ids)
@@ -124,6 +142,7 @@ impl MessageManager {
     pub fn pull_spec(&self, req: &PullRequest) -> Result<PullSpec, Refusal> {
         check_name("consumer group", &req.consumer_group)?;
         check_name("topic", &req.topic)?;
+        crate::managers::topics::refuse_system(&req.topic)?;
         let tag_hashes =
             subscription_hashes(&req.subscription).map_err(Refusal::InvalidArgument)?;
         if req.max_messages > limits::PULL_MESSAGES_MAX

@@ -9,18 +9,23 @@
 //! | [`long_poll`] | held pulls, woken by apply | none (the replica's applied signal) |
 //! | [`offsets`] | committed consumer offsets, consumer progress | replicated (MetaStore, via Raft) |
 //! | [`consumer_groups`] | members by heartbeat, queue locks (orderly consumption) | per replica, in memory |
+//! | [`transactions`] | half messages, `EndTransaction`, the leader's checker | replicated (the transaction table, via Raft) |
+//! | [`channels`] | open client channels (server→client calls), by group | per replica (the leader's), in memory |
 //!
-//! Where the next capabilities go: transactions (`transactions`: half messages, the
-//! check-back scheduler), timers and delay levels (`timers`), retry and DLQ (`retry`), POP
+//! Where the next capabilities go: timers and delay levels (`timers`), retry and DLQ (`retry`), POP
 //! consumption (`pop`: claims and receipt handles) — each a module here, each proposing its
 //! decisions as Raft commands so a new leader continues them (docs/architecture.md: every piece of their
 //! state is Raft state).
 
+pub mod channels;
 pub mod consumer_groups;
 pub mod long_poll;
 pub mod messages;
 pub mod offsets;
 pub mod topics;
+pub mod transactions;
+
+use std::sync::Arc;
 
 use raftmq_raft::Replica;
 
@@ -33,12 +38,15 @@ pub(crate) struct Managers {
     pub long_poll: long_poll::PullHolds,
     pub offsets: offsets::OffsetManager,
     pub consumer_groups: consumer_groups::ConsumerGroups,
+    pub transactions: transactions::TransactionManager,
+    pub channels: Arc<channels::ClientChannels>,
 }
 
 impl Managers {
     pub fn new(config: &BrokerConfig, replica: &Replica, batch_max_bytes: usize) -> Self {
         let topics =
             topics::TopicManager::new(replica.clone(), &config.group, config.auto_create_topics);
+        let channels = Arc::new(channels::ClientChannels::default());
         Managers {
             messages: messages::MessageManager::new(
                 replica.clone(),
@@ -51,6 +59,14 @@ impl Managers {
             long_poll: long_poll::PullHolds::new(replica.clone()),
             offsets: offsets::OffsetManager::new(replica.clone()),
             consumer_groups: consumer_groups::ConsumerGroups::new(config.client_expire_ms),
+            transactions: transactions::TransactionManager::new(
+                replica.clone(),
+                &config.group,
+                config.transaction,
+                channels.clone(),
+                config.mutations.checks_in_memory(),
+            ),
+            channels,
         }
     }
 }

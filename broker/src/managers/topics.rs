@@ -40,6 +40,7 @@ impl TopicManager {
     /// The topic a send goes to, created with [`AUTO_CREATE_QUEUES`] queues when it does not
     /// exist and auto-create is on; refused unless it is writable.
     pub async fn for_send(&self, name: &str) -> Result<meta::TopicConfig, Refusal> {
+        refuse_system(name)?;
         let t = match self.get(name) {
             Err(Refusal::TopicNotFound { .. }) if self.auto_create => {
                 self.put(TopicSpec {
@@ -151,8 +152,23 @@ impl TopicManager {
 }
 
 /// A topic configuration as the wire gives it, checked.
+/// Topics whose names start with this are the broker's own (the transaction half queue);
+/// clients can neither create, send to nor pull from them.
+pub const SYSTEM_TOPIC_PREFIX: &str = "RMQ_SYS_";
+
+/// Refuses a system topic's name.
+pub fn refuse_system(name: &str) -> Result<(), Refusal> {
+    if name.starts_with(SYSTEM_TOPIC_PREFIX) {
+        return Err(Refusal::NoPermission(format!(
+            "{name:?} is a system topic (prefix {SYSTEM_TOPIC_PREFIX})"
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_topic(t: &TopicConfig) -> Result<(), Refusal> {
     check_name("topic", &t.name)?;
+    refuse_system(&t.name)?;
     for (what, n) in [
         ("read_queue_nums", t.read_queue_nums),
         ("write_queue_nums", t.write_queue_nums),

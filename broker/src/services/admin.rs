@@ -85,6 +85,13 @@ impl Admin for AdminImpl {
         }))
     }
 
+    async fn list_transactions(
+        &self,
+        req: Request<ListTransactionsRequest>,
+    ) -> Res<ListTransactionsResponse> {
+        respond(self.shared.managers.transactions.list(&req.into_inner()))
+    }
+
     async fn group_status(&self, _req: Request<GroupStatusRequest>) -> Res<GroupStatusResponse> {
         let m = self.shared.metrics();
         let (role, term) = self.shared.role();

@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use raftmq_proto::limits::GRPC_MESSAGE_MAX;
+use raftmq_proto::limits::{GRPC_MESSAGE_MAX, check_name};
 use raftmq_proto::v1::messaging_server::{Messaging, MessagingServer};
 use raftmq_proto::v1::*;
 use raftmq_store::consumequeue::QueueId;
 use tonic::{Request, Response};
 
 use crate::error::{Refusal, respond};
+use crate::managers::channels::{CHANNEL_BUFFER, Frame};
 use crate::shared::Shared;
 
 /// The tonic service type (the simulated build's server type carries an interceptor).
@@ -34,6 +35,11 @@ pub struct MessagingImpl {
 }
 
 type Res<T> = Result<Response<T>, tonic::Status>;
+
+/// How long a new channel may take to say hello.
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most groups one client channel speaks for.
+const CHANNEL_GROUPS_MAX: usize = 64;
 
 impl MessagingImpl {
     /// Refused on a follower: the state asked for is the leader's.
@@ -67,6 +73,86 @@ impl Messaging for MessagingImpl {
             group: self.shared.group().to_string(),
             results,
         }))
+    }
+
+    async fn end_transaction(
+        &self,
+        req: Request<EndTransactionRequest>,
+    ) -> Res<EndTransactionResponse> {
+        let r = match self.leader_only() {
+            Ok(()) => {
+                self.shared
+                    .managers
+                    .transactions
+                    .end(req.into_inner())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        respond(r.map(|committed| EndTransactionResponse {
+            status: None,
+            committed: Some(committed),
+        }))
+    }
+
+    type ChannelStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Frame> + Send + 'static>>;
+
+    async fn channel(&self, req: Request<tonic::Streaming<ClientFrame>>) -> Res<Self::ChannelStream> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(CHANNEL_BUFFER);
+        let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|f| (f, rx))
+        }));
+        let refuse = |r: Refusal| ServerFrame {
+            status: Some(r.status()),
+            check: None,
+        };
+        let hello = tokio::time::timeout(HELLO_WAIT, inbound.message()).await;
+        let hello = match hello {
+            Ok(Ok(Some(ClientFrame { hello: Some(h) }))) => h,
+            _ => {
+                let r = Refusal::InvalidArgument("a channel starts with a hello".into());
+                let _ = tx.try_send(Ok(refuse(r)));
+                return Ok(Response::new(stream));
+            }
+        };
+        let groups: Vec<String> = hello
+            .producer_groups
+            .iter()
+            .chain(&hello.consumer_groups)
+            .cloned()
+            .collect();
+        let checked = check_name("client id", &hello.client_id)
+            .map_err(Refusal::from)
+            .and_then(|()| {
+                if groups.len() > CHANNEL_GROUPS_MAX {
+                    return Err(Refusal::InvalidArgument(format!(
+                        "{} groups in one hello, more than {CHANNEL_GROUPS_MAX}",
+                        groups.len()
+                    )));
+                }
+                for g in &groups {
+                    check_name("group", g)?;
+                }
+                self.leader_only()
+            });
+        if let Err(r) = checked {
+            let _ = tx.try_send(Ok(refuse(r)));
+            return Ok(Response::new(stream));
+        }
+        let _ = tx.try_send(Ok(ServerFrame {
+            status: crate::error::ok(),
+            check: None,
+        }));
+        let channels = self.shared.managers.channels.clone();
+        let id = channels.add(&hello.client_id, &groups, tx);
+        // The channel lives until the client ends its side (or this replica drops it).
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            channels.remove(id);
+        });
+        Ok(Response::new(stream))
     }
 
     async fn pull(&self, req: Request<PullRequest>) -> Res<PullResponse> {
