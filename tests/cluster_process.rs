@@ -174,6 +174,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
                             .send(SendRequest {
                                 producer_group: "P".into(),
                                 messages: Clone::clone(&messages),
+                                ..Default::default()
                             })
                             .await
                             .map(|r| r.into_inner())

@@ -275,6 +275,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .send(SendRequest {
             producer_group: "P".into(),
             messages: vec![msg("T", Some(0), "x")],
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -291,6 +292,7 @@ async fn offsets_survive_failover_and_followers_redirect() -> anyhow::Result<()>
         .send(SendRequest {
             producer_group: "P".into(),
             messages: vec![msg("T", Some(0), "x")],
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -482,6 +484,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
             .send(SendRequest {
                 producer_group: "P".into(),
                 messages,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -492,6 +495,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
         .send(SendRequest {
             producer_group: "bad group".into(),
             messages: vec![msg("T", None, "x")],
+            ..Default::default()
         })
         .await?
         .into_inner();

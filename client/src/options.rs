@@ -4,16 +4,29 @@
 //!   the name servers and the group — and the [`Routes`] made from them.
 //! - [`ConsumeOptions`]: what both consumers take — where a queue without a committed offset
 //!   starts, and how many messages one pull brings.
+//! - [`SendOptions`]: what both producers (plain and transactional) take — how long a send
+//!   may take and how often it is retried.
 //!
-//! Each builder holds them (fields `opts` and `consume`) and gets their setters from
-//! [`client_setters!`] and [`consume_setters!`]: inherent methods, so callers need no trait in
-//! scope, with doc examples written for the builder they are generated into.
+//! Each builder holds them (fields `opts`, `consume`, `send`) and gets their setters from
+//! [`client_setters!`], [`consume_setters!`] and [`send_setters!`]: inherent methods, so
+//! callers need no trait in scope, with doc examples written for the builder they are generated
+//! into.
+
+use std::time::Duration;
 
 use raftmq_proto::limits::{PULL_MESSAGES_DEFAULT, PULL_MESSAGES_MAX, check_name};
 
 use crate::error::ClientError;
 use crate::policy::offsets::ConsumeFrom;
+use crate::producer::{RETRIES_DEFAULT, SEND_TIMEOUT_DEFAULT};
 use crate::route::Routes;
+
+/// A client id for a builder not given one: the process id and a fresh unique id, so two
+/// clients of one process differ. A valid name (`check_name`): brokers check the id a client
+/// channel's hello carries.
+pub(crate) fn default_client_id() -> String {
+    format!("{}-{}", std::process::id(), crate::msg_id::new_msg_id())
+}
 
 /// The name servers and the group.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +82,36 @@ impl ConsumeOptions {
                 "pull_batch_size {} is not in 1..={PULL_MESSAGES_MAX}",
                 self.pull_batch_size
             )));
+        }
+        Ok(())
+    }
+}
+
+/// How long a send may take and how often it is retried.
+#[derive(Debug, Clone)]
+pub(crate) struct SendOptions {
+    /// The time one send may take, retries included; positive.
+    pub send_timeout: Duration,
+    /// Retries of a failed send on another queue (ordered sends: until the timeout).
+    pub retries: u32,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            send_timeout: SEND_TIMEOUT_DEFAULT,
+            retries: RETRIES_DEFAULT,
+        }
+    }
+}
+
+impl SendOptions {
+    /// Checks the settings.
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
+        if self.send_timeout.is_zero() {
+            return Err(ClientError::InvalidArgument(
+                "send_timeout must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -148,6 +191,38 @@ macro_rules! consume_setters {
 }
 pub(crate) use consume_setters;
 
+/// The setters of [`SendOptions`], for a builder with a field `send: SendOptions`; `$base` as
+/// for [`client_setters!`], but valid as it is.
+macro_rules! send_setters {
+    ($base:literal) => {
+        /// How long a send may take, retries included (default 10 s).
+        ///
+        /// ```
+        /// use std::time::Duration;
+        #[doc = concat!("let b = ", $base, ";")]
+        /// assert!(b.clone().send_timeout(Duration::from_secs(3)).build().is_ok());
+        /// assert!(b.send_timeout(Duration::ZERO).build().is_err(), "must be positive");
+        /// ```
+        pub fn send_timeout(mut self, t: std::time::Duration) -> Self {
+            self.send.send_timeout = t;
+            self
+        }
+
+        /// Retries of a failed send on another queue (default 2; never for ordered sends,
+        /// which retry their one queue until the send timeout).
+        ///
+        /// ```
+        #[doc = concat!("let b = ", $base, ";")]
+        /// assert!(b.retries(0).build().is_ok());
+        /// ```
+        pub fn retries(mut self, n: u32) -> Self {
+            self.send.retries = n;
+            self
+        }
+    };
+}
+pub(crate) use send_setters;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +247,22 @@ mod tests {
             panic!("a bad group name is refused");
         };
         assert!(m.contains("consumer group"), "{m}");
+    }
+
+    #[test]
+    fn a_send_timeout_must_be_positive() {
+        let mut s = SendOptions::default();
+        assert_eq!(s.send_timeout, SEND_TIMEOUT_DEFAULT);
+        assert!(s.validate().is_ok());
+        s.send_timeout = Duration::ZERO;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn default_client_ids_differ_and_are_valid_names() {
+        let id = default_client_id();
+        assert_ne!(id, default_client_id());
+        assert!(check_name("client id", &id).is_ok(), "{id}");
     }
 
     #[test]

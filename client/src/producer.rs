@@ -29,7 +29,9 @@
 //!
 //! The rules (answer classes, the retry budget and pauses, the queue choice, the latency →
 //! pause table) are pure functions in `policy::send`, unit-tested there; this module does the
-//! calls.
+//! calls. The retry loop (`Producer::with_retries`) and the leader redirects
+//! (`Producer::follow_hints`) serve any request, not only sends: the transaction producer
+//! (`crate::transaction`) sends its half messages and its `EndTransaction` calls through them.
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
@@ -39,17 +41,19 @@ use std::time::Duration;
 
 use raftmq_proto::ErrorCode;
 use raftmq_proto::limits::{self, check_batch};
-use raftmq_proto::v1::{SendRequest, SendResponse};
+use raftmq_proto::v1::messaging_client::MessagingClient;
+use raftmq_proto::v1::{EndTransactionResponse, SendRequest, SendResponse, Status};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::error::ClientError;
 use crate::message::Message;
 use crate::msg_id::new_msg_id;
-use crate::options::{ClientOptions, client_setters};
+use crate::options::{ClientOptions, SendOptions, client_setters, send_setters};
 use crate::policy::send::{Answer, Failed, REDIRECTS_MAX, Retries, classify, pick_queue};
 use crate::rebalance::MessageQueue;
-use crate::route::{CALL_TIMEOUT, Routes};
+use crate::route::{CALL_TIMEOUT, Route, Routes};
 
 /// Default time a sync send may take, retries included.
 ///
@@ -185,8 +189,7 @@ impl std::hash::Hasher for Fnv {
 #[derive(Debug, Clone)]
 pub struct ProducerBuilder {
     opts: ClientOptions,
-    send_timeout: Duration,
-    retries: u32,
+    send: SendOptions,
     max_in_flight: usize,
 }
 
@@ -195,27 +198,16 @@ impl ProducerBuilder {
         "producer",
         "raftmq_client::Producer::builder().group(\"P\")"
     );
+    send_setters!("raftmq_client::Producer::builder().namesrv_addrs([\"x:1\"]).group(\"P\")");
 
-    /// How long a sync send may take, retries included (default 10 s).
-    ///
-    /// ```
-    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").send_timeout(std::time::Duration::from_secs(3));
-    /// assert!(b.build().is_ok());
-    /// ```
-    pub fn send_timeout(mut self, t: Duration) -> Self {
-        self.send_timeout = t;
-        self
-    }
-
-    /// Retries of a failed sync send on another queue (default 2; never for ordered sends).
-    ///
-    /// ```
-    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").retries(0);
-    /// assert!(b.build().is_ok());
-    /// ```
-    pub fn retries(mut self, n: u32) -> Self {
-        self.retries = n;
-        self
+    /// A builder with these options and the default bound on sends in flight (for the
+    /// transaction producer, which sends through a [`Producer`]).
+    pub(crate) fn from_options(opts: ClientOptions, send: SendOptions) -> Self {
+        ProducerBuilder {
+            opts,
+            send,
+            max_in_flight: IN_FLIGHT_DEFAULT,
+        }
     }
 
     /// Most async and oneway sends in flight; more wait (default 1024).
@@ -236,9 +228,10 @@ impl ProducerBuilder {
     /// ```
     pub fn build(self) -> Result<Producer, ClientError> {
         self.opts.validate("producer")?;
-        if self.send_timeout.is_zero() || self.max_in_flight == 0 {
+        self.send.validate()?;
+        if self.max_in_flight == 0 {
             return Err(ClientError::InvalidArgument(
-                "send_timeout and max_in_flight must be positive".into(),
+                "max_in_flight must be positive".into(),
             ));
         }
         Ok(Producer {
@@ -278,7 +271,7 @@ struct Inner {
 }
 
 /// Why one try failed (what the retry budget then does: [`Failed`]).
-enum Failure {
+pub(crate) enum Failure {
     /// The group has no known leader (an election is under way): wait, fetch the route
     /// again, and try the same way ([`Failed::NoLeader`]: not counted).
     NoLeader(ClientError),
@@ -288,6 +281,15 @@ enum Failure {
     Fatal(ClientError),
 }
 
+impl Failure {
+    /// The error, whatever the retry budget would make of it.
+    pub(crate) fn into_error(self) -> ClientError {
+        match self {
+            Failure::NoLeader(e) | Failure::Retry(e) | Failure::Fatal(e) => e,
+        }
+    }
+}
+
 impl Producer {
     /// A builder with the defaults.
     ///
@@ -295,12 +297,22 @@ impl Producer {
     /// let _b = raftmq_client::Producer::builder();
     /// ```
     pub fn builder() -> ProducerBuilder {
-        ProducerBuilder {
-            opts: ClientOptions::default(),
-            send_timeout: SEND_TIMEOUT_DEFAULT,
-            retries: RETRIES_DEFAULT,
-            max_in_flight: IN_FLIGHT_DEFAULT,
-        }
+        ProducerBuilder::from_options(ClientOptions::default(), SendOptions::default())
+    }
+
+    /// The routes and connections (shared with the transaction producer's client channels).
+    pub(crate) fn routes(&self) -> &Routes {
+        &self.inner.routes
+    }
+
+    /// The producer group.
+    pub(crate) fn group(&self) -> &str {
+        &self.inner.cfg.opts.group
+    }
+
+    /// When a request started now must be done: one send timeout from now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.cfg.send.send_timeout
     }
 
     /// Starts the producer (sends before `start` are refused).
@@ -332,7 +344,7 @@ impl Producer {
         let _ = self.inner.in_flight.acquire_many(all).await;
     }
 
-    fn check_started(&self) -> Result<(), ClientError> {
+    pub(crate) fn check_started(&self) -> Result<(), ClientError> {
         if self.inner.started.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -485,54 +497,107 @@ impl Producer {
     }
 
     /// One request (≤ the wire limits) with retries; `fixed` pins the queue (ordered sends).
-    /// What to do after each failure is [`Retries`]'s call.
     async fn send_batch_once(
         &self,
         msgs: &[Message],
         fixed: Option<(String, u32)>,
     ) -> Result<Vec<SendResult>, ClientError> {
-        let batch = Batch::new(msgs)?;
-        let deadline = Instant::now() + self.inner.cfg.send_timeout;
-        let mut retries = Retries::new(self.inner.cfg.retries, fixed.is_some());
+        self.send_prepared(&Batch::new(msgs, false)?, fixed.as_ref())
+            .await
+    }
+
+    /// Stores `msg` as a transaction's half message (kept from consumers until
+    /// `EndTransaction` commits it), with a plain send's retries and redirects. The result's
+    /// `queue_offset` means nothing for a half message; its `queue` names the topic and group.
+    pub(crate) async fn send_half(&self, msg: &Message) -> Result<SendResult, ClientError> {
+        self.check_started()?;
+        let batch = Batch::new(std::slice::from_ref(msg), true)?;
+        let mut r = self.send_prepared(&batch, None).await?;
+        Ok(r.remove(0))
+    }
+
+    /// Sends `batch` with retries, on the queue `fixed` or one [`Producer::choose`] picks;
+    /// one result per message, in order.
+    async fn send_prepared(
+        &self,
+        batch: &Batch<'_>,
+        fixed: Option<&(String, u32)>,
+    ) -> Result<Vec<SendResult>, ClientError> {
+        let topic = batch.topic.as_str();
+        let one_try = move |route: Arc<Route>, avoid: Option<String>, deadline| async move {
+            let (group, queue_id) =
+                match self.choose(topic, &route.write_queues, fixed, avoid.as_deref()) {
+                    Ok(q) => q,
+                    Err(e) => return (String::new(), Err(Failure::Fatal(e))),
+                };
+            let req = batch.request(&self.inner.cfg.opts.group, queue_id);
+            let started = Instant::now();
+            let send = move |mut c: MessagingClient<Channel>| {
+                let req = req.clone();
+                async move { c.send(req).await }
+            };
+            let sent = match leader_in(&route.leaders, &group) {
+                Ok(addr) => self.follow_hints(addr, deadline, send).await,
+                Err(e) => Err(e),
+            };
+            let r = match sent {
+                Ok(resp) => {
+                    self.inner.routes.record(&group, started.elapsed(), false);
+                    batch.results(&group, resp).map_err(Failure::Fatal)
+                }
+                Err(Failure::Retry(e)) => {
+                    self.inner.routes.record(&group, started.elapsed(), true);
+                    Err(Failure::Retry(e))
+                }
+                Err(e) => Err(e),
+            };
+            (group, r)
+        };
+        self.with_retries(topic, fixed.is_some(), one_try).await
+    }
+
+    /// Runs `one_try` until it succeeds, fails for good, or [`Retries`] gives up (or the send
+    /// timeout passes). Each try gets `topic`'s route (fetched again after any failure), the
+    /// group of the last retriable failure (to avoid) and the deadline; it returns the group
+    /// it tried and its outcome. `pinned`: the request cannot move to another queue (ordered
+    /// sends), so it keeps trying until the deadline.
+    pub(crate) async fn with_retries<R, F, Fut>(
+        &self,
+        topic: &str,
+        pinned: bool,
+        mut one_try: F,
+    ) -> Result<R, ClientError>
+    where
+        F: FnMut(Arc<Route>, Option<String>, Instant) -> Fut,
+        Fut: Future<Output = (String, Result<R, Failure>)>,
+    {
+        let deadline = self.deadline();
+        let mut retries = Retries::new(self.inner.cfg.send.retries, pinned);
         let mut last_group: Option<String> = None;
         let mut last_err = ClientError::Unavailable("no attempt made".into());
         let mut refresh = false;
         while retries.may_try() && Instant::now() < deadline {
-            let failed = match self.inner.routes.route(&batch.topic, refresh).await {
+            let failed = match self.inner.routes.route(topic, refresh).await {
                 Err(e @ ClientError::Refused { .. }) => return Err(e),
                 Err(e) => {
                     last_err = e;
                     Failed::Route
                 }
-                Ok(route) => {
-                    let (group, queue_id) = self.choose(
-                        &batch.topic,
-                        &route.write_queues,
-                        fixed.as_ref(),
-                        last_group.as_deref(),
-                    )?;
-                    let started = Instant::now();
-                    let wire = batch.wire(queue_id);
-                    match self.attempt(&route.leaders, &group, wire, deadline).await {
-                        Ok(resp) => {
-                            self.inner.routes.record(&group, started.elapsed(), false);
-                            return Ok(batch.results(&group, resp));
-                        }
-                        Err(Failure::Fatal(e)) => return Err(e),
-                        Err(Failure::NoLeader(e)) => {
-                            last_err = e;
-                            Failed::NoLeader
-                        }
-                        Err(Failure::Retry(e)) => {
-                            let attempt = retries.failed();
-                            tracing::debug!(%group, error = %e, attempt, "send failed; retrying");
-                            self.inner.routes.record(&group, started.elapsed(), true);
-                            last_err = e;
-                            last_group = Some(group);
-                            Failed::Retriable
-                        }
+                Ok(route) => match one_try(route, last_group.clone(), deadline).await {
+                    (_, Ok(r)) => return Ok(r),
+                    (_, Err(Failure::Fatal(e))) => return Err(e),
+                    (_, Err(Failure::NoLeader(e))) => {
+                        last_err = e;
+                        Failed::NoLeader
                     }
-                }
+                    (group, Err(Failure::Retry(e))) => {
+                        let attempt = retries.failed();
+                        tracing::debug!(%group, error = %e, attempt, "request failed; retrying");
+                        last_err = e;
+                        last_group = Some(group);
+                        Failed::Retriable
+                    }
+                },
             };
             // Whatever failed, the next try fetches the route again first.
             refresh = true;
@@ -563,22 +628,36 @@ impl Producer {
             })
     }
 
-    /// One try on `group`'s leader, following `NOT_LEADER` hints (at most [`REDIRECTS_MAX`]).
-    async fn attempt(
+    /// One try of `call` at `addr`, following `NOT_LEADER` hints (at most [`REDIRECTS_MAX`]);
+    /// the answer's status decides ([`classify`]). Each call within [`CALL_TIMEOUT`] and
+    /// `deadline`; a failed or silent call drops the cached channel (the next reconnects).
+    pub(crate) async fn follow_hints<R, F, Fut>(
         &self,
-        leaders: &BTreeMap<String, String>,
-        group: &str,
-        messages: Vec<raftmq_proto::v1::Message>,
+        mut addr: String,
         deadline: Instant,
-    ) -> Result<SendResponse, Failure> {
-        let Some(mut addr) = leaders.get(group).cloned() else {
-            return Err(Failure::NoLeader(ClientError::Unavailable(format!(
-                "group {group} has no known leader"
-            ))));
-        };
+        call: F,
+    ) -> Result<R, Failure>
+    where
+        R: Answered,
+        F: Fn(MessagingClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
         for _ in 0..=REDIRECTS_MAX {
-            let resp = self.call_send(&addr, &messages, deadline).await?;
-            let status = resp.status.clone().unwrap_or_default();
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(CALL_TIMEOUT);
+            if left.is_zero() {
+                return Err(Failure::Retry(ClientError::Timeout(
+                    self.inner.cfg.send.send_timeout,
+                )));
+            }
+            let resp = self
+                .inner
+                .routes
+                .call_within(&addr, left, &call)
+                .await
+                .map_err(Failure::Retry)?;
+            let status = resp.status().cloned().unwrap_or_default();
             let code = ErrorCode::try_from(status.code).unwrap_or(ErrorCode::Internal);
             match classify(code, &status.leader_addr) {
                 Answer::Stored => return Ok(resp),
@@ -601,40 +680,35 @@ impl Producer {
             "more than {REDIRECTS_MAX} leader redirects"
         ))))
     }
+}
 
-    /// One `Send` call to `addr`, within [`CALL_TIMEOUT`] and the send deadline. A failed or
-    /// silent call drops the cached channel (the next call reconnects).
-    async fn call_send(
-        &self,
-        addr: &str,
-        messages: &[raftmq_proto::v1::Message],
-        deadline: Instant,
-    ) -> Result<SendResponse, Failure> {
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .min(CALL_TIMEOUT);
-        if left.is_zero() {
-            return Err(Failure::Retry(ClientError::Timeout(
-                self.inner.cfg.send_timeout,
-            )));
-        }
-        let call = async {
-            let mut c = self.inner.routes.messaging(addr).await?;
-            c.send(SendRequest {
-                producer_group: self.inner.cfg.opts.group.clone(),
-                messages: messages.to_vec(),
-            })
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
-        };
-        let failed = match tokio::time::timeout(left, call).await {
-            Ok(Ok(r)) => return Ok(r),
-            Ok(Err(e)) => e,
-            Err(_) => ClientError::Timeout(left),
-        };
-        self.inner.routes.drop_channel(addr);
-        Err(Failure::Retry(failed))
+/// `group`'s leader in `leaders` (a route's); none known: [`Failure::NoLeader`].
+pub(crate) fn leader_in(
+    leaders: &BTreeMap<String, String>,
+    group: &str,
+) -> Result<String, Failure> {
+    leaders.get(group).cloned().ok_or_else(|| {
+        Failure::NoLeader(ClientError::Unavailable(format!(
+            "group {group} has no known leader"
+        )))
+    })
+}
+
+/// A broker's answer, classified by its status ([`classify`]).
+pub(crate) trait Answered {
+    /// The answer's status (absent: `OK`).
+    fn status(&self) -> Option<&Status>;
+}
+
+impl Answered for SendResponse {
+    fn status(&self) -> Option<&Status> {
+        self.status.as_ref()
+    }
+}
+
+impl Answered for EndTransactionResponse {
+    fn status(&self) -> Option<&Status> {
+        self.status.as_ref()
     }
 }
 
@@ -643,15 +717,23 @@ struct Batch<'m> {
     topic: String,
     msgs: &'m [Message],
     ids: Vec<String>,
+    /// A transaction's half message (exactly one message).
+    transactional: bool,
 }
 
 impl<'m> Batch<'m> {
-    /// Gives `msgs` (one topic, at least one message) their ids and checks them.
-    fn new(msgs: &'m [Message]) -> Result<Self, ClientError> {
+    /// Gives `msgs` (one topic, at least one message; exactly one if `transactional`) their
+    /// ids and checks them.
+    fn new(msgs: &'m [Message], transactional: bool) -> Result<Self, ClientError> {
+        assert!(
+            !transactional || msgs.len() == 1,
+            "a half message is sent alone"
+        );
         let batch = Batch {
             topic: msgs[0].topic.clone(),
             msgs,
             ids: msgs.iter().map(|_| new_msg_id()).collect(),
+            transactional,
         };
         check_batch(&batch.wire(0)).map_err(|e| match e.code() {
             ErrorCode::MessageTooLarge => ClientError::Refused {
@@ -672,9 +754,30 @@ impl<'m> Batch<'m> {
             .collect()
     }
 
-    /// Where each message was stored, in order.
-    fn results(&self, group: &str, resp: SendResponse) -> Vec<SendResult> {
-        resp.results
+    /// The request to `queue_id` for `producer_group`.
+    fn request(&self, producer_group: &str, queue_id: u32) -> SendRequest {
+        SendRequest {
+            producer_group: producer_group.to_string(),
+            messages: self.wire(queue_id),
+            transactional: self.transactional,
+        }
+    }
+
+    /// Where each message was stored, in order: one result per message, or the answer is
+    /// refused (a broker bug; never indexed blindly).
+    fn results(&self, group: &str, resp: SendResponse) -> Result<Vec<SendResult>, ClientError> {
+        if resp.results.len() != self.msgs.len() {
+            return Err(ClientError::Refused {
+                code: ErrorCode::Internal,
+                message: format!(
+                    "{group} answered {} results for {} messages",
+                    resp.results.len(),
+                    self.msgs.len()
+                ),
+            });
+        }
+        Ok(resp
+            .results
             .into_iter()
             .map(|r| SendResult {
                 msg_id: r.msg_id,
@@ -682,6 +785,6 @@ impl<'m> Batch<'m> {
                 queue: MessageQueue::new(&self.topic, group, r.queue_id),
                 queue_offset: r.queue_offset,
             })
-            .collect()
+            .collect())
     }
 }

@@ -159,15 +159,29 @@ impl Routes {
         F: FnOnce(MessagingClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_within(addr, CALL_TIMEOUT, f).await
+    }
+
+    /// [`Routes::call`] within `limit` (connecting included) rather than [`CALL_TIMEOUT`].
+    pub async fn call_within<T, F, Fut>(
+        &self,
+        addr: &str,
+        limit: Duration,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(MessagingClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let call = async {
             let c = self.messaging(addr).await?;
             f(c).await
                 .map(tonic::Response::into_inner)
                 .map_err(|e| ClientError::Unavailable(format!("{addr}: {e}")))
         };
-        let r = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let r = match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
-            Err(_) => Err(ClientError::Timeout(CALL_TIMEOUT)),
+            Err(_) => Err(ClientError::Timeout(limit)),
         };
         if r.is_err() {
             self.drop_channel(addr);

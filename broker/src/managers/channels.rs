@@ -10,11 +10,11 @@
 //! clients reconnect and whatever was asked is asked again by the new leader.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use raftmq_proto::v1::ServerFrame;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Frames buffered per channel before it counts as stuck (and is dropped).
 pub const CHANNEL_BUFFER: usize = 256;
@@ -26,6 +26,16 @@ struct Conn {
     id: u64,
     client_id: String,
     tx: mpsc::Sender<Frame>,
+    /// Told when the broker drops the channel, so that the task reading the client's side
+    /// lets go of it (an open request stream would keep the HTTP/2 stream, and a shutting
+    /// down server, waiting).
+    dropped: Arc<Notify>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.dropped.notify_one();
+    }
 }
 
 /// The open channels of one replica, by group.
@@ -43,18 +53,26 @@ impl ClientChannels {
         self.by_group.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a channel for `groups`; returns its id (for [`ClientChannels::remove`]).
-    pub fn add(&self, client_id: &str, groups: &[String], tx: mpsc::Sender<Frame>) -> u64 {
+    /// Registers a channel for `groups`; returns its id (for [`ClientChannels::remove`]) and
+    /// what is notified once the broker dropped it from every group.
+    pub fn add(
+        &self,
+        client_id: &str,
+        groups: &[String],
+        tx: mpsc::Sender<Frame>,
+    ) -> (u64, Arc<Notify>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(Notify::new());
         let mut map = self.lock();
         for g in groups {
             map.entry(g.clone()).or_default().push(Conn {
                 id,
                 client_id: client_id.to_string(),
                 tx: tx.clone(),
+                dropped: dropped.clone(),
             });
         }
-        id
+        (id, dropped)
     }
 
     /// Forgets channel `id`.
@@ -121,7 +139,7 @@ mod tests {
         let ch = ClientChannels::default();
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, rx2) = mpsc::channel(4);
-        let a = ch.add("a", &["G".into()], tx1);
+        let (a, _) = ch.add("a", &["G".into()], tx1);
         ch.add("b", &["G".into(), "H".into()], tx2);
         assert_eq!(ch.members("G"), vec!["a".to_string(), "b".to_string()]);
         let mut to = Vec::new();
@@ -139,6 +157,8 @@ mod tests {
         assert!(!ch.members("H").is_empty(), "b is dropped only where a send failed");
         ch.remove(a);
         assert_eq!(ch.send_to_one("G", frame()), None);
+        assert!(rx1.recv().await.is_some(), "frames sent before the removal stay readable");
+        assert!(rx1.recv().await.is_none(), "then the stream ends");
         assert!(!ch.connected("G"));
         ch.clear();
         assert!(!ch.connected("H"));
@@ -148,9 +168,13 @@ mod tests {
     async fn a_full_channel_is_dropped() {
         let ch = ClientChannels::default();
         let (tx, _rx) = mpsc::channel(1);
-        ch.add("a", &["G".into()], tx);
+        let (_, dropped) = ch.add("a", &["G".into()], tx);
         assert!(ch.send_to_one("G", frame()).is_some());
         assert_eq!(ch.send_to_one("G", frame()), None);
         assert!(!ch.connected("G"));
+        // The reader of the client's side is told.
+        tokio::time::timeout(std::time::Duration::from_secs(1), dropped.notified())
+            .await
+            .expect("notified");
     }
 }

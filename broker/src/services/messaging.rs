@@ -146,10 +146,20 @@ impl Messaging for MessagingImpl {
             check: None,
         }));
         let channels = self.shared.managers.channels.clone();
-        let id = channels.add(&hello.client_id, &groups, tx);
-        // The channel lives until the client ends its side (or this replica drops it).
+        let (id, dropped) = channels.add(&hello.client_id, &groups, tx);
+        // The channel lives until the client ends its side or this replica drops it (then
+        // the client's side is let go, which closes the stream).
         tokio::spawn(async move {
-            while let Ok(Some(_)) = inbound.message().await {}
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = dropped.notified() => break,
+                    m = inbound.message() => match m {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
             channels.remove(id);
         });
         Ok(Response::new(stream))

@@ -40,6 +40,11 @@ pub fn code(s: &Option<Status>) -> ErrorCode {
 
 impl Cluster {
     pub async fn start() -> anyhow::Result<Cluster> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Cluster::start`] with `edit` applied to every replica's configuration.
+    pub async fn start_with(edit: impl Fn(&mut BrokerConfig)) -> anyhow::Result<Cluster> {
         let tmp = tempfile::tempdir()?;
         let (ns_addr, ns2_addr) = (free_addr(), free_addr());
         let (stop, stopped) = tokio::sync::watch::channel(());
@@ -69,6 +74,7 @@ impl Cluster {
             );
             let mut c = BrokerConfig::parse(&text)?;
             c.segment_bytes_override = Some(4 << 20);
+            edit(&mut c);
             configs.insert(id, c);
         }
         let mut cluster = Cluster {
@@ -171,6 +177,16 @@ impl Cluster {
     /// Sends through whichever replica leads, following NOT_LEADER hints and retrying
     /// UNAVAILABLE, for a bounded time.
     pub async fn send(&self, messages: Vec<Message>) -> anyhow::Result<SendResponse> {
+        self.send_request(SendRequest {
+            producer_group: "P".into(),
+            messages,
+            transactional: false,
+        })
+        .await
+    }
+
+    /// [`Cluster::send`] of a whole request.
+    pub async fn send_request(&self, request: SendRequest) -> anyhow::Result<SendResponse> {
         // The replica to try next; none until a leader is found.
         let target: Cell<Option<u64>> = Cell::new(None);
         wait_for(
@@ -181,10 +197,7 @@ impl Cluster {
                     Some(id) => id,
                     None => self.wait_leader(Duration::from_secs(10)).await,
                 };
-                let request = SendRequest {
-                    producer_group: "P".into(),
-                    messages: messages.clone(),
-                };
+                let request = request.clone();
                 let r = match self.messaging(to).await {
                     Ok(mut m) => m.send(request).await.map_err(anyhow::Error::from),
                     Err(e) => Err(e),

@@ -256,7 +256,7 @@ impl PushConsumerBuilder {
         let client_id = self
             .client_id
             .clone()
-            .unwrap_or_else(|| format!("{}@{}", std::process::id(), crate::msg_id::new_msg_id()));
+            .unwrap_or_else(crate::options::default_client_id);
         let offset_file = self.offset_file.clone().unwrap_or_else(|| {
             PathBuf::from("raftmq-offsets").join(format!("{}@{client_id}", self.opts.group))
         });

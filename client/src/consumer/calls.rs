@@ -1,5 +1,6 @@
 //! What both consumers (push and lite pull) ask the brokers — committed offsets, queue bounds,
-//! offset commits — and how pulled messages become [`ReceivedMessage`]s. The decisions are
+//! offset commits — and how pulled messages (and the half messages of transaction checks)
+//! become [`ReceivedMessage`]s. The decisions are
 //! [`crate::policy::offsets`]'; these only make the calls.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -162,23 +163,26 @@ pub(crate) fn received(
 ) -> Vec<ReceivedMessage> {
     stored
         .into_iter()
-        .filter_map(|m| {
-            let inner_msg = m.message?;
-            Some(ReceivedMessage {
-                queue: q.clone(),
-                queue_offset: m.queue_offset,
-                msg_id: inner_msg.msg_id,
-                offset_msg_id: m.offset_msg_id,
-                tags: inner_msg.tags,
-                keys: inner_msg.keys,
-                properties: inner_msg.properties.into_iter().collect(),
-                body: inner_msg.body,
-                store_timestamp_ms: m.store_timestamp_ms,
-                reconsume_times: inner_msg.reconsume_times,
-            })
-        })
+        .filter_map(|m| to_received(q.clone(), m))
         .filter(|m| tags.is_none_or(|t| t.contains(&m.tags)))
         .collect()
+}
+
+/// A stored message of `q` as the application sees it (`None` if it carries no message).
+pub(crate) fn to_received(q: MessageQueue, m: StoredMessage) -> Option<ReceivedMessage> {
+    let inner_msg = m.message?;
+    Some(ReceivedMessage {
+        queue: q,
+        queue_offset: m.queue_offset,
+        msg_id: inner_msg.msg_id,
+        offset_msg_id: m.offset_msg_id,
+        tags: inner_msg.tags,
+        keys: inner_msg.keys,
+        properties: inner_msg.properties.into_iter().collect(),
+        body: inner_msg.body,
+        store_timestamp_ms: m.store_timestamp_ms,
+        reconsume_times: inner_msg.reconsume_times,
+    })
 }
 
 /// The tags a subscription expression wants (`None`: all), for the exact check after the
