@@ -1,5 +1,7 @@
-//! `raftmq bench produce|consume`: load over the SDK, with a live progress line and an HDR
-//! histogram of latencies (send → acknowledgement for produce; store → delivery for consume).
+//! `raftmq bench produce|consume|txn-check`: load over the SDK, with a live progress line and
+//! an HDR histogram of latencies (send → acknowledgement for produce, or send → commit
+//! acknowledged with `--transactional`; store → delivery for consume). `txn-check` lives in
+//! `bench_txn`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,10 @@ pub enum BenchCommand {
         /// Seconds to run.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Send every message in a transaction of its own whose local transaction commits at
+        /// once; counts committed transactions (half stored, then commit acknowledged).
+        #[arg(long)]
+        transactional: bool,
     },
     /// Consumes a topic from its end for a duration.
     Consume {
@@ -40,16 +46,39 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// Measures the delay from a transaction's timeout to its check: sends halves whose local
+    /// transaction answers Unknown, and for each the time from (stored + --txn-timeout-ms) to
+    /// the arrival of its first check (answered Commit).
+    TxnCheck(crate::bench_txn::TxnCheck),
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn report(what: &str, n: u64, bytes: u64, elapsed: Duration, h: &Histogram<u64>, failed: u64) {
+/// What a run counted and how long it took.
+struct Counted<'a> {
+    what: &'a str,
+    /// What `n` counts ("msgs", "txns").
+    unit: &'a str,
+    n: u64,
+    bytes: u64,
+    elapsed: Duration,
+    failed: u64,
+}
+
+fn report(c: Counted<'_>, h: &Histogram<u64>) {
+    let Counted {
+        what,
+        unit,
+        n,
+        bytes,
+        elapsed,
+        failed,
+    } = c;
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!(
-        "{what}: {n} msgs in {secs:.1} s = {:.0} msgs/s, {:.2} MB/s; latency us p50 {} p99 {} p999 {} max {}; {failed} failed",
+        "{what}: {n} {unit} in {secs:.1} s = {:.0} {unit}/s, {:.2} MB/s; latency us p50 {} p99 {} p999 {} max {}; {failed} failed",
         n as f64 / secs,
         bytes as f64 / secs / 1e6,
         h.value_at_quantile(0.5),
@@ -59,8 +88,8 @@ fn report(what: &str, n: u64, bytes: u64, elapsed: Duration, h: &Histogram<u64>,
     );
 }
 
-/// Prints a progress line every second until `stop`.
-async fn progress(count: Arc<AtomicU64>, until: Instant) {
+/// Prints a progress line every second until `until`.
+pub(crate) async fn progress(count: Arc<AtomicU64>, until: Instant) {
     let start = Instant::now();
     let mut last = 0;
     while Instant::now() < until {
@@ -85,6 +114,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             producers,
             in_flight,
             duration,
+            transactional,
         } => {
             anyhow::ensure!(
                 producers > 0 && in_flight > 0,
@@ -97,13 +127,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let prog = tokio::spawn(progress(count.clone(), until));
             let started = Instant::now();
             let mut tasks = Vec::new();
+            let mut started_producers = Vec::new();
             for _ in 0..producers {
-                let p = raftmq_client::Producer::builder()
-                    .namesrv_addrs(namesrv.split(','))
-                    .group("raftmq-bench")
-                    .max_in_flight(in_flight)
-                    .build()?;
-                p.start().await?;
+                let p = Sender::start(&namesrv, in_flight, transactional).await?;
+                started_producers.push(p.clone());
                 for _ in 0..in_flight {
                     let (p, topic, count, failed, hist) = (
                         p.clone(),
@@ -120,7 +147,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                                 .send(raftmq_client::Message::new(topic.as_str(), body.clone()))
                                 .await
                             {
-                                Ok(_) => {
+                                Ok(()) => {
                                     count.fetch_add(1, Ordering::Relaxed);
                                     let us = t0.elapsed().as_micros() as u64;
                                     let _ = hist
@@ -128,7 +155,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                                         .expect("lock poisoned: a panic broke this state; see [profile.release]")
                                         .record(us.max(1));
                                 }
-                                Err(_) => {
+                                Err(()) => {
                                     failed.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
@@ -140,18 +167,33 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 t.await?;
             }
             let _ = prog.await;
+            let elapsed = started.elapsed();
+            for p in started_producers {
+                p.shutdown().await;
+            }
             let n = count.load(Ordering::Relaxed);
             let h = hist
                 .lock()
                 .expect("lock poisoned: a panic broke this state; see [profile.release]")
                 .clone();
+            let (what, unit) = if transactional {
+                (
+                    "produce (transactional: half stored, then commit acknowledged)",
+                    "txns",
+                )
+            } else {
+                ("produce", "msgs")
+            };
             report(
-                "produce",
-                n,
-                n * size as u64,
-                started.elapsed(),
+                Counted {
+                    what,
+                    unit,
+                    n,
+                    bytes: n * size as u64,
+                    elapsed,
+                    failed: failed.load(Ordering::Relaxed),
+                },
                 &h,
-                failed.load(Ordering::Relaxed),
             );
         }
         BenchCommand::Consume {
@@ -194,14 +236,70 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .expect("lock poisoned: a panic broke this state; see [profile.release]")
                 .clone();
             report(
-                "consume (store → delivery)",
-                count.load(Ordering::Relaxed),
-                bytes.load(Ordering::Relaxed),
-                started.elapsed(),
+                Counted {
+                    what: "consume (store → delivery)",
+                    unit: "msgs",
+                    n: count.load(Ordering::Relaxed),
+                    bytes: bytes.load(Ordering::Relaxed),
+                    elapsed: started.elapsed(),
+                    failed: 0,
+                },
                 &h,
-                0,
             );
         }
+        BenchCommand::TxnCheck(t) => crate::bench_txn::txn_check(t).await?,
     }
     Ok(())
+}
+
+/// One producer of `bench produce`: plain, or transactional (each send a transaction of its
+/// own that commits at once).
+#[derive(Clone)]
+enum Sender {
+    Plain(raftmq_client::Producer),
+    Transactional(raftmq_client::TransactionProducer),
+}
+
+impl Sender {
+    async fn start(namesrv: &str, in_flight: usize, transactional: bool) -> anyhow::Result<Self> {
+        use raftmq_client::transaction::{LocalTransactionState, fn_listener};
+        if !transactional {
+            let p = raftmq_client::Producer::builder()
+                .namesrv_addrs(namesrv.split(','))
+                .group("raftmq-bench")
+                .max_in_flight(in_flight)
+                .build()?;
+            p.start().await?;
+            return Ok(Sender::Plain(p));
+        }
+        let p = raftmq_client::TransactionProducer::builder()
+            .namesrv_addrs(namesrv.split(','))
+            .group("raftmq-bench-tx")
+            // Every local transaction commits, so a check (after a lost commit) says so too.
+            .listener(fn_listener(
+                |_, _| LocalTransactionState::Commit,
+                |_| LocalTransactionState::Commit,
+            ))
+            .build()?;
+        p.start().await?;
+        Ok(Sender::Transactional(p))
+    }
+
+    /// Sends `m`; `Err(())` if it was not stored (or, transactional, not committed).
+    async fn send(&self, m: raftmq_client::Message) -> Result<(), ()> {
+        match self {
+            Sender::Plain(p) => p.send(m).await.map(|_| ()).map_err(|_| ()),
+            Sender::Transactional(p) => match p.send_in_transaction(m, &()).await {
+                Ok(r) if r.end_error.is_none() && r.committed.is_some() => Ok(()),
+                _ => Err(()),
+            },
+        }
+    }
+
+    async fn shutdown(&self) {
+        match self {
+            Sender::Plain(p) => p.shutdown().await,
+            Sender::Transactional(p) => p.shutdown().await,
+        }
+    }
 }

@@ -3,13 +3,18 @@
 //! - `raftmq namesrv`: a name server; `raftmq broker --config FILE`: one broker replica;
 //! - `raftmq dev`: a name server and a three-replica group in one process, data under
 //!   `./data` — the quick start;
-//! - `raftmq topic create|list|route|stats`, `raftmq group status`: admin;
-//! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK;
-//! - `raftmq bench produce|consume`: load over the SDK with latency percentiles;
+//! - `raftmq topic create|list|route|stats`, `raftmq group status`, `raftmq txn list`: admin;
+//! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK
+//!   (`send --transaction commit|rollback|unknown`: a transaction producer, see `txn`);
+//! - `raftmq bench produce|consume|txn-check`: load over the SDK with latency percentiles
+//!   (`produce --transactional`: committed transactions per second; `txn-check`: the delay
+//!   from a transaction's timeout to its check);
 //! - `raftmq store check`: verify a replica's data directory offline.
 
 mod bench;
+mod bench_txn;
 mod ops;
+mod txn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,7 +67,10 @@ enum Command {
     /// Broker groups.
     #[command(subcommand)]
     Group(GroupCommand),
-    /// Sends messages.
+    /// Transactions (docs/transactions.md).
+    #[command(subcommand)]
+    Txn(TxnCommand),
+    /// Sends messages (with --transaction: each in a transaction of its own).
     Send {
         #[arg(long, default_value = "127.0.0.1:9876")]
         namesrv: String,
@@ -77,6 +85,19 @@ enum Command {
         key: Option<String>,
         #[arg(long, default_value_t = 1)]
         count: u64,
+        /// Send each message in a transaction whose local transaction answers this; with
+        /// `unknown`, wait for the broker's check and answer it with --check.
+        #[arg(long, value_enum)]
+        transaction: Option<txn::LocalAnswer>,
+        /// The producer group (a transaction's checks go to a connected member of it).
+        #[arg(long, default_value = "raftmq-cli")]
+        producer_group: String,
+        /// With --transaction unknown: what the check answers.
+        #[arg(long, value_enum, default_value = "commit")]
+        check: txn::CheckAnswer,
+        /// With --transaction unknown: how long to wait for the checks to decide (seconds).
+        #[arg(long, default_value_t = 30)]
+        wait_check_secs: u64,
     },
     /// Consumes messages (clustering offsets committed to the brokers).
     Consume {
@@ -148,6 +169,24 @@ enum GroupCommand {
         namesrv: String,
         #[arg(long)]
         group: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TxnCommand {
+    /// The transaction table of every group's leader (undecided ones; --all: decided too).
+    List {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Also the decided transactions still on record.
+        #[arg(long)]
+        all: bool,
+        /// At most this many per group, undecided first (0: the broker's default, 1000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
     },
 }
 
@@ -244,6 +283,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Txn(TxnCommand::List {
+            namesrv,
+            group,
+            all,
+            limit,
+        }) => txn::list(&namesrv, group.as_deref(), all, limit).await,
         Command::Send {
             namesrv,
             topic,
@@ -251,10 +296,39 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tag,
             key,
             count,
+            transaction: Some(local),
+            producer_group,
+            check,
+            wait_check_secs,
+        } => {
+            txn::send(txn::TxnSend {
+                namesrv,
+                topic,
+                body,
+                tag,
+                key,
+                count,
+                producer_group,
+                local,
+                check,
+                wait_check: Duration::from_secs(wait_check_secs),
+            })
+            .await
+        }
+        Command::Send {
+            namesrv,
+            topic,
+            body,
+            tag,
+            key,
+            count,
+            transaction: None,
+            producer_group,
+            ..
         } => {
             let p = raftmq_client::Producer::builder()
                 .namesrv_addrs(namesrv.split(','))
-                .group("raftmq-cli")
+                .group(producer_group.as_str())
                 .build()?;
             p.start().await?;
             for i in 0..count {

@@ -1,5 +1,6 @@
 //! What the admin commands do, over the wire contract (`send`, `consume` and `bench` use the
-//! SDK).
+//! SDK; a transactional `send` that waits for its check also reads the transaction table and
+//! finds the committed message by its msg_id here).
 //!
 //! Every call goes to a group's leader as the name server reports it, follows a `NOT_LEADER`
 //! hint at once, and retries `UNAVAILABLE` (election or lease in progress) for a bounded time.
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::admin_client::AdminClient;
+use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::*;
 use tonic::transport::Channel;
@@ -253,4 +255,53 @@ pub async fn group_status(
         }
     }
     Ok(out)
+}
+
+/// The transaction table of `group`'s leader: pending transactions first (by half message
+/// position), then, with `include_decided`, the decided ones still on record; at most `limit`
+/// (0: the broker's default).
+pub async fn list_transactions(
+    cluster: &Cluster,
+    group: &str,
+    include_decided: bool,
+    limit: u32,
+) -> anyhow::Result<ListTransactionsResponse> {
+    on_leader(cluster, group, |addr| async move {
+        let r = admin(&addr)
+            .await?
+            .list_transactions(ListTransactionsRequest {
+                include_decided,
+                limit,
+            })
+            .await?
+            .into_inner();
+        Ok((r.status.clone(), r))
+    })
+    .await
+}
+
+/// The newest message of `topic` on `group` indexed under `key` (a key or a msg_id), read on
+/// the group's leader.
+pub async fn find_by_key(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    key: &str,
+) -> anyhow::Result<Option<StoredMessage>> {
+    on_leader(cluster, group, |addr| async move {
+        let mut m = MessagingClient::connect(format!("http://{addr}"))
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let r = m
+            .query_by_key(QueryByKeyRequest {
+                topic: topic.into(),
+                key: key.into(),
+                max_messages: 1,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok((r.status, r.messages.into_iter().next()))
+    })
+    .await
 }

@@ -1,6 +1,11 @@
-//! The `raftmq` binary, run as a real process.
+//! The `raftmq` binary, run as a real process: `store check` on a directory, and the
+//! transaction commands (`send --transaction`, `txn list`) against a name server and a broker
+//! run as `raftmq` processes.
 
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use raftmq_testkit::{Deadline, wait_for};
 
 fn raftmq() -> Command {
     Command::new(env!("CARGO_BIN_EXE_raftmq"))
@@ -104,5 +109,189 @@ fn store_check_finds_corruption_in_a_written_store() {
     assert!(
         stderr.contains("corruption in commitlog/00000000000000000000 at byte 0"),
         "{stderr}"
+    );
+}
+
+/// Kills every child on drop, so a failing test leaves no process behind.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// Runs `raftmq <line>` to its end (off the runtime's threads); `line` is split at
+/// whitespace (no argument here has a space).
+async fn run(line: String) -> Output {
+    tokio::task::spawn_blocking(move || raftmq().args(line.split_whitespace()).output())
+        .await
+        .expect("the command's thread")
+        .expect("raftmq runs")
+}
+
+/// Runs `raftmq <line>` and returns its stdout; fails the test (with stderr) if it failed.
+async fn ok(line: String) -> String {
+    let out = run(line.clone()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "raftmq {line} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The msg_id a `send --transaction` line names (`sent <msg_id> in a transaction …`).
+fn sent_id(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("sent "))
+        .unwrap_or_else(|| panic!("no send line in {stdout}"));
+    line.split_whitespace()
+        .nth(1)
+        .expect("a msg_id")
+        .to_string()
+}
+
+/// The row of `txn list` for `msg_id`, as its cells (the reason, last, joined again).
+fn txn_row(list: &str, msg_id: &str) -> Vec<String> {
+    let line = list
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(msg_id))
+        .unwrap_or_else(|| panic!("no row for {msg_id} in\n{list}"));
+    let mut cells: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    let reason = cells.split_off(10).join(" ");
+    cells.push(reason);
+    cells
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("127.0.0.1:{}", free_port());
+    let broker = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.path().join("g1-1.toml");
+    // One replica (enough for the commands), and a short wait before the first check.
+    std::fs::write(
+        &cfg,
+        format!(
+            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n[transaction]\ntimeout_ms = 500\ncheck_interval_ms = 2000\nscan_interval_ms = 50\n",
+            dir.path().join("g1-1").display()
+        ),
+    )
+    .unwrap();
+    let spawn = |a: &[&str]| {
+        raftmq()
+            .args(a)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn raftmq")
+    };
+    let _procs = Procs(vec![
+        spawn(&["namesrv", "--listen", &ns]),
+        spawn(&["broker", "--config", cfg.to_str().unwrap()]),
+    ]);
+    // The topic can be created once the broker leads and is registered.
+    wait_for(
+        Deadline::every(Duration::from_secs(60), Duration::from_millis(200)),
+        "topic T created",
+        || async {
+            let out = run(format!("topic create --namesrv {ns} --topic T --queues 1")).await;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        },
+    )
+    .await;
+    let send = |rest: &str| format!("send --namesrv {ns} --topic T {rest}");
+
+    let out = ok(send("--body committed --transaction commit")).await;
+    assert!(out.contains("local commit, committed at offset 0"), "{out}");
+    let committed = sent_id(&out);
+    let out = ok(send("--body rolled-back --transaction rollback")).await;
+    assert!(out.contains("local rollback, rolled back"), "{out}");
+    let rolled_back = sent_id(&out);
+    let out = ok(send(
+        "--body checked --transaction unknown --check commit --wait-check-secs 30",
+    ))
+    .await;
+    let checked = sent_id(&out);
+    assert!(
+        out.contains("local unknown, left to the broker's check"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("checked {checked}: the check arrived")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("decided {checked}: committed at index")),
+        "{out}"
+    );
+
+    // Exactly the two committed messages are in the queue, in order; the rolled back one
+    // never is.
+    let stats = ok(format!("topic stats --namesrv {ns} --topic T")).await;
+    assert!(stats.contains("g1 T#0: [0, 2)"), "{stats}");
+    let consumed = ok(format!(
+        "consume --namesrv {ns} --topic T --group C --count 2 --idle-ms 20000"
+    ))
+    .await;
+    let bodies: Vec<&str> = consumed
+        .lines()
+        .filter_map(|l| l.split(" body ").nth(1))
+        .collect();
+    assert_eq!(bodies, ["committed", "checked"], "{consumed}");
+
+    // The table: every decision with its index and reason; nothing pending.
+    let all = ok(format!("txn list --namesrv {ns} --all")).await;
+    assert!(all.starts_with("GROUP "), "{all}");
+    assert!(all.contains("g1: 0 pending, 3 listed"), "{all}");
+    let row = txn_row(&all, &committed);
+    assert_eq!(&row[3..5], ["raftmq-cli", "T#0"], "{row:?}");
+    assert_eq!((&*row[8], &*row[10]), ("committed", "commit"), "{row:?}");
+    let row = txn_row(&all, &rolled_back);
+    assert_eq!(
+        (&*row[8], &*row[10]),
+        ("rolled_back", "rollback by producer"),
+        "{row:?}"
+    );
+    let row = txn_row(&all, &checked);
+    assert_eq!(
+        (&*row[6], &*row[8]),
+        ("1", "committed"),
+        "one check: {row:?}"
+    );
+    assert!(row[9].parse::<u64>().is_ok(), "a decided index: {row:?}");
+
+    // A transaction left undecided with no member of its producer group connected: the
+    // command gives up (non-zero), and the table shows it pending, never checked.
+    let out = run(send(
+        "--body left --transaction unknown --producer-group gone --wait-check-secs 0",
+    ))
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still undecided"));
+    let left = sent_id(&String::from_utf8_lossy(&out.stdout));
+    let pending = ok(format!("txn list --namesrv {ns}")).await;
+    assert!(pending.contains("g1: 1 pending, 1 listed"), "{pending}");
+    let row = txn_row(&pending, &left);
+    assert_eq!(
+        (&*row[3], &*row[6], &*row[8], &*row[9]),
+        ("gone", "0", "pending", "-"),
+        "{row:?}"
     );
 }

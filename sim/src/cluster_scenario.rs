@@ -10,7 +10,9 @@
 //! - ordered: producer `op` sends `o<key>-<seq>` for 8 keys with `send_ordered` (hash of the
 //!   key) to `O` (4 queues per group); consumer group `CO` (orderly listener), `co1`, `co2`;
 //! - offsets: consumers crash (node killed) and restart as a new incarnation (`cq1#1`), which
-//!   resumes from the committed offsets.
+//!   resumes from the committed offsets;
+//! - transactions (when [`ClusterConfig::transactions`] is set): [`crate::txn_workload`], with
+//!   the faults [`Fault::TXN`] added and [`crate::txn_checks`] judging the outcome.
 //!
 //! Faults, one at a time, seeded ([`Fault`]): partitions (a group's leader isolated, a random
 //! split of every node into two sides, one-way loss, a client cut from a group, the name
@@ -56,6 +58,8 @@ use raftmq_testkit::{Deadline, try_wait_for, wait_for};
 use crate::queue_checks::{
     Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
 };
+use crate::txn_checks::{TxnHistory, TxnViolation, check_txn_history};
+use crate::txn_workload::{self, TxnWorld};
 use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
@@ -138,9 +142,16 @@ pub enum Fault {
     TransferLeader,
     Membership,
     ConsumerCrash,
+    /// The transactional sender killed (and restarted as a new producer).
+    ProducerCrash,
+    /// A group's leader killed while a local transaction runs (half stored, no decision).
+    TxnLeaderKill,
 }
 
 impl Fault {
+    /// The faults of the transactional workload (drawn only when it runs).
+    pub const TXN: [Fault; 2] = [Fault::ProducerCrash, Fault::TxnLeaderKill];
+
     pub const ALL: [Fault; 13] = [
         Fault::IsolateLeader,
         Fault::LeaderCutOff,
@@ -172,6 +183,8 @@ pub struct ClusterConfig {
     pub mutations: Mutations,
     /// How long a partition, delay or loss lasts (ms, drawn from this range).
     pub hold_ms: std::ops::Range<u64>,
+    /// At most this many transactions (0: no transactional workload).
+    pub transactions: u32,
 }
 
 impl Default for ClusterConfig {
@@ -183,6 +196,7 @@ impl Default for ClusterConfig {
             ordered_messages: 160,
             mutations: Mutations::default(),
             hold_ms: 200..1500,
+            transactions: 0,
         }
     }
 }
@@ -199,11 +213,17 @@ pub struct Outcome {
     pub liveness: Vec<String>,
     /// The faults injected and the membership events, as a timeline.
     pub timeline: Vec<String>,
+    /// The transactional workload's history and what its checkers found.
+    pub txn: TxnHistory,
+    pub txn_violations: Vec<TxnViolation>,
 }
 
 impl Outcome {
     pub fn is_clean(&self) -> bool {
-        self.violations.is_empty() && self.replica_violations.is_empty() && self.liveness.is_empty()
+        self.violations.is_empty()
+            && self.replica_violations.is_empty()
+            && self.liveness.is_empty()
+            && self.txn_violations.is_empty()
     }
 
     /// A readable report: a one-line reproduction, counts, violations, the timeline.
@@ -220,6 +240,21 @@ impl Outcome {
         );
         for v in &self.violations {
             s.push_str(&format!("VIOLATION {v:?}\n"));
+        }
+        if !self.txn.halves.is_empty() || !self.txn.indeterminate.is_empty() {
+            let t = &self.txn;
+            s.push_str(&format!(
+                "transactions: {} halves acked, {} indeterminate, {} checks, {} deliveries, {} decided, {} pending\n",
+                t.halves.len(),
+                t.indeterminate.len(),
+                t.checks.len(),
+                t.deliveries.len(),
+                t.decided.len(),
+                t.pending.len()
+            ));
+        }
+        for v in &self.txn_violations {
+            s.push_str(&format!("TXN VIOLATION {v:?}\n"));
         }
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
@@ -285,6 +320,10 @@ fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {
     .expect("a valid generated configuration");
     c.segment_bytes_override = Some(256 * 1024);
     c.mutations = mutations;
+    c.transaction.timeout_ms = txn_workload::TIMEOUT_MS;
+    c.transaction.check_interval_ms = txn_workload::CHECK_INTERVAL_MS;
+    c.transaction.max_checks = txn_workload::MAX_CHECKS;
+    c.transaction.scan_interval_ms = 200;
     // Members heartbeat every second here (HEARTBEAT); a crashed one's queues move on after
     // three missed heartbeats.
     c.client_expire_ms = 3 * HEARTBEAT.as_millis() as u64;
@@ -319,6 +358,8 @@ struct Sim {
     hold_ms: std::ops::Range<u64>,
     /// The queues each running member holds now (by member index).
     holding: Holding,
+    /// The transactional workload and its sender's node, when it runs.
+    txn: Option<(TxnWorld, NodeHandle)>,
 }
 
 impl Sim {
@@ -568,6 +609,31 @@ impl Sim {
                     .await;
                 self.note(format!("promote {}: {}", broker_name(g, pick), outcome(&r)));
             }
+            Fault::ProducerCrash => {
+                let Some((_, tp1)) = &self.txn else { return };
+                let down = Duration::from_millis(thread_rng().gen_range(0..1000));
+                self.note(format!("crash producer tp1, down {down:?}"));
+                self.handle.kill(tp1.id());
+                tokio::time::sleep(down).await;
+                self.handle.restart(tp1.id());
+            }
+            Fault::TxnLeaderKill => {
+                let Some((world, _)) = &self.txn else { return };
+                world.arm_kill.store(true, Ordering::Release);
+                let rang =
+                    tokio::time::timeout(Duration::from_secs(2), world.kill_now.notified()).await;
+                world.arm_kill.store(false, Ordering::Release);
+                let i = self.leader(g).map_or(pick, |(l, _)| l);
+                let down = Duration::from_millis(thread_rng().gen_range(0..800));
+                self.note(format!(
+                    "crash {} (leader) {} a local transaction, down {down:?}",
+                    broker_name(g, i),
+                    if rang.is_ok() { "during" } else { "(no transaction ran) after" }
+                ));
+                self.down(g, i);
+                tokio::time::sleep(down).await;
+                self.up(g, i);
+            }
             Fault::ConsumerCrash => {
                 let running: Vec<usize> = lock(&self.consumers)
                     .iter()
@@ -765,14 +831,34 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         left_done: Arc::default(),
         holding: Arc::default(),
         hold_ms: cfg.hold_ms.clone(),
+        txn: None,
     };
 
     // Topics on both groups, routed by the name server.
     control
-        .spawn(create_topics(registry.clone()))
+        .spawn(create_topics(registry.clone(), cfg.transactions > 0))
         .await
         .expect("control task");
     sim.note("topics created and routed");
+    // After the topics: a consumer started before its topic is routed waits a whole route
+    // refresh (30 s) to see it.
+    let mut sim = sim;
+    if cfg.transactions > 0 {
+        let world = TxnWorld::new(start, cfg.transactions, start.elapsed() + cfg.fault_window);
+        let tp1 = txn_node(&handle, "tp1", [10, 0, 4, 3], &world, true);
+        let tp2 = txn_node(&handle, "tp2", [10, 0, 4, 4], &world, false);
+        let w = world.clone();
+        let ct1 = handle
+            .create_node()
+            .name("ct1")
+            .ip(IpAddr::from([10, 0, 4, 5]))
+            .init(move || txn_workload::consumer_node(w.clone(), NAMESRV))
+            .build();
+        sim.clients
+            .extend([("tp1".into(), tp1.clone()), ("tp2".into(), tp2), ("ct1".into(), ct1)]);
+        sim.txn = Some((world, tp1));
+    }
+    let sim = sim;
 
     // Monitors: leaders per term per group, committed offsets per replica.
     let leaders: Arc<Mutex<Vec<BTreeMap<u64, BTreeSet<NodeId>>>>> =
@@ -1057,6 +1143,10 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         replica_violations.extend(found.into_iter().map(|v| (GROUPS[g].to_string(), v)));
     }
 
+    let (txn, txn_violations) = match &sim.txn {
+        Some((world, _)) => settle_transactions(&sim, world, &mut liveness).await,
+        None => Default::default(),
+    };
     let history = lock(&history).clone();
     let violations = check_queue_history(&history);
     let timeline = lock(&sim.timeline).clone();
@@ -1067,7 +1157,76 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         replica_violations,
         liveness,
         timeline,
+        txn,
+        txn_violations,
     }
+}
+
+/// A node of the transactional workload; a restart is a fresh producer (`tp1#1`, …).
+fn txn_node(handle: &Handle, name: &'static str, ip: [u8; 4], world: &TxnWorld, sends: bool) -> NodeHandle {
+    let incarnation = Arc::new(AtomicU32::new(0));
+    let world = world.clone();
+    handle
+        .create_node()
+        .name(name)
+        .ip(IpAddr::from(ip))
+        .init(move || {
+            let n = incarnation.fetch_add(1, Ordering::Relaxed);
+            txn_workload::producer_node(world.clone(), format!("{name}-{n}"), NAMESRV, sends)
+        })
+        .build()
+}
+
+/// After healing: waits until no transaction is undecided (a live member answers every
+/// check) and every committed one was consumed, then judges the transactional history.
+async fn settle_transactions(
+    sim: &Sim,
+    world: &TxnWorld,
+    liveness: &mut Vec<String>,
+) -> (TxnHistory, Vec<TxnViolation>) {
+    let bound = txn_workload::TIMEOUT_MS
+        + u64::from(txn_workload::MAX_CHECKS) * txn_workload::CHECK_INTERVAL_MS;
+    let decided = try_wait_for(within(bound / 1000 + 10), || {
+        std::future::ready(
+            (0..GROUPS.len())
+                .all(|g| leader_of(&sim.registry, g).is_some_and(|(_, l)| txn_workload::pending_on(&l) == 0)),
+        )
+    })
+    .await;
+    if decided.is_ok() {
+        sim.note("every transaction decided");
+    } else {
+        liveness.push(format!("transactions still undecided {bound} ms after healing"));
+    }
+    let mut h = TxnHistory::default();
+    for g in 0..GROUPS.len() {
+        if let Some((_, l)) = leader_of(&sim.registry, g) {
+            txn_workload::record_table(&l, &mut h);
+        }
+    }
+    let committed: BTreeSet<String> = h
+        .decided
+        .iter()
+        .filter(|(_, d)| d.iter().any(|d| d.commit))
+        .map(|(b, _)| b.clone())
+        .collect();
+    let consumed = try_wait_for(within(30), || {
+        let got: BTreeSet<String> =
+            lock(&world.history).deliveries.iter().map(|d| d.body.clone()).collect();
+        std::future::ready(committed.is_subset(&got))
+    })
+    .await;
+    if consumed.is_ok() {
+        sim.note("every committed transaction consumed");
+    }
+    let seen = lock(&world.history).clone();
+    h.halves = seen.halves;
+    h.indeterminate = seen.indeterminate;
+    h.commit_requested = seen.commit_requested;
+    h.checks = seen.checks;
+    h.deliveries = seen.deliveries;
+    let violations = check_txn_history(&h, txn_workload::MAX_CHECKS);
+    (h, violations)
 }
 
 /// Starts member `k` on its own node; a restarted node is the next incarnation.
@@ -1366,9 +1525,13 @@ fn within(secs: u64) -> Deadline {
     Deadline::every(Duration::from_secs(secs), POLL)
 }
 
-async fn create_topics(registry: Registry) {
+async fn create_topics(registry: Registry, transactions: bool) {
+    let mut topics = TOPICS.to_vec();
+    if transactions {
+        topics.push(txn_workload::TOPIC);
+    }
     for g in 0..GROUPS.len() {
-        for (name, queues) in TOPICS {
+        for &(name, queues) in &topics {
             let r = admin(&registry, g, Duration::from_secs(60), |mut a| async move {
                 a.create_topic(CreateTopicRequest {
                     topic: Some(TopicConfig {
@@ -1386,7 +1549,7 @@ async fn create_topics(registry: Registry) {
         }
     }
     let routed_by = tokio::time::Instant::now() + Duration::from_secs(60);
-    for (name, _) in TOPICS {
+    for &(name, _) in &topics {
         let left = routed_by.saturating_duration_since(tokio::time::Instant::now());
         let what = format!("topic {name} routed to every group");
         wait_for(Deadline::every(left, POLL), &what, || async {

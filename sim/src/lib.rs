@@ -30,6 +30,10 @@ macro_rules! regressions {
 pub mod history;
 pub mod queue_checks;
 pub mod replica_checks;
+pub mod txn_checks;
+
+#[cfg(madsim)]
+pub mod txn_workload;
 
 #[cfg(madsim)]
 pub mod cluster_scenario;

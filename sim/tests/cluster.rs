@@ -9,6 +9,7 @@
 use raftmq_raft::Mutations;
 use raftmq_sim::cluster_scenario::{ClusterConfig, Fault, Outcome, run};
 use raftmq_sim::queue_checks::QueueViolation;
+use raftmq_sim::txn_checks::TxnViolation;
 
 fn log_if_asked() {
     if let Ok(level) = std::env::var("RAFTMQ_SIM_LOG") {
@@ -80,6 +81,34 @@ async fn cluster_survives_faults() {
     );
 }
 
+/// The mixed scenario with the transactional workload and its faults (a producer killed
+/// after its half message, a leader killed between half message and decision, producers cut
+/// off by the partitions): every checker, the transactions' among them, on every seed.
+#[madsim::test]
+async fn cluster_transactions_survive_faults() {
+    log_if_asked();
+    let mut faults = faults();
+    faults.extend(Fault::TXN);
+    let o = run(ClusterConfig {
+        faults,
+        transactions: TRANSACTIONS,
+        ..ClusterConfig::default()
+    })
+    .await;
+    let report = o.report("cluster_transactions_survive_faults");
+    if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+        eprintln!("{report}");
+    }
+    assert!(o.is_clean(), "checkers fired:\n{report}");
+    assert!(
+        o.txn.halves.len() > 10 && !o.txn.checks.is_empty(),
+        "too few transactions (or no check) to test anything:\n{report}"
+    );
+}
+
+/// Transactions per transactional run.
+const TRANSACTIONS: u32 = 120;
+
 /// Runs `cfg` on seeds `1..=seeds` (each its own runtime); a panic inside a run (an assertion
 /// of openraft tripped by the bug) counts as caught too, reported apart.
 fn caught_on(
@@ -145,6 +174,75 @@ fn serving_uncommitted_pulls_is_caught() {
         caught + panicked > 0,
         "no checker fired on {seeds} seeds with pulls served from uncommitted entries"
     );
+}
+
+/// The transaction checkers can fail: each deliberate bug is caught within a few seeds.
+/// - a commit applied twice (the producer's retried EndTransaction enters the queue again);
+/// - half messages dispatched to their queue at send time;
+/// - check counts kept in the leader's memory instead of the log (a new leader asks again
+///   under numbers already asked).
+#[test]
+fn transaction_mutations_are_caught() {
+    log_if_asked();
+    let txn = |mutations: Mutations, faults: Vec<Fault>| ClusterConfig {
+        mutations,
+        faults,
+        transactions: TRANSACTIONS,
+        ..ClusterConfig::default()
+    };
+    let cases: [(&str, ClusterConfig, u64, fn(&TxnViolation) -> bool); 3] = [
+        (
+            "commit applied twice",
+            txn(
+                Mutations {
+                    commit_twice: true,
+                    ..Mutations::default()
+                },
+                vec![],
+            ),
+            2,
+            |v| matches!(v, TxnViolation::CommittedTwice { .. }),
+        ),
+        (
+            "half messages visible at send time",
+            txn(
+                Mutations {
+                    halves_visible: true,
+                    ..Mutations::default()
+                },
+                vec![],
+            ),
+            2,
+            |v| {
+                matches!(
+                    v,
+                    TxnViolation::HalfDelivered { .. } | TxnViolation::RolledBackConsumed { .. }
+                )
+            },
+        ),
+        (
+            "check counts in leader memory",
+            txn(
+                Mutations {
+                    checks_in_memory: true,
+                    ..Mutations::default()
+                },
+                vec![Fault::TransferLeader, Fault::TxnLeaderKill, Fault::KillRestart],
+            ),
+            8,
+            |v| matches!(v, TxnViolation::CheckRepeated { .. }),
+        ),
+    ];
+    for (name, cfg, seeds, fired) in cases {
+        let (caught, panicked, which) = caught_on(seeds, cfg, |o| {
+            if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+                eprintln!("{}", o.report("transaction_mutations_are_caught"));
+            }
+            o.txn_violations.iter().any(fired)
+        });
+        eprintln!("{name}: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}");
+        assert!(caught > 0, "{name}: no transaction checker fired on {seeds} seeds");
+    }
 }
 
 /// Seeds on which the simulator found a bug (fixed since), replayed by name. The scenario has

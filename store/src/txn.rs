@@ -50,6 +50,9 @@ pub const HALF_TOPIC: &str = "RMQ_SYS_TRANS_HALF_TOPIC";
 pub const PROPERTY_HALF_POSITION: &str = "RAFTMQ_TXN_HALF";
 /// Property of a half message: its producer group (RocketMQ's `PGROUP`).
 pub const PROPERTY_PRODUCER_GROUP: &str = "PGROUP";
+/// Property of a check's copy of the half message: which check it is (1 = first;
+/// RocketMQ's `TRANSACTION_CHECK_TIMES`). Never stored.
+pub const PROPERTY_CHECK_TIMES: &str = "TRANSACTION_CHECK_TIMES";
 /// Longest reason recorded with a decision.
 pub const REASON_MAX: usize = 255;
 /// Version byte of [`TxnRecord`].

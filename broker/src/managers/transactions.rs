@@ -30,7 +30,7 @@ use raftmq_proto::v1::{
 use raftmq_raft::replica::now_ms;
 use raftmq_raft::{MetaCommand, Replica, TxnOutcome};
 use raftmq_store::txn::{
-    PROPERTY_HALF_POSITION, PROPERTY_PRODUCER_GROUP, SYS_FLAG_TXN_COMMIT, SYS_FLAG_TXN_PREPARED,
+    PROPERTY_CHECK_TIMES, PROPERTY_HALF_POSITION, PROPERTY_PRODUCER_GROUP, SYS_FLAG_TXN_COMMIT, SYS_FLAG_TXN_PREPARED,
     TxnRecord,
 };
 use raftmq_store::{Message, Position};
@@ -312,11 +312,13 @@ impl TransactionManager {
 
     /// Sends the check to one connected member; whether one took it.
     fn ask(&self, r: &TxnRecord, check_number: u32) -> Result<bool, Refusal> {
-        let m = self
+        let mut m = self
             .replica
             .store()
             .view()
             .read_message(r.half, r.size)?;
+        m.properties
+            .insert(PROPERTY_CHECK_TIMES.into(), check_number.to_string());
         let frame = ServerFrame {
             status: None,
             check: Some(TransactionCheck {
