@@ -3,8 +3,9 @@
 //! leader's process is killed with SIGKILL; the producers carry on through the new leader;
 //! afterwards every acknowledged message is consumed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,106 +13,20 @@ use std::time::Duration;
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::messaging_client::MessagingClient;
-use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::*;
 use raftmq_testkit::{wait_for, wait_until};
+
+use common::{code, leader, sigkill, start_group, wait_leader};
 
 const MESSAGES: u64 = 10_000;
 const PER_REQUEST: u64 = 5;
 const PRODUCERS: u64 = 8;
 const QUEUES: u32 = 4;
 
-/// Kills every child on drop, so a failing test leaves no process behind.
-struct Procs(BTreeMap<String, Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in self.0.values_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_raftmq"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn raftmq")
-}
-
-fn code(s: &Option<Status>) -> ErrorCode {
-    s.as_ref()
-        .and_then(|s| ErrorCode::try_from(s.code).ok())
-        .unwrap_or(ErrorCode::Internal)
-}
-
-async fn leader(namesrv: &str) -> Option<String> {
-    let mut ns = NameServerClient::connect(format!("http://{namesrv}"))
-        .await
-        .ok()?;
-    let r = ns
-        .get_cluster_info(GetClusterInfoRequest {})
-        .await
-        .ok()?
-        .into_inner();
-    r.groups
-        .into_iter()
-        .find(|g| g.group == "g1")
-        .map(|g| g.leader_addr)
-        .filter(|a| !a.is_empty())
-}
-
-async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> String {
-    let what = match not {
-        Some(old) => format!("a leader other than {old}"),
-        None => "a leader".to_string(),
-    };
-    wait_for(limit, &what, || async {
-        leader(namesrv).await.filter(|l| Some(l.as_str()) != not)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let ns = format!("127.0.0.1:{}", free_port());
-    let brokers: BTreeMap<u64, String> = (1..=3)
-        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
-        .collect();
-    let mut procs = Procs(BTreeMap::new());
-    procs
-        .0
-        .insert(ns.clone(), spawn(&["namesrv", "--listen", &ns]));
-    let members: String = brokers
-        .iter()
-        .map(|(i, a)| format!("{i} = \"{a}\"\n"))
-        .collect();
-    for (id, addr) in &brokers {
-        let dir = tmp.path().join(format!("g1-{id}"));
-        let cfg = tmp.path().join(format!("g1-{id}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n{members}",
-                dir.display()
-            ),
-        )?;
-        procs.0.insert(
-            addr.clone(),
-            spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
-        );
-    }
+    let (mut procs, ns) = start_group(tmp.path(), "");
     let first = wait_leader(&ns, None, Duration::from_secs(30)).await;
     // Create the topic (retrying while the lease settles).
     wait_for(Duration::from_secs(10), "topic T created", || async {
@@ -219,11 +134,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
     })
     .await;
     let victim = leader(&ns).await.unwrap_or(first);
-    let child = procs.0.get_mut(&victim).expect("the leader is one of ours");
-    // SAFETY: `kill` on a child we spawned and have not reaped.
-    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    assert_eq!(rc, 0, "SIGKILL the leader");
-    let _ = child.wait();
+    sigkill(&mut procs, &victim);
     let at = sent.load(Ordering::Relaxed);
     let new_leader = wait_leader(&ns, Some(&victim), Duration::from_secs(30)).await;
     for t in tasks {

@@ -1,0 +1,119 @@
+//! Real processes for the process tests: a name server and a three-replica group of
+//! `raftmq` processes on loopback, and how to find the group's leader.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::name_server_client::NameServerClient;
+use raftmq_proto::v1::*;
+use raftmq_testkit::wait_for;
+
+/// Kills every child on drop, so a failing test leaves no process behind.
+pub struct Procs(pub BTreeMap<String, Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in self.0.values_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_raftmq"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn raftmq")
+}
+
+pub fn code(s: &Option<Status>) -> ErrorCode {
+    s.as_ref()
+        .and_then(|s| ErrorCode::try_from(s.code).ok())
+        .unwrap_or(ErrorCode::Internal)
+}
+
+pub async fn leader(namesrv: &str) -> Option<String> {
+    let mut ns = NameServerClient::connect(format!("http://{namesrv}"))
+        .await
+        .ok()?;
+    let r = ns
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    r.groups
+        .into_iter()
+        .find(|g| g.group == "g1")
+        .map(|g| g.leader_addr)
+        .filter(|a| !a.is_empty())
+}
+
+pub async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> String {
+    let what = match not {
+        Some(old) => format!("a leader other than {old}"),
+        None => "a leader".to_string(),
+    };
+    wait_for(limit, &what, || async {
+        leader(namesrv).await.filter(|l| Some(l.as_str()) != not)
+    })
+    .await
+}
+
+/// Starts a name server and group `g1` (three brokers, 16 MiB segments) under `dir`; `extra`
+/// is appended to every broker's configuration (before `[initial_members]`, so it may open
+/// its own sections only after that: see the callers). Returns the processes (killed on
+/// drop) and the name server's address.
+pub fn start_group(dir: &Path, extra: &str) -> (Procs, String) {
+    let ns = format!("127.0.0.1:{}", free_port());
+    let brokers: BTreeMap<u64, String> = (1..=3)
+        .map(|i| (i, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    let mut procs = Procs(BTreeMap::new());
+    procs
+        .0
+        .insert(ns.clone(), spawn(&["namesrv", "--listen", &ns]));
+    let members: String = brokers
+        .iter()
+        .map(|(i, a)| format!("{i} = \"{a}\"\n"))
+        .collect();
+    for (id, addr) in &brokers {
+        let data = dir.join(format!("g1-{id}"));
+        let cfg = dir.join(format!("g1-{id}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n{members}{extra}",
+                data.display()
+            ),
+        )
+        .expect("write a broker configuration");
+        procs.0.insert(
+            addr.clone(),
+            spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
+        );
+    }
+    (procs, ns)
+}
+
+/// SIGKILLs the process serving `addr` and reaps it.
+pub fn sigkill(procs: &mut Procs, addr: &str) {
+    let child = procs.0.get_mut(addr).expect("one of ours");
+    // SAFETY: `kill` on a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    assert_eq!(rc, 0, "SIGKILL {addr}");
+    let _ = child.wait();
+}
