@@ -118,7 +118,6 @@ pub async fn txn_check(o: TxnCheck) -> anyhow::Result<()> {
     let producer = TransactionProducer::builder()
         .namesrv_addrs(o.namesrv.split(','))
         .group(o.producer_group.as_str())
-        .topics([o.topic.as_str()])
         // Checks are answered as they come: a check dropped at the bound would be asked again
         // only a check interval later, and measured as a repeat instead of its first arrival.
         .max_checks_in_flight(raftmq_client::transaction::CHECKS_IN_FLIGHT_MAX)

@@ -21,6 +21,7 @@ use clap::ValueEnum;
 use raftmq_client::transaction::{LocalTransactionState, TransactionSendResult, fn_listener};
 use raftmq_client::{Message, TransactionProducer};
 use raftmq_proto::v1::{ListTransactionsResponse, TransactionInfo, TransactionState};
+use raftmq_store::txn::PROPERTY_CHECK_TIMES;
 
 use crate::ops;
 
@@ -81,6 +82,8 @@ pub struct TxnSend {
 /// The first check the listener saw for one of this run's transactions.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
+    /// Which check it was (1 = first), as the broker numbered it.
+    check_number: Option<u32>,
     /// From the half's store time (broker clock) to the check's arrival (this clock).
     after_stored_ms: i64,
 }
@@ -141,6 +144,10 @@ pub async fn send(o: TxnSend) -> anyhow::Result<()> {
                 return LocalTransactionState::Unknown;
             };
             first.get_or_insert(Seen {
+                check_number: msg
+                    .properties
+                    .get(PROPERTY_CHECK_TIMES)
+                    .and_then(|n| n.parse().ok()),
                 after_stored_ms: crate::now_ms() as i64 - msg.store_timestamp_ms as i64,
             });
             // A commit or rollback this run sent already: the check says the same.
@@ -221,8 +228,9 @@ async fn wait_for_checks(
             .filter(|(id, _)| !printed.contains(id))
             .collect();
         for (id, s) in arrived {
+            let n = s.check_number.map_or("?".to_string(), |n| n.to_string());
             println!(
-                "checked {id}: the check arrived {} ms after the half was stored; answered {answer}",
+                "checked {id}: check {n} arrived {} ms after the half was stored; answered {answer}",
                 s.after_stored_ms
             );
             printed.push(id);

@@ -186,7 +186,7 @@ async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
     std::fs::write(
         &cfg,
         format!(
-            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n[transaction]\ntimeout_ms = 500\ncheck_interval_ms = 2000\nscan_interval_ms = 50\n",
+            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n[transaction]\ntimeout_ms = 1000\ncheck_interval_ms = 2000\nscan_interval_ms = 50\n",
             dir.path().join("g1-1").display()
         ),
     )
@@ -234,7 +234,7 @@ async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("checked {checked}: the check arrived")),
+        out.contains(&format!("checked {checked}: check 1 arrived")),
         "{out}"
     );
     assert!(
@@ -278,7 +278,8 @@ async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
     assert!(row[9].parse::<u64>().is_ok(), "a decided index: {row:?}");
 
     // A transaction left undecided with no member of its producer group connected: the
-    // command gives up (non-zero), and the table shows it pending, never checked.
+    // command gives up (non-zero) at once, well before the check is due (1 s), and the table
+    // shows it pending, never checked.
     let out = run(send(
         "--body left --transaction unknown --producer-group gone --wait-check-secs 0",
     ))

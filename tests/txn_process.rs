@@ -31,7 +31,7 @@ fn truth(i: u64) -> bool {
     match i % 3 {
         0 => true,
         1 => false,
-        _ => i % 2 == 0,
+        _ => i.is_multiple_of(2),
     }
 }
 

@@ -231,9 +231,6 @@ async fn unregister(shared: &Shared) {
     }
 }
 
-/// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change; after
-/// a failed registration (a name server down or cut off) again within [`REGISTER_RETRY_MS`],
-/// so that a change made while it was unreachable reaches it soon after it is back.
 /// The transaction checker (`managers::transactions`): a pass every `scan_interval_ms` while
 /// this replica leads. Client channels are the leader's: while not leading, any are dropped
 /// (so their clients reconnect to the leader).
@@ -257,6 +254,9 @@ async fn transaction_checker(shared: Arc<Shared>) {
     }
 }
 
+/// Registers every [`REGISTER_EVERY_MS`] and whenever the role, term or topics change; after
+/// a failed registration (a name server down or cut off) again within [`REGISTER_RETRY_MS`],
+/// so that a change made while it was unreachable reaches it soon after it is back.
 async fn register_loop(shared: Arc<Shared>) {
     // A restarted replica rebuilds its applied state (topics among it) by applying its log
     // again; registered before that, it would tell the name servers its group holds no

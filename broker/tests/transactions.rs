@@ -54,21 +54,33 @@ async fn end(
     r: &SendResult,
     decision: TransactionDecision,
 ) -> anyhow::Result<EndTransactionResponse> {
-    Ok(wait_for(Duration::from_secs(15), "an answer from a leader", || async {
-        let leader = c.wait_leader(Duration::from_secs(15)).await;
-        let r = end_at(c, leader, group, r, decision).await.ok()?;
-        (!matches!(code(&r.status), ErrorCode::NotLeader | ErrorCode::Unavailable)).then_some(r)
-    })
+    Ok(wait_for(
+        Duration::from_secs(15),
+        "an answer from a leader",
+        || async {
+            let leader = c.wait_leader(Duration::from_secs(15)).await;
+            let r = end_at(c, leader, group, r, decision).await.ok()?;
+            (!matches!(
+                code(&r.status),
+                ErrorCode::NotLeader | ErrorCode::Unavailable
+            ))
+            .then_some(r)
+        },
+    )
     .await)
 }
 
 /// Waits until the leader's queue 0 of `topic` holds exactly `want`.
 async fn assert_bodies(c: &Cluster, topic: &str, want: &[&str]) {
-    wait_for(Duration::from_secs(10), &format!("{topic} holds {want:?}"), || async {
-        let leader = c.wait_leader(Duration::from_secs(15)).await;
-        let got = bodies(c, leader, topic).await.ok()?;
-        (got == want).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(10),
+        &format!("{topic} holds {want:?}"),
+        || async {
+            let leader = c.wait_leader(Duration::from_secs(15)).await;
+            let got = bodies(c, leader, topic).await.ok()?;
+            (got == want).then_some(())
+        },
+    )
     .await;
 }
 
@@ -88,8 +100,7 @@ async fn bodies(c: &Cluster, id: u64, topic: &str) -> anyhow::Result<Vec<String>
         .await?
         .into_inner();
     assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
-    Ok(r
-        .messages
+    Ok(r.messages
         .iter()
         .map(|m| String::from_utf8_lossy(&m.message.as_ref().unwrap().body).into_owned())
         .collect())
@@ -106,7 +117,12 @@ async fn list(c: &Cluster, id: u64) -> anyhow::Result<ListTransactionsResponse> 
         .into_inner())
 }
 
-async fn stored_half(c: &Cluster, topic: &str, body: &str, group: &str) -> anyhow::Result<SendResult> {
+async fn stored_half(
+    c: &Cluster,
+    topic: &str,
+    body: &str,
+    group: &str,
+) -> anyhow::Result<SendResult> {
     let r = c.send_request(half(topic, body, group)).await?;
     assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
     Ok(r.results[0].clone())
@@ -185,7 +201,11 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(code(&r.status), ErrorCode::NoPermission);
-    assert!(c.create_topic(raftmq_store::txn::HALF_TOPIC, 1, 6).await.is_err());
+    assert!(
+        c.create_topic(raftmq_store::txn::HALF_TOPIC, 1, 6)
+            .await
+            .is_err()
+    );
 
     // Two commits racing: one decides, the other is told; one copy in the queue.
     let (a, b) = tokio::join!(
@@ -198,10 +218,14 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
     assert_bodies(&c, "T", &["one", "three"]).await;
     // Every replica holds the same.
     for id in 1..=3 {
-        wait_for(Duration::from_secs(5), "a replica applies the commits", || async {
-            let b = bodies(&c, id, "T").await.ok()?;
-            (b == ["one", "three"]).then_some(())
-        })
+        wait_for(
+            Duration::from_secs(5),
+            "a replica applies the commits",
+            || async {
+                let b = bodies(&c, id, "T").await.ok()?;
+                (b == ["one", "three"]).then_some(())
+            },
+        )
         .await;
     }
     c.shutdown().await;
@@ -214,7 +238,11 @@ async fn channel(
     c: &Cluster,
     id: u64,
     group: &str,
-) -> anyhow::Result<(ServerFrame, tonic::Streaming<ServerFrame>, mpsc::Sender<ClientFrame>)> {
+) -> anyhow::Result<(
+    ServerFrame,
+    tonic::Streaming<ServerFrame>,
+    mpsc::Sender<ClientFrame>,
+)> {
     let (tx, rx) = mpsc::channel(4);
     tx.send(ClientFrame {
         hello: Some(ClientHello {
@@ -224,9 +252,8 @@ async fn channel(
         }),
     })
     .await?;
-    let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|f| (f, rx))
-    });
+    let outbound =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
     let mut inbound = c.messaging(id).await?.channel(outbound).await?.into_inner();
     let first = inbound.message().await?.expect("a first frame");
     Ok((first, inbound, tx))
@@ -242,7 +269,11 @@ struct Checks<'a> {
 
 impl<'a> Checks<'a> {
     fn new(c: &'a Cluster, group: &'static str) -> Self {
-        Checks { c, group, open: None }
+        Checks {
+            c,
+            group,
+            open: None,
+        }
     }
 
     /// The next check within `within`, across reconnects.
@@ -293,8 +324,15 @@ async fn checks_reach_a_connected_producer_and_stop_at_the_limit() -> anyhow::Re
     let waiting = stored_half(&c, "T", "waits", "W").await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let l = list(&c, leader).await?;
-    let w = l.transactions.iter().find(|t| t.msg_id == waiting.msg_id).unwrap();
-    assert_eq!((w.checks, w.state), (0, TransactionState::TxnPending as i32));
+    let w = l
+        .transactions
+        .iter()
+        .find(|t| t.msg_id == waiting.msg_id)
+        .unwrap();
+    assert_eq!(
+        (w.checks, w.state),
+        (0, TransactionState::TxnPending as i32)
+    );
 
     let mut checks = Checks::new(&c, "P");
     assert!(checks.next(Duration::from_millis(200)).await.is_none());
@@ -312,12 +350,26 @@ async fn checks_reach_a_connected_producer_and_stop_at_the_limit() -> anyhow::Re
         decision: TransactionDecision::Commit as i32,
         from_check: true,
     };
-    let r = wait_for(Duration::from_secs(15), "the answer reaches a leader", || async {
-        let leader = c.wait_leader(Duration::from_secs(15)).await;
-        let r = c.messaging(leader).await.ok()?.end_transaction(answer.clone()).await.ok()?;
-        let r = r.into_inner();
-        (!matches!(code(&r.status), ErrorCode::NotLeader | ErrorCode::Unavailable)).then_some(r)
-    })
+    let r = wait_for(
+        Duration::from_secs(15),
+        "the answer reaches a leader",
+        || async {
+            let leader = c.wait_leader(Duration::from_secs(15)).await;
+            let r = c
+                .messaging(leader)
+                .await
+                .ok()?
+                .end_transaction(answer.clone())
+                .await
+                .ok()?;
+            let r = r.into_inner();
+            (!matches!(
+                code(&r.status),
+                ErrorCode::NotLeader | ErrorCode::Unavailable
+            ))
+            .then_some(r)
+        },
+    )
     .await;
     assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
     assert_bodies(&c, "T", &["answered"]).await;
@@ -334,12 +386,18 @@ async fn checks_reach_a_connected_producer_and_stop_at_the_limit() -> anyhow::Re
         numbers.push(ch.check_number);
     }
     assert!(
-        !numbers.is_empty() && numbers.windows(2).all(|w| w[0] < w[1]) && numbers.iter().all(|&n| n <= 3),
+        !numbers.is_empty()
+            && numbers.windows(2).all(|w| w[0] < w[1])
+            && numbers.iter().all(|&n| n <= 3),
         "{numbers:?}"
     );
     let leader = c.wait_leader(Duration::from_secs(15)).await;
     let l = list(&c, leader).await?;
-    let t = l.transactions.iter().find(|t| t.msg_id == h2.msg_id).unwrap();
+    let t = l
+        .transactions
+        .iter()
+        .find(|t| t.msg_id == h2.msg_id)
+        .unwrap();
     assert_eq!(t.state, TransactionState::TxnRolledBack as i32);
     assert_eq!(t.checks, 3);
     assert!(t.reason.contains("check limit"), "{}", t.reason);
@@ -374,8 +432,15 @@ async fn a_new_leader_continues_the_check_count() -> anyhow::Result<()> {
     assert!(checks.next(Duration::from_secs(2)).await.is_none());
     let next = c.wait_leader(Duration::from_secs(15)).await;
     let l = list(&c, next).await?;
-    let t = l.transactions.iter().find(|t| t.msg_id == h.msg_id).unwrap();
-    assert_eq!((t.checks, t.state), (ch_number, TransactionState::TxnPending as i32));
+    let t = l
+        .transactions
+        .iter()
+        .find(|t| t.msg_id == h.msg_id)
+        .unwrap();
+    assert_eq!(
+        (t.checks, t.state),
+        (ch_number, TransactionState::TxnPending as i32)
+    );
     assert!(t.next_check_ms >= t.stored_ms + 60_000);
     c.shutdown().await;
     Ok(())

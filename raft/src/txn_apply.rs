@@ -13,9 +13,7 @@
 
 use raftmq_store::meta::MetaTxn;
 use raftmq_store::store::Assigned;
-use raftmq_store::txn::{
-    Decision, DispatchGate, HALF_TOPIC, PROPERTY_PRODUCER_GROUP, TxnRecord,
-};
+use raftmq_store::txn::{Decision, DispatchGate, HALF_TOPIC, PROPERTY_PRODUCER_GROUP, TxnRecord};
 use raftmq_store::{LogIndex, Position, Store, StoreError};
 
 use crate::mutations::Mutations;
@@ -36,7 +34,12 @@ pub(crate) struct ApplyGate<'a> {
 }
 
 impl ApplyGate<'_> {
-    fn decide_commit(&mut self, index: LogIndex, half: Position, msg_id: &str) -> Result<bool, StoreError> {
+    fn decide_commit(
+        &mut self,
+        index: LogIndex,
+        half: Position,
+        msg_id: &str,
+    ) -> Result<bool, StoreError> {
         let (admit, outcome) = match self.txn.transaction(half)? {
             Some(r) if r.msg_id != msg_id => (false, TxnOutcome::Mismatch),
             Some(mut r) if r.pending() => {
@@ -53,7 +56,10 @@ impl ApplyGate<'_> {
             Some(r) => {
                 let commit = r.decision.as_ref().is_some_and(|d| d.commit);
                 // The deliberate bug: a second commit enters the queue again.
-                (self.mutations.commit_twice(), TxnOutcome::AlreadyDecided { commit })
+                (
+                    self.mutations.commit_twice(),
+                    TxnOutcome::AlreadyDecided { commit },
+                )
             }
             None => (false, TxnOutcome::NotFound),
         };

@@ -3,7 +3,8 @@
 //! segments. A follower that was down meanwhile, and a brand-new replica, can then only be
 //! brought up to date by the boundary snapshot: they reset their store to the leader's chain
 //! point and receive the retained entries at the same positions, byte for byte, with the
-//! same queue offsets, topics and consumer offsets; and they survive a restart.
+//! same queue offsets, topics, consumer offsets and transaction table; and they survive a
+//! restart. An undecided transaction's half message holds its segment against retention.
 #![cfg(not(madsim))]
 
 mod common;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use common::{Node, metrics, retry_not_leader, start_with, write_retrying};
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_raft::types::{OffsetCommit, TopicSpec};
-use raftmq_raft::{MetaCommand, NodeId, Replica, ReplicaConfig};
-use raftmq_store::Message;
+use raftmq_raft::{MetaCommand, NodeId, Replica, ReplicaConfig, TxnOutcome};
+use raftmq_store::{Message, txn};
 use raftmq_testkit::{wait_for, wait_until};
 
 const QUEUES: u32 = 3;
@@ -44,6 +45,51 @@ async fn write_batches(leader: &Replica, from: u64, batches: u64) -> anyhow::Res
             .collect();
         write_retrying(leader, msgs).await?;
     }
+    Ok(())
+}
+
+/// A half message of producer group `G` on queue 0.
+fn half(n: u64) -> Message {
+    let mut m = Message {
+        topic: "T".into(),
+        msg_id: format!("h{n}"),
+        body: format!("half {n}").into_bytes(),
+        sys_flag: txn::SYS_FLAG_TXN_PREPARED,
+        ..Default::default()
+    };
+    m.properties
+        .insert(txn::PROPERTY_PRODUCER_GROUP.into(), "G".into());
+    m
+}
+
+/// Stores half `n`; returns its position.
+async fn store_half(leader: &Replica, n: u64) -> anyhow::Result<u64> {
+    let a = retry_not_leader(|| leader.write(vec![half(n)])).await?;
+    assert_eq!(a[0].topic, txn::HALF_TOPIC, "a half goes to the half queue");
+    Ok(a[0].position.0)
+}
+
+/// Commits half `n` at `pos`, as the broker does (a copy flagged commit, naming the half).
+async fn commit_half(leader: &Replica, n: u64, pos: u64) -> anyhow::Result<()> {
+    let mut m = half(n);
+    m.sys_flag = txn::SYS_FLAG_TXN_COMMIT;
+    m.properties
+        .insert(txn::PROPERTY_HALF_POSITION.into(), pos.to_string());
+    let r = retry_not_leader(|| leader.write_alone(m.clone())).await?;
+    assert_eq!(r.txn, Some(TxnOutcome::Decided));
+    Ok(())
+}
+
+async fn rollback_half(leader: &Replica, n: u64, pos: u64) -> anyhow::Result<()> {
+    let cmd = MetaCommand::RollbackTransaction {
+        half: pos,
+        msg_id: format!("h{n}"),
+        producer_group: "G".into(),
+        reason: "test".into(),
+        decided_ms: 1,
+    };
+    let r = retry_not_leader(|| leader.propose(cmd.clone())).await?;
+    assert_eq!(r.txn, Some(TxnOutcome::Decided));
     Ok(())
 }
 
@@ -110,6 +156,14 @@ fn assert_same_tail(leader: &Replica, r: &Replica, upto: u64) -> anyhow::Result<
     let (ls, rs) = (leader.store().lock(), r.store().lock());
     assert_eq!(ls.meta().topics()?, rs.meta().topics()?);
     assert_eq!(ls.meta().consumer_offsets()?, rs.meta().consumer_offsets()?);
+    for decided in [false, true] {
+        assert_eq!(
+            ls.meta().transactions(decided, usize::MAX)?,
+            rs.meta().transactions(decided, usize::MAX)?,
+            "replica {}: the transaction table (decided: {decided})",
+            r.node_id()
+        );
+    }
     Ok(())
 }
 
@@ -158,6 +212,10 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
     retry_not_leader(|| leader.propose(topic.clone())).await?;
     write_batches(&leader, 0, 10).await?;
     commit_offset(&leader, 5).await?;
+    // Two transactions in the first segment: one committed later, one left undecided.
+    let h1 = store_half(&leader, 1).await?;
+    let h2 = store_half(&leader, 2).await?;
+    assert!(h2 < 256 * 1024, "in the first segment");
 
     // A follower goes down; the others write on for several segments and purge.
     let lagging = *nodes
@@ -168,6 +226,16 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
     nodes.remove(&lagging).expect("present").stop().await;
     write_batches(&leader, 10, 80).await?;
     commit_offset(&leader, 40).await?;
+    // The undecided half holds its segment: nothing expires.
+    for n in nodes.values() {
+        let o = n.replica.run_retention(u64::MAX / 2).await?;
+        assert_eq!(o.segments_deleted, 0, "replica {}: {o:?}", n.id);
+    }
+    commit_half(&leader, 1, h1).await?;
+    rollback_half(&leader, 2, h2).await?;
+    // A third stays undecided across the snapshot install.
+    let h3 = store_half(&leader, 3).await?;
+    write_batches(&leader, 90, 1).await?;
     for n in nodes.values() {
         let purged = retain(&n.replica).await?;
         let first = n.replica.store().lock().log_bounds()?.0;
@@ -208,6 +276,17 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
         );
     }
     assert_same_tail(&leader, &r, target)?;
+    {
+        let (pending, _) = r.store().lock().meta().transactions(false, 10)?;
+        assert_eq!(
+            pending.len(),
+            1,
+            "the undecided transaction came with the snapshot"
+        );
+        assert_eq!(pending[0].half.0, h3);
+    }
+    // Decided on the new leader's word after the install: committed on every replica.
+    commit_half(&leader, 3, h3).await?;
 
     // A brand-new replica joins after the purge.
     let n4 = start_with(config(4), dir(4)?, None).await?;

@@ -58,11 +58,11 @@ use raftmq_testkit::{Deadline, try_wait_for, wait_for};
 use crate::queue_checks::{
     Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
 };
-use crate::txn_checks::{TxnHistory, TxnViolation, check_txn_history};
-use crate::txn_workload::{self, TxnWorld};
 use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
+use crate::txn_checks::{TxnHistory, TxnViolation, check_txn_history};
+use crate::txn_workload::{self, TxnWorld};
 
 const NAMESRV: &str = "10.0.1.1:9876";
 const GROUPS: [&str; 2] = ["g1", "g2"];
@@ -628,7 +628,11 @@ impl Sim {
                 self.note(format!(
                     "crash {} (leader) {} a local transaction, down {down:?}",
                     broker_name(g, i),
-                    if rang.is_ok() { "during" } else { "(no transaction ran) after" }
+                    if rang.is_ok() {
+                        "during"
+                    } else {
+                        "(no transaction ran) after"
+                    }
                 ));
                 self.down(g, i);
                 tokio::time::sleep(down).await;
@@ -854,8 +858,11 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             .ip(IpAddr::from([10, 0, 4, 5]))
             .init(move || txn_workload::consumer_node(w.clone(), NAMESRV))
             .build();
-        sim.clients
-            .extend([("tp1".into(), tp1.clone()), ("tp2".into(), tp2), ("ct1".into(), ct1)]);
+        sim.clients.extend([
+            ("tp1".into(), tp1.clone()),
+            ("tp2".into(), tp2),
+            ("ct1".into(), ct1),
+        ]);
         sim.txn = Some((world, tp1));
     }
     let sim = sim;
@@ -1163,7 +1170,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
 }
 
 /// A node of the transactional workload; a restart is a fresh producer (`tp1#1`, …).
-fn txn_node(handle: &Handle, name: &'static str, ip: [u8; 4], world: &TxnWorld, sends: bool) -> NodeHandle {
+fn txn_node(
+    handle: &Handle,
+    name: &'static str,
+    ip: [u8; 4],
+    world: &TxnWorld,
+    sends: bool,
+) -> NodeHandle {
     let incarnation = Arc::new(AtomicU32::new(0));
     let world = world.clone();
     handle
@@ -1187,16 +1200,17 @@ async fn settle_transactions(
     let bound = txn_workload::TIMEOUT_MS
         + u64::from(txn_workload::MAX_CHECKS) * txn_workload::CHECK_INTERVAL_MS;
     let decided = try_wait_for(within(bound / 1000 + 10), || {
-        std::future::ready(
-            (0..GROUPS.len())
-                .all(|g| leader_of(&sim.registry, g).is_some_and(|(_, l)| txn_workload::pending_on(&l) == 0)),
-        )
+        std::future::ready((0..GROUPS.len()).all(|g| {
+            leader_of(&sim.registry, g).is_some_and(|(_, l)| txn_workload::pending_on(&l) == 0)
+        }))
     })
     .await;
     if decided.is_ok() {
         sim.note("every transaction decided");
     } else {
-        liveness.push(format!("transactions still undecided {bound} ms after healing"));
+        liveness.push(format!(
+            "transactions still undecided {bound} ms after healing"
+        ));
     }
     let mut h = TxnHistory::default();
     for g in 0..GROUPS.len() {
@@ -1211,8 +1225,11 @@ async fn settle_transactions(
         .map(|(b, _)| b.clone())
         .collect();
     let consumed = try_wait_for(within(30), || {
-        let got: BTreeSet<String> =
-            lock(&world.history).deliveries.iter().map(|d| d.body.clone()).collect();
+        let got: BTreeSet<String> = lock(&world.history)
+            .deliveries
+            .iter()
+            .map(|d| d.body.clone())
+            .collect();
         std::future::ready(committed.is_subset(&got))
     })
     .await;

@@ -42,7 +42,7 @@ pub struct Plan {
 
 /// The plan of transaction `i` (six kinds, in turn).
 pub fn plan(i: u32) -> Plan {
-    let truth = if i % 2 == 0 {
+    let truth = if i.is_multiple_of(2) {
         Truth::Commit
     } else {
         Truth::Rollback
@@ -143,13 +143,29 @@ pub enum TxnViolation {
     /// Delivered before any commit was requested.
     VisibleBeforeCommit { body: String, at: u64 },
     /// Delivered as a half message (no commit copy).
-    HalfDelivered { body: String, queue: String, offset: u64 },
+    HalfDelivered {
+        body: String,
+        queue: String,
+        offset: u64,
+    },
     /// One half in its queue more than once.
-    CommittedTwice { body: String, half: u64, copies: Vec<(String, u64)> },
+    CommittedTwice {
+        body: String,
+        half: u64,
+        copies: Vec<(String, u64)>,
+    },
     /// One check number asked twice of one half.
-    CheckRepeated { body: String, half: String, number: u32 },
+    CheckRepeated {
+        body: String,
+        half: String,
+        number: u32,
+    },
     /// A check past the limit.
-    TooManyChecks { body: String, half: String, number: u32 },
+    TooManyChecks {
+        body: String,
+        half: String,
+        number: u32,
+    },
     /// Undecided after healing.
     Undecided { body: String, halves: Vec<u64> },
     /// A transaction of no plan (the harness named it wrongly).
@@ -299,7 +315,14 @@ mod tests {
     fn plans_cover_every_kind() {
         let kinds: BTreeSet<(bool, bool, u32, bool)> = (0..6)
             .map(plan)
-            .map(|p| (p.truth == Truth::Commit, p.execute_unknown, p.unknown_checks, p.end_twice))
+            .map(|p| {
+                (
+                    p.truth == Truth::Commit,
+                    p.execute_unknown,
+                    p.unknown_checks,
+                    p.end_twice,
+                )
+            })
             .collect();
         assert_eq!(kinds.len(), 6);
         assert_eq!(plan_of("t7"), Some(plan(7)));
@@ -348,25 +371,22 @@ mod tests {
             &|v| matches!(v, TxnViolation::VisibleBeforeCommit { .. }),
         );
         // A half delivered as such.
-        fires(
-            &|h| h.deliveries.push(delivery("t2", None, 1, 40)),
-            &|v| matches!(v, TxnViolation::HalfDelivered { .. }),
-        );
+        fires(&|h| h.deliveries.push(delivery("t2", None, 1, 40)), &|v| {
+            matches!(v, TxnViolation::HalfDelivered { .. })
+        });
         // A half committed twice (two copies in the queue).
         fires(
             &|h| h.deliveries.push(delivery("t0", Some(100), 1, 40)),
             &|v| matches!(v, TxnViolation::CommittedTwice { .. }),
         );
         // A check number asked again (a new leader restarting the count).
-        fires(
-            &|h| h.checks.push(("t4".into(), "H4".into(), 1, 9)),
-            &|v| matches!(v, TxnViolation::CheckRepeated { .. }),
-        );
+        fires(&|h| h.checks.push(("t4".into(), "H4".into(), 1, 9)), &|v| {
+            matches!(v, TxnViolation::CheckRepeated { .. })
+        });
         // Past the limit.
-        fires(
-            &|h| h.checks.push(("t4".into(), "H4".into(), 4, 9)),
-            &|v| matches!(v, TxnViolation::TooManyChecks { .. }),
-        );
+        fires(&|h| h.checks.push(("t4".into(), "H4".into(), 4, 9)), &|v| {
+            matches!(v, TxnViolation::TooManyChecks { .. })
+        });
         // Undecided after healing.
         fires(
             &|h| {

@@ -166,7 +166,9 @@ pub async fn producer_node(world: TxnWorld, name: String, namesrv: &'static str,
             .await;
         match r {
             Ok(r) => {
-                lock(&world.history).halves.insert(body.clone(), world.now());
+                lock(&world.history)
+                    .halves
+                    .insert(body.clone(), world.now());
                 if plan(i).end_twice {
                     // Two commits racing: the broker must take the decision once.
                     lock(&world.history).commit_requested(&body, world.now());
@@ -229,7 +231,9 @@ pub fn pending_on(leader: &Replica) -> usize {
     let view = leader.store().view();
     view.meta()
         .transactions(false, usize::MAX)
-        .map_or(usize::MAX, |(r, _)| r.iter().filter(|r| r.topic == TOPIC.0).count())
+        .map_or(usize::MAX, |(r, _)| {
+            r.iter().filter(|r| r.topic == TOPIC.0).count()
+        })
 }
 
 /// Records the group's table (as applied on `leader`) into the history: every decided half

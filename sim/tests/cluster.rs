@@ -227,7 +227,11 @@ fn transaction_mutations_are_caught() {
                     checks_in_memory: true,
                     ..Mutations::default()
                 },
-                vec![Fault::TransferLeader, Fault::TxnLeaderKill, Fault::KillRestart],
+                vec![
+                    Fault::TransferLeader,
+                    Fault::TxnLeaderKill,
+                    Fault::KillRestart,
+                ],
             ),
             8,
             |v| matches!(v, TxnViolation::CheckRepeated { .. }),
@@ -241,7 +245,10 @@ fn transaction_mutations_are_caught() {
             o.txn_violations.iter().any(fired)
         });
         eprintln!("{name}: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}");
-        assert!(caught > 0, "{name}: no transaction checker fired on {seeds} seeds");
+        assert!(
+            caught > 0,
+            "{name}: no transaction checker fired on {seeds} seeds"
+        );
     }
 }
 

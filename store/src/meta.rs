@@ -393,12 +393,27 @@ impl MetaStore {
     /// Up to `limit` undecided (`decided == false`) or decided transactions, by half
     /// position, and how many the table holds in all.
     pub fn transactions(&self, decided: bool, limit: usize) -> Result<(Vec<TxnRecord>, u64)> {
+        self.transactions_after(decided, None, limit)
+    }
+
+    /// [`MetaStore::transactions`] whose half lies after `after` (all with `None`).
+    pub fn transactions_after(
+        &self,
+        decided: bool,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<(Vec<TxnRecord>, u64)> {
         self.read(|t| {
             let table = t
                 .open_table(if decided { TXN_DECIDED } else { TXN_PENDING })
                 .map_err(meta_err)?;
             let mut out = Vec::new();
-            for row in table.iter().map_err(meta_err)?.take(limit) {
+            let rows = match after {
+                Some(p) if p.0 == u64::MAX => return Ok((out, table.len().map_err(meta_err)?)),
+                Some(p) => table.range(p.0 + 1..).map_err(meta_err)?,
+                None => table.range(0..).map_err(meta_err)?,
+            };
+            for row in rows.take(limit) {
                 let (_, v) = row.map_err(meta_err)?;
                 out.push(TxnRecord::decode(v.value())?);
             }
@@ -515,7 +530,9 @@ impl MetaTxn {
     /// Forgets decided transactions whose half message lies below `below`; returns how many.
     pub fn forget_decided_below(&mut self, below: Position) -> Result<u64> {
         let mut table = self.txn.open_table(TXN_DECIDED).map_err(meta_err)?;
-        let gone = table.extract_from_if(..below.0, |_, _| true).map_err(meta_err)?;
+        let gone = table
+            .extract_from_if(..below.0, |_, _| true)
+            .map_err(meta_err)?;
         let mut n = 0;
         for row in gone {
             row.map_err(meta_err)?;
@@ -544,7 +561,9 @@ impl MetaTxn {
     /// will meet them again).
     pub fn forget_refused_upto(&mut self, upto: LogIndex) -> Result<()> {
         let mut table = self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
-        let gone = table.extract_from_if(..=upto.0, |_, _| true).map_err(meta_err)?;
+        let gone = table
+            .extract_from_if(..=upto.0, |_, _| true)
+            .map_err(meta_err)?;
         for row in gone {
             row.map_err(meta_err)?;
         }

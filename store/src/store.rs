@@ -448,7 +448,8 @@ impl Store {
             };
             let half = txn::is_half(&m) && !gate.halves_visible();
             if let Some(commits) = txn::commit_of(&m) {
-                let admitted = commits.is_some_and(|p| gate.admit_commit(rec.header.index, p, m.msg_id));
+                let admitted =
+                    commits.is_some_and(|p| gate.admit_commit(rec.header.index, p, m.msg_id));
                 if !admitted {
                     continue;
                 }

@@ -6,8 +6,8 @@
 //! - A **half message** is a message with [`SYS_FLAG_TXN_PREPARED`] in an ordinary `Messages`
 //!   record. Dispatch puts it in the queue [`HALF_TOPIC`]/0, never in its own topic's queue,
 //!   so no consumer sees it; its own `topic` and `queue_id` say where a commit will put it.
-//!   The Raft layer records it in the transaction table ([`TxnRecord`], MetaStore table
-//!   `transactions`, keyed by the half's CommitLog position).
+//!   The Raft layer records it in the transaction table ([`TxnRecord`], MetaStore tables
+//!   `txn_pending` and `txn_decided`, keyed by the half's CommitLog position).
 //! - A **commit** is a copy of the half message with [`SYS_FLAG_TXN_COMMIT`] instead, and the
 //!   half's position in the property [`PROPERTY_HALF_POSITION`], in its own `Messages` record.
 //!   Dispatch asks a [`DispatchGate`] whether it enters its queue: the state machine admits
@@ -16,7 +16,7 @@
 //!   `(checkpoint, applied]` after a crash ([`ReplayGate`]) admits exactly what apply did.
 //! - A **rollback** is a metadata command: it only changes the table.
 //!
-//! # Record layout (version 1, little-endian; value of the `transactions` table)
+//! # Record layout (version 1, little-endian; the value in `txn_pending` / `txn_decided`)
 //!
 //! | size | field |
 //! |------|-------|

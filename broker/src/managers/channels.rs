@@ -154,10 +154,16 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(ch.send_to_one("G", frame()).as_deref(), Some("a"));
         }
-        assert!(!ch.members("H").is_empty(), "b is dropped only where a send failed");
+        assert!(
+            !ch.members("H").is_empty(),
+            "b is dropped only where a send failed"
+        );
         ch.remove(a);
         assert_eq!(ch.send_to_one("G", frame()), None);
-        assert!(rx1.recv().await.is_some(), "frames sent before the removal stay readable");
+        assert!(
+            rx1.recv().await.is_some(),
+            "frames sent before the removal stay readable"
+        );
         assert!(rx1.recv().await.is_none(), "then the stream ends");
         assert!(!ch.connected("G"));
         ch.clear();

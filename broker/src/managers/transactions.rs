@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
+
 use raftmq_proto::limits::check_name;
 use raftmq_proto::v1::{
     EndTransactionRequest, ListTransactionsRequest, ListTransactionsResponse, SendResult,
@@ -30,8 +32,8 @@ use raftmq_proto::v1::{
 use raftmq_raft::replica::now_ms;
 use raftmq_raft::{MetaCommand, Replica, TxnOutcome};
 use raftmq_store::txn::{
-    PROPERTY_CHECK_TIMES, PROPERTY_HALF_POSITION, PROPERTY_PRODUCER_GROUP, SYS_FLAG_TXN_COMMIT, SYS_FLAG_TXN_PREPARED,
-    TxnRecord,
+    PROPERTY_CHECK_TIMES, PROPERTY_HALF_POSITION, PROPERTY_PRODUCER_GROUP, SYS_FLAG_TXN_COMMIT,
+    SYS_FLAG_TXN_PREPARED, TxnRecord,
 };
 use raftmq_store::{Message, Position};
 
@@ -42,8 +44,11 @@ use crate::managers::channels::ClientChannels;
 
 /// Most pending transactions one checker pass looks at.
 pub const CHECK_SCAN_MAX: usize = 4096;
-/// Most transactions listed by default.
+/// Most due transactions the checker works on at once (each a Raft round trip).
+pub const CHECKS_AT_ONCE: usize = 32;
+/// Most transactions listed by default, and at most.
 pub const LIST_DEFAULT: usize = 1000;
+pub const LIST_MAX: usize = 10_000;
 
 /// What one checker pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +67,13 @@ pub struct TransactionManager {
     channels: Arc<ClientChannels>,
     /// The `checks_in_memory` mutation: counts kept here instead of in the log.
     memory_checks: Option<Mutex<HashMap<u64, (u32, u64)>>>,
+    /// Where the checker's next pass starts (after this half; `None`: the beginning).
+    cursor: Mutex<Option<Position>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each guarded value is replaced whole, so a poisoned lock still holds a sound one.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TransactionManager {
@@ -78,6 +90,7 @@ impl TransactionManager {
             config,
             channels,
             memory_checks: checks_in_memory.then(Default::default),
+            cursor: Mutex::new(None),
         }
     }
 
@@ -145,11 +158,7 @@ impl TransactionManager {
     }
 
     async fn commit(&self, r: &TxnRecord) -> Result<SendResult, Refusal> {
-        let mut m = self
-            .replica
-            .store()
-            .view()
-            .read_message(r.half, r.size)?;
+        let mut m = self.replica.store().view().read_message(r.half, r.size)?;
         m.sys_flag = (m.sys_flag & !SYS_FLAG_TXN_PREPARED) | SYS_FLAG_TXN_COMMIT;
         m.properties
             .insert(PROPERTY_HALF_POSITION.into(), r.half.0.to_string());
@@ -184,7 +193,7 @@ impl TransactionManager {
     pub fn list(&self, req: &ListTransactionsRequest) -> Result<ListTransactionsResponse, Refusal> {
         let limit = match req.limit {
             0 => LIST_DEFAULT,
-            n => n as usize,
+            n => (n as usize).min(LIST_MAX),
         };
         let view = self.replica.store().view();
         let (mut records, pending) = view.meta().transactions(false, limit)?;
@@ -248,39 +257,70 @@ impl TransactionManager {
         }
     }
 
-    /// One pass of the checker at `now` (leader clock); see the module docs.
+    /// One pass of the checker at `now` (leader clock); see the module docs. A pass looks at
+    /// up to [`CHECK_SCAN_MAX`] pending transactions after where the last one stopped (so a
+    /// backlog of transactions nobody answers for never hides the ones after it), and works
+    /// on up to [`CHECKS_AT_ONCE`] due ones at a time.
     pub async fn check_due(&self, now: u64) -> CheckPass {
-        let mut pass = CheckPass::default();
         let view = self.replica.store().view();
-        let records = match view.meta().transactions(false, CHECK_SCAN_MAX) {
+        let after = *lock(&self.cursor);
+        let records = match view.meta().transactions_after(false, after, CHECK_SCAN_MAX) {
             Ok((r, _)) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "transaction checker: reading the table failed");
-                return pass;
+                return CheckPass::default();
             }
         };
-        for r in records.iter().filter(|r| self.due_ms(r) <= now) {
-            let checks = self.checks_of(r);
-            if checks >= self.config.max_checks {
-                let reason = format!("check limit: {checks} checks unanswered");
-                match self.rollback(r, reason).await {
-                    Ok(()) => pass.rolled_back += 1,
-                    Err(e) => tracing::debug!(msg_id = %r.msg_id, error = %e, "rollback at the check limit failed"),
+        *lock(&self.cursor) = match records.last() {
+            Some(r) if records.len() == CHECK_SCAN_MAX => Some(r.half),
+            _ => None,
+        };
+        let due: Vec<TxnRecord> = records
+            .into_iter()
+            .filter(|r| self.due_ms(r) <= now)
+            .collect();
+        let done: Vec<CheckPass> = futures_util::stream::iter(due)
+            .map(|r| async move { self.check_one(&r, now).await })
+            .buffer_unordered(CHECKS_AT_ONCE)
+            .collect()
+            .await;
+        done.into_iter()
+            .fold(CheckPass::default(), |a, b| CheckPass {
+                checked: a.checked + b.checked,
+                rolled_back: a.rolled_back + b.rolled_back,
+                waiting: a.waiting + b.waiting,
+            })
+    }
+
+    /// What the checker does with one due transaction.
+    async fn check_one(&self, r: &TxnRecord, now: u64) -> CheckPass {
+        let mut pass = CheckPass::default();
+        let checks = self.checks_of(r);
+        if checks >= self.config.max_checks {
+            let reason = format!("check limit: {checks} checks unanswered");
+            match self.rollback(r, reason).await {
+                Ok(()) => pass.rolled_back += 1,
+                Err(e) => {
+                    tracing::debug!(msg_id = %r.msg_id, error = %e, "rollback at the check limit failed")
                 }
-                continue;
             }
-            if !self.channels.connected(&r.producer_group) {
-                pass.waiting += 1;
-                continue;
-            }
-            if let Err(e) = self.record_check(r, checks + 1, now).await {
-                tracing::debug!(msg_id = %r.msg_id, error = %e, "recording a check failed");
-                continue;
-            }
-            match self.ask(r, checks + 1) {
-                Ok(true) => pass.checked += 1,
-                Ok(false) => pass.waiting += 1,
-                Err(e) => tracing::warn!(msg_id = %r.msg_id, error = %e, "reading a half message for its check failed"),
+            return pass;
+        }
+        if !self.channels.connected(&r.producer_group) {
+            pass.waiting += 1;
+            return pass;
+        }
+        if let Err(e) = self.record_check(r, checks + 1, now).await {
+            tracing::debug!(msg_id = %r.msg_id, error = %e, "recording a check failed");
+            return pass;
+        }
+        match self.ask(r, checks + 1) {
+            Ok(true) => pass.checked += 1,
+            // The member left between the look and the ask: this check is spent (asked
+            // again after the interval).
+            Ok(false) => pass.waiting += 1,
+            Err(e) => {
+                tracing::warn!(msg_id = %r.msg_id, error = %e, "reading a half message for its check failed")
             }
         }
         pass
@@ -312,11 +352,7 @@ impl TransactionManager {
 
     /// Sends the check to one connected member; whether one took it.
     fn ask(&self, r: &TxnRecord, check_number: u32) -> Result<bool, Refusal> {
-        let mut m = self
-            .replica
-            .store()
-            .view()
-            .read_message(r.half, r.size)?;
+        let mut m = self.replica.store().view().read_message(r.half, r.size)?;
         m.properties
             .insert(PROPERTY_CHECK_TIMES.into(), check_number.to_string());
         let frame = ServerFrame {

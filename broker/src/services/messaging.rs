@@ -98,7 +98,10 @@ impl Messaging for MessagingImpl {
     type ChannelStream =
         std::pin::Pin<Box<dyn futures_util::Stream<Item = Frame> + Send + 'static>>;
 
-    async fn channel(&self, req: Request<tonic::Streaming<ClientFrame>>) -> Res<Self::ChannelStream> {
+    async fn channel(
+        &self,
+        req: Request<tonic::Streaming<ClientFrame>>,
+    ) -> Res<Self::ChannelStream> {
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(CHANNEL_BUFFER);
         let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
