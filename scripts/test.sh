@@ -40,9 +40,16 @@ for ((first = SEED; first < SEED + SEEDS; first += 20)); do
   MADSIM_TEST_SEED="$first" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS=2 \
     cargo test -q -p raftmq-sim --test cluster cluster_survives_faults -- --exact
 done
-echo "== madsim: whole cluster without faults (20 seeds), the mutation check, named regression seeds"
+TXN_SEEDS="${RAFTMQ_SIM_TXN_SEEDS:-200}"
+echo "== madsim: whole cluster with the transactional workload, $TXN_SEEDS seeds"
+for ((first = SEED; first < SEED + TXN_SEEDS; first += 20)); do
+  n=$((SEED + TXN_SEEDS - first < 20 ? SEED + TXN_SEEDS - first : 20))
+  MADSIM_TEST_SEED="$first" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS=2 \
+    cargo test -q -p raftmq-sim --test cluster cluster_transactions_survive_faults -- --exact
+done
+echo "== madsim: whole cluster without faults (20 seeds), the mutation checks, named regression seeds"
 MADSIM_TEST_SEED="$SEED" MADSIM_TEST_NUM=20 MADSIM_TEST_JOBS=2 \
-  cargo test -p raftmq-sim --test cluster -- cluster_delivers_every_acknowledged_message serving_uncommitted_pulls_is_caught regression_
+  cargo test -p raftmq-sim --test cluster -- cluster_delivers_every_acknowledged_message serving_uncommitted_pulls_is_caught transaction_mutations_are_caught regression_
 echo "== madsim determinism check"
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test store_crash store_survives
@@ -50,3 +57,5 @@ MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test raft_group group_survives
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=5 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test cluster cluster_survives_faults -- --exact
+MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
+  cargo test -p raftmq-sim --test cluster cluster_transactions_survive_faults -- --exact
