@@ -40,8 +40,8 @@ use tokio::time::Instant;
 use tonic::codec::Streaming;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
-use crate::consumer::calls::code;
 use crate::error::ClientError;
+use crate::error::code;
 use crate::policy::channel::{Connected, Event, Reconnect, Target, first_frame};
 use crate::route::{CALL_TIMEOUT, Routes};
 use crate::sync::lock;

@@ -47,3 +47,10 @@ impl ClientError {
         }
     }
 }
+
+/// A response's code; a missing or unknown one counts as `INTERNAL`.
+pub(crate) fn code(s: &Option<raftmq_proto::v1::Status>) -> raftmq_proto::ErrorCode {
+    s.as_ref()
+        .and_then(|s| raftmq_proto::ErrorCode::try_from(s.code).ok())
+        .unwrap_or(raftmq_proto::ErrorCode::Internal)
+}

@@ -18,8 +18,21 @@ use raftmq_proto::limits::{PULL_MESSAGES_DEFAULT, PULL_MESSAGES_MAX, check_name}
 
 use crate::error::ClientError;
 use crate::policy::offsets::ConsumeFrom;
-use crate::producer::{RETRIES_DEFAULT, SEND_TIMEOUT_DEFAULT};
 use crate::route::Routes;
+
+/// Default time a sync send may take, retries included.
+///
+/// ```
+/// assert_eq!(raftmq_client::producer::SEND_TIMEOUT_DEFAULT.as_secs(), 10);
+/// ```
+pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default retries of a failed sync send on another queue.
+///
+/// ```
+/// assert_eq!(raftmq_client::producer::RETRIES_DEFAULT, 2);
+/// ```
+pub const RETRIES_DEFAULT: u32 = 2;
 
 /// A client id for a builder not given one: the process id and a fresh unique id, so two
 /// clients of one process differ. A valid name (`check_name`): brokers check the id a client

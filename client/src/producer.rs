@@ -37,7 +37,6 @@ use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use raftmq_proto::ErrorCode;
 use raftmq_proto::limits::{self, check_batch};
@@ -55,18 +54,7 @@ use crate::policy::send::{Answer, Failed, REDIRECTS_MAX, Retries, classify, pick
 use crate::rebalance::MessageQueue;
 use crate::route::{CALL_TIMEOUT, Route, Routes};
 
-/// Default time a sync send may take, retries included.
-///
-/// ```
-/// assert_eq!(raftmq_client::producer::SEND_TIMEOUT_DEFAULT.as_secs(), 10);
-/// ```
-pub const SEND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
-/// Default retries of a failed sync send on another queue.
-///
-/// ```
-/// assert_eq!(raftmq_client::producer::RETRIES_DEFAULT, 2);
-/// ```
-pub const RETRIES_DEFAULT: u32 = 2;
+pub use crate::options::{RETRIES_DEFAULT, SEND_TIMEOUT_DEFAULT};
 /// Default bound on async sends in flight.
 ///
 /// ```

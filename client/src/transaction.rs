@@ -99,23 +99,7 @@ pub const CHECKS_IN_FLIGHT_DEFAULT: usize = 16;
 /// ```
 pub const CHECKS_IN_FLIGHT_MAX: usize = 1024;
 
-/// A local transaction's outcome, as the listener reports it.
-///
-/// ```
-/// use raftmq_client::transaction::LocalTransactionState;
-/// let committed = true;
-/// let s = if committed { LocalTransactionState::Commit } else { LocalTransactionState::Unknown };
-/// assert_eq!(s, LocalTransactionState::Commit);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalTransactionState {
-    /// It committed: publish the message.
-    Commit,
-    /// It rolled back (or never will commit): discard the message.
-    Rollback,
-    /// Not known yet: the broker asks again later.
-    Unknown,
-}
+pub use crate::policy::transaction::LocalTransactionState;
 
 /// The application's side of a transaction.
 ///

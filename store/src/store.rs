@@ -31,7 +31,7 @@ use crate::indexfile::{IndexCheckpoint, IndexFileConfig, IndexFiles, KeyQuery};
 use crate::message::{self, Message};
 use crate::meta::{Checkpoint, MetaStore, MetaTxn};
 use crate::raftindex::{IndexEntry, RaftIndex};
-use crate::txn::{self, DispatchGate, HALF_TOPIC, ReplayGate};
+use crate::txn::{self, DispatchGate, HALF_TOPIC};
 use crate::types::{LogIndex, Position, QueueOffset};
 use crate::view::ReadView;
 
@@ -383,7 +383,7 @@ impl Store {
     /// Builds ConsumeQueue and IndexFile entries for every entry in `(dispatched, upto]`, in
     /// log order, and returns the queue offsets assigned. Idempotent: entries already
     /// dispatched are skipped. Commit messages enter their queue unless apply refused them
-    /// (the [`ReplayGate`]); the state machine decides with [`Store::dispatch_upto_gated`].
+    /// (the `ReplayGate`); the state machine decides with [`Store::dispatch_upto_gated`].
     pub fn dispatch_upto(&mut self, upto: LogIndex) -> Result<Vec<Assigned>> {
         let meta = self.meta.clone();
         let mut gate = ReplayGate {
@@ -680,6 +680,26 @@ impl Store {
             p = Position(p.0 + u64::from(h.len));
         }
         Ok(None)
+    }
+}
+
+/// The gate of a replay after a crash: a commit enters its queue unless apply recorded that
+/// it refused it (see the module docs).
+struct ReplayGate<'a> {
+    meta: &'a MetaStore,
+    /// The first error met (reported after the replay).
+    error: Option<StoreError>,
+}
+
+impl DispatchGate for ReplayGate<'_> {
+    fn admit_commit(&mut self, index: LogIndex, _half: Position, _msg_id: &str) -> bool {
+        match self.meta.commit_refused(index) {
+            Ok(refused) => !refused,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                false
+            }
+        }
     }
 }
 

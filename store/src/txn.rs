@@ -13,7 +13,8 @@
 //!   Dispatch asks a [`DispatchGate`] whether it enters its queue: the state machine admits
 //!   exactly one commit per undecided half (the first decision applied) and records every
 //!   refusal in the MetaStore in the same transaction as the applied index, so a replay of
-//!   `(checkpoint, applied]` after a crash ([`ReplayGate`]) admits exactly what apply did.
+//!   `(checkpoint, applied]` after a crash (`ReplayGate` in [`crate::store`]) admits exactly
+//!   what apply did.
 //! - A **rollback** is a metadata command: it only changes the table.
 //!
 //! # Record layout (version 1, little-endian; the value in `txn_pending` / `txn_decided`)
@@ -213,26 +214,6 @@ pub trait DispatchGate {
     /// deliberate mutation that proves the simulator's checkers see it).
     fn halves_visible(&self) -> bool {
         false
-    }
-}
-
-/// The gate of a replay after a crash: a commit enters its queue unless apply recorded that
-/// it refused it (see the module docs).
-pub struct ReplayGate<'a> {
-    pub meta: &'a crate::meta::MetaStore,
-    /// The first error met (reported after the replay).
-    pub error: Option<StoreError>,
-}
-
-impl DispatchGate for ReplayGate<'_> {
-    fn admit_commit(&mut self, index: LogIndex, _half: Position, _msg_id: &str) -> bool {
-        match self.meta.commit_refused(index) {
-            Ok(refused) => !refused,
-            Err(e) => {
-                self.error.get_or_insert(e);
-                false
-            }
-        }
     }
 }
 

@@ -18,12 +18,7 @@ use crate::policy::offsets::{ConsumeFrom, QueueBounds, Start, start, start_in_qu
 use crate::rebalance::MessageQueue;
 use crate::route::Routes;
 
-/// A response's code; a missing or unknown one counts as `INTERNAL`.
-pub(crate) fn code(s: &Option<Status>) -> ErrorCode {
-    s.as_ref()
-        .and_then(|s| ErrorCode::try_from(s.code).ok())
-        .unwrap_or(ErrorCode::Internal)
-}
+pub(crate) use crate::error::code;
 
 /// `Ok` for an `OK` status, else the broker's refusal.
 fn ok(s: &Option<Status>) -> Result<(), ClientError> {

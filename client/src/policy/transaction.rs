@@ -22,7 +22,24 @@ use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::{EndTransactionResponse, TransactionDecision};
 
 use crate::error::ClientError;
-use crate::transaction::LocalTransactionState;
+
+/// A local transaction's outcome, as the listener reports it.
+///
+/// ```
+/// use raftmq_client::transaction::LocalTransactionState;
+/// let committed = true;
+/// let s = if committed { LocalTransactionState::Commit } else { LocalTransactionState::Unknown };
+/// assert_eq!(s, LocalTransactionState::Commit);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalTransactionState {
+    /// It committed: publish the message.
+    Commit,
+    /// It rolled back (or never will commit): discard the message.
+    Rollback,
+    /// Not known yet: the broker asks again later.
+    Unknown,
+}
 
 /// What one call of a listener did.
 #[derive(Debug, Clone, PartialEq, Eq)]
