@@ -3,7 +3,8 @@
 //! - `raftmq namesrv`: a name server; `raftmq broker --config FILE`: one broker replica;
 //! - `raftmq dev`: a name server and a three-replica group in one process, data under
 //!   `./data` — the quick start;
-//! - `raftmq topic create|list|route|stats`, `raftmq group status`, `raftmq txn list`: admin;
+//! - `raftmq topic create|list|route|stats`, `raftmq group status`, `raftmq txn list|end`:
+//!   admin;
 //! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK
 //!   (`send --transaction commit|rollback|unknown`: a transaction producer, see `txn`);
 //! - `raftmq bench produce|consume|txn-check`: load over the SDK with latency percentiles
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use raftmq_broker::{Broker, BrokerConfig};
-use raftmq_proto::v1::{Role, TopicConfig};
+use raftmq_proto::v1::{Role, TopicConfig, TransactionDecision};
 use raftmq_store::{MmapDisk, Store, StoreConfig};
 
 #[derive(Parser)]
@@ -188,6 +189,23 @@ enum TxnCommand {
         #[arg(long, default_value_t = 0)]
         limit: u32,
     },
+    /// Decides a pending transaction by hand, e.g. one whose producer group will never come
+    /// back (its half message holds retention until decided). Recorded as the producer's
+    /// decision.
+    #[command(group(clap::ArgGroup::new("decision").required(true).args(["commit", "rollback"])))]
+    End {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        /// The half message's offsetMsgId (txn list's OFFSET_MSG_ID; it names the group).
+        #[arg(long)]
+        offset_msg_id: String,
+        /// Commit: publish the message to its queue.
+        #[arg(long)]
+        commit: bool,
+        /// Roll back: discard the message.
+        #[arg(long)]
+        rollback: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -289,6 +307,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             all,
             limit,
         }) => txn::list(&namesrv, group.as_deref(), all, limit).await,
+        Command::Txn(TxnCommand::End {
+            namesrv,
+            offset_msg_id,
+            commit,
+            rollback: _,
+        }) => {
+            // The argument group makes exactly one of --commit and --rollback present.
+            let decision = if commit {
+                TransactionDecision::Commit
+            } else {
+                TransactionDecision::Rollback
+            };
+            txn::end(&namesrv, &offset_msg_id, decision).await
+        }
         Command::Send {
             namesrv,
             topic,

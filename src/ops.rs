@@ -1,6 +1,6 @@
 //! What the admin commands do, over the wire contract (`send`, `consume` and `bench` use the
 //! SDK; a transactional `send` that waits for its check also reads the transaction table and
-//! finds the committed message by its msg_id here).
+//! finds the committed message by its msg_id here; `txn end` decides a transaction here).
 //!
 //! Every call goes to a group's leader as the name server reports it, follows a `NOT_LEADER`
 //! hint at once, and retries `UNAVAILABLE` (election or lease in progress) for a bounded time.
@@ -276,6 +276,34 @@ pub async fn list_transactions(
             .await?
             .into_inner();
         Ok((r.status.clone(), r))
+    })
+    .await
+}
+
+/// Asks `group`'s leader to decide a transaction (`Messaging.EndTransaction`). NOT_LEADER and
+/// UNAVAILABLE are followed and retried like every call here; any other answer, a refusal
+/// (`TXN_ALREADY_DECIDED`, `TXN_NOT_FOUND`, …) included, is returned as the broker gave it, for
+/// the caller to explain. A try whose answer was lost is retried: if the first try was applied,
+/// the retry is answered `TXN_ALREADY_DECIDED`.
+pub async fn end_transaction(
+    cluster: &Cluster,
+    group: &str,
+    req: &EndTransactionRequest,
+) -> anyhow::Result<EndTransactionResponse> {
+    on_leader(cluster, group, |addr| {
+        let req = req.clone();
+        async move {
+            let mut m = MessagingClient::connect(format!("http://{addr}"))
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            let r = m.end_transaction(req).await?.into_inner();
+            let route = match code(&r.status) {
+                ErrorCode::NotLeader | ErrorCode::Unavailable => r.status.clone(),
+                // The broker's final answer: `on_leader` returns it (a default status is OK).
+                _ => Some(Status::default()),
+            };
+            Ok((route, r))
+        }
     })
     .await
 }

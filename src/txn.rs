@@ -6,6 +6,11 @@
 //!   connected, answers the broker's check with `--check`, and waits (at most
 //!   `--wait-check-secs`) until the group's table shows the transaction decided.
 //! - `txn list` prints the transaction table of every group's leader (Admin.ListTransactions).
+//! - `txn end` decides one pending transaction by hand, named by its half's `offset_msg_id`
+//!   (which names the group): the leader's table gives its msg_id and producer group, and
+//!   `Messaging.EndTransaction` decides it as its producer would (`from_check = false`, so the
+//!   broker records a rollback as "rollback by producer"). For a producer group that will never
+//!   come back, whose undecided halves would otherwise hold retention.
 //!
 //! Every line printed has a fixed shape (see [`send_line`], [`table`]), so that scripts and
 //! the CLI's tests can read it. The listener answers a check only for a transaction this run
@@ -18,9 +23,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::ValueEnum;
+use raftmq_broker::convert::parse_offset_msg_id;
+use raftmq_broker::managers::transactions::LIST_MAX;
 use raftmq_client::transaction::{LocalTransactionState, TransactionSendResult, fn_listener};
 use raftmq_client::{Message, TransactionProducer};
-use raftmq_proto::v1::{ListTransactionsResponse, TransactionInfo, TransactionState};
+use raftmq_proto::ErrorCode;
+use raftmq_proto::v1::{
+    EndTransactionRequest, EndTransactionResponse, ListTransactionsResponse, TransactionDecision,
+    TransactionInfo, TransactionState,
+};
 use raftmq_store::txn::PROPERTY_CHECK_TIMES;
 
 use crate::ops;
@@ -425,6 +436,142 @@ pub async fn list(namesrv: &str, group: Option<&str>, all: bool, limit: u32) -> 
     Ok(())
 }
 
+/// The record of the pending transaction at `offset_msg_id` (half `position`) in a listing of
+/// a group's pending transactions (`include_decided = false`): `Ok(None)` when the listing
+/// shows it is not pending; `Err` when the listing was cut at its limit before that position
+/// (pending transactions are listed by half position), so it cannot tell.
+fn pending_record<'a>(
+    listed: &'a ListTransactionsResponse,
+    offset_msg_id: &str,
+    position: u64,
+) -> anyhow::Result<Option<&'a TransactionInfo>> {
+    let pending = TransactionState::TxnPending as i32;
+    if let Some(t) = listed
+        .transactions
+        .iter()
+        .find(|t| t.offset_msg_id == offset_msg_id && t.state == pending)
+    {
+        return Ok(Some(t));
+    }
+    let cut = listed.pending > listed.transactions.len() as u64;
+    let last_listed = listed
+        .transactions
+        .iter()
+        .filter(|t| t.state == pending)
+        .filter_map(|t| parse_offset_msg_id(&t.offset_msg_id))
+        .map(|(_, p)| p.0)
+        .max();
+    if cut && last_listed.is_none_or(|last| position > last) {
+        bail!(
+            "{offset_msg_id}: its group has {} pending transactions and lists only the first {} \
+             (by position); this one is past them: end older ones first",
+            listed.pending,
+            listed.transactions.len()
+        );
+    }
+    Ok(None)
+}
+
+/// Why the transaction at `offset_msg_id` is not pending, from a listing with the decided
+/// records (`include_decided = true`): the code `EndTransaction` would answer, and the state.
+fn not_pending(all: &ListTransactionsResponse, offset_msg_id: &str) -> String {
+    match all
+        .transactions
+        .iter()
+        .find(|t| t.offset_msg_id == offset_msg_id)
+    {
+        Some(t) if t.state == TransactionState::TxnPending as i32 => format!(
+            "{offset_msg_id}: transaction {} was not listed pending, then was: try again",
+            t.msg_id
+        ),
+        Some(t) => format!(
+            "{offset_msg_id}: {}: transaction {} was already {} at index {} ({}); nothing changed",
+            ErrorCode::TxnAlreadyDecided.as_str_name(),
+            t.msg_id,
+            decision_words(t.state),
+            t.decided_index,
+            t.reason
+        ),
+        None => format!(
+            "{offset_msg_id}: {}: no transaction on record there among the {} listed \
+             (never stored, or forgotten after its decision)",
+            ErrorCode::TxnNotFound.as_str_name(),
+            all.transactions.len()
+        ),
+    }
+}
+
+fn decision_words(state: i32) -> &'static str {
+    match TransactionState::try_from(state) {
+        Ok(TransactionState::TxnCommitted) => "committed",
+        Ok(TransactionState::TxnRolledBack) => "rolled back",
+        Ok(TransactionState::TxnPending) | Err(_) => "undecided",
+    }
+}
+
+/// The line `txn end` prints for the broker's answer `r` to ending `t`:
+/// `ended <msg_id> (<offset_msg_id>): committed at queue <q> offset <o>` or `…: rolled back`;
+/// an error naming the code for a refusal.
+pub fn ended_line(
+    t: &TransactionInfo,
+    decision: TransactionDecision,
+    r: &EndTransactionResponse,
+) -> anyhow::Result<String> {
+    let head = format!("ended {} ({})", t.msg_id, t.offset_msg_id);
+    match ops::code(&r.status) {
+        ErrorCode::Ok => {}
+        c => bail!(
+            "{}: {}: {}",
+            t.offset_msg_id,
+            c.as_str_name(),
+            r.status.as_ref().map_or("", |s| s.message.as_str())
+        ),
+    }
+    Ok(match (decision, &r.committed) {
+        (TransactionDecision::Commit, Some(c)) => format!(
+            "{head}: committed at queue {} offset {}",
+            c.queue_id, c.queue_offset
+        ),
+        (TransactionDecision::Commit, None) => format!("{head}: committed (offset not reported)"),
+        _ => format!("{head}: rolled back"),
+    })
+}
+
+/// `raftmq txn end`: decides the pending transaction whose half message is at
+/// `offset_msg_id`, as its producer would; fails, naming the state, if it is not pending.
+pub async fn end(
+    namesrv: &str,
+    offset_msg_id: &str,
+    decision: TransactionDecision,
+) -> anyhow::Result<()> {
+    let Some((group, position)) = parse_offset_msg_id(offset_msg_id) else {
+        bail!(
+            "--offset-msg-id {offset_msg_id:?} is malformed: 16 upper-case hex digits of the \
+             half's position, then its group (txn list's OFFSET_MSG_ID)"
+        );
+    };
+    let cluster = ops::Cluster::new(namesrv);
+    if !cluster.groups().await?.iter().any(|g| g.group == group) {
+        bail!("{offset_msg_id}: no group {group} is registered");
+    }
+    let limit = LIST_MAX as u32;
+    let listed = ops::list_transactions(&cluster, group, false, limit).await?;
+    let Some(t) = pending_record(&listed, offset_msg_id, position.0)? else {
+        let all = ops::list_transactions(&cluster, group, true, limit).await?;
+        bail!("{}", not_pending(&all, offset_msg_id));
+    };
+    let req = EndTransactionRequest {
+        producer_group: t.producer_group.clone(),
+        msg_id: t.msg_id.clone(),
+        offset_msg_id: offset_msg_id.to_string(),
+        decision: decision as i32,
+        from_check: false,
+    };
+    let r = ops::end_transaction(&cluster, group, &req).await?;
+    println!("{}", ended_line(t, decision, &r)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +648,108 @@ mod tests {
         t.next_check_ms = 900;
         assert_eq!(row("g1", 1_000, &t)[7], "-100");
         assert_eq!(table(&[]), [table(&[])[0].clone()]);
+    }
+
+    fn listing(transactions: Vec<TransactionInfo>, pending: u64) -> ListTransactionsResponse {
+        ListTransactionsResponse {
+            status: None,
+            transactions,
+            pending,
+            now_ms: 2_000,
+        }
+    }
+
+    fn at(position: u64, state: TransactionState, reason: &str) -> TransactionInfo {
+        TransactionInfo {
+            msg_id: format!("M{position:X}"),
+            offset_msg_id: format!("{position:016X}g1"),
+            ..info(state, reason)
+        }
+    }
+
+    #[test]
+    fn a_pending_record_is_found_by_offset_msg_id_unless_the_listing_stops_before_it() {
+        let id = |p: u64| format!("{p:016X}g1");
+        let pending = TransactionState::TxnPending;
+        let full = listing(vec![at(0x100, pending, ""), at(0x300, pending, "")], 2);
+        let t = pending_record(&full, &id(0x300), 0x300).unwrap().unwrap();
+        assert_eq!(t.msg_id, "M300");
+        // A complete listing without it: not pending.
+        assert!(pending_record(&full, &id(0x200), 0x200).unwrap().is_none());
+        assert!(pending_record(&full, &id(0x900), 0x900).unwrap().is_none());
+        // Cut at its limit (5 pending, 2 listed, by position): before the last listed one it
+        // would have been listed; past it, nothing can be said.
+        let cut = listing(full.transactions.clone(), 5);
+        assert!(pending_record(&cut, &id(0x200), 0x200).unwrap().is_none());
+        let e = pending_record(&cut, &id(0x900), 0x900).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("has 5 pending transactions and lists only the first 2"),
+            "{e}"
+        );
+        assert!(pending_record(&listing(vec![], 1), &id(0x10), 0x10).is_err());
+    }
+
+    #[test]
+    fn not_pending_names_the_state_or_not_found() {
+        let all = listing(
+            vec![at(
+                0x100,
+                TransactionState::TxnRolledBack,
+                "rollback by producer",
+            )],
+            0,
+        );
+        assert_eq!(
+            not_pending(&all, "0000000000000100g1"),
+            "0000000000000100g1: TXN_ALREADY_DECIDED: transaction M100 was already rolled back at index 42 (rollback by producer); nothing changed"
+        );
+        let gone = not_pending(&all, "0000000000000200g1");
+        assert!(
+            gone.starts_with("0000000000000200g1: TXN_NOT_FOUND: no transaction on record"),
+            "{gone}"
+        );
+    }
+
+    #[test]
+    fn ended_lines_say_what_the_broker_did() {
+        let t = at(0x100, TransactionState::TxnPending, "");
+        let committed = EndTransactionResponse {
+            status: None,
+            committed: Some(raftmq_proto::v1::SendResult {
+                msg_id: "M100".into(),
+                offset_msg_id: "0000000000000500g1".into(),
+                queue_id: 2,
+                queue_offset: 7,
+            }),
+        };
+        // The broker always sets a status; OK is code 0, the default.
+        let ok = |r: &EndTransactionResponse| EndTransactionResponse {
+            status: Some(raftmq_proto::v1::Status::default()),
+            ..r.clone()
+        };
+        assert_eq!(
+            ended_line(&t, TransactionDecision::Commit, &ok(&committed)).unwrap(),
+            "ended M100 (0000000000000100g1): committed at queue 2 offset 7"
+        );
+        let rolled_back = ok(&EndTransactionResponse::default());
+        assert_eq!(
+            ended_line(&t, TransactionDecision::Rollback, &rolled_back).unwrap(),
+            "ended M100 (0000000000000100g1): rolled back"
+        );
+        let refused = EndTransactionResponse {
+            status: Some(raftmq_proto::v1::Status {
+                code: ErrorCode::TxnAlreadyDecided as i32,
+                message: "transaction M100 was already committed".into(),
+                leader_addr: String::new(),
+            }),
+            committed: None,
+        };
+        let e = ended_line(&t, TransactionDecision::Rollback, &refused).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "0000000000000100g1: TXN_ALREADY_DECIDED: transaction M100 was already committed"
+        );
     }
 
     #[test]

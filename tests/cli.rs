@@ -1,6 +1,6 @@
 //! The `raftmq` binary, run as a real process: `store check` on a directory, and the
-//! transaction commands (`send --transaction`, `txn list`) against a name server and a broker
-//! run as `raftmq` processes.
+//! transaction commands (`send --transaction`, `txn list`, `txn end`) against a name server
+//! and a broker run as `raftmq` processes.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -295,4 +295,52 @@ async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
         ("gone", "0", "pending", "-"),
         "{row:?}"
     );
+
+    // The operator ends it by hand, by the OFFSET_MSG_ID the table shows (it names the group).
+    let left_at = row[2].clone();
+    let end = |rest: &str| format!("txn end --namesrv {ns} {rest}");
+    let out = ok(end(&format!("--offset-msg-id {left_at} --rollback"))).await;
+    assert_eq!(out, format!("ended {left} ({left_at}): rolled back\n"));
+    // And commits another one the same way: it reaches the queue after the two others.
+    let out = run(send(
+        "--body manual --transaction unknown --producer-group gone --wait-check-secs 0",
+    ))
+    .await;
+    assert!(!out.status.success());
+    let manual = sent_id(&String::from_utf8_lossy(&out.stdout));
+    let pending = ok(format!("txn list --namesrv {ns}")).await;
+    let manual_at = txn_row(&pending, &manual)[2].clone();
+    let out = ok(end(&format!("--offset-msg-id {manual_at} --commit"))).await;
+    assert_eq!(
+        out,
+        format!("ended {manual} ({manual_at}): committed at queue 0 offset 2\n")
+    );
+    let stats = ok(format!("topic stats --namesrv {ns} --topic T")).await;
+    assert!(stats.contains("g1 T#0: [0, 3)"), "{stats}");
+    // Recorded as the producer's decisions; nothing pending holds retention any more.
+    let all = ok(format!("txn list --namesrv {ns} --all")).await;
+    assert!(all.contains("g1: 0 pending, 5 listed"), "{all}");
+    let row = txn_row(&all, &left);
+    assert_eq!(
+        (&*row[8], &*row[10]),
+        ("rolled_back", "rollback by producer"),
+        "{row:?}"
+    );
+    let row = txn_row(&all, &manual);
+    assert_eq!((&*row[8], &*row[10]), ("committed", "commit"), "{row:?}");
+
+    // A transaction no longer pending is refused, naming its state; so is one never stored.
+    let out = run(end(&format!("--offset-msg-id {left_at} --commit"))).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{left_at}: TXN_ALREADY_DECIDED: transaction {left} was already rolled back"
+        )),
+        "{stderr}"
+    );
+    let out = run(end("--offset-msg-id 00000000000FFFFFg1 --rollback")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("TXN_NOT_FOUND"), "{stderr}");
 }
