@@ -27,6 +27,8 @@ pub const REGISTER_CATCH_UP_MAX_MS: u64 = 5_000;
 pub const REGISTER_RETRY_MS: u64 = 1_000;
 /// How often a replica looks for a role change to report.
 pub const ROLE_POLL_MS: u64 = 100;
+/// How often the server pings an idle client connection, and how long it waits for the answer.
+pub const CLIENT_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long one registration call may take.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Why a broker could not start.
@@ -70,7 +72,12 @@ impl Broker {
             start: tokio::time::Instant::now(),
         });
         let (stop, stopped) = oneshot::channel::<()>();
+        // HTTP/2 pings find a client that went silent (cut off, or its machine gone) within
+        // CLIENT_KEEPALIVE × 2: its connection closes, and with it its client channel, so the
+        // transaction checker waits for a member it can reach instead of asking into the void.
         let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(CLIENT_KEEPALIVE))
+            .http2_keepalive_timeout(Some(CLIENT_KEEPALIVE))
             .add_service(shared.replica.raft_service())
             .add_service(crate::services::messaging::service(shared.clone()))
             .add_service(crate::services::admin::service(shared.clone()));
