@@ -61,7 +61,7 @@ use crate::queue_checks::{
 use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
-use crate::txn_checks::{TxnHistory, TxnViolation, check_txn_history};
+use crate::txn_checks::{TxnHistory, TxnViolation};
 use crate::txn_workload::{self, TxnWorld};
 
 const NAMESRV: &str = "10.0.1.1:9876";
@@ -849,8 +849,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     let mut sim = sim;
     if cfg.transactions > 0 {
         let world = TxnWorld::new(start, cfg.transactions, start.elapsed() + cfg.fault_window);
-        let tp1 = txn_node(&handle, "tp1", [10, 0, 4, 3], &world, true);
-        let tp2 = txn_node(&handle, "tp2", [10, 0, 4, 4], &world, false);
+        let tp1 = txn_workload::node(&handle, "tp1", [10, 0, 4, 3], &world, NAMESRV, true);
+        let tp2 = txn_workload::node(&handle, "tp2", [10, 0, 4, 4], &world, NAMESRV, false);
         let w = world.clone();
         let ct1 = handle
             .create_node()
@@ -1151,7 +1151,11 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     }
 
     let (txn, txn_violations) = match &sim.txn {
-        Some((world, _)) => settle_transactions(&sim, world, &mut liveness).await,
+        Some((world, _)) => {
+            let leaders = || (0..GROUPS.len()).map(|g| leader_of(&registry, g).map(|(_, l)| l));
+            let note = |s: &str| sim.note(s);
+            txn_workload::settle(world, leaders, note, within, &mut liveness).await
+        }
         None => Default::default(),
     };
     let history = lock(&history).clone();
@@ -1167,83 +1171,6 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         txn,
         txn_violations,
     }
-}
-
-/// A node of the transactional workload; a restart is a fresh producer (`tp1#1`, …).
-fn txn_node(
-    handle: &Handle,
-    name: &'static str,
-    ip: [u8; 4],
-    world: &TxnWorld,
-    sends: bool,
-) -> NodeHandle {
-    let incarnation = Arc::new(AtomicU32::new(0));
-    let world = world.clone();
-    handle
-        .create_node()
-        .name(name)
-        .ip(IpAddr::from(ip))
-        .init(move || {
-            let n = incarnation.fetch_add(1, Ordering::Relaxed);
-            txn_workload::producer_node(world.clone(), format!("{name}-{n}"), NAMESRV, sends)
-        })
-        .build()
-}
-
-/// After healing: waits until no transaction is undecided (a live member answers every
-/// check) and every committed one was consumed, then judges the transactional history.
-async fn settle_transactions(
-    sim: &Sim,
-    world: &TxnWorld,
-    liveness: &mut Vec<String>,
-) -> (TxnHistory, Vec<TxnViolation>) {
-    let bound = txn_workload::TIMEOUT_MS
-        + u64::from(txn_workload::MAX_CHECKS) * txn_workload::CHECK_INTERVAL_MS;
-    let decided = try_wait_for(within(bound / 1000 + 10), || {
-        std::future::ready((0..GROUPS.len()).all(|g| {
-            leader_of(&sim.registry, g).is_some_and(|(_, l)| txn_workload::pending_on(&l) == 0)
-        }))
-    })
-    .await;
-    if decided.is_ok() {
-        sim.note("every transaction decided");
-    } else {
-        liveness.push(format!(
-            "transactions still undecided {bound} ms after healing"
-        ));
-    }
-    let mut h = TxnHistory::default();
-    for g in 0..GROUPS.len() {
-        if let Some((_, l)) = leader_of(&sim.registry, g) {
-            txn_workload::record_table(&l, &mut h);
-        }
-    }
-    let committed: BTreeSet<String> = h
-        .decided
-        .iter()
-        .filter(|(_, d)| d.iter().any(|d| d.commit))
-        .map(|(b, _)| b.clone())
-        .collect();
-    let consumed = try_wait_for(within(30), || {
-        let got: BTreeSet<String> = lock(&world.history)
-            .deliveries
-            .iter()
-            .map(|d| d.body.clone())
-            .collect();
-        std::future::ready(committed.is_subset(&got))
-    })
-    .await;
-    if consumed.is_ok() {
-        sim.note("every committed transaction consumed");
-    }
-    let seen = lock(&world.history).clone();
-    h.halves = seen.halves;
-    h.indeterminate = seen.indeterminate;
-    h.commit_requested = seen.commit_requested;
-    h.checks = seen.checks;
-    h.deliveries = seen.deliveries;
-    let violations = check_txn_history(&h, txn_workload::MAX_CHECKS);
-    (h, violations)
 }
 
 /// Starts member `k` on its own node; a restarted node is the next incarnation.

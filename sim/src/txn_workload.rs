@@ -12,20 +12,25 @@
 //!
 //! The listeners decide by body, so any member answers a check as the sender would have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::{Handle, NodeHandle};
 use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
 use raftmq_client::transaction::{LocalTransactionState, TransactionProducer, fn_listener};
 use raftmq_client::{ConsumeResult, Message, PushConsumer};
 use raftmq_raft::Replica;
 use raftmq_store::txn::{PROPERTY_CHECK_TIMES, PROPERTY_HALF_POSITION};
+use raftmq_testkit::{Deadline, try_wait_for};
 use tokio::sync::Notify;
 
-use crate::txn_checks::{Decided, Delivery, Truth, TxnHistory, plan, plan_of};
+use crate::txn_checks::{
+    Decided, Delivery, Truth, TxnHistory, TxnViolation, check_txn_history, plan, plan_of,
+};
 
 /// The transactional topic and its queues per group.
 pub const TOPIC: (&str, u32) = ("TX", 2);
@@ -259,4 +264,85 @@ pub fn record_table(leader: &Replica, h: &mut TxnHistory) {
             }
         }
     }
+}
+
+/// A node of the transactional workload; a restart is a fresh producer (`tp1#1`, …).
+pub fn node(
+    handle: &Handle,
+    name: &'static str,
+    ip: [u8; 4],
+    world: &TxnWorld,
+    namesrv: &'static str,
+    sends: bool,
+) -> NodeHandle {
+    let incarnation = Arc::new(AtomicU32::new(0));
+    let world = world.clone();
+    handle
+        .create_node()
+        .name(name)
+        .ip(IpAddr::from(ip))
+        .init(move || {
+            let n = incarnation.fetch_add(1, Ordering::Relaxed);
+            producer_node(world.clone(), format!("{name}-{n}"), namesrv, sends)
+        })
+        .build()
+}
+
+/// After healing: waits until no transaction is undecided on any group's leader (`leaders`;
+/// a live member answers every check), and every committed one was consumed; then judges
+/// the history. `within(secs)` makes the waits (the scenario's poll interval); what is not
+/// reached in time goes to `liveness`.
+pub async fn settle<L, I>(
+    world: &TxnWorld,
+    leaders: L,
+    note: impl Fn(&str),
+    within: fn(u64) -> Deadline,
+    liveness: &mut Vec<String>,
+) -> (TxnHistory, Vec<TxnViolation>)
+where
+    L: Fn() -> I,
+    I: Iterator<Item = Option<Replica>>,
+{
+    let bound = TIMEOUT_MS + u64::from(MAX_CHECKS) * CHECK_INTERVAL_MS;
+    let decided = try_wait_for(within(bound / 1000 + 10), || {
+        std::future::ready(leaders().all(|l| l.is_some_and(|l| pending_on(&l) == 0)))
+    })
+    .await;
+    if decided.is_ok() {
+        note("every transaction decided");
+    } else {
+        liveness.push(format!(
+            "transactions still undecided {bound} ms after healing"
+        ));
+    }
+    let mut h = TxnHistory::default();
+    for l in leaders().flatten() {
+        record_table(&l, &mut h);
+    }
+    let committed: BTreeSet<String> = h
+        .decided
+        .iter()
+        .filter(|(_, d)| d.iter().any(|d| d.commit))
+        .map(|(b, _)| b.clone())
+        .collect();
+    let consumed = try_wait_for(within(30), || {
+        let got: BTreeSet<String> = lock(&world.history)
+            .deliveries
+            .iter()
+            .map(|d| d.body.clone())
+            .collect();
+        std::future::ready(committed.is_subset(&got))
+    })
+    .await;
+    if consumed.is_ok() {
+        note("every committed transaction consumed");
+    }
+    let seen = lock(&world.history).clone();
+    h.halves = seen.halves;
+    h.indeterminate = seen.indeterminate;
+    h.commit_requested = seen.commit_requested;
+    h.checks = seen.checks;
+    h.deliveries = seen.deliveries;
+    let violations = check_txn_history(&h, MAX_CHECKS);
+    (h, violations)
 }
