@@ -110,8 +110,9 @@ impl Broker {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        // Client channels are long-lived streams: end them, or the server waits for them.
-        self.shared.managers.channels.clear();
+        // Client channels are long-lived streams: end them (and take no new one), or the
+        // server waits for them.
+        self.shared.managers.channels.close();
         let _ = (&mut self.server).await;
         unregister(&self.shared).await;
         self.shared.replica.shutdown().await;

@@ -187,6 +187,10 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
     assert_eq!(code(&r.status), ErrorCode::InvalidArgument);
     let r = c.send_request(half("T", "six", "")).await?;
     assert_eq!(code(&r.status), ErrorCode::InvalidArgument);
+    let mut no_id = half("T", "seven", "P");
+    no_id.messages[0].msg_id.clear();
+    let r = c.send_request(no_id).await?;
+    assert_eq!(code(&r.status), ErrorCode::InvalidArgument, "a transaction needs an id");
     assert_bodies(&c, "T", &["one"]).await;
 
     // The half queue is the broker's own.

@@ -358,18 +358,20 @@ impl Shared {
             tracing::debug!(%group, "a transaction check, but no listener here; ignored");
             return;
         };
-        let Ok(permit) = self.requests.clone().try_acquire_owned() else {
-            tracing::debug!(%group, "too many requests in hand; check dropped (asked again)");
-            return;
-        };
+        // A check the broker sent is counted there: it waits for a slot rather than being
+        // dropped (the broker sends at most one check per transaction per interval, so the
+        // waiting ones are bounded by the transactions in hand).
+        let requests = self.requests.clone();
         let work = handler(CheckFrom {
             group: group.to_string(),
             addr: addr.to_string(),
             check,
         });
         tokio::spawn(async move {
+            let Ok(_permit) = requests.acquire_owned().await else {
+                return; // shutting down
+            };
             work.await;
-            drop(permit);
         });
     }
 

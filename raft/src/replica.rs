@@ -482,6 +482,14 @@ impl Replica {
     pub async fn write_alone(&self, mut msg: Message) -> Result<CommandResult, WriteError> {
         msg.validate()
             .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+        // Refused here, before Raft: an entry the store cannot append would stop the leader.
+        if msg.encoded_len() > self.config.batch.max_bytes {
+            return Err(WriteError::InvalidArgument(format!(
+                "{} bytes in one write, over the {} byte limit",
+                msg.encoded_len(),
+                self.config.batch.max_bytes
+            )));
+        }
         let timestamp_ms = now_ms();
         msg.store_timestamp_ms = timestamp_ms;
         let batch = encode_batch(std::slice::from_ref(&msg))
@@ -495,6 +503,22 @@ impl Replica {
             .await
             .map_err(map_write_err)?;
         Ok(r.data)
+    }
+
+    /// Waits until this replica, as the leader, has applied everything committed before the
+    /// call (a read after it sees every acknowledged write); `Unavailable` if it cannot
+    /// confirm its leadership.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        self.raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                RaftError::APIError(e) => {
+                    WriteError::Unavailable(format!("leadership not confirmed: {e}"))
+                }
+                RaftError::Fatal(f) => f.into(),
+            })
     }
 
     /// Replicates a metadata command; resolves once applied.

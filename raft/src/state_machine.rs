@@ -71,10 +71,12 @@ pub struct SnapshotState {
     pub consumer_offsets: Vec<(String, String, u32, QueueOffset)>,
     /// (topic, queue id, next offset).
     pub queue_ends: Vec<(String, u32, u64)>,
-    /// The transaction table: every record (pending and decided), encoded as in
-    /// `raftmq_store::txn`.
+    /// The undecided transactions, each record encoded as in `raftmq_store::txn`, in hex.
+    /// Decided ones are left out: they change nothing apply does (a late decision is refused
+    /// whether its record is decided or gone), and they would make every snapshot grow with
+    /// the transaction rate.
     #[serde(default)]
-    pub transactions: Vec<Vec<u8>>,
+    pub transactions: Vec<String>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
     /// boundary (absent in a snapshot of the applied state).
     #[serde(default)]
@@ -129,14 +131,12 @@ fn state_of(
             .into_iter()
             .map(|(q, _, end)| (q.topic, q.queue_id, end.0))
             .collect(),
-        transactions: [false, true]
-            .into_iter()
-            .map(|decided| meta.transactions(decided, usize::MAX).map(|(r, _)| r))
-            .collect::<Result<Vec<_>, _>>()
+        transactions: meta
+            .transactions(false, usize::MAX)
             .map_err(io_err)?
+            .0
             .into_iter()
-            .flatten()
-            .map(|r| r.encode())
+            .map(|r| to_hex(&r.encode()))
             .collect(),
         boundary,
     })
@@ -209,9 +209,6 @@ impl StateMachine {
                 .dispatch_upto_gated(LogIndex(index), &mut gate)
                 .map_err(io_err)?;
             let outcome = gate.outcome;
-            if let Some(err) = gate.error {
-                return Err(io_err(err));
-            }
             record_halves(&mut txn, &store, &assigned).map_err(io_err)?;
             let mut result = result_of(index, assigned);
             result.txn = outcome.or(self.apply_payload(&mut txn, e)?);
@@ -325,6 +322,19 @@ impl StateMachine {
                 })
                 .collect(),
         };
+        let transactions = state
+            .transactions
+            .iter()
+            .map(|hex| {
+                let raw = from_hex(hex).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "snapshot: a transaction is not hex",
+                    )
+                })?;
+                TxnRecord::decode(&raw).map_err(io_err)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut store = self.rs.lock();
         let stale = store
             .meta()
@@ -350,8 +360,8 @@ impl StateMachine {
                     txn.set_consumer_offset(g, t, *q, *o)?;
                 }
                 txn.clear_transactions()?;
-                for raw in &state.transactions {
-                    txn.put_transaction(&TxnRecord::decode(raw)?)?;
+                for r in &transactions {
+                    txn.put_transaction(r)?;
                 }
                 txn.set_applied(&raftmq_store::LogId {
                     term: last.leader_id.term,
@@ -373,6 +383,20 @@ impl StateMachine {
         self.since_checkpoint = 0;
         Ok(())
     }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// Records `l` as applied in `txn` and commits it.
@@ -589,5 +613,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             snapshot: raw,
         }))
+    }
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_garbage() {
+        let b = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(to_hex(&b), "0001abff");
+        assert_eq!(from_hex("0001abff"), Some(b));
+        for bad in ["0", "zz", "0é"] {
+            assert_eq!(from_hex(bad), None, "{bad:?}");
+        }
     }
 }

@@ -13,7 +13,9 @@
 
 use raftmq_store::meta::MetaTxn;
 use raftmq_store::store::Assigned;
-use raftmq_store::txn::{Decision, DispatchGate, HALF_TOPIC, PROPERTY_PRODUCER_GROUP, TxnRecord};
+use raftmq_store::txn::{
+    self, Decision, DispatchGate, HALF_TOPIC, PROPERTY_PRODUCER_GROUP, TxnRecord,
+};
 use raftmq_store::{LogIndex, Position, Store, StoreError};
 
 use crate::mutations::Mutations;
@@ -85,6 +87,10 @@ impl DispatchGate for ApplyGate<'_> {
     fn halves_visible(&self) -> bool {
         self.mutations.halves_visible()
     }
+
+    fn take_error(&mut self) -> Option<StoreError> {
+        self.error.take()
+    }
 }
 
 /// Records the half messages among `assigned` as pending transactions.
@@ -143,7 +149,7 @@ pub(crate) fn apply_txn_command(
                         commit: false,
                         index,
                         decided_ms: *decided_ms,
-                        reason: reason.clone(),
+                        reason: txn::clamp(reason, txn::REASON_MAX).to_string(),
                     });
                     txn.put_transaction(&r)?;
                     forget_old(txn, half)?;

@@ -390,11 +390,7 @@ impl Store {
             meta: &meta,
             error: None,
         };
-        let out = self.dispatch_upto_gated(upto, &mut gate)?;
-        match gate.error {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        self.dispatch_upto_gated(upto, &mut gate)
     }
 
     /// [`Store::dispatch_upto`], with `gate` deciding what transactional messages do (see
@@ -412,6 +408,9 @@ impl Store {
             let rec = self.read_entry(next)?;
             if rec.header.kind == RecordKind::MESSAGES {
                 self.dispatch_messages(&rec, gate, &mut out)?;
+                if let Some(e) = gate.take_error() {
+                    return Err(e);
+                }
             }
             self.dispatched = Some(next);
             self.dispatched_position = Position(rec.position.0 + u64::from(rec.header.len));
@@ -692,6 +691,10 @@ struct ReplayGate<'a> {
 }
 
 impl DispatchGate for ReplayGate<'_> {
+    fn take_error(&mut self) -> Option<StoreError> {
+        self.error.take()
+    }
+
     fn admit_commit(&mut self, index: LogIndex, _half: Position, _msg_id: &str) -> bool {
         match self.meta.commit_refused(index) {
             Ok(refused) => !refused,

@@ -179,7 +179,7 @@ impl TxnRecord {
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
     // Every string here was checked against a limit below u16::MAX when it was stored.
-    let s = &s[..s.len().min(u16::MAX as usize)];
+    let s = clamp(s, u16::MAX as usize);
     out.put_u16(s.len() as u16);
     out.extend_from_slice(s.as_bytes());
 }
@@ -215,6 +215,21 @@ pub trait DispatchGate {
     fn halves_visible(&self) -> bool {
         false
     }
+
+    /// An error the gate met while deciding (dispatch stops at the entry, before counting it
+    /// dispatched).
+    fn take_error(&mut self) -> Option<StoreError> {
+        None
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn clamp(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

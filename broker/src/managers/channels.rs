@@ -42,6 +42,8 @@ impl Drop for Conn {
 #[derive(Default)]
 pub struct ClientChannels {
     by_group: Mutex<HashMap<String, Vec<Conn>>>,
+    /// Set by [`ClientChannels::close`]: no channel is taken any more.
+    closed: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     turn: AtomicU64,
 }
@@ -54,16 +56,19 @@ impl ClientChannels {
     }
 
     /// Registers a channel for `groups`; returns its id (for [`ClientChannels::remove`]) and
-    /// what is notified once the broker dropped it from every group.
+    /// what is notified once the broker dropped it from every group. `None` once closed.
     pub fn add(
         &self,
         client_id: &str,
         groups: &[String],
         tx: mpsc::Sender<Frame>,
-    ) -> (u64, Arc<Notify>) {
+    ) -> Option<(u64, Arc<Notify>)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dropped = Arc::new(Notify::new());
         let mut map = self.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         for g in groups {
             map.entry(g.clone()).or_default().push(Conn {
                 id,
@@ -72,7 +77,14 @@ impl ClientChannels {
                 dropped: dropped.clone(),
             });
         }
-        (id, dropped)
+        Some((id, dropped))
+    }
+
+    /// Ends every channel and takes no more (the replica is shutting down).
+    pub fn close(&self) {
+        let mut map = self.lock();
+        self.closed.store(true, Ordering::Release);
+        map.clear();
     }
 
     /// Forgets channel `id`.
@@ -139,8 +151,8 @@ mod tests {
         let ch = ClientChannels::default();
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, rx2) = mpsc::channel(4);
-        let (a, _) = ch.add("a", &["G".into()], tx1);
-        ch.add("b", &["G".into(), "H".into()], tx2);
+        let (a, _) = ch.add("a", &["G".into()], tx1).unwrap();
+        ch.add("b", &["G".into(), "H".into()], tx2).unwrap();
         assert_eq!(ch.members("G"), vec!["a".to_string(), "b".to_string()]);
         let mut to = Vec::new();
         for _ in 0..2 {
@@ -160,21 +172,25 @@ mod tests {
         );
         ch.remove(a);
         assert_eq!(ch.send_to_one("G", frame()), None);
-        assert!(
-            rx1.recv().await.is_some(),
-            "frames sent before the removal stay readable"
-        );
-        assert!(rx1.recv().await.is_none(), "then the stream ends");
+        let mut left = 0;
+        while rx1.recv().await.is_some() {
+            left += 1;
+        }
+        assert_eq!(left, 3, "frames sent before the removal stay readable, then it ends");
         assert!(!ch.connected("G"));
         ch.clear();
         assert!(!ch.connected("H"));
+        // Closed: no channel is taken any more.
+        ch.close();
+        let (tx3, _rx3) = mpsc::channel(4);
+        assert!(ch.add("c", &["G".into()], tx3).is_none());
     }
 
     #[tokio::test]
     async fn a_full_channel_is_dropped() {
         let ch = ClientChannels::default();
         let (tx, _rx) = mpsc::channel(1);
-        let (_, dropped) = ch.add("a", &["G".into()], tx);
+        let (_, dropped) = ch.add("a", &["G".into()], tx).unwrap();
         assert!(ch.send_to_one("G", frame()).is_some());
         assert_eq!(ch.send_to_one("G", frame()), None);
         assert!(!ch.connected("G"));

@@ -108,6 +108,7 @@ impl MessageManager {
         if req.transactional {
             for m in &mut msgs {
                 TransactionManager::make_half(&req.producer_group, m);
+                TransactionManager::check_half(m, self.batch_max_bytes)?;
             }
         }
         let bytes: usize = msgs.iter().map(|m| m.encoded_len()).sum();

@@ -94,6 +94,29 @@ impl TransactionManager {
         }
     }
 
+    /// Checks that a transactional send's message can be a half message and that its commit
+    /// copy (the half plus the property naming its position) will fit `max_bytes` and every
+    /// message limit: otherwise the transaction could be stored but never committed.
+    pub fn check_half(m: &Message, max_bytes: usize) -> Result<(), Refusal> {
+        if m.msg_id.is_empty() {
+            return Err(Refusal::InvalidArgument(
+                "a transactional message needs a msg_id (its transaction id)".into(),
+            ));
+        }
+        let mut copy = m.clone();
+        copy.properties
+            .insert(PROPERTY_HALF_POSITION.into(), u64::MAX.to_string());
+        copy.validate()
+            .map_err(|e| Refusal::MessageTooLarge(format!("with room for its commit: {e}")))?;
+        if copy.encoded_len() > max_bytes {
+            return Err(Refusal::MessageTooLarge(format!(
+                "with room for its commit it encodes to {} bytes, more than {max_bytes}",
+                copy.encoded_len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes `m` a half message of `producer_group`.
     pub fn make_half(producer_group: &str, m: &mut Message) {
         m.sys_flag = (m.sys_flag | SYS_FLAG_TXN_PREPARED) & !SYS_FLAG_TXN_COMMIT;
@@ -135,7 +158,15 @@ impl TransactionManager {
         if req.msg_id.is_empty() || req.msg_id.len() > raftmq_store::message::ID_MAX {
             return Err(Refusal::InvalidArgument("msg_id: 1..=255 bytes".into()));
         }
-        let r = self.find(&req.producer_group, &req.msg_id, &req.offset_msg_id)?;
+        let r = match self.find(&req.producer_group, &req.msg_id, &req.offset_msg_id) {
+            // A new leader may not have applied the half yet: wait until it has applied
+            // everything committed, then look again.
+            Err(Refusal::TxnNotFound(_)) => {
+                self.replica.read_barrier().await?;
+                self.find(&req.producer_group, &req.msg_id, &req.offset_msg_id)?
+            }
+            other => other?,
+        };
         if let Some(d) = &r.decision {
             return Err(already(&r.msg_id, d.commit));
         }

@@ -144,12 +144,16 @@ impl Messaging for MessagingImpl {
             let _ = tx.try_send(Ok(refuse(r)));
             return Ok(Response::new(stream));
         }
-        let _ = tx.try_send(Ok(ServerFrame {
+        let channels = self.shared.managers.channels.clone();
+        let ok = ServerFrame {
             status: crate::error::ok(),
             check: None,
-        }));
-        let channels = self.shared.managers.channels.clone();
-        let (id, dropped) = channels.add(&hello.client_id, &groups, tx);
+        };
+        let _ = tx.try_send(Ok(ok));
+        let Some((id, dropped)) = channels.add(&hello.client_id, &groups, tx) else {
+            // Shutting down: the stream ends after its first frame; the client reconnects.
+            return Ok(Response::new(stream));
+        };
         // The channel lives until the client ends its side or this replica drops it (then
         // the client's side is let go, which closes the stream).
         tokio::spawn(async move {
