@@ -190,7 +190,11 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
     let mut no_id = half("T", "seven", "P");
     no_id.messages[0].msg_id.clear();
     let r = c.send_request(no_id).await?;
-    assert_eq!(code(&r.status), ErrorCode::InvalidArgument, "a transaction needs an id");
+    assert_eq!(
+        code(&r.status),
+        ErrorCode::InvalidArgument,
+        "a transaction needs an id"
+    );
     assert_bodies(&c, "T", &["one"]).await;
 
     // The half queue is the broker's own.

@@ -176,7 +176,10 @@ mod tests {
         while rx1.recv().await.is_some() {
             left += 1;
         }
-        assert_eq!(left, 3, "frames sent before the removal stay readable, then it ends");
+        assert_eq!(
+            left, 3,
+            "frames sent before the removal stay readable, then it ends"
+        );
         assert!(!ch.connected("G"));
         ch.clear();
         assert!(!ch.connected("H"));
