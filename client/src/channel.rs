@@ -17,9 +17,9 @@
 //!   (looked at every [`LEADER_LOOK_EVERY`]: a leader cut off from the client may never end the
 //!   stream itself). Each group's channel is one task; every task ends at shutdown.
 //! - **Requests never block the reader.** Each request is handled in its own task, at most
-//!   `requests_max` at once; one arriving at the bound is dropped (logged): a transaction check
-//!   is asked again by the broker, and a reader that waited for a slow listener would hold up
-//!   the channel (and every later check) behind it.
+//!   `requests_max` at once; one arriving at the bound waits in its task for a slot (the
+//!   broker counted it when it sent it, so it is not dropped), while the reader goes on: a
+//!   reader that waited for a slow listener would hold up the channel behind it.
 //!
 //! # What is shared, and why
 //! The group map is a `std::sync::Mutex`: [`ClientChannels::register`] runs after every send
@@ -434,16 +434,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_past_the_bound_are_dropped_not_queued() {
-        let calls = Arc::new(AtomicUsize::new(0));
+    async fn requests_past_the_bound_wait_for_a_slot() {
+        let running = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Semaphore::new(0));
         let handler: CheckHandler = {
-            let (calls, release) = (calls.clone(), release.clone());
+            let (running, release) = (running.clone(), release.clone());
             Arc::new(move |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                let release = release.clone();
+                let (running, release) = (running.clone(), release.clone());
                 Box::pin(async move {
-                    let _ = release.acquire().await;
+                    running.fetch_add(1, Ordering::SeqCst);
+                    let _ = release.acquire().await.map(|p| p.forget());
                 })
             })
         };
@@ -456,16 +456,30 @@ mod tests {
         for _ in 0..5 {
             ch.shared.dispatch("g1", "a:1", check_frame());
         }
+        let settle = || async {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            running.load(Ordering::SeqCst),
             2,
-            "two in hand, three dropped"
+            "two at once, the rest wait"
         );
-        // Once the two finish, shutdown's wait for requests in hand returns.
         release.add_permits(2);
+        settle().await;
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            4,
+            "the waiting ones run as slots free"
+        );
+        release.add_permits(3);
+        settle().await;
+        assert_eq!(running.load(Ordering::SeqCst), 5, "none dropped");
         tokio::time::timeout(Duration::from_secs(5), ch.shutdown())
             .await
-            .expect("shutdown waits only for the requests in hand");
+            .expect("shutdown returns once the requests in hand are done");
         assert_eq!(ch.shared.requests.available_permits(), 2);
     }
 

@@ -46,7 +46,7 @@
 //!    the answer goes back with `EndTransaction(from_check)` to the replica that asked (following
 //!    `NOT_LEADER`). `Unknown`, or an answer that is lost, sends nothing more: the broker asks
 //!    again later. At most `max_checks_in_flight` checks are answered at once; a check arriving
-//!    past that bound is dropped (asked again). How the channels connect and reconnect:
+//!    past that bound waits for one to finish. How the channels connect and reconnect:
 //!    `crate::channel`.
 //!
 //! A transaction is decided once: the first decision the broker receives wins (from the
@@ -273,7 +273,7 @@ impl TransactionProducerBuilder {
     }
 
     /// Checks answered at once, at most (default 16, at most 1024); a check arriving past the
-    /// bound is dropped, and the broker asks again.
+    /// bound waits for one to finish.
     ///
     /// ```
     /// use raftmq_client::transaction::{LocalTransactionState as S, TransactionProducer, fn_listener};
