@@ -34,9 +34,12 @@ pub enum Refusal {
     /// The store could not serve a read.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The transaction was decided before; nothing changed.
+    /// The transaction was decided before, the same way; nothing changed.
     #[error("{0}")]
     TxnAlreadyDecided(String),
+    /// The transaction was decided before, the other way; nothing changed.
+    #[error("{0}")]
+    TxnDecidedOtherwise(String),
     /// No such transaction (never stored, or forgotten after its decision).
     #[error("{0}")]
     TxnNotFound(String),
@@ -72,6 +75,7 @@ impl Refusal {
             Refusal::Store(StoreError::InvalidArgument(_)) => ErrorCode::InvalidArgument,
             Refusal::Store(_) => ErrorCode::Internal,
             Refusal::TxnAlreadyDecided(_) => ErrorCode::TxnAlreadyDecided,
+            Refusal::TxnDecidedOtherwise(_) => ErrorCode::TxnDecidedOtherwise,
             Refusal::TxnNotFound(_) => ErrorCode::TxnNotFound,
             Refusal::TxnGroupMismatch(_) => ErrorCode::TxnGroupMismatch,
         }

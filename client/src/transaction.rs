@@ -37,7 +37,8 @@
 //! 3. `Commit` or `Rollback` is sent with `EndTransaction` (retried like a send, to the half's
 //!    group); `Unknown` sends nothing. A failed `EndTransaction` is reported in
 //!    [`TransactionSendResult::end_error`], not as the call's error: the half is stored, and the
-//!    broker's check resolves it. `TXN_ALREADY_DECIDED` is no error (a check decided first).
+//!    broker's check resolves it. `TXN_ALREADY_DECIDED` is no error (a check decided the same way
+//!    first); `TXN_DECIDED_OTHERWISE` is (it was decided the other way).
 //! 4. **Checks.** The producer keeps a client channel to the leader of each group it stored a
 //!    half on (and, from [`TransactionProducer::start`], of each group holding a topic named with
 //!    [`TransactionProducerBuilder::topics`]: so a restarted producer is asked about the halves

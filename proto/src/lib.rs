@@ -46,6 +46,7 @@ mod tests {
         assert_eq!(ErrorCode::TxnAlreadyDecided as i32, 12);
         assert_eq!(ErrorCode::TxnNotFound as i32, 13);
         assert_eq!(ErrorCode::TxnGroupMismatch as i32, 14);
+        assert_eq!(ErrorCode::TxnDecidedOtherwise as i32, 15);
     }
 
     #[test]

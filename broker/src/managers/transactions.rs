@@ -167,11 +167,16 @@ impl TransactionManager {
             }
             other => other?,
         };
-        if let Some(d) = &r.decision {
-            return Err(already(&r.msg_id, d.commit));
+        let asked = TransactionDecision::try_from(req.decision);
+        if let (Some(d), Ok(a)) = (&r.decision, asked) {
+            return Err(already(
+                &r.msg_id,
+                d.commit,
+                a == TransactionDecision::Commit,
+            ));
         }
         let by = if req.from_check { "check" } else { "producer" };
-        match TransactionDecision::try_from(req.decision) {
+        match asked {
             Ok(TransactionDecision::Commit) => self.commit(&r).await,
             Ok(TransactionDecision::Rollback) => {
                 self.rollback(&r, format!("rollback by {by}")).await?;
@@ -194,7 +199,7 @@ impl TransactionManager {
         m.properties
             .insert(PROPERTY_HALF_POSITION.into(), r.half.0.to_string());
         let result = self.replica.write_alone(m).await?;
-        outcome(r, result.txn)?;
+        outcome(r, result.txn, true)?;
         let a = result.assigned.first().ok_or_else(|| {
             Refusal::InvalidArgument("the commit was applied but assigned no offset".into())
         })?;
@@ -217,7 +222,7 @@ impl TransactionManager {
                 decided_ms: now_ms(),
             })
             .await?;
-        outcome(r, result.txn)
+        outcome(r, result.txn, false)
     }
 
     /// The group's transactions for `raftmq txn list`.
@@ -377,7 +382,8 @@ impl TransactionManager {
             .await?;
         match result.txn {
             Some(TxnOutcome::Decided) => Ok(()),
-            other => outcome(r, other),
+            // A check of a decided transaction: the checker drops it either way.
+            other => outcome(r, other, false),
         }
     }
 
@@ -401,18 +407,27 @@ impl TransactionManager {
     }
 }
 
-fn already(msg_id: &str, commit: bool) -> Refusal {
-    Refusal::TxnAlreadyDecided(format!(
+/// The answer to a decision (`asked_commit`) for a transaction already decided (`commit`):
+/// the same way, or the other.
+fn already(msg_id: &str, commit: bool, asked_commit: bool) -> Refusal {
+    let message = format!(
         "transaction {msg_id} was already {}",
         if commit { "committed" } else { "rolled back" }
-    ))
+    );
+    if commit == asked_commit {
+        Refusal::TxnAlreadyDecided(message)
+    } else {
+        Refusal::TxnDecidedOtherwise(message)
+    }
 }
 
-/// A decision's apply outcome as the answer to its request.
-fn outcome(r: &TxnRecord, o: Option<TxnOutcome>) -> Result<(), Refusal> {
+/// A decision's (`asked_commit`) apply outcome as the answer to its request.
+fn outcome(r: &TxnRecord, o: Option<TxnOutcome>, asked_commit: bool) -> Result<(), Refusal> {
     match o {
         Some(TxnOutcome::Decided) => Ok(()),
-        Some(TxnOutcome::AlreadyDecided { commit }) => Err(already(&r.msg_id, commit)),
+        Some(TxnOutcome::AlreadyDecided { commit }) => {
+            Err(already(&r.msg_id, commit, asked_commit))
+        }
         Some(TxnOutcome::Mismatch) => Err(Refusal::TxnGroupMismatch(format!(
             "transaction {} does not match the record at {}",
             r.msg_id, r.half

@@ -11,8 +11,9 @@
 //!   alone, which see the local transaction's final outcome.
 //! - [`decision`]: `Commit` and `Rollback` are sent; `Unknown` sends nothing (the broker asks
 //!   again later).
-//! - [`end_answer`]: `OK` is done; `TXN_ALREADY_DECIDED` is done too (a check answer, or an
-//!   earlier try whose answer was lost, decided first); anything else is an error.
+//! - [`end_answer`]: `OK` is done; `TXN_ALREADY_DECIDED` is done too (a check's answer, or an
+//!   earlier try whose answer was lost, decided the same way first); `TXN_DECIDED_OTHERWISE`
+//!   (decided the other way: this decision lost) and anything else is an error.
 //!
 //! No I/O here, no clock (durations are passed in); `crate::transaction` does the calls.
 
@@ -155,10 +156,15 @@ mod tests {
         );
         let decided = ClientError::Refused {
             code: ErrorCode::TxnAlreadyDecided,
-            message: "rolled back by a check".into(),
+            message: "committed by a check".into(),
         };
         assert_eq!(end_answer(commit, Err(decided)), Ok(None));
-        for code in [ErrorCode::TxnNotFound, ErrorCode::TxnGroupMismatch] {
+        // Decided the other way: the caller must hear it (its commit was not published).
+        for code in [
+            ErrorCode::TxnDecidedOtherwise,
+            ErrorCode::TxnNotFound,
+            ErrorCode::TxnGroupMismatch,
+        ] {
             let e = ClientError::Refused {
                 code,
                 message: String::new(),
