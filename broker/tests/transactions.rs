@@ -137,6 +137,20 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
 
     let h1 = stored_half(&c, "T", "one", "P").await?;
     assert_bodies(&c, "T", &[]).await;
+    // Not by its offsetMsgId either.
+    let v = c
+        .messaging(leader)
+        .await?
+        .view_message(ViewMessageRequest {
+            offset_msg_id: h1.offset_msg_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        code(&v.status),
+        ErrorCode::OffsetOutOfRange,
+        "a half is not viewable"
+    );
     let l = list(&c, leader).await?;
     assert_eq!(l.pending, 1);
     assert_eq!(l.transactions[0].msg_id, "id-one");

@@ -256,8 +256,20 @@ impl MessageManager {
             topic: m.topic.clone(),
             queue_id: m.queue_id,
         };
-        // A message whose queue entry was purged still shows, with no offset.
+        // A message whose queue entry was purged still shows, with no offset. One that is not
+        // in its queue otherwise is not shown: this replica has not applied it yet (it may
+        // not be committed), or it is a transaction's half message (never consumer-visible).
         let offset = offset_of(view, &queue, position);
+        let purged = || {
+            let (min, _) = view.queue_bounds(&queue);
+            view.cq_entry(&queue, min)
+                .map_or(min.0 > 0, |first| position < first.position)
+        };
+        if offset.is_none() && !purged() {
+            return Err(Refusal::OffsetOutOfRange(format!(
+                "no message at {id:?} in its queue on this replica (not applied here yet, or not a visible message)"
+            )));
+        }
         Ok(to_wire(m, offset, position, self.group()))
     }
 
