@@ -31,22 +31,23 @@ SEED="${MADSIM_TEST_SEED:-1}"
 echo "== madsim: storage engine and Raft group, 200 seeds each (+ mutation checks)"
 MADSIM_TEST_SEED="$SEED" MADSIM_TEST_NUM="${RAFTMQ_SIM_SEEDS_SMALL:-200}" MADSIM_TEST_JOBS=2 \
   cargo test -p raftmq-sim --test store_crash --test raft_group
+# Runs cluster test $1 on $2 seeds from $SEED, in processes of 20 seeds: memory of a finished
+# cluster run is not all returned (~190 MB a seed; 100 seeds peaked at 19 GB and 1 000 in one
+# process were OOM-killed).
+cluster_seeds() {
+  local test="$1" count="$2" first n
+  for ((first = SEED; first < SEED + count; first += 20)); do
+    n=$((SEED + count - first < 20 ? SEED + count - first : 20))
+    MADSIM_TEST_SEED="$first" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS=2 \
+      cargo test -q -p raftmq-sim --test cluster "$test" -- --exact
+  done
+}
 SEEDS="${RAFTMQ_SIM_SEEDS:-600}"
 echo "== madsim: whole cluster, $SEEDS seeds of the mixed-fault scenario"
-# In processes of 20 seeds: memory of a finished cluster run is not all returned (~190 MB a
-# seed; 100 seeds peaked at 19 GB and 1 000 in one process were OOM-killed).
-for ((first = SEED; first < SEED + SEEDS; first += 20)); do
-  n=$((SEED + SEEDS - first < 20 ? SEED + SEEDS - first : 20))
-  MADSIM_TEST_SEED="$first" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS=2 \
-    cargo test -q -p raftmq-sim --test cluster cluster_survives_faults -- --exact
-done
+cluster_seeds cluster_survives_faults "$SEEDS"
 TXN_SEEDS="${RAFTMQ_SIM_TXN_SEEDS:-200}"
 echo "== madsim: whole cluster with the transactional workload, $TXN_SEEDS seeds"
-for ((first = SEED; first < SEED + TXN_SEEDS; first += 20)); do
-  n=$((SEED + TXN_SEEDS - first < 20 ? SEED + TXN_SEEDS - first : 20))
-  MADSIM_TEST_SEED="$first" MADSIM_TEST_NUM="$n" MADSIM_TEST_JOBS=2 \
-    cargo test -q -p raftmq-sim --test cluster cluster_transactions_survive_faults -- --exact
-done
+cluster_seeds cluster_transactions_survive_faults "$TXN_SEEDS"
 echo "== madsim: whole cluster without faults (20 seeds), the mutation checks, named regression seeds"
 MADSIM_TEST_SEED="$SEED" MADSIM_TEST_NUM=20 MADSIM_TEST_JOBS=2 \
   cargo test -p raftmq-sim --test cluster -- cluster_delivers_every_acknowledged_message serving_uncommitted_pulls_is_caught transaction_mutations_are_caught regression_
