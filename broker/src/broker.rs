@@ -87,6 +87,7 @@ impl Broker {
         }
         tokio::spawn(register_loop(shared.clone()));
         tokio::spawn(transaction_checker(shared.clone()));
+        tokio::spawn(timer_scheduler(shared.clone()));
         Ok(Broker {
             shared,
             addr,
@@ -258,6 +259,53 @@ async fn transaction_checker(shared: Arc<Shared>) {
         let pass = shared.managers.transactions.check_due(now).await;
         if pass != Default::default() {
             tracing::debug!(?pass, "transaction checker");
+        }
+    }
+}
+
+/// The leader's timer scheduler: every `timer.scan_interval_ms`, delivers what is due (more
+/// at once while a full batch keeps coming). A new leader first applies everything committed
+/// (a read barrier), so it starts from the cursor the last delivery left.
+async fn timer_scheduler(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.timer.scan_interval_ms);
+    let timers = &shared.managers.timers;
+    let mut ready_term = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let m = shared.metrics();
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+        if !shared.is_leader() {
+            timers.step_down();
+            ready_term = None;
+            continue;
+        }
+        let term = m.current_term;
+        if ready_term != Some(term) {
+            if let Err(e) = shared.replica.read_barrier().await {
+                tracing::debug!(error = %e, "timer scheduler: not ready to lead");
+                continue;
+            }
+            ready_term = Some(term);
+        }
+        loop {
+            match timers
+                .deliver_due(term, raftmq_raft::replica::now_ms())
+                .await
+            {
+                Ok(p) if p.proposed > 0 => {
+                    tracing::debug!(?p, "timer scheduler");
+                    if p.proposed < shared.config.timer.batch {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "timer scheduler: delivery failed");
+                    break;
+                }
+            }
         }
     }
 }

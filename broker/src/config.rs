@@ -29,6 +29,14 @@
 //! check_interval_ms = 60000           # then a check this often
 //! max_checks = 15                     # then roll it back ("check limit")
 //! scan_interval_ms = 1000             # how often the leader's checker looks for due checks
+//!
+//! [timer]                             # optional; these are the defaults (docs/timers.md)
+//! delay_levels = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
+//! max_delay_ms = 259200000            # 3 days: a later delivery time is refused
+//! scan_interval_ms = 100              # how often the leader's scheduler looks for due timers
+//! batch = 256                         # most messages one delivery entry carries
+//! retry_backoff = "10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"  # by attempt
+//! max_reconsume_times = 16            # attempts before the DLQ, unless the consumer says
 //! ```
 
 use std::collections::BTreeMap;
@@ -112,6 +120,61 @@ impl Default for TransactionSection {
     }
 }
 
+/// The timer scheduler's and retry's settings as written in the file (docs/timers.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimerSection {
+    /// Delay levels 1..=N, as durations separated by spaces ("1s 5s 10s … 2h").
+    pub delay_levels: String,
+    /// The longest delay accepted, from the broker's clock at send.
+    pub max_delay_ms: u64,
+    /// How often the leader's scheduler looks for due timers.
+    pub scan_interval_ms: u64,
+    /// Most messages one delivery entry carries.
+    pub batch: usize,
+    /// The retry delay after attempt 1, 2, …; the last repeats.
+    pub retry_backoff: String,
+    /// Attempts before a message goes to its group's DLQ, for consumers that do not say.
+    pub max_reconsume_times: u32,
+}
+
+impl Default for TimerSection {
+    fn default() -> Self {
+        Self {
+            delay_levels: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
+            max_delay_ms: 3 * 24 * 3_600_000,
+            scan_interval_ms: 100,
+            batch: 256,
+            retry_backoff: "10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
+            max_reconsume_times: 16,
+        }
+    }
+}
+
+/// Parses "1s 5s 1m 2h 500ms" into milliseconds.
+pub fn parse_durations(s: &str) -> Result<Vec<u64>, String> {
+    s.split_whitespace()
+        .map(|d| {
+            let (num, unit) = d
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or((d, ""), |i| d.split_at(i));
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("{d:?} is not a duration"))?;
+            let scale = match unit {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(format!("{d:?}: unit must be ms, s, m, h or d")),
+            };
+            n.checked_mul(scale)
+                .ok_or_else(|| format!("{d:?} overflows"))
+        })
+        .collect()
+}
+
 fn default_cluster() -> String {
     "DefaultCluster".into()
 }
@@ -162,6 +225,8 @@ pub struct BrokerConfig {
     pub raft: RaftSection,
     #[serde(default)]
     pub transaction: TransactionSection,
+    #[serde(default)]
+    pub timer: TimerSection,
     /// Not in the file: test hook for smaller segments (bytes; overrides `segment_mib`).
     #[serde(skip)]
     pub segment_bytes_override: Option<u64>,
@@ -247,6 +312,37 @@ impl BrokerConfig {
             return bad(format!(
                 "transaction: check_interval_ms must be ≥ 100 (got {}), scan_interval_ms ≥ 10 (got {}), max_checks ≥ 1 (got {})",
                 t.check_interval_ms, t.scan_interval_ms, t.max_checks
+            ));
+        }
+        let tm = &self.timer;
+        let levels = parse_durations(&tm.delay_levels)
+            .map_err(|e| ConfigError::Invalid(format!("timer.delay_levels: {e}")))?;
+        let backoff = parse_durations(&tm.retry_backoff)
+            .map_err(|e| ConfigError::Invalid(format!("timer.retry_backoff: {e}")))?;
+        if levels.is_empty() || levels.len() > 64 || backoff.is_empty() {
+            return bad(format!(
+                "timer: 1 to 64 delay_levels (got {}) and at least one retry_backoff",
+                levels.len()
+            ));
+        }
+        if let Some(d) = levels
+            .iter()
+            .chain(&backoff)
+            .find(|d| **d > tm.max_delay_ms)
+        {
+            return bad(format!(
+                "timer: a delay of {d} ms is past max_delay_ms {}",
+                tm.max_delay_ms
+            ));
+        }
+        if tm.scan_interval_ms < 10
+            || tm.batch == 0
+            || tm.batch > 4096
+            || tm.max_reconsume_times == 0
+        {
+            return bad(format!(
+                "timer: scan_interval_ms must be ≥ 10 (got {}), batch 1..=4096 (got {}), max_reconsume_times ≥ 1",
+                tm.scan_interval_ms, tm.batch
             ));
         }
         if self.file_reserved_hours == 0 {

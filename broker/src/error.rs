@@ -46,6 +46,18 @@ pub enum Refusal {
     /// The transaction belongs to another producer group.
     #[error("{0}")]
     TxnGroupMismatch(String),
+    /// An unknown delay level, or a delivery time past the maximum delay.
+    #[error("{0}")]
+    DelayOutOfRange(String),
+    /// No timed message with that recall handle.
+    #[error("{0}")]
+    TimerNotFound(String),
+    /// The timed message was delivered or recalled already.
+    #[error("{0}")]
+    TimerNotPending(String),
+    /// The message named is not held by this broker group.
+    #[error("{0}")]
+    MessageNotFound(String),
 }
 
 impl Refusal {
@@ -78,6 +90,10 @@ impl Refusal {
             Refusal::TxnDecidedOtherwise(_) => ErrorCode::TxnDecidedOtherwise,
             Refusal::TxnNotFound(_) => ErrorCode::TxnNotFound,
             Refusal::TxnGroupMismatch(_) => ErrorCode::TxnGroupMismatch,
+            Refusal::DelayOutOfRange(_) => ErrorCode::DelayOutOfRange,
+            Refusal::TimerNotFound(_) => ErrorCode::TimerNotFound,
+            Refusal::TimerNotPending(_) => ErrorCode::TimerNotPending,
+            Refusal::MessageNotFound(_) => ErrorCode::MessageNotFound,
         }
     }
 
@@ -155,6 +171,8 @@ replies!(
     ChangeVotersResponse,
     RemoveReplicaResponse,
     EndTransactionResponse,
+    RecallMessageResponse,
+    SendBackResponse,
     ListTransactionsResponse,
 );
 

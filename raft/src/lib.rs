@@ -18,6 +18,7 @@ pub mod network;
 pub mod replica;
 pub mod rt;
 pub mod state_machine;
+pub mod timer_apply;
 pub mod txn_apply;
 pub mod types;
 
@@ -30,7 +31,8 @@ pub use replica::{
     BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
 };
 pub use types::{
-    AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TxnOutcome, TypeConfig,
+    AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TimerOutcome, TxnOutcome,
+    TypeConfig,
 };
 
 /// The openraft handle of one replica.

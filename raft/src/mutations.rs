@@ -30,6 +30,17 @@ pub struct Mutations {
     /// records them in the log (used by `raftmq-broker`).
     #[cfg(feature = "mutations")]
     pub checks_in_memory: bool,
+    /// Timed messages are dispatched straight to their topic's queue at send time.
+    #[cfg(feature = "mutations")]
+    pub timers_immediate: bool,
+    /// Apply admits every timer delivery copy and leaves the cursor and the index alone: the
+    /// scheduler's progress lives in the leader's memory only (used by `raftmq-broker` too).
+    #[cfg(feature = "mutations")]
+    pub timer_cursor_in_memory: bool,
+    /// The broker's send-back counts an attempt one short: `reconsume_times` is not raised,
+    /// so the DLQ comes one attempt late (used by `raftmq-broker`).
+    #[cfg(feature = "mutations")]
+    pub retry_count_off_by_one: bool,
 }
 
 macro_rules! switches {
@@ -57,5 +68,8 @@ switches!(
     serve_uncommitted_pulls,
     commit_twice,
     halves_visible,
-    checks_in_memory
+    checks_in_memory,
+    timers_immediate,
+    timer_cursor_in_memory,
+    retry_count_off_by_one
 );

@@ -479,21 +479,37 @@ impl Replica {
     /// Appends one message as an entry of its own, outside group commit, and resolves once
     /// applied: a transaction's commit message, whose fate apply decides (see
     /// [`crate::txn_apply`]; the result says what it did).
-    pub async fn write_alone(&self, mut msg: Message) -> Result<CommandResult, WriteError> {
-        msg.validate()
-            .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+    pub async fn write_alone(&self, msg: Message) -> Result<CommandResult, WriteError> {
+        self.write_entry(vec![msg]).await
+    }
+
+    /// Appends `messages` as one entry of their own, outside group commit, and resolves once
+    /// applied: a timer delivery, whose copies apply admits one by one (see
+    /// [`crate::timer_apply`]).
+    pub async fn write_entry(
+        &self,
+        mut messages: Vec<Message>,
+    ) -> Result<CommandResult, WriteError> {
+        let mut bytes = 0;
+        for m in &messages {
+            m.validate()
+                .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+            bytes += m.encoded_len();
+        }
         // Refused here, before Raft: an entry the store cannot append would stop the leader.
-        if msg.encoded_len() > self.config.batch.max_bytes {
+        if messages.is_empty() || bytes > self.config.batch.max_bytes {
             return Err(WriteError::InvalidArgument(format!(
-                "{} bytes in one write, over the {} byte limit",
-                msg.encoded_len(),
+                "{} messages of {bytes} bytes in one entry (1 to the {} byte limit)",
+                messages.len(),
                 self.config.batch.max_bytes
             )));
         }
         let timestamp_ms = now_ms();
-        msg.store_timestamp_ms = timestamp_ms;
-        let batch = encode_batch(std::slice::from_ref(&msg))
-            .map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
+        for m in &mut messages {
+            m.store_timestamp_ms = timestamp_ms;
+        }
+        let batch =
+            encode_batch(&messages).map_err(|e| WriteError::InvalidArgument(e.to_string()))?;
         let r = self
             .raft
             .client_write(Command::Messages {

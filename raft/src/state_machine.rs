@@ -38,16 +38,18 @@ use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
 use raftmq_store::store::ResetPoint;
+use raftmq_store::timer::TimerKey;
 use raftmq_store::txn::TxnRecord;
 use raftmq_store::{LogIndex, Position, QueueOffset, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, boundary_key};
 use crate::log_store::{ReplicaStore, io_err};
+use crate::timer_apply::{apply_timer_command, record_timers, rekey_skipped};
 use crate::txn_apply::{ApplyGate, apply_txn_command, record_halves};
 use crate::types::{
     AssignedOffset, Command, CommandResult, LogId, MetaCommand, SnapshotMeta, StoredMembership,
-    TxnOutcome, TypeConfig, decode_value, encode_value,
+    TimerOutcome, TxnOutcome, TypeConfig, decode_value, encode_value,
 };
 
 /// Checkpoint the store after this many applied entries (bounds recovery's replay).
@@ -77,6 +79,15 @@ pub struct SnapshotState {
     /// the transaction rate.
     #[serde(default)]
     pub transactions: Vec<String>,
+    /// The timer cursor (`due:position`, see `raftmq_store::timer`), if anything was delivered.
+    /// Pending timers are not carried: every timer pending at a boundary snapshot has its
+    /// message before the boundary, and retention cuts there only once none of them is still
+    /// pending on the leader, so an installing replica never needs them (docs/timers.md).
+    #[serde(default)]
+    pub timer_cursor: Option<String>,
+    /// Recalled keys past the cursor (`due:position`).
+    #[serde(default)]
+    pub timers_recalled: Vec<String>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
     /// boundary (absent in a snapshot of the applied state).
     #[serde(default)]
@@ -138,6 +149,13 @@ fn state_of(
             .into_iter()
             .map(|r| to_hex(&r.encode()))
             .collect(),
+        timer_cursor: meta.timer_cursor().map_err(io_err)?.map(|k| k.to_string()),
+        timers_recalled: meta
+            .timers_recalled()
+            .map_err(io_err)?
+            .into_iter()
+            .map(|k| k.to_string())
+            .collect(),
         boundary,
     })
 }
@@ -198,6 +216,7 @@ impl StateMachine {
                 EntryPayload::Normal(Command::Messages { timestamp_ms, .. }) => *timestamp_ms,
                 _ => 0,
             };
+            let cursor_before = txn.timer_cursor().map_err(io_err)?;
             let mut gate = ApplyGate {
                 txn: &mut txn,
                 decided_ms,
@@ -210,8 +229,12 @@ impl StateMachine {
                 .map_err(io_err)?;
             let outcome = gate.outcome;
             record_halves(&mut txn, &store, &assigned).map_err(io_err)?;
+            rekey_skipped(&mut txn, cursor_before).map_err(io_err)?;
+            record_timers(&mut txn, &store, &assigned).map_err(io_err)?;
             let mut result = result_of(index, assigned);
-            result.txn = outcome.or(self.apply_payload(&mut txn, e)?);
+            let (txn_outcome, timer_outcome) = self.apply_payload(&mut txn, e)?;
+            result.txn = outcome.or(txn_outcome);
+            result.timer = timer_outcome;
             last = Some(e.log_id);
             results.push(result);
         }
@@ -267,13 +290,16 @@ impl StateMachine {
         &mut self,
         txn: &mut MetaTxn,
         e: &crate::types::Entry,
-    ) -> io::Result<Option<TxnOutcome>> {
+    ) -> io::Result<(Option<TxnOutcome>, Option<TimerOutcome>)> {
         match &e.payload {
             EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
             EntryPayload::Normal(Command::Meta(m)) => {
                 let index = LogIndex(e.log_id.index);
                 if let Some(outcome) = apply_txn_command(txn, index, m).map_err(io_err)? {
-                    return Ok(Some(outcome));
+                    return Ok((Some(outcome), None));
+                }
+                if let Some(outcome) = apply_timer_command(txn, m).map_err(io_err)? {
+                    return Ok((None, Some(outcome)));
                 }
                 apply_meta(txn, m).map_err(io_err)?;
             }
@@ -283,7 +309,7 @@ impl StateMachine {
                     .map_err(io_err)?;
             }
         }
-        Ok(None)
+        Ok((None, None))
     }
 
     /// Restarts this replica at a leader's boundary snapshot: the store is reset to the
@@ -335,6 +361,19 @@ impl StateMachine {
                 TxnRecord::decode(&raw).map_err(io_err)
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let bad_key = |_| io::Error::new(io::ErrorKind::InvalidData, "snapshot: bad timer key");
+        let timer_cursor: Option<TimerKey> = state
+            .timer_cursor
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(bad_key)?;
+        let recalled = state
+            .timers_recalled
+            .iter()
+            .map(|k| k.parse::<TimerKey>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad_key)?;
         let mut store = self.rs.lock();
         let stale = store
             .meta()
@@ -362,6 +401,13 @@ impl StateMachine {
                 txn.clear_transactions()?;
                 for r in &transactions {
                     txn.put_transaction(r)?;
+                }
+                txn.clear_timers()?;
+                if let Some(c) = timer_cursor {
+                    txn.set_timer_cursor(c)?;
+                }
+                for k in &recalled {
+                    txn.recall_timer(*k)?;
                 }
                 txn.set_applied(&raftmq_store::LogId {
                     term: last.leader_id.term,
@@ -415,6 +461,7 @@ fn result_of(index: u64, assigned: Vec<raftmq_store::store::Assigned>) -> Comman
             })
             .collect(),
         txn: None,
+        timer: None,
     }
 }
 
@@ -446,8 +493,10 @@ fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
             }
             Ok(())
         }
-        // Applied by `apply_txn_command`.
-        MetaCommand::RollbackTransaction { .. } | MetaCommand::CheckTransaction { .. } => Ok(()),
+        // Applied by `apply_txn_command` and `apply_timer_command`.
+        MetaCommand::RollbackTransaction { .. }
+        | MetaCommand::CheckTransaction { .. }
+        | MetaCommand::RecallTimer { .. } => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@
 
 use raftmq_store::meta::MetaTxn;
 use raftmq_store::store::Assigned;
+use raftmq_store::timer::TimerKey;
 use raftmq_store::txn::{
     self, Decision, DispatchGate, HALF_TOPIC, PROPERTY_PRODUCER_GROUP, TxnRecord,
 };
@@ -25,7 +26,8 @@ use crate::types::{MetaCommand, TxnOutcome};
 /// before the record is forgotten (it only answers late decisions and `txn list` then).
 pub const DECIDED_KEEP_BYTES: u64 = 1 << 30;
 
-/// The gate of apply: decides commits (see the module docs).
+/// The gate of apply: decides commits (see the module docs) and timer deliveries (see
+/// [`crate::timer_apply`]).
 pub(crate) struct ApplyGate<'a> {
     pub txn: &'a mut MetaTxn,
     /// The entry's leader clock, recorded with a decision.
@@ -86,6 +88,20 @@ impl DispatchGate for ApplyGate<'_> {
 
     fn halves_visible(&self) -> bool {
         self.mutations.halves_visible()
+    }
+
+    fn admit_timer(&mut self, copy: Position, key: TimerKey) -> bool {
+        match crate::timer_apply::decide_delivery(self.txn, self.mutations, copy, key) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                false
+            }
+        }
+    }
+
+    fn timers_immediate(&self) -> bool {
+        self.mutations.timers_immediate()
     }
 
     fn take_error(&mut self) -> Option<StoreError> {

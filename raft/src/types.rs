@@ -99,6 +99,9 @@ pub enum MetaCommand {
         checks: u32,
         next_check_ms: u64,
     },
+    /// Recall the pending timer `(due_ms, position)`: its delivery copies are refused from
+    /// now on (see `raftmq_store::timer`).
+    RecallTimer { due_ms: u64, position: u64 },
 }
 
 /// A topic's configuration as replicated.
@@ -151,6 +154,15 @@ pub enum TxnOutcome {
     Mismatch,
 }
 
+/// What applying a timer recall did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerOutcome {
+    /// The timer was pending: it will never be delivered.
+    Recalled,
+    /// The timer was delivered (or recalled) already; nothing changed.
+    NotPending,
+}
+
 /// The state machine's answer to one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CommandResult {
@@ -160,6 +172,9 @@ pub struct CommandResult {
     /// For a transaction decision: what it did.
     #[serde(default)]
     pub txn: Option<TxnOutcome>,
+    /// For a timer recall: what it did.
+    #[serde(default)]
+    pub timer: Option<TimerOutcome>,
 }
 
 /// An entry in its record form: what is written to the CommitLog and sent to followers.

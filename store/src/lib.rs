@@ -36,6 +36,7 @@ pub mod meta;
 pub mod raftindex;
 mod slotfile;
 pub mod store;
+pub mod timer;
 pub mod txn;
 pub mod types;
 pub mod view;

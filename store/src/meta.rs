@@ -20,6 +20,8 @@
 //!   [`crate::txn`]): undecided transactions, and decided ones still on record;
 //! - `txn_refused_commits`: log index → 0, the commit entries apply refused (a second
 //!   decision), kept until a checkpoint passes them (see [`crate::txn`]).
+//! - `timers`, `timers_by_position`, `timers_recalled`, `timer_refused_copies` and the state
+//!   key `timer_cursor`: pending timers and the scheduler's progress (see [`crate::timer`]).
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
@@ -50,7 +52,7 @@ pub const FILE: &str = "meta.redb";
 
 const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
 const OFFSETS: TableDefinition<(&str, &str, u32), u64> = TableDefinition::new("consumer_offsets");
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+pub(crate) const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const CQ_ENDS: TableDefinition<(&str, u32), u64> = TableDefinition::new("cq_ends");
 const RAFT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft");
 const TXN_PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("txn_pending");
@@ -206,7 +208,7 @@ fn decode_log_id(b: &[u8]) -> Result<LogId> {
     Ok(id)
 }
 
-fn meta_err(e: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn meta_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Meta(Box::new(e.into()))
 }
 
@@ -279,7 +281,7 @@ impl MetaStore {
         Ok(MetaTxn { txn })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
         let txn = self.db.begin_read().map_err(meta_err)?;
         f(&txn)
     }
@@ -467,7 +469,7 @@ impl MetaStore {
         })
     }
 
-    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.read(|t| {
             let table = t.open_table(STATE).map_err(meta_err)?;
             Ok(table
@@ -480,7 +482,7 @@ impl MetaStore {
 
 /// A write transaction: every change in it commits atomically.
 pub struct MetaTxn {
-    txn: redb::WriteTransaction,
+    pub(crate) txn: redb::WriteTransaction,
 }
 
 impl MetaTxn {
@@ -493,6 +495,7 @@ impl MetaTxn {
         self.txn.open_table(TXN_PENDING).map_err(meta_err)?;
         self.txn.open_table(TXN_DECIDED).map_err(meta_err)?;
         self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
+        crate::timer::ensure_tables(self)?;
         Ok(())
     }
 
@@ -684,7 +687,7 @@ impl MetaTxn {
         Ok(())
     }
 
-    fn put_state(&mut self, key: &str, value: &[u8]) -> Result<()> {
+    pub(crate) fn put_state(&mut self, key: &str, value: &[u8]) -> Result<()> {
         let mut table = self.txn.open_table(STATE).map_err(meta_err)?;
         table.insert(key, value).map_err(meta_err)?;
         Ok(())

@@ -31,6 +31,7 @@ use crate::indexfile::{IndexCheckpoint, IndexFileConfig, IndexFiles, KeyQuery};
 use crate::message::{self, Message};
 use crate::meta::{Checkpoint, MetaStore, MetaTxn};
 use crate::raftindex::{IndexEntry, RaftIndex};
+use crate::timer::{self, TimerKey};
 use crate::txn::{self, DispatchGate, HALF_TOPIC};
 use crate::types::{LogIndex, Position, QueueOffset};
 use crate::view::ReadView;
@@ -445,6 +446,7 @@ impl Store {
                     continue;
                 }
             };
+            let position = Position(base + u64::from(span.offset));
             let half = txn::is_half(&m) && !gate.halves_visible();
             if let Some(commits) = txn::commit_of(&m) {
                 let admitted =
@@ -453,10 +455,23 @@ impl Store {
                     continue;
                 }
             }
-            let position = Position(base + u64::from(span.offset));
+            if let Some(delivers) = timer::delivery_of(&m) {
+                if !delivers.is_some_and(|k| gate.admit_timer(position, k)) {
+                    continue;
+                }
+            }
+            // A timed message waits in the timer queue (the Raft layer indexes it by due time).
+            let waits = timer::deliver_ms_of(&m).is_some() && !gate.timers_immediate();
+            let system = if half {
+                Some(HALF_TOPIC)
+            } else if waits {
+                Some(timer::TIMER_TOPIC)
+            } else {
+                None
+            };
             let queue = QueueId {
-                topic: if half { HALF_TOPIC } else { m.topic }.to_string(),
-                queue_id: if half { 0 } else { m.queue_id },
+                topic: system.unwrap_or(m.topic).to_string(),
+                queue_id: if system.is_some() { 0 } else { m.queue_id },
             };
             let entry = CqEntry {
                 position,
@@ -464,8 +479,9 @@ impl Store {
                 tag_hash: message::tag_hash(m.tags),
             };
             let offset = self.cqs.append(&queue, entry)?;
-            // A half message is found by its position; its keys are indexed when committed.
-            if !half {
+            // A half or timed message is found by its position; its keys are indexed when
+            // its commit or delivery enters its queue.
+            if system.is_none() {
                 let mut index = self.view.index();
                 for key in m
                     .keys
@@ -523,6 +539,7 @@ impl Store {
         if let Some(d) = self.dispatched {
             txn.forget_refused_upto(d)?;
         }
+        txn.forget_refused_copies_below(self.dispatched_position)?;
         txn.commit()?;
         self.ckpt = ckpt;
         Ok(())
@@ -600,15 +617,20 @@ impl Store {
 
     /// Where retention may cut at `now_ms`: the start of the oldest segment to keep, if any
     /// older segment is expired and fully dispatched (see [`Store::delete_expired`]) and holds
-    /// no undecided transaction's half message.
+    /// no undecided transaction's half message and no pending timer's message.
     pub fn expired_before(&self, now_ms: u64) -> Result<Option<Position>> {
         let seg = self.config.segment_bytes;
         let starts = self.reader.segment_starts();
         // An undecided transaction's half message keeps its segment (and every later one).
-        let hold = self
-            .meta
-            .oldest_pending_half()?
-            .map_or(u64::MAX, |p| p.0 - p.0 % seg);
+        // So does a pending timer's message.
+        let oldest = match (
+            self.meta.oldest_pending_half()?,
+            self.meta.oldest_pending_timer()?,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let hold = oldest.map_or(u64::MAX, |p| p.0 - p.0 % seg);
         let mut cut = None;
         for w in starts.windows(2) {
             let (start, next) = (w[0], w[1]);
@@ -682,8 +704,8 @@ impl Store {
     }
 }
 
-/// The gate of a replay after a crash: a commit enters its queue unless apply recorded that
-/// it refused it (see the module docs).
+/// The gate of a replay after a crash: a commit or a timer's delivery copy enters its queue
+/// unless apply recorded that it refused it (see [`crate::txn`] and [`crate::timer`]).
 struct ReplayGate<'a> {
     meta: &'a MetaStore,
     /// The first error met (reported after the replay).
@@ -697,6 +719,16 @@ impl DispatchGate for ReplayGate<'_> {
 
     fn admit_commit(&mut self, index: LogIndex, _half: Position, _msg_id: &str) -> bool {
         match self.meta.commit_refused(index) {
+            Ok(refused) => !refused,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                false
+            }
+        }
+    }
+
+    fn admit_timer(&mut self, copy: Position, _key: TimerKey) -> bool {
+        match self.meta.timer_copy_refused(copy) {
             Ok(refused) => !refused,
             Err(e) => {
                 self.error.get_or_insert(e);

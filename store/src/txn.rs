@@ -39,6 +39,7 @@
 use crate::codec::{PutLe, Reader};
 use crate::error::{Result, StoreError};
 use crate::message::{ID_MAX, MessageView, TOPIC_MAX};
+use crate::timer::TimerKey;
 use crate::types::{LogIndex, Position};
 
 /// `sys_flag` bit of a half message (RocketMQ's `TRANSACTION_PREPARED_TYPE`).
@@ -204,7 +205,7 @@ pub fn commit_of(m: &MessageView<'_>) -> Option<Option<Position>> {
     Some(pos)
 }
 
-/// Decides at dispatch what transactional messages do.
+/// Decides at dispatch what transactional messages and timer deliveries do.
 pub trait DispatchGate {
     /// Whether the commit message in entry `index`, committing the half (with `msg_id`) at
     /// `half`, enters its queue.
@@ -213,6 +214,16 @@ pub trait DispatchGate {
     /// Whether half messages go straight to their target queue (only ever true in a
     /// deliberate mutation that proves the simulator's checkers see it).
     fn halves_visible(&self) -> bool {
+        false
+    }
+
+    /// Whether the delivery copy at `copy` (of the timer `key`) enters its queue (see
+    /// [`crate::timer`]).
+    fn admit_timer(&mut self, copy: Position, key: TimerKey) -> bool;
+
+    /// Whether timed messages go straight to their queue at send (only ever true in a
+    /// deliberate mutation that proves the simulator's checkers see it).
+    fn timers_immediate(&self) -> bool {
         false
     }
 

@@ -24,8 +24,10 @@ use raftmq_store::{Position, QueueOffset, ReadView};
 
 use crate::convert::{offset_msg_id, parse_offset_msg_id, subscription_hashes, to_store, to_wire};
 use crate::error::Refusal;
+use crate::managers::timers::TimerManager;
 use crate::managers::topics::TopicManager;
 use crate::managers::transactions::{TransactionManager, half_result};
+use raftmq_store::timer::TIMER_TOPIC;
 
 /// A pull, checked: which queue, from where, how much, which tags.
 #[derive(Debug, Clone)]
@@ -78,7 +80,11 @@ impl MessageManager {
 
     /// Stores a batch (one topic, one queue) through Raft; the results carry the queue
     /// offsets apply assigned.
-    pub async fn send(&self, req: SendRequest) -> Result<Vec<SendResult>, Refusal> {
+    pub async fn send(
+        &self,
+        req: SendRequest,
+        timers: &TimerManager,
+    ) -> Result<Vec<SendResult>, Refusal> {
         check_batch(&req.messages)?;
         if !req.producer_group.is_empty() {
             check_name("producer group", &req.producer_group)?;
@@ -105,6 +111,16 @@ impl MessageManager {
             .into_iter()
             .map(|m| to_store(m, queue_id))
             .collect();
+        let now = raftmq_raft::replica::now_ms();
+        let mut due = Vec::with_capacity(msgs.len());
+        for m in &mut msgs {
+            due.push(timers.prepare(m, now)?);
+        }
+        if req.transactional && due.iter().any(Option::is_some) {
+            return Err(Refusal::InvalidArgument(
+                "a transactional message cannot be timed".into(),
+            ));
+        }
         if req.transactional {
             for m in &mut msgs {
                 TransactionManager::make_half(&req.producer_group, m);
@@ -130,11 +146,24 @@ impl MessageManager {
         Ok(assigned
             .into_iter()
             .zip(ids)
-            .map(|(a, msg_id)| SendResult {
-                msg_id,
-                offset_msg_id: offset_msg_id(self.group(), a.position),
-                queue_id: a.queue_id,
-                queue_offset: a.queue_offset.0,
+            .zip(due)
+            .map(|((a, msg_id), due)| match due {
+                // A timed message: its queue offset comes with its delivery.
+                Some(at) if a.topic == TIMER_TOPIC => SendResult {
+                    msg_id,
+                    offset_msg_id: offset_msg_id(self.group(), a.position),
+                    queue_id,
+                    queue_offset: u64::MAX,
+                    recall_handle: offset_msg_id(self.group(), a.position),
+                    deliver_at_ms: at,
+                },
+                _ => SendResult {
+                    msg_id,
+                    offset_msg_id: offset_msg_id(self.group(), a.position),
+                    queue_id: a.queue_id,
+                    queue_offset: a.queue_offset.0,
+                    ..Default::default()
+                },
             })
             .collect())
     }

@@ -11,8 +11,9 @@
 //! | [`consumer_groups`] | members by heartbeat, queue locks (orderly consumption) | per replica, in memory |
 //! | [`transactions`] | half messages, `EndTransaction`, the leader's checker | replicated (the transaction table, via Raft) |
 //! | [`channels`] | open client channels (server→client calls), by group | per replica (the leader's), in memory |
+//! | [`timers`] | timed messages (delay levels, delivery times, recall), the leader's scheduler, send-back to retry/DLQ | replicated (the timer index and cursor, via Raft) |
 //!
-//! Where the next capabilities go: timers and delay levels (`timers`), retry and DLQ (`retry`), POP
+//! Where the next capabilities go: POP
 //! consumption (`pop`: claims and receipt handles) — each a module here, each proposing its
 //! decisions as Raft commands so a new leader continues them (docs/architecture.md: every piece of their
 //! state is Raft state).
@@ -22,6 +23,7 @@ pub mod consumer_groups;
 pub mod long_poll;
 pub mod messages;
 pub mod offsets;
+pub mod timers;
 pub mod topics;
 pub mod transactions;
 
@@ -39,6 +41,7 @@ pub(crate) struct Managers {
     pub offsets: offsets::OffsetManager,
     pub consumer_groups: consumer_groups::ConsumerGroups,
     pub transactions: transactions::TransactionManager,
+    pub timers: timers::TimerManager,
     pub channels: Arc<channels::ClientChannels>,
 }
 
@@ -55,7 +58,7 @@ impl Managers {
                 batch_max_bytes,
                 config.mutations.serve_uncommitted_pulls(),
             ),
-            topics,
+            topics: topics.clone(),
             long_poll: long_poll::PullHolds::new(replica.clone()),
             offsets: offsets::OffsetManager::new(replica.clone()),
             consumer_groups: consumer_groups::ConsumerGroups::new(config.client_expire_ms),
@@ -65,6 +68,14 @@ impl Managers {
                 config.transaction,
                 channels.clone(),
                 config.mutations.checks_in_memory(),
+            ),
+            timers: timers::TimerManager::new(
+                replica.clone(),
+                &config.group,
+                topics.clone(),
+                config.timer.clone(),
+                batch_max_bytes,
+                config.mutations.retry_count_off_by_one(),
             ),
             channels,
         }

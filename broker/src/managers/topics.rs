@@ -68,6 +68,29 @@ impl TopicManager {
         Ok(t)
     }
 
+    /// The broker's own topic `name` (a group's retry topic or DLQ), created with one queue
+    /// and `perm` when missing; its perm is not checked (the broker writes there whatever
+    /// clients may do).
+    pub async fn ensure_internal(
+        &self,
+        name: &str,
+        perm: u32,
+    ) -> Result<meta::TopicConfig, Refusal> {
+        match self.get(name) {
+            Err(Refusal::TopicNotFound { .. }) => {
+                self.put(TopicSpec {
+                    name: name.to_string(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 1,
+                    perm,
+                })
+                .await?;
+                self.get(name)
+            }
+            other => other,
+        }
+    }
+
     /// The topic a pull of `queue_id` reads, refused unless readable and the queue exists.
     pub fn for_pull(&self, name: &str, queue_id: u32) -> Result<meta::TopicConfig, Refusal> {
         let t = self.get(name)?;

@@ -185,6 +185,7 @@ impl TransactionManager {
                     offset_msg_id: req.offset_msg_id,
                     queue_id: r.queue_id,
                     queue_offset: u64::MAX,
+                    ..Default::default()
                 })
             }
             _ => Err(Refusal::InvalidArgument(
@@ -208,6 +209,7 @@ impl TransactionManager {
             offset_msg_id: offset_msg_id(&self.group, a.position),
             queue_id: a.queue_id,
             queue_offset: a.queue_offset.0,
+            ..Default::default()
         })
     }
 
@@ -446,5 +448,6 @@ pub fn half_result(group: &str, msg_id: String, queue_id: u32, half: Position) -
         offset_msg_id: offset_msg_id(group, half),
         queue_id,
         queue_offset: u64::MAX,
+        ..Default::default()
     }
 }

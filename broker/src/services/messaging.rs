@@ -67,7 +67,8 @@ impl MessagingImpl {
 #[tonic::async_trait]
 impl Messaging for MessagingImpl {
     async fn send(&self, req: Request<SendRequest>) -> Res<SendResponse> {
-        let r = self.shared.managers.messages.send(req.into_inner()).await;
+        let m = &self.shared.managers;
+        let r = m.messages.send(req.into_inner(), &m.timers).await;
         respond(r.map(|results| SendResponse {
             status: None,
             group: self.shared.group().to_string(),
@@ -92,6 +93,33 @@ impl Messaging for MessagingImpl {
         respond(r.map(|committed| EndTransactionResponse {
             status: None,
             committed: Some(committed),
+        }))
+    }
+
+    async fn recall_message(
+        &self,
+        req: Request<RecallMessageRequest>,
+    ) -> Res<RecallMessageResponse> {
+        let r = match self.leader_only() {
+            Ok(()) => {
+                let handle = req.into_inner().recall_handle;
+                self.shared.managers.timers.recall(&handle).await
+            }
+            Err(e) => Err(e),
+        };
+        respond(r.map(|()| RecallMessageResponse { status: None }))
+    }
+
+    async fn send_back(&self, req: Request<SendBackRequest>) -> Res<SendBackResponse> {
+        let now = raftmq_raft::replica::now_ms();
+        let req = req.into_inner();
+        let r = match self.leader_only() {
+            Ok(()) => self.shared.managers.timers.send_back(&req, now).await,
+            Err(e) => Err(e),
+        };
+        respond(r.map(|topic| SendBackResponse {
+            status: None,
+            topic,
         }))
     }
 
