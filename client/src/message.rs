@@ -76,6 +76,41 @@ impl Message {
         self
     }
 
+    /// Delivers the message after delay level `level` (1-based; the broker's levels, by
+    /// default 1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h). An unknown level
+    /// is refused with `DELAY_OUT_OF_RANGE`.
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_delay_level(3);
+    /// assert_eq!(m.property("DELAY"), Some("3"));
+    /// ```
+    pub fn with_delay_level(self, level: u32) -> Self {
+        self.with_property("DELAY", level.to_string())
+    }
+
+    /// Delivers the message `delay` after the broker receives it (precision: the broker's
+    /// scheduler interval, 100 ms by default; at most its maximum delay, 3 days by default).
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x")
+    ///     .with_delay(std::time::Duration::from_secs(90));
+    /// assert_eq!(m.property("TIMER_DELAY_MS"), Some("90000"));
+    /// ```
+    pub fn with_delay(self, delay: std::time::Duration) -> Self {
+        self.with_property("TIMER_DELAY_MS", delay.as_millis().to_string())
+    }
+
+    /// Delivers the message at `at_ms` (ms since the epoch, by the broker's clock); a time
+    /// already past delivers it at once.
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_deliver_at_ms(1_900_000_000_000);
+    /// assert_eq!(m.property("TIMER_DELIVER_MS"), Some("1900000000000"));
+    /// ```
+    pub fn with_deliver_at_ms(self, at_ms: u64) -> Self {
+        self.with_property("TIMER_DELIVER_MS", at_ms.to_string())
+    }
+
     /// The topic.
     ///
     /// ```

@@ -41,7 +41,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use raftmq_proto::ErrorCode;
 use raftmq_proto::limits::{self, check_batch};
 use raftmq_proto::v1::messaging_client::MessagingClient;
-use raftmq_proto::v1::{EndTransactionResponse, SendRequest, SendResponse, Status};
+use raftmq_proto::v1::{
+    EndTransactionResponse, RecallMessageRequest, RecallMessageResponse, SendRequest, SendResponse,
+    Status,
+};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -80,6 +83,10 @@ pub struct SendResult {
     pub offset_msg_id: String,
     pub queue: MessageQueue,
     pub queue_offset: u64,
+    /// For a timed message: the handle [`Producer::recall`] takes, and when it is due (ms
+    /// since the epoch, the broker's clock). Its `queue_offset` is `u64::MAX` until then.
+    pub recall_handle: Option<String>,
+    pub deliver_at_ms: Option<u64>,
 }
 
 /// Picks the queue of an ordered send from a sharding argument.
@@ -338,6 +345,36 @@ impl Producer {
         } else {
             Err(ClientError::State("producer not started (or shut down)"))
         }
+    }
+
+    /// Recalls a timed message before it is due (`sent` is its send result): it is then never
+    /// delivered. Errors: `TIMER_NOT_PENDING` (already delivered or recalled),
+    /// `TIMER_NOT_FOUND` (no timed message with that handle), `INVALID_ARGUMENT` (not a
+    /// timed message's result).
+    pub async fn recall(&self, sent: &SendResult) -> Result<(), ClientError> {
+        let Some(handle) = sent.recall_handle.clone() else {
+            return Err(ClientError::InvalidArgument(format!(
+                "message {} was not sent as a timed message",
+                sent.msg_id
+            )));
+        };
+        let req = &RecallMessageRequest {
+            recall_handle: handle,
+        };
+        let group = sent.queue.group.as_str();
+        let one_try = move |route: Arc<Route>, _avoid, deadline| async move {
+            let call = move |mut c: MessagingClient<Channel>| async move {
+                c.recall_message(req.clone()).await
+            };
+            let r = match leader_in(&route.leaders, group) {
+                Ok(addr) => self.follow_hints(addr, deadline, call).await,
+                Err(e) => Err(e),
+            };
+            (group.to_string(), r)
+        };
+        self.with_retries::<RecallMessageResponse, _, _>(&sent.queue.topic, false, one_try)
+            .await
+            .map(|_| ())
     }
 
     /// Sends one message and waits for the broker's acknowledgement (the message is then
@@ -694,6 +731,12 @@ impl Answered for SendResponse {
     }
 }
 
+impl Answered for RecallMessageResponse {
+    fn status(&self) -> Option<&Status> {
+        self.status.as_ref()
+    }
+}
+
 impl Answered for EndTransactionResponse {
     fn status(&self) -> Option<&Status> {
         self.status.as_ref()
@@ -772,6 +815,8 @@ impl<'m> Batch<'m> {
                 offset_msg_id: r.offset_msg_id,
                 queue: MessageQueue::new(&self.topic, group, r.queue_id),
                 queue_offset: r.queue_offset,
+                recall_handle: (!r.recall_handle.is_empty()).then_some(r.recall_handle),
+                deliver_at_ms: (r.deliver_at_ms > 0).then_some(r.deliver_at_ms),
             })
             .collect())
     }

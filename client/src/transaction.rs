@@ -601,6 +601,8 @@ impl TransactionProducer {
             offset_msg_id: c.offset_msg_id,
             queue: MessageQueue::new(&half.queue.topic, group, c.queue_id),
             queue_offset: c.queue_offset,
+            recall_handle: None,
+            deliver_at_ms: None,
         }))
     }
 }

@@ -62,6 +62,8 @@ use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
 use crate::txn_checks::{TxnHistory, TxnViolation};
+use crate::timer_checks::{TimerHistory, TimerViolation};
+use crate::timer_workload::{self, TimerWorld};
 use crate::txn_workload::{self, TxnWorld};
 
 const NAMESRV: &str = "10.0.1.1:9876";
@@ -185,6 +187,8 @@ pub struct ClusterConfig {
     pub hold_ms: std::ops::Range<u64>,
     /// At most this many transactions (0: no transactional workload).
     pub transactions: u32,
+    /// At most this many timed messages (0: no timed workload).
+    pub timers: u32,
 }
 
 impl Default for ClusterConfig {
@@ -197,6 +201,7 @@ impl Default for ClusterConfig {
             mutations: Mutations::default(),
             hold_ms: 200..1500,
             transactions: 0,
+            timers: 0,
         }
     }
 }
@@ -216,6 +221,9 @@ pub struct Outcome {
     /// The transactional workload's history and what its checkers found.
     pub txn: TxnHistory,
     pub txn_violations: Vec<TxnViolation>,
+    /// The timed workload's history and what its checkers found.
+    pub timer: TimerHistory,
+    pub timer_violations: Vec<TimerViolation>,
 }
 
 impl Outcome {
@@ -224,6 +232,7 @@ impl Outcome {
             && self.replica_violations.is_empty()
             && self.liveness.is_empty()
             && self.txn_violations.is_empty()
+            && self.timer_violations.is_empty()
     }
 
     /// A readable report: a one-line reproduction, counts, violations, the timeline.
@@ -255,6 +264,19 @@ impl Outcome {
         }
         for v in &self.txn_violations {
             s.push_str(&format!("TXN VIOLATION {v:?}\n"));
+        }
+        if !self.timer.sent.is_empty() {
+            let t = &self.timer;
+            s.push_str(&format!(
+                "timers: {} acked, {} indeterminate, {} recalled, {} deliveries\n",
+                t.sent.len(),
+                t.indeterminate.len(),
+                t.recalled.len(),
+                t.deliveries.len()
+            ));
+        }
+        for v in &self.timer_violations {
+            s.push_str(&format!("TIMER VIOLATION {v:?}\n"));
         }
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
@@ -360,6 +382,7 @@ struct Sim {
     holding: Holding,
     /// The transactional workload and its sender's node, when it runs.
     txn: Option<(TxnWorld, NodeHandle)>,
+    timer: Option<TimerWorld>,
 }
 
 impl Sim {
@@ -836,11 +859,16 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         holding: Arc::default(),
         hold_ms: cfg.hold_ms.clone(),
         txn: None,
+        timer: None,
     };
 
     // Topics on both groups, routed by the name server.
     control
-        .spawn(create_topics(registry.clone(), cfg.transactions > 0))
+        .spawn(create_topics(
+            registry.clone(),
+            cfg.transactions > 0,
+            cfg.timers > 0,
+        ))
         .await
         .expect("control task");
     sim.note("topics created and routed");
@@ -864,6 +892,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             ("ct1".into(), ct1),
         ]);
         sim.txn = Some((world, tp1));
+    }
+    if cfg.timers > 0 {
+        let world = TimerWorld::new(start, cfg.timers, start.elapsed() + cfg.fault_window);
+        let [tm1, tc1] = timer_workload::nodes(&handle, &world, NAMESRV);
+        sim.clients
+            .extend([("tm1".into(), tm1), ("tc1".into(), tc1)]);
+        sim.timer = Some(world);
     }
     let sim = sim;
 
@@ -993,6 +1028,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         sim.left[LEAVER].store(true, Ordering::Release);
     }
     sim.note("faults stop, all healed");
+    let healed_ms = raftmq_raft::replica::now_ms();
 
     let mut liveness = Vec::new();
     q_task.await.expect("queue producer");
@@ -1158,6 +1194,14 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         }
         None => Default::default(),
     };
+    let (timer, timer_violations) = match &sim.timer {
+        Some(world) => {
+            let leaders = || (0..GROUPS.len()).map(|g| leader_of(&registry, g).map(|(_, l)| l));
+            let note = |s: &str| sim.note(s);
+            timer_workload::settle(world, healed_ms, leaders, note, within).await
+        }
+        None => Default::default(),
+    };
     let history = lock(&history).clone();
     let violations = check_queue_history(&history);
     let timeline = lock(&sim.timeline).clone();
@@ -1170,6 +1214,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         timeline,
         txn,
         txn_violations,
+        timer,
+        timer_violations,
     }
 }
 
@@ -1469,10 +1515,13 @@ fn within(secs: u64) -> Deadline {
     Deadline::every(Duration::from_secs(secs), POLL)
 }
 
-async fn create_topics(registry: Registry, transactions: bool) {
+async fn create_topics(registry: Registry, transactions: bool, timers: bool) {
     let mut topics = TOPICS.to_vec();
     if transactions {
         topics.push(txn_workload::TOPIC);
+    }
+    if timers {
+        topics.push(timer_workload::TOPIC);
     }
     for g in 0..GROUPS.len() {
         for &(name, queues) in &topics {

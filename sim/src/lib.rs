@@ -30,7 +30,11 @@ macro_rules! regressions {
 pub mod history;
 pub mod queue_checks;
 pub mod replica_checks;
+pub mod timer_checks;
 pub mod txn_checks;
+
+#[cfg(madsim)]
+pub mod timer_workload;
 
 #[cfg(madsim)]
 pub mod txn_workload;

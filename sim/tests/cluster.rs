@@ -9,6 +9,7 @@
 use raftmq_raft::Mutations;
 use raftmq_sim::cluster_scenario::{ClusterConfig, Fault, Outcome, run};
 use raftmq_sim::queue_checks::QueueViolation;
+use raftmq_sim::timer_checks::TimerViolation;
 use raftmq_sim::txn_checks::TxnViolation;
 
 fn log_if_asked() {
@@ -104,6 +105,80 @@ async fn cluster_transactions_survive_faults() {
         o.txn.halves.len() > 10 && !o.txn.checks.is_empty(),
         "too few transactions (or no check) to test anything:\n{report}"
     );
+}
+
+/// Timed messages (absolute times, delay levels, times past, recalls) under the whole fault
+/// mix: none consumed early, none recalled consumed, none stored twice, none lost, and
+/// those due after healing consumed within the healthy bound.
+#[madsim::test]
+async fn cluster_timers_survive_faults() {
+    log_if_asked();
+    let o = run(ClusterConfig {
+        faults: faults(),
+        timers: TIMERS,
+        ..ClusterConfig::default()
+    })
+    .await;
+    let report = o.report("cluster_timers_survive_faults");
+    if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+        eprintln!("{report}");
+    }
+    assert!(o.is_clean(), "checkers fired:\n{report}");
+    assert!(
+        o.timer.sent.len() > 20 && !o.timer.recalled.is_empty(),
+        "too few timed messages (or no recall) to test anything:\n{report}"
+    );
+}
+
+/// Timed messages per timed run.
+const TIMERS: u32 = 150;
+
+/// Each deliberate timer bug is caught by a timer checker within a few seeds.
+#[test]
+fn timer_mutations_are_caught() {
+    log_if_asked();
+    let timed = |mutations: Mutations, faults: Vec<Fault>| ClusterConfig {
+        mutations,
+        faults,
+        timers: TIMERS,
+        ..ClusterConfig::default()
+    };
+    let cases: [(&str, ClusterConfig, u64, fn(&TimerViolation) -> bool); 2] = [
+        (
+            "timed messages delivered at send time",
+            timed(
+                Mutations {
+                    timers_immediate: true,
+                    ..Mutations::default()
+                },
+                vec![],
+            ),
+            2,
+            |v| matches!(v, TimerViolation::Early { .. } | TimerViolation::RecalledDelivered { .. }),
+        ),
+        (
+            "schedule cursor in leader memory",
+            timed(
+                Mutations {
+                    timer_cursor_in_memory: true,
+                    ..Mutations::default()
+                },
+                vec![Fault::TransferLeader, Fault::KillRestart],
+            ),
+            6,
+            |v| matches!(v, TimerViolation::StoredTwice { .. }),
+        ),
+    ];
+    for (name, cfg, seeds, fired) in cases {
+        let (caught, panicked, which) = caught_on(seeds, cfg, |o| {
+            if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+                eprintln!("{}", o.report("timer_mutations_are_caught"));
+            }
+            o.timer_violations.iter().any(fired)
+        });
+        eprintln!("{name}: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}");
+        assert!(caught > 0, "{name}: no timer checker fired on {seeds} seeds");
+    }
 }
 
 /// Transactions per transactional run.

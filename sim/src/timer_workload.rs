@@ -1,0 +1,194 @@
+//! The timed-message workload of the whole-cluster scenario (on when
+//! `ClusterConfig::timers` is set): the real `Producer` and `PushConsumer` on their own
+//! nodes, recording a [`TimerHistory`] for [`crate::timer_checks`].
+//!
+//! - `tm1` sends `d0`, `d1`, … to topic `TM` through the fault window: most due 0–3 s ahead
+//!   (absolute times), every fifth by delay level 1 (1 s), every tenth due in the past (a
+//!   plain message); every seventh it recalls right after the send;
+//! - `tc1` consumes `TM` (group `CTM`) and records when each message arrived.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::rand::{Rng, thread_rng};
+use madsim::runtime::{Handle, NodeHandle};
+use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
+use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
+use raftmq_raft::Replica;
+use raftmq_raft::replica::now_ms;
+use raftmq_store::consumequeue::QueueId;
+use raftmq_testkit::{Deadline, try_wait_for};
+
+use crate::timer_checks::{HEALTHY_BOUND_MS, TimerHistory, TimerViolation, check_timer_history};
+
+/// The timed topic and its queues per group.
+pub const TOPIC: (&str, u32) = ("TM", 2);
+
+/// What the workload's nodes share.
+#[derive(Clone)]
+pub struct TimerWorld {
+    pub history: Arc<Mutex<TimerHistory>>,
+    start: tokio::time::Instant,
+    max: u32,
+    until: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().expect("lock poisoned: a panic broke this state")
+}
+
+impl TimerWorld {
+    pub fn new(start: tokio::time::Instant, max: u32, until: Duration) -> Self {
+        TimerWorld {
+            history: Arc::default(),
+            start,
+            max,
+            until,
+        }
+    }
+}
+
+async fn sender(world: TimerWorld, namesrv: &'static str) {
+    let p = Producer::builder()
+        .namesrv_addrs([namesrv])
+        .group("TMP")
+        .build()
+        .expect("a valid producer");
+    while p.start().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut i = 0;
+    while i < world.max && world.start.elapsed() < world.until {
+        let body = format!("d{i}");
+        let now = now_ms();
+        let m = Message::new(TOPIC.0, body.clone());
+        let m = match i % 10 {
+            0 => m.with_deliver_at_ms(now.saturating_sub(100)),
+            5 => m.with_delay_level(1),
+            _ => m.with_deliver_at_ms(now + thread_rng().gen_range(0..3_000)),
+        };
+        match p.send(m).await {
+            Ok(r) => {
+                let due = r.deliver_at_ms.unwrap_or(now);
+                lock(&world.history).sent.insert(body.clone(), due);
+                if i % 7 == 3 && due > now_ms() + 500 && p.recall(&r).await.is_ok() {
+                    lock(&world.history).recalled.insert(body);
+                }
+            }
+            Err(_) => {
+                lock(&world.history).indeterminate.insert(body);
+            }
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(10..60))).await;
+    }
+    std::future::pending::<()>().await;
+    drop(p);
+}
+
+async fn consumer(world: TimerWorld, namesrv: &'static str) {
+    let w = world.clone();
+    let listener = move |msgs: &[ReceivedMessage]| {
+        let at = now_ms();
+        let mut h = lock(&w.history);
+        for m in msgs {
+            h.deliveries
+                .push((String::from_utf8_lossy(&m.body).into_owned(), at));
+        }
+        ConsumeResult::Success
+    };
+    let c = PushConsumer::builder()
+        .namesrv_addrs([namesrv])
+        .group("CTM")
+        .client_id("tc1")
+        .heartbeat_every(Duration::from_secs(1))
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(500))
+        .subscribe(TOPIC.0, "*")
+        .concurrent(listener)
+        .build()
+        .expect("a valid consumer");
+    while c.start().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::future::pending::<()>().await;
+    drop(c);
+}
+
+/// The sender and consumer nodes.
+pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [NodeHandle; 2] {
+    let (w1, w2) = (world.clone(), world.clone());
+    let tm1 = handle
+        .create_node()
+        .name("tm1")
+        .ip(IpAddr::from([10, 0, 5, 1]))
+        .init(move || sender(w1.clone(), namesrv))
+        .build();
+    let tc1 = handle
+        .create_node()
+        .name("tc1")
+        .ip(IpAddr::from([10, 0, 5, 2]))
+        .init(move || consumer(w2.clone(), namesrv))
+        .build();
+    [tm1, tc1]
+}
+
+/// Bodies in `TM`'s queues on `leader`, each as often as stored.
+fn stored_on(leader: &Replica, into: &mut std::collections::BTreeMap<String, u32>) {
+    let view = leader.store().view();
+    for q in 0..TOPIC.1 {
+        let queue = QueueId {
+            topic: TOPIC.0.into(),
+            queue_id: q,
+        };
+        let (lo, hi) = view.queue_bounds(&queue);
+        for o in lo.0..hi.0 {
+            if let Ok(m) = view.read_queue_message(&queue, raftmq_store::QueueOffset(o)) {
+                *into
+                    .entry(String::from_utf8_lossy(&m.body).into_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
+}
+
+/// After healing (at `healed_ms`): waits until every acknowledged, not recalled message is
+/// consumed (or the bound passes), reads the queues from the leaders, and judges.
+pub async fn settle<L, I>(
+    world: &TimerWorld,
+    healed_ms: u64,
+    leaders: L,
+    note: impl Fn(&str),
+    within: fn(u64) -> Deadline,
+) -> (TimerHistory, Vec<TimerViolation>)
+where
+    L: Fn() -> I,
+    I: Iterator<Item = Option<Replica>>,
+{
+    let done = try_wait_for(within(30), || {
+        let h = lock(&world.history);
+        let got: BTreeSet<&String> = h.deliveries.iter().map(|(b, _)| b).collect();
+        let all = h
+            .sent
+            .keys()
+            .filter(|b| !h.recalled.contains(*b))
+            .all(|b| got.contains(b));
+        std::future::ready(all)
+    })
+    .await;
+    if done.is_ok() {
+        note("every timed message consumed");
+    }
+    // Past every bound, so a late delivery counts as lost, not as not-yet.
+    tokio::time::sleep(Duration::from_millis(HEALTHY_BOUND_MS)).await;
+    let mut h = lock(&world.history).clone();
+    for l in leaders().flatten() {
+        stored_on(&l, &mut h.stored);
+    }
+    h.healed_ms = healed_ms;
+    h.end_ms = now_ms();
+    let v = check_timer_history(&h);
+    (h, v)
+}
