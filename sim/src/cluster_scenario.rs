@@ -61,9 +61,9 @@ use crate::queue_checks::{
 use crate::replica_checks::{
     ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
 };
-use crate::txn_checks::{TxnHistory, TxnViolation};
 use crate::timer_checks::{TimerHistory, TimerViolation};
 use crate::timer_workload::{self, TimerWorld};
+use crate::txn_checks::{TxnHistory, TxnViolation};
 use crate::txn_workload::{self, TxnWorld};
 
 const NAMESRV: &str = "10.0.1.1:9876";

@@ -124,7 +124,10 @@ mod tests {
         h.deliveries.push(("c".into(), 100));
         h.sent.insert("c".into(), 200);
         h.stored.insert("c".into(), 1);
-        assert!(matches!(check_timer_history(&h)[..], [TimerViolation::Early { .. }]));
+        assert!(matches!(
+            check_timer_history(&h)[..],
+            [TimerViolation::Early { .. }]
+        ));
 
         let mut h = clean();
         h.deliveries.push(("r".into(), 14_000));
@@ -142,11 +145,18 @@ mod tests {
 
         let mut h = clean();
         h.deliveries.retain(|(b, _)| b != "a");
-        assert!(matches!(check_timer_history(&h)[..], [TimerViolation::Lost { .. }]));
+        assert!(matches!(
+            check_timer_history(&h)[..],
+            [TimerViolation::Lost { .. }]
+        ));
 
         let mut h = clean();
         h.deliveries.retain(|(b, _)| b != "b");
-        h.deliveries.push(("b".into(), 12_000 + HEALTHY_BOUND_MS + 1));
-        assert!(matches!(check_timer_history(&h)[..], [TimerViolation::Late { .. }]));
+        h.deliveries
+            .push(("b".into(), 12_000 + HEALTHY_BOUND_MS + 1));
+        assert!(matches!(
+            check_timer_history(&h)[..],
+            [TimerViolation::Late { .. }]
+        ));
     }
 }

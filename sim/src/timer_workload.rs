@@ -64,14 +64,18 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
         let body = format!("d{i}");
         let now = now_ms();
         let m = Message::new(TOPIC.0, body.clone());
-        let m = match i % 10 {
-            0 => m.with_deliver_at_ms(now.saturating_sub(100)),
-            5 => m.with_delay_level(1),
-            _ => m.with_deliver_at_ms(now + thread_rng().gen_range(0..3_000)),
+        // What was asked (the broker's due time is never earlier: its clock read later).
+        let (m, asked) = match i % 10 {
+            0 => (m.with_deliver_at_ms(now.saturating_sub(100)), now),
+            5 => (m.with_delay_level(1), now + 1_000),
+            _ => {
+                let at = now + thread_rng().gen_range(0..3_000);
+                (m.with_deliver_at_ms(at), at)
+            }
         };
         match p.send(m).await {
             Ok(r) => {
-                let due = r.deliver_at_ms.unwrap_or(now);
+                let due = r.deliver_at_ms.unwrap_or(asked).max(asked);
                 lock(&world.history).sent.insert(body.clone(), due);
                 if i % 7 == 3 && due > now_ms() + 500 && p.recall(&r).await.is_ok() {
                     lock(&world.history).recalled.insert(body);
@@ -123,13 +127,13 @@ pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [Nod
     let tm1 = handle
         .create_node()
         .name("tm1")
-        .ip(IpAddr::from([10, 0, 5, 1]))
+        .ip(IpAddr::from([10, 0, 7, 1]))
         .init(move || sender(w1.clone(), namesrv))
         .build();
     let tc1 = handle
         .create_node()
         .name("tc1")
-        .ip(IpAddr::from([10, 0, 5, 2]))
+        .ip(IpAddr::from([10, 0, 7, 2]))
         .init(move || consumer(w2.clone(), namesrv))
         .build();
     [tm1, tc1]

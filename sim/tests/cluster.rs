@@ -154,7 +154,12 @@ fn timer_mutations_are_caught() {
                 vec![],
             ),
             2,
-            |v| matches!(v, TimerViolation::Early { .. } | TimerViolation::RecalledDelivered { .. }),
+            |v| {
+                matches!(
+                    v,
+                    TimerViolation::Early { .. } | TimerViolation::RecalledDelivered { .. }
+                )
+            },
         ),
         (
             "schedule cursor in leader memory",
@@ -177,7 +182,10 @@ fn timer_mutations_are_caught() {
             o.timer_violations.iter().any(fired)
         });
         eprintln!("{name}: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}");
-        assert!(caught > 0, "{name}: no timer checker fired on {seeds} seeds");
+        assert!(
+            caught > 0,
+            "{name}: no timer checker fired on {seeds} seeds"
+        );
     }
 }
 
