@@ -721,6 +721,7 @@ mod tests {
                 offset_msg_id: "0000000000000500g1".into(),
                 queue_id: 2,
                 queue_offset: 7,
+                ..Default::default()
             }),
         };
         // The broker always sets a status; OK is code 0, the default.
@@ -759,6 +760,8 @@ mod tests {
             offset_msg_id: "00000000000000A0g1".into(),
             queue: MessageQueue::new("T", "g1", 3),
             queue_offset: u64::MAX,
+            recall_handle: None,
+            deliver_at_ms: None,
         };
         let mut r = TransactionSendResult {
             half: half.clone(),

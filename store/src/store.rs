@@ -455,10 +455,10 @@ impl Store {
                     continue;
                 }
             }
-            if let Some(delivers) = timer::delivery_of(&m) {
-                if !delivers.is_some_and(|k| gate.admit_timer(position, k)) {
-                    continue;
-                }
+            if let Some(delivers) = timer::delivery_of(&m)
+                && !delivers.is_some_and(|k| gate.admit_timer(position, k))
+            {
+                continue;
             }
             // A timed message waits in the timer queue (the Raft layer indexes it by due time).
             let waits = timer::deliver_ms_of(&m).is_some() && !gate.timers_immediate();

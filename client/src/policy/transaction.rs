@@ -142,6 +142,7 @@ mod tests {
             offset_msg_id: "O".into(),
             queue_id: 1,
             queue_offset: 7,
+            ..Default::default()
         };
         let ok = EndTransactionResponse {
             status: None,
