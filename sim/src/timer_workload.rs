@@ -4,7 +4,7 @@
 //!
 //! - `tm1` sends `d0`, `d1`, … to topic `TM` through the fault window: most due 0–3 s ahead
 //!   (absolute times), every fifth by delay level 1 (1 s), every tenth due in the past (a
-//!   plain message); every seventh it recalls right after the send;
+//!   plain message); every tenth (due 2.5 s ahead) it recalls right after the send;
 //! - `tc1` consumes `TM` (group `CTM`) and records when each message arrived.
 
 use std::collections::BTreeSet;
@@ -68,6 +68,8 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
         let (m, asked) = match i % 10 {
             0 => (m.with_deliver_at_ms(now.saturating_sub(100)), now),
             5 => (m.with_delay_level(1), now + 1_000),
+            // Recalled below: due far enough ahead for the recall to come first.
+            3 => (m.with_deliver_at_ms(now + 2_500), now + 2_500),
             _ => {
                 let at = now + thread_rng().gen_range(0..3_000);
                 (m.with_deliver_at_ms(at), at)
@@ -77,7 +79,7 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
             Ok(r) => {
                 let due = r.deliver_at_ms.unwrap_or(asked).max(asked);
                 lock(&world.history).sent.insert(body.clone(), due);
-                if i % 7 == 3 && due > now_ms() + 500 && p.recall(&r).await.is_ok() {
+                if i % 10 == 3 && due > now_ms() + 500 && p.recall(&r).await.is_ok() {
                     lock(&world.history).recalled.insert(body);
                 }
             }

