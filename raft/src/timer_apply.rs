@@ -115,7 +115,11 @@ pub(crate) fn apply_timer_command(
         due_ms: *due_ms,
         position: Position(*position),
     };
-    if txn.timer_cursor()?.is_some_and(|c| key <= c) || txn.timer_recalled(key)? {
+    // Recalling twice is recalling once (a client retries a recall whose answer it lost).
+    if txn.timer_recalled(key)? {
+        return Ok(Some(TimerOutcome::Recalled));
+    }
+    if txn.timer_cursor()?.is_some_and(|c| key <= c) {
         return Ok(Some(TimerOutcome::NotPending));
     }
     txn.recall_timer(key)?;

@@ -268,11 +268,12 @@ impl Outcome {
         if !self.timer.sent.is_empty() {
             let t = &self.timer;
             s.push_str(&format!(
-                "timers: {} acked, {} indeterminate, {} recalled, {} deliveries\n",
+                "timers: {} acked, {} indeterminate, {} recalled, {} deliveries, {} stored from two timers (retried sends)\n",
                 t.sent.len(),
                 t.indeterminate.len(),
                 t.recalled.len(),
-                t.deliveries.len()
+                t.deliveries.len(),
+                crate::timer_checks::retried_sends(t)
             ));
         }
         for v in &self.timer_violations {

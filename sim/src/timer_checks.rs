@@ -1,13 +1,18 @@
 //! Checkers of the timed-message workload ([`crate::timer_workload`]), each shown firing on a
 //! history that breaks it (tests below).
 //!
-//! - **early**: a message consumed before its due time (minus [`SKEW_MS`]: every simulated
-//!   node reads the same clock, so a leader change moves no due time);
+//! - **early**: a message consumed before the earliest due time its sender asked for (minus
+//!   [`SKEW_MS`]: every simulated node reads the same clock, so a leader change moves no due
+//!   time). A relative delay is measured from the attempt that stored it, and the SDK may
+//!   retry a send whose first answer was lost, so the bound is the one read before sending;
 //! - **recalled**: a message whose recall the broker acknowledged, consumed;
-//! - **stored twice**: a message in its topic's queues more than once (a delivery repeated by
-//!   a new leader or a stale proposal; consumer-side redelivery is not counted: the queues are
-//!   read, not the deliveries);
-//! - **lost**: an acknowledged, not recalled message due before the end, never consumed;
+//! - **stored twice**: one timer delivered into its topic's queues more than once (a
+//!   delivery repeated by a new leader or a stale proposal). Copies are told apart by the
+//!   timer they came from (the `RAFTMQ_TIMER` property, `due:position`): a send the SDK
+//!   retried is two timers, each delivered once, and is counted apart ([`retried_sends`]).
+//!   Consumer-side redelivery is not counted: the queues are read, not the deliveries;
+//! - **lost**: an acknowledged message due before the end, never consumed, whose recall was
+//!   neither acknowledged nor attempted without an answer;
 //! - **late**: a message due after the faults healed, consumed more than [`HEALTHY_BOUND_MS`]
 //!   after its due time.
 
@@ -22,16 +27,23 @@ pub const HEALTHY_BOUND_MS: u64 = 3_000;
 /// What the timed-message workload saw (times: the brokers' clock, ms since the epoch).
 #[derive(Debug, Clone, Default)]
 pub struct TimerHistory {
-    /// Acknowledged timed sends: body → due time.
+    /// Acknowledged timed sends: body → due time (the acknowledged attempt's).
     pub sent: BTreeMap<String, u64>,
+    /// Acknowledged timed sends: body → the earliest due time any attempt could have had
+    /// (read before the send; missing means the same as `sent`).
+    pub not_before: BTreeMap<String, u64>,
     /// Sends whose outcome is unknown.
     pub indeterminate: BTreeSet<String>,
     /// Acknowledged recalls.
     pub recalled: BTreeSet<String>,
+    /// Recalls whose outcome is unknown (the client gave up): such a message may or may not
+    /// be delivered, so it is neither lost nor wrongly delivered.
+    pub recall_unknown: BTreeSet<String>,
     /// Consumed: (body, when).
     pub deliveries: Vec<(String, u64)>,
-    /// The topic's queues at the end, read from each group's leader: body → copies.
-    pub stored: BTreeMap<String, u32>,
+    /// The topic's queues at the end, read from each group's leader: (body, the timer it was
+    /// delivered from — empty for a message stored plain) → copies.
+    pub stored: BTreeMap<(String, String), u32>,
     /// When the faults healed.
     pub healed_ms: u64,
     /// When the checks ran (messages due before `end_ms - HEALTHY_BOUND_MS` must be consumed).
@@ -60,10 +72,11 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
             out.push(TimerViolation::RecalledDelivered { body: body.clone() });
         }
         if let Some(&due) = h.sent.get(&body) {
-            if at + SKEW_MS < due {
+            let earliest = h.not_before.get(&body).copied().unwrap_or(due).min(due);
+            if at + SKEW_MS < earliest {
                 out.push(TimerViolation::Early {
                     body: body.clone(),
-                    due,
+                    due: earliest,
                     at,
                 });
             } else if due >= h.healed_ms && at > due + HEALTHY_BOUND_MS {
@@ -71,8 +84,8 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
             }
         }
     }
-    for (body, &copies) in &h.stored {
-        if copies > 1 {
+    for ((body, timer), &copies) in &h.stored {
+        if copies > 1 && !timer.is_empty() {
             out.push(TimerViolation::StoredTwice {
                 body: body.clone(),
                 copies,
@@ -81,7 +94,8 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
     }
     for (body, &due) in &h.sent {
         let deadline = h.end_ms.saturating_sub(HEALTHY_BOUND_MS);
-        if due <= deadline && !h.recalled.contains(body) && !first.contains_key(body.as_str()) {
+        let maybe_recalled = h.recalled.contains(body) || h.recall_unknown.contains(body);
+        if due <= deadline && !maybe_recalled && !first.contains_key(body.as_str()) {
             out.push(TimerViolation::Lost {
                 body: body.clone(),
                 due,
@@ -89,6 +103,16 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
         }
     }
     out
+}
+
+/// Bodies stored from more than one timer: sends the SDK retried (each attempt its own
+/// timer), for reports.
+pub fn retried_sends(h: &TimerHistory) -> usize {
+    let mut timers: BTreeMap<&str, usize> = BTreeMap::new();
+    for (body, _) in h.stored.keys() {
+        *timers.entry(body).or_default() += 1;
+    }
+    timers.values().filter(|&&n| n > 1).count()
 }
 
 #[cfg(test)]
@@ -108,8 +132,8 @@ mod tests {
         h.deliveries.push(("a".into(), 9_000));
         h.deliveries.push(("b".into(), 12_500));
         h.deliveries.push(("b".into(), 12_900));
-        h.stored.insert("a".into(), 1);
-        h.stored.insert("b".into(), 1);
+        h.stored.insert(("a".into(), "5000:1".into()), 1);
+        h.stored.insert(("b".into(), "12000:2".into()), 1);
         h
     }
 
@@ -123,10 +147,26 @@ mod tests {
         let mut h = clean();
         h.deliveries.push(("c".into(), 100));
         h.sent.insert("c".into(), 200);
-        h.stored.insert("c".into(), 1);
+        h.stored.insert(("c".into(), "200:3".into()), 1);
         assert!(matches!(
             check_timer_history(&h)[..],
             [TimerViolation::Early { .. }]
+        ));
+
+        // A retried send: judged by the earliest due asked for, so a copy due before the
+        // acknowledged attempt's is fine, and one before the asked bound is not.
+        let mut h = clean();
+        h.sent.insert("c".into(), 2_000);
+        h.not_before.insert("c".into(), 1_500);
+        h.deliveries.push(("c".into(), 1_600));
+        h.stored.insert(("c".into(), "1500:3".into()), 1);
+        h.stored.insert(("c".into(), "2000:4".into()), 1);
+        assert_eq!(check_timer_history(&h), vec![]);
+        assert_eq!(retried_sends(&h), 1);
+        h.deliveries.push(("c".into(), 1_400));
+        assert!(matches!(
+            check_timer_history(&h)[..],
+            [TimerViolation::Early { due: 1_500, .. }]
         ));
 
         let mut h = clean();
@@ -137,7 +177,7 @@ mod tests {
         ));
 
         let mut h = clean();
-        h.stored.insert("a".into(), 2);
+        h.stored.insert(("a".into(), "5000:1".into()), 2);
         assert!(matches!(
             check_timer_history(&h)[..],
             [TimerViolation::StoredTwice { copies: 2, .. }]
@@ -149,6 +189,9 @@ mod tests {
             check_timer_history(&h)[..],
             [TimerViolation::Lost { .. }]
         ));
+        // Unless its recall went unanswered (it may have been recalled).
+        h.recall_unknown.insert("a".into());
+        assert_eq!(check_timer_history(&h), vec![]);
 
         let mut h = clean();
         h.deliveries.retain(|(b, _)| b != "b");

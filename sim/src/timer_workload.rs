@@ -78,9 +78,15 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
         match p.send(m).await {
             Ok(r) => {
                 let due = r.deliver_at_ms.unwrap_or(asked).max(asked);
-                lock(&world.history).sent.insert(body.clone(), due);
-                if i % 10 == 3 && due > now_ms() + 500 && p.recall(&r).await.is_ok() {
-                    lock(&world.history).recalled.insert(body);
+                let mut h = lock(&world.history);
+                h.sent.insert(body.clone(), due);
+                h.not_before.insert(body.clone(), asked);
+                drop(h);
+                if i % 10 == 3 && due > now_ms() + 500 {
+                    match p.recall(&r).await {
+                        Ok(()) => lock(&world.history).recalled.insert(body),
+                        Err(_) => lock(&world.history).recall_unknown.insert(body),
+                    };
                 }
             }
             Err(_) => {
@@ -141,8 +147,8 @@ pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [Nod
     [tm1, tc1]
 }
 
-/// Bodies in `TM`'s queues on `leader`, each as often as stored.
-fn stored_on(leader: &Replica, into: &mut std::collections::BTreeMap<String, u32>) {
+/// Bodies in `TM`'s queues on `leader`, by the timer each came from, each as often as stored.
+fn stored_on(leader: &Replica, into: &mut std::collections::BTreeMap<(String, String), u32>) {
     let view = leader.store().view();
     for q in 0..TOPIC.1 {
         let queue = QueueId {
@@ -152,8 +158,13 @@ fn stored_on(leader: &Replica, into: &mut std::collections::BTreeMap<String, u32
         let (lo, hi) = view.queue_bounds(&queue);
         for o in lo.0..hi.0 {
             if let Ok(m) = view.read_queue_message(&queue, raftmq_store::QueueOffset(o)) {
+                let timer = m
+                    .properties
+                    .get(raftmq_store::timer::PROPERTY_TIMER_KEY)
+                    .cloned()
+                    .unwrap_or_default();
                 *into
-                    .entry(String::from_utf8_lossy(&m.body).into_owned())
+                    .entry((String::from_utf8_lossy(&m.body).into_owned(), timer))
                     .or_default() += 1;
             }
         }

@@ -236,7 +236,12 @@ impl TimerManager {
         self.replica.read_barrier().await?;
         let view = self.replica.store().view();
         let Some(t) = view.meta().timer_at(position)? else {
-            // Delivered or recalled, or never a timed message.
+            // Already recalled and not yet behind the cursor: recalling again succeeds (a
+            // client retries a recall whose answer it lost).
+            if view.meta().timers_recalled()?.iter().any(|k| k.position == position) {
+                return Ok(());
+            }
+            // Delivered or recalled long ago, or never a timed message.
             return match view.read_message_at(position) {
                 Ok(m) if m.properties.contains_key(PROPERTY_DELIVER_MS) => Err(
                     Refusal::TimerNotPending(format!("{handle:?} was delivered or recalled")),
