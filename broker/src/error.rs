@@ -58,6 +58,9 @@ pub enum Refusal {
     /// The message named is not held by this broker group.
     #[error("{0}")]
     MessageNotFound(String),
+    /// No configuration for that consumer group.
+    #[error("{0}")]
+    GroupNotFound(String),
 }
 
 impl Refusal {
@@ -94,6 +97,7 @@ impl Refusal {
             Refusal::TimerNotFound(_) => ErrorCode::TimerNotFound,
             Refusal::TimerNotPending(_) => ErrorCode::TimerNotPending,
             Refusal::MessageNotFound(_) => ErrorCode::MessageNotFound,
+            Refusal::GroupNotFound(_) => ErrorCode::GroupNotFound,
         }
     }
 
@@ -163,6 +167,8 @@ replies!(
     CreateTopicResponse,
     DeleteTopicResponse,
     ListTopicsResponse,
+    PutGroupResponse,
+    ListGroupsResponse,
     TopicStatsResponse,
     ConsumerProgressResponse,
     GroupStatusResponse,

@@ -1,7 +1,9 @@
 //! Timed messages and retry over real gRPC on loopback (one name server, a three-replica
 //! group): delivery not before due and in due order, recall, the codes of bad delays and
 //! recalls, delivery that continues across a leader change with nothing repeated, and
-//! send-back to the retry topic and then the DLQ.
+//! send-back to the retry topic and then the DLQ, by the request's maximum or the consumer
+//! group's replicated config, and an orderly consumer's send-back (nothing stored until the
+//! maximum).
 #![cfg(not(madsim))]
 
 mod common;
@@ -271,6 +273,7 @@ async fn send_back_retries_then_dead_letters() -> anyhow::Result<()> {
         reconsume_times: times,
         max_reconsume_times: 2,
         delay_level: 0,
+        orderly: false,
     };
     // Attempt 1 failed: to the retry topic, due in 1 s, reconsume_times 1.
     let b1 = send_back(&c, back(&r.results[0].offset_msg_id, 0)).await;
@@ -331,6 +334,67 @@ async fn send_back_retries_then_dead_letters() -> anyhow::Result<()> {
     // A message this group does not hold.
     let nf = send_back(&c, back(&format!("{:016X}g1", 1u64 << 40), 0)).await;
     assert_eq!(code(&nf.status), ErrorCode::MessageNotFound);
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_configs_set_the_maximum_and_the_backoff() -> anyhow::Result<()> {
+    let c = Cluster::start_with(|b| b.timer.retry_backoff = "1h".into()).await?;
+    c.create_topic("T", 1, 6).await?;
+    let cfg = |max: u32, backoff: Vec<u64>| ConsumerGroupConfig {
+        name: "G".into(),
+        max_reconsume_times: max,
+        retry_backoff_ms: backoff,
+        consume_first: false,
+    };
+    // An update of a group never created, and configs past the limits, are refused.
+    assert_eq!(
+        c.put_group(cfg(1, vec![]), true).await?,
+        ErrorCode::GroupNotFound
+    );
+    assert_eq!(
+        c.put_group(cfg(1, vec![1; 65]), false).await?,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        c.put_group(cfg(100_000, vec![]), false).await?,
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(c.put_group(cfg(5, vec![]), false).await?, ErrorCode::Ok);
+    // The update: a 300 ms backoff (not the broker's hour), two attempts.
+    assert_eq!(c.put_group(cfg(2, vec![300]), true).await?, ErrorCode::Ok);
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let listed = c
+        .admin(leader)
+        .await?
+        .list_groups(ListGroupsRequest {})
+        .await?
+        .into_inner()
+        .groups;
+    assert_eq!(listed, vec![cfg(2, vec![300])]);
+
+    let r = c.send(vec![timed("T", "x", &[])]).await?;
+    let id = r.results[0].offset_msg_id.clone();
+    let back = |times: u32, orderly: bool| SendBackRequest {
+        consumer_group: "G".into(),
+        offset_msg_id: id.clone(),
+        reconsume_times: times,
+        max_reconsume_times: 0,
+        delay_level: 0,
+        orderly,
+    };
+    // Orderly, before the maximum: retried in place, nothing stored.
+    let o = send_back(&c, back(0, true)).await;
+    assert_eq!(code(&o.status), ErrorCode::Ok, "{:?}", o.status);
+    assert_eq!(o.topic, "");
+    // Concurrent: to the retry topic, due after the group's 300 ms.
+    let b = send_back(&c, back(0, false)).await;
+    assert_eq!(b.topic, "%RETRY%G");
+    wait_bodies(&c, "%RETRY%G", &["x"], Duration::from_secs(10)).await;
+    // At the group's maximum (2): to the DLQ, orderly or not.
+    let d = send_back(&c, back(2, true)).await;
+    assert_eq!(d.topic, "%DLQ%G");
     c.shutdown().await;
     Ok(())
 }

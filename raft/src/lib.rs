@@ -31,8 +31,8 @@ pub use replica::{
     BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
 };
 pub use types::{
-    AssignedOffset, Command, CommandResult, MetaCommand, NodeId, TimerOutcome, TxnOutcome,
-    TypeConfig,
+    AssignedOffset, Command, CommandResult, GroupSpec, MetaCommand, NodeId, TimerOutcome,
+    TxnOutcome, TypeConfig,
 };
 
 /// The openraft handle of one replica.

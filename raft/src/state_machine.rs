@@ -36,6 +36,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, S
 use openraft::{EntryPayload, RaftTypeConfig};
 use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
+use raftmq_store::groups::GroupConfig;
 use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
 use raftmq_store::store::ResetPoint;
 use raftmq_store::timer::TimerKey;
@@ -88,6 +89,10 @@ pub struct SnapshotState {
     /// Recalled keys past the cursor (`due:position`).
     #[serde(default)]
     pub timers_recalled: Vec<String>,
+    /// Consumer group configurations: (name, record encoded as in `raftmq_store::groups`, in
+    /// hex).
+    #[serde(default)]
+    pub groups: Vec<(String, String)>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
     /// boundary (absent in a snapshot of the applied state).
     #[serde(default)]
@@ -155,6 +160,12 @@ fn state_of(
             .map_err(io_err)?
             .into_iter()
             .map(|k| k.to_string())
+            .collect(),
+        groups: meta
+            .groups()
+            .map_err(io_err)?
+            .into_iter()
+            .map(|g| (g.name.clone(), to_hex(&g.encode())))
             .collect(),
         boundary,
     })
@@ -361,6 +372,19 @@ impl StateMachine {
                 TxnRecord::decode(&raw).map_err(io_err)
             })
             .collect::<io::Result<Vec<_>>>()?;
+        let groups = state
+            .groups
+            .iter()
+            .map(|(name, hex)| {
+                let raw = from_hex(hex).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "snapshot: a group config is not hex",
+                    )
+                })?;
+                GroupConfig::decode(name, &raw).map_err(io_err)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let bad_key = |_| io::Error::new(io::ErrorKind::InvalidData, "snapshot: bad timer key");
         let timer_cursor: Option<TimerKey> = state
             .timer_cursor
@@ -408,6 +432,10 @@ impl StateMachine {
                 }
                 for k in &recalled {
                     txn.recall_timer(*k)?;
+                }
+                txn.clear_groups()?;
+                for g in &groups {
+                    txn.put_group(g)?;
                 }
                 txn.set_applied(&raftmq_store::LogId {
                     term: last.leader_id.term,
@@ -484,6 +512,18 @@ fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
             perm: t.perm,
         }),
         MetaCommand::DeleteTopic { name } => txn.delete_topic(name).map(|_| ()),
+        // The broker checks the limits before proposing; a config past them (from a broker
+        // with other limits) is skipped the same way on every replica, never fatal.
+        MetaCommand::PutGroup(g) => {
+            let g = g.to_config();
+            match g.validate() {
+                Ok(()) => txn.put_group(&g),
+                Err(e) => {
+                    tracing::warn!(group = %g.name, error = %e, "group config refused at apply");
+                    Ok(())
+                }
+            }
+        }
         // Committed offsets only move forward: a member that lost a queue may still commit
         // its older position after the new owner committed further (at-least-once, but the
         // group must not fall back). Moving back is an explicit reset, which is not a commit.

@@ -102,6 +102,37 @@ pub enum MetaCommand {
     /// Recall the pending timer `(due_ms, position)`: its delivery copies are refused from
     /// now on (see `raftmq_store::timer`).
     RecallTimer { due_ms: u64, position: u64 },
+    /// Create or update a consumer group's configuration.
+    PutGroup(GroupSpec),
+}
+
+/// A consumer group's configuration as replicated (see `raftmq_store::groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub name: String,
+    /// 0: the broker's default.
+    pub max_reconsume_times: u32,
+    /// Empty: the broker's default backoff.
+    pub retry_backoff_ms: Vec<u64>,
+    /// A group without a committed offset starts at the first retained message (else at
+    /// the end).
+    pub consume_first: bool,
+}
+
+impl GroupSpec {
+    /// The store's form.
+    pub fn to_config(&self) -> raftmq_store::groups::GroupConfig {
+        raftmq_store::groups::GroupConfig {
+            name: self.name.clone(),
+            max_reconsume_times: self.max_reconsume_times,
+            retry_backoff_ms: self.retry_backoff_ms.clone(),
+            consume_from: if self.consume_first {
+                raftmq_store::groups::GroupConsumeFrom::First
+            } else {
+                raftmq_store::groups::GroupConsumeFrom::Last
+            },
+        }
+    }
 }
 
 /// A topic's configuration as replicated.

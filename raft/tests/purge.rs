@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Node, metrics, retry_not_leader, start_with, write_retrying};
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
 use raftmq_raft::types::{OffsetCommit, TopicSpec};
-use raftmq_raft::{MetaCommand, NodeId, Replica, ReplicaConfig, TxnOutcome};
+use raftmq_raft::{GroupSpec, MetaCommand, NodeId, Replica, ReplicaConfig, TxnOutcome};
 use raftmq_store::{Message, txn};
 use raftmq_testkit::{wait_for, wait_until};
 
@@ -210,6 +210,13 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
         perm: 6,
     });
     retry_not_leader(|| leader.propose(topic.clone())).await?;
+    let group = GroupSpec {
+        name: "CG".into(),
+        max_reconsume_times: 3,
+        retry_backoff_ms: vec![100, 200],
+        consume_first: true,
+    };
+    retry_not_leader(|| leader.propose(MetaCommand::PutGroup(group.clone()))).await?;
     write_batches(&leader, 0, 10).await?;
     commit_offset(&leader, 5).await?;
     // Two transactions in the first segment: one committed later, one left undecided.
@@ -284,6 +291,11 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
             "the undecided transaction came with the snapshot"
         );
         assert_eq!(pending[0].half.0, h3);
+        assert_eq!(
+            r.store().lock().meta().groups()?,
+            vec![group.to_config()],
+            "the group config came with the snapshot"
+        );
     }
     // Decided on the new leader's word after the install: committed on every replica.
     commit_half(&leader, 3, h3).await?;

@@ -30,6 +30,7 @@ pub mod disk;
 pub mod entryfile;
 pub mod error;
 pub mod flush;
+pub mod groups;
 pub mod indexfile;
 pub mod message;
 pub mod meta;

@@ -22,6 +22,7 @@
 //!   decision), kept until a checkpoint passes them (see [`crate::txn`]).
 //! - `timers`, `timers_by_position`, `timers_recalled`, `timer_refused_copies` and the state
 //!   key `timer_cursor`: pending timers and the scheduler's progress (see [`crate::timer`]).
+//! - `groups`: consumer group name → its configuration (see [`crate::groups`]).
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
@@ -496,6 +497,7 @@ impl MetaTxn {
         self.txn.open_table(TXN_DECIDED).map_err(meta_err)?;
         self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
         crate::timer::ensure_tables(self)?;
+        crate::groups::ensure_tables(self)?;
         Ok(())
     }
 

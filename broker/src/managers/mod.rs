@@ -9,6 +9,7 @@
 //! | [`long_poll`] | held pulls, woken by apply | none (the replica's applied signal) |
 //! | [`offsets`] | committed consumer offsets, consumer progress | replicated (MetaStore, via Raft) |
 //! | [`consumer_groups`] | members by heartbeat, queue locks (orderly consumption) | per replica, in memory |
+//! | [`group_configs`] | consumer group configs: max reconsume times, retry backoff, consume-from | replicated (MetaStore, via Raft) |
 //! | [`transactions`] | half messages, `EndTransaction`, the leader's checker | replicated (the transaction table, via Raft) |
 //! | [`channels`] | open client channels (server→client calls), by group | per replica (the leader's), in memory |
 //! | [`timers`] | timed messages (delay levels, delivery times, recall), the leader's scheduler, send-back to retry/DLQ | replicated (the timer index and cursor, via Raft) |
@@ -20,6 +21,7 @@
 
 pub mod channels;
 pub mod consumer_groups;
+pub mod group_configs;
 pub mod long_poll;
 pub mod messages;
 pub mod offsets;
@@ -40,6 +42,7 @@ pub(crate) struct Managers {
     pub long_poll: long_poll::PullHolds,
     pub offsets: offsets::OffsetManager,
     pub consumer_groups: consumer_groups::ConsumerGroups,
+    pub group_configs: group_configs::GroupConfigs,
     pub transactions: transactions::TransactionManager,
     pub timers: timers::TimerManager,
     pub channels: Arc<channels::ClientChannels>,
@@ -62,6 +65,7 @@ impl Managers {
             long_poll: long_poll::PullHolds::new(replica.clone()),
             offsets: offsets::OffsetManager::new(replica.clone()),
             consumer_groups: consumer_groups::ConsumerGroups::new(config.client_expire_ms),
+            group_configs: group_configs::GroupConfigs::new(replica.clone()),
             transactions: transactions::TransactionManager::new(
                 replica.clone(),
                 &config.group,

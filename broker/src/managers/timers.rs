@@ -238,7 +238,12 @@ impl TimerManager {
         let Some(t) = view.meta().timer_at(position)? else {
             // Already recalled and not yet behind the cursor: recalling again succeeds (a
             // client retries a recall whose answer it lost).
-            if view.meta().timers_recalled()?.iter().any(|k| k.position == position) {
+            if view
+                .meta()
+                .timers_recalled()?
+                .iter()
+                .any(|k| k.position == position)
+            {
                 return Ok(());
             }
             // Delivered or recalled long ago, or never a timed message.
@@ -290,10 +295,22 @@ impl TimerManager {
         {
             return Err(not_held());
         }
-        let max = if req.max_reconsume_times == 0 {
-            self.config.max_reconsume_times
-        } else {
-            req.max_reconsume_times
+        // The request's maximum (a consumer's own setting), else the group's config, else
+        // the broker's default; likewise the backoff.
+        let group_cfg = self
+            .replica
+            .store()
+            .view()
+            .meta()
+            .group(&req.consumer_group)?;
+        let max = match (req.max_reconsume_times, &group_cfg) {
+            (0, Some(g)) if g.max_reconsume_times > 0 => g.max_reconsume_times,
+            (0, _) => self.config.max_reconsume_times,
+            (n, _) => n,
+        };
+        let backoff = match &group_cfg {
+            Some(g) if !g.retry_backoff_ms.is_empty() => g.retry_backoff_ms.as_slice(),
+            _ => self.backoff.as_slice(),
         };
         // The attempt that failed was the message's `reconsume_times + 1`-th delivery.
         let to_dlq = if self.retry_off_by_one {
@@ -301,6 +318,10 @@ impl TimerManager {
         } else {
             req.reconsume_times >= max
         };
+        if req.orderly && !to_dlq {
+            // Retried in place by the consumer: nothing to store yet.
+            return Ok(String::new());
+        }
         m.properties
             .entry(PROPERTY_RETRY_TOPIC.into())
             .or_insert_with(|| m.topic.clone());
@@ -328,8 +349,8 @@ impl TimerManager {
                 .await?;
             let delay = match req.delay_level {
                 0 => {
-                    let i = (req.reconsume_times as usize).min(self.backoff.len() - 1);
-                    self.backoff[i]
+                    let i = (req.reconsume_times as usize).min(backoff.len() - 1);
+                    backoff[i]
                 }
                 l => *self.levels.get(l as usize - 1).ok_or_else(|| {
                     Refusal::DelayOutOfRange(format!(

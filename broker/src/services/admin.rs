@@ -53,6 +53,29 @@ impl Admin for AdminImpl {
         )
     }
 
+    async fn put_group(&self, req: Request<PutGroupRequest>) -> Res<PutGroupResponse> {
+        let req = req.into_inner();
+        let r = match req.group {
+            None => Err(Refusal::InvalidArgument("no group".into())),
+            Some(g) => {
+                self.shared
+                    .managers
+                    .group_configs
+                    .put(g, req.must_exist)
+                    .await
+            }
+        };
+        done(r)
+    }
+
+    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Res<ListGroupsResponse> {
+        let r = self.shared.managers.group_configs.list();
+        respond(r.map(|groups| ListGroupsResponse {
+            status: None,
+            groups,
+        }))
+    }
+
     async fn list_topics(&self, _req: Request<ListTopicsRequest>) -> Res<ListTopicsResponse> {
         respond(Ok(ListTopicsResponse {
             status: None,

@@ -174,6 +174,32 @@ impl Cluster {
         }
     }
 
+    /// Puts a consumer group's configuration through whichever replica leads; the status
+    /// it answered (retrying NOT_LEADER and UNAVAILABLE for a bounded time).
+    #[allow(dead_code)]
+    pub async fn put_group(
+        &self,
+        group: ConsumerGroupConfig,
+        must_exist: bool,
+    ) -> anyhow::Result<ErrorCode> {
+        let r = wait_for(
+            Duration::from_secs(10),
+            "a group config put by a leader",
+            || async {
+                let leader = self.wait_leader(Duration::from_secs(10)).await;
+                let req = PutGroupRequest {
+                    group: Some(group.clone()),
+                    must_exist,
+                };
+                let r = self.admin(leader).await.ok()?.put_group(req).await.ok()?;
+                let c = code(&r.into_inner().status);
+                (!matches!(c, ErrorCode::NotLeader | ErrorCode::Unavailable)).then_some(c)
+            },
+        )
+        .await;
+        Ok(r)
+    }
+
     /// Sends through whichever replica leads, following NOT_LEADER hints and retrying
     /// UNAVAILABLE, for a bounded time.
     pub async fn send(&self, messages: Vec<Message>) -> anyhow::Result<SendResponse> {
