@@ -385,7 +385,8 @@ async fn lite_pull_poll_commit_seek() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconsume_later_redelivers_after_a_delay() -> anyhow::Result<()> {
-    let l = local().await?;
+    // Back through the retry topic after the broker's first backoff step (1 s here).
+    let l = common::local_with(|c| c.timer.retry_backoff = "1s".into()).await?;
     let p = Producer::builder()
         .namesrv_addrs([l.namesrv.as_str()])
         .group("P")

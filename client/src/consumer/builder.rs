@@ -46,6 +46,8 @@ pub struct PushConsumerBuilder {
     pub(super) offset_file: Option<PathBuf>,
     pub(super) client_id: Option<String>,
     pub(super) heartbeat_every: Duration,
+    pub(super) max_reconsume_times: u32,
+    pub(super) consume_timeout: Duration,
 }
 
 impl PushConsumerBuilder {
@@ -231,6 +233,28 @@ impl PushConsumerBuilder {
     /// let missing_group = PushConsumer::builder().namesrv_addrs(["x:1"]).subscribe("T", "*").concurrent(|_| ConsumeResult::Success).build();
     /// assert!(missing_group.is_err());
     /// ```
+    /// Failed deliveries after which a message goes to the group's DLQ (0, the default: the
+    /// group's replicated config, else the broker's default of 16).
+    ///
+    /// ```
+    /// let b = raftmq_client::PushConsumer::builder().max_reconsume_times(3);
+    /// ```
+    pub fn max_reconsume_times(mut self, n: u32) -> Self {
+        self.max_reconsume_times = n;
+        self
+    }
+
+    /// How long a listener call may run before the batch counts as failed (default
+    /// [`super::CONSUME_TIMEOUT`], 15 minutes).
+    ///
+    /// ```
+    /// let b = raftmq_client::PushConsumer::builder().consume_timeout(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn consume_timeout(mut self, d: std::time::Duration) -> Self {
+        self.consume_timeout = d;
+        self
+    }
+
     pub fn build(self) -> Result<PushConsumer, ClientError> {
         let bad = |m: String| Err(ClientError::InvalidArgument(m));
         self.opts.validate("consumer")?;
@@ -240,6 +264,9 @@ impl PushConsumerBuilder {
         }
         for t in self.subscriptions.keys() {
             check_name("topic", t).map_err(|e| ClientError::InvalidArgument(e.message))?;
+        }
+        if self.consume_timeout.is_zero() {
+            return bad("consume_timeout must be positive".into());
         }
         let Some(listener) = self.listener.clone() else {
             return bad("a listener (concurrent or orderly) is required".into());
@@ -260,8 +287,16 @@ impl PushConsumerBuilder {
         let offset_file = self.offset_file.clone().unwrap_or_else(|| {
             PathBuf::from("raftmq-offsets").join(format!("{}@{client_id}", self.opts.group))
         });
+        // Concurrent members of a clustering group consume the group's retry topic too
+        // (unless the application subscribed to it itself).
+        let retry_topic = (!listener.is_orderly() && self.model == MessageModel::Clustering)
+            .then(|| super::retry_topic(&self.opts.group))
+            .filter(|r| !self.subscriptions.contains_key(r));
         Ok(PushConsumer {
             inner: Arc::new(Inner {
+                retry_topic,
+                retry_routed: AtomicBool::new(false),
+                retry_wanted: AtomicBool::new(false),
                 routes: self.opts.routes(),
                 listener_calls: Semaphore::new(self.consume_threads),
                 local: LocalOffsets::new(offset_file),

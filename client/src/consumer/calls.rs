@@ -166,7 +166,14 @@ pub(crate) fn received(
 /// A stored message of `q` as the application sees it (`None` if it carries no message).
 pub(crate) fn to_received(q: MessageQueue, m: StoredMessage) -> Option<ReceivedMessage> {
     let inner_msg = m.message?;
+    let topic = inner_msg
+        .properties
+        .get(super::PROPERTY_RETRY_TOPIC)
+        .filter(|_| q.topic.starts_with(super::RETRY_PREFIX))
+        .cloned()
+        .unwrap_or_else(|| q.topic.clone());
     Some(ReceivedMessage {
+        topic,
         queue: q,
         queue_offset: m.queue_offset,
         msg_id: inner_msg.msg_id,

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use raftmq_proto::ErrorCode;
 use raftmq_proto::v1::{
@@ -35,6 +36,8 @@ pub(super) struct Control {
     last_commit: Instant,
     /// When it last heartbeat, and the leaders it heartbeat to.
     last_heartbeat: Option<(Instant, BTreeSet<String>)>,
+    /// When the retry topic was last looked up (until it is routed).
+    retry_checked: Option<Instant>,
 }
 
 impl Control {
@@ -47,6 +50,7 @@ impl Control {
             incomplete: false,
             last_commit: Instant::now(),
             last_heartbeat: None,
+            retry_checked: None,
         }
     }
 
@@ -73,12 +77,13 @@ impl Control {
             self.last_heartbeat = Some((Instant::now(), leaders));
         }
         let mut changed = false;
-        for topic in inner.cfg.subscriptions.keys() {
+        self.look_up_retry_topic().await;
+        for topic in inner.topics() {
             let now = match inner.cfg.model {
                 MessageModel::Broadcasting => vec![inner.client_id.clone()],
-                MessageModel::Clustering => group_members(&inner, topic).await.unwrap_or_default(),
+                MessageModel::Clustering => group_members(&inner, &topic).await.unwrap_or_default(),
             };
-            changed |= self.members.observe(topic, now);
+            changed |= self.members.observe(&topic, now);
         }
         let periodic = self
             .last_rebalance
@@ -96,11 +101,41 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Until the group's retry topic is routed: looks it up when a message was just sent
+    /// back, and otherwise every [`REBALANCE_EVERY`] (another member may have sent one back).
+    async fn look_up_retry_topic(&mut self) {
+        let inner = &self.inner;
+        let Some(topic) = &inner.retry_topic else {
+            return;
+        };
+        if inner.retry_routed.load(Ordering::Acquire) {
+            return;
+        }
+        let asked = inner.retry_wanted.swap(false, Ordering::AcqRel);
+        let due = self
+            .retry_checked
+            .is_none_or(|t| t.elapsed() >= REBALANCE_EVERY);
+        if !(asked || due) {
+            return;
+        }
+        self.retry_checked = Some(Instant::now());
+        if inner
+            .routes
+            .route(topic, true)
+            .await
+            .is_ok_and(|r| !r.read_queues.is_empty())
+        {
+            inner.retry_routed.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// The leaders of every group holding a subscribed topic, from the cached routes.
 async fn leaders(inner: &Inner) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for t in inner.cfg.subscriptions.keys() {
-        if let Ok(r) = inner.routes.route(t, false).await {
+    for t in inner.topics() {
+        if let Ok(r) = inner.routes.route(&t, false).await {
             out.extend(r.leaders.values().cloned());
         }
     }
@@ -121,9 +156,11 @@ pub(super) async fn heartbeat(inner: &Inner, member: bool) {
                 .cfg
                 .subscriptions
                 .iter()
+                .map(|(t, e)| (t, e.as_str()))
+                .chain(inner.retry_topic.iter().map(|r| (r, "*")))
                 .map(|(t, e)| Subscription {
                     topic: t.clone(),
-                    expression: e.clone(),
+                    expression: e.to_string(),
                 })
                 .collect(),
         }]
@@ -146,8 +183,8 @@ pub(super) async fn heartbeat(inner: &Inner, member: bool) {
     // A replica that no longer leads (or none reached): refresh the routes, so the next round
     // sees the new leaders and heartbeats them at once.
     if stale {
-        for t in inner.cfg.subscriptions.keys() {
-            let _ = inner.routes.route(t, true).await;
+        for t in inner.topics() {
+            let _ = inner.routes.route(&t, true).await;
         }
     }
 }
@@ -218,7 +255,8 @@ async fn wanted_queues(
 ) -> (BTreeSet<MessageQueue>, bool) {
     let mut complete = true;
     let mut wanted = BTreeSet::new();
-    for topic in inner.cfg.subscriptions.keys() {
+    for topic in inner.topics() {
+        let topic = topic.as_str();
         let Ok(route) = inner.routes.route(topic, false).await else {
             complete = false;
             continue;

@@ -1,13 +1,17 @@
-//! Listener dispatch: hands batches to the application's listener, at most `consume_threads`
-//! calls at once, and hands a batch back after a growing pause when the listener asks for a
-//! redelivery.
+//! Listener dispatch: one call of the application's listener on a batch, at most
+//! `consume_threads` calls at once. A call fails when the listener asks for a redelivery,
+//! panics, or runs longer than `consume_timeout` (its answer is then not trusted, as
+//! RocketMQ's consumers treat a timed-out consumption); what happens to a failed batch is
+//! `retry`'s business.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::{ConsumeResult, ReceivedMessage};
-use crate::policy::consume::reconsume_pause;
 
 pub(super) type ListenerFn = Arc<dyn Fn(&[ReceivedMessage]) -> ConsumeResult + Send + Sync>;
 
@@ -20,33 +24,50 @@ pub(super) enum Listener {
     Orderly(ListenerFn),
 }
 
+/// Why a call did not consume its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    ReconsumeLater,
+    Panicked,
+    TimedOut,
+}
+
+impl Failure {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Failure::ReconsumeLater => "the listener asked to reconsume later",
+            Failure::Panicked => "the listener panicked",
+            Failure::TimedOut => "the listener ran past consume_timeout",
+        }
+    }
+}
+
 impl Listener {
     pub(super) fn is_orderly(&self) -> bool {
         matches!(self, Listener::Orderly(_))
     }
 
-    /// Hands `chunk` to the listener until it succeeds, pausing longer each time it asks for
-    /// a redelivery (`reconsume_times` counts them). `calls` bounds the calls running at once
-    /// across every queue of the consumer.
-    pub(super) async fn deliver(&self, calls: &Semaphore, chunk: &[ReceivedMessage]) {
+    /// Calls the listener once on `batch`, counted against `calls` (which bounds the calls
+    /// running at once across every queue of the consumer).
+    pub(super) async fn call(
+        &self,
+        calls: &Semaphore,
+        batch: &[ReceivedMessage],
+        timeout: Duration,
+    ) -> Result<(), Failure> {
         let f = match self {
             Listener::Concurrent(f) | Listener::Orderly(f) => f,
         };
-        let mut batch = chunk.to_vec();
-        let mut tries = 0u32;
-        loop {
-            let outcome = {
-                let _permit = calls.acquire().await;
-                f(&batch)
-            };
-            if outcome == ConsumeResult::Success {
-                return;
-            }
-            tries += 1;
-            for m in &mut batch {
-                m.reconsume_times += 1;
-            }
-            tokio::time::sleep(reconsume_pause(tries)).await;
+        let _permit = calls.acquire().await;
+        let started = Instant::now();
+        // The listener is the application's code: a panic in it fails the batch, never the
+        // queue's task.
+        let outcome = catch_unwind(AssertUnwindSafe(|| f(batch)));
+        match outcome {
+            Err(_) => Err(Failure::Panicked),
+            Ok(_) if started.elapsed() > timeout => Err(Failure::TimedOut),
+            Ok(ConsumeResult::Success) => Ok(()),
+            Ok(ConsumeResult::ReconsumeLater) => Err(Failure::ReconsumeLater),
         }
     }
 }

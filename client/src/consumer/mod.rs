@@ -31,9 +31,20 @@
 //! queue has a task that pulls with long polling, checks tags exactly (the broker filtered by
 //! hash), and hands batches to the listener; at most `consume_threads` listener calls run at
 //! once. Offsets are committed every [`COMMIT_EVERY`] and at shutdown (clustering: on the
-//! brokers; broadcasting: a local file). `ReconsumeLater` redelivers the batch to the listener
-//! after a growing delay (1 s, 2 s, … 16 s) — until retry topics exist, a message is never
-//! skipped.
+//! brokers; broadcasting: a local file).
+//!
+//! # Retry and dead letters
+//! A batch the listener does not consume (`ReconsumeLater`, a panic, or a call longer than
+//! `consume_timeout`) is sent back to the broker (concurrent listeners, clustering): it comes
+//! back through the group's retry topic [`retry_topic`] after the backoff for its attempt,
+//! with `reconsume_times` one higher and [`ReceivedMessage::topic`] its original topic; past
+//! the group's maximum (16 unless the group's config or
+//! [`PushConsumerBuilder::max_reconsume_times`] says otherwise) it goes to `%DLQ%<group>`.
+//! Every concurrent member of a clustering group subscribes to the retry topic by itself.
+//! A message the broker cannot take back is retried locally (1 s, 2 s, … 16 s), with a
+//! warning. An orderly listener's queue is suspended and the batch retried in place, the
+//! broker moving it to the DLQ past the maximum; broadcasting consumers retry locally. See
+//! `retry` and docs/client.md.
 //!
 //! # Where things are
 //! - `builder`: [`PushConsumerBuilder`] and its checks (shared options: `crate::options`).
@@ -50,6 +61,7 @@ pub(crate) mod calls;
 mod control;
 mod listener;
 mod queue;
+mod retry;
 mod state;
 
 use std::collections::BTreeMap;
@@ -62,6 +74,9 @@ use tokio::sync::Semaphore;
 pub use self::builder::PushConsumerBuilder;
 use self::control::{Control, commit, drop_queues, heartbeat};
 use self::listener::Listener;
+pub use self::retry::{
+    DLQ_PREFIX, ORDERLY_SUSPEND, PROPERTY_RETRY_TOPIC, RETRY_PREFIX, retry_topic,
+};
 use self::state::{State, Tasks};
 use crate::error::ClientError;
 use crate::offsets::LocalOffsets;
@@ -99,6 +114,14 @@ pub const MEMBERS_EVERY: Duration = Duration::from_millis(500);
 /// ```
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a listener call may run before its answer is not trusted and the batch counts
+/// as failed (RocketMQ's `consumeTimeout`).
+///
+/// ```
+/// assert_eq!(raftmq_client::consumer::CONSUME_TIMEOUT.as_secs(), 15 * 60);
+/// ```
+pub const CONSUME_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// A message as the listener receives it.
 ///
 /// ```
@@ -113,6 +136,10 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
+    /// The topic the message was sent to: its queue's topic, or for a message that came back
+    /// through the group's retry topic, its original topic.
+    pub topic: String,
+    /// The queue it was pulled from (for a retried message, a queue of the retry topic).
     pub queue: MessageQueue,
     pub queue_offset: u64,
     pub msg_id: String,
@@ -122,7 +149,7 @@ pub struct ReceivedMessage {
     pub properties: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub store_timestamp_ms: u64,
-    /// How many times this message was handed back with `ReconsumeLater`.
+    /// How many deliveries of this message failed before this one.
     pub reconsume_times: u32,
 }
 
@@ -179,6 +206,14 @@ struct Inner {
     /// Set by `start`, cleared by `shutdown`; the control task runs while it is set. An atomic
     /// flag, not part of `state`: it is only ever read or swapped on its own.
     running: AtomicBool,
+    /// The group's retry topic, if this member consumes it (concurrent, clustering).
+    retry_topic: Option<String>,
+    /// Whether the retry topic's route is known (it exists once a first message was sent
+    /// back); until then it is left out of heartbeats' leader set and rebalances, and looked
+    /// up now and then by the control task.
+    retry_routed: AtomicBool,
+    /// Set by a send-back, so the control task looks the retry topic up at once.
+    retry_wanted: AtomicBool,
     /// The one lock over the shared state; see `state` for why a lock and what it guards.
     /// Taken only through [`Inner::state`].
     state: Mutex<State>,
@@ -193,6 +228,25 @@ impl Inner {
 
     fn running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+
+    /// The topics whose queues this member may consume now: the subscriptions, and the retry
+    /// topic once it is routed.
+    fn topics(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.cfg.subscriptions.keys().cloned().collect();
+        if let Some(r) = &self.retry_topic
+            && self.retry_routed.load(Ordering::Acquire)
+        {
+            out.push(r.clone());
+        }
+        out
+    }
+
+    /// A message was sent back: its retry topic exists now.
+    fn sent_back(&self) {
+        if !self.retry_routed.load(Ordering::Acquire) {
+            self.retry_wanted.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -218,6 +272,8 @@ impl PushConsumer {
             heartbeat_every: HEARTBEAT_EVERY,
             offset_file: None,
             client_id: None,
+            max_reconsume_times: 0,
+            consume_timeout: CONSUME_TIMEOUT,
         }
     }
 
@@ -246,6 +302,17 @@ impl PushConsumer {
         }
         for t in self.inner.cfg.subscriptions.keys() {
             self.inner.routes.route(t, true).await?;
+        }
+        // The retry topic exists only once a message was sent back.
+        if let Some(r) = &self.inner.retry_topic
+            && self
+                .inner
+                .routes
+                .route(r, true)
+                .await
+                .is_ok_and(|r| !r.read_queues.is_empty())
+        {
+            self.inner.retry_routed.store(true, Ordering::Release);
         }
         let control = tokio::spawn(Control::new(self.inner.clone()).run());
         self.inner.state(|s| s.control = Some(control));

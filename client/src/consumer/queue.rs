@@ -28,12 +28,13 @@ const LAGGING_REPLICA_PAUSE: Duration = Duration::from_millis(100);
 
 /// The queue's loop; it ends once the queue is let go (after the batch in hand).
 pub(super) async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, start: QueueOffset) {
+    // The retry topic is not among the subscriptions: it takes every message.
     let expr = inner
         .cfg
         .subscriptions
         .get(&q.topic)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_else(|| "*".into());
     let tags = wanted_tags(&expr);
     let mut offset = start;
     let mut locked_at: Option<Instant> = None;
@@ -94,7 +95,7 @@ pub(super) async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, start: Que
 /// Hands `msgs` to the listener in batches of `batch_size`, recording progress after each.
 async fn deliver(inner: &Inner, q: &MessageQueue, msgs: &[ReceivedMessage]) {
     for chunk in msgs.chunks(inner.cfg.batch_size) {
-        inner.listener.deliver(&inner.listener_calls, chunk).await;
+        super::retry::consume(inner, chunk).await;
         if let Some(last) = chunk.last() {
             record(inner, q, after_batch(QueueOffset(last.queue_offset)));
         }

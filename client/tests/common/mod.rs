@@ -25,6 +25,11 @@ fn port() -> std::net::SocketAddr {
 }
 
 pub async fn local() -> anyhow::Result<Local> {
+    local_with(|_| {}).await
+}
+
+/// [`local`] with each broker's config edited.
+pub async fn local_with(edit: impl Fn(&mut BrokerConfig)) -> anyhow::Result<Local> {
     let tmp = tempfile::tempdir()?;
     let ns = port();
     let svc = raftmq_namesrv::NamesrvHandle::new().into_service();
@@ -49,6 +54,7 @@ pub async fn local() -> anyhow::Result<Local> {
             dir.display()
         ))?;
         c.segment_bytes_override = Some(16 << 20);
+        edit(&mut c);
         brokers.insert(
             i as u64 + 1,
             Broker::start(c, Arc::new(raftmq_store::MmapDisk::open(&dir)?)).await?,
@@ -112,6 +118,70 @@ pub async fn local() -> anyhow::Result<Local> {
 }
 
 impl Local {
+    /// Creates or updates `topic` (one queue) with `perm` on the leader.
+    pub async fn put_topic(&self, topic: &str, perm: u32) -> anyhow::Result<()> {
+        let what = format!("topic {topic} put on the leader");
+        wait_for(Duration::from_secs(20), &what, || async {
+            let addr = self.leader().await?;
+            let r = AdminClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?
+                .create_topic(CreateTopicRequest {
+                    topic: Some(TopicConfig {
+                        name: topic.into(),
+                        read_queue_nums: 1,
+                        write_queue_nums: 1,
+                        perm,
+                    }),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            r.status.as_ref().is_some_and(|s| s.code == 0).then_some(())
+        })
+        .await;
+        Ok(())
+    }
+
+    /// (body, reconsume_times, properties) of queue 0 of `topic`, read on the leader.
+    pub async fn queue0(
+        &self,
+        topic: &str,
+    ) -> anyhow::Result<Vec<(String, u32, BTreeMap<String, String>)>> {
+        let addr = self
+            .leader()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+        let r = MessagingClient::connect(format!("http://{addr}"))
+            .await?
+            .pull(PullRequest {
+                consumer_group: "check".into(),
+                topic: topic.into(),
+                queue_id: 0,
+                offset: 0,
+                max_messages: 256,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.status.as_ref().is_none_or(|s| s.code == 0),
+            "pull {topic}: {:?}",
+            r.status
+        );
+        Ok(r.messages
+            .into_iter()
+            .filter_map(|s| s.message)
+            .map(|m| {
+                (
+                    String::from_utf8_lossy(&m.body).into_owned(),
+                    m.reconsume_times,
+                    m.properties.into_iter().collect(),
+                )
+            })
+            .collect())
+    }
+
     pub async fn leader(&self) -> Option<String> {
         for b in self.brokers.values() {
             let addr = b.addr().to_string();
