@@ -3,10 +3,12 @@
 //! - `raftmq namesrv`: a name server; `raftmq broker --config FILE`: one broker replica;
 //! - `raftmq dev`: a name server and a three-replica group in one process, data under
 //!   `./data` — the quick start;
-//! - `raftmq topic create|list|route|stats`, `raftmq group status`, `raftmq txn list|end`:
-//!   admin;
+//! - `raftmq topic create|update|list|route|stats`, `raftmq group status` (broker groups),
+//!   `raftmq group create|update|list` (consumer group configs), `raftmq dlq list|resend`,
+//!   `raftmq txn list|end`: admin;
 //! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK
-//!   (`send --transaction commit|rollback|unknown`: a transaction producer, see `txn`);
+//!   (`send --transaction commit|rollback|unknown`: a transaction producer, see `txn`;
+//!   `send --delay-level|--delay-ms|--deliver-at-ms`: timed messages), `raftmq recall`;
 //! - `raftmq bench produce|consume|txn-check`: load over the SDK with latency percentiles
 //!   (`produce --transactional`: committed transactions per second; `txn-check`: the delay
 //!   from a transaction's timeout to its check);
@@ -14,6 +16,7 @@
 
 mod bench;
 mod bench_txn;
+mod dlq;
 mod ops;
 mod txn;
 
@@ -65,9 +68,22 @@ enum Command {
     /// Topics.
     #[command(subcommand)]
     Topic(TopicCommand),
-    /// Broker groups.
+    /// Broker groups' Raft state, and consumer group configurations.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Dead-letter queues (`%DLQ%<consumer group>`).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Recalls a timed message before it is due (the handle its send printed).
+    Recall {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        /// The topic it was sent to.
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        handle: String,
+    },
     /// Transactions (docs/transactions.md).
     #[command(subcommand)]
     Txn(TxnCommand),
@@ -99,6 +115,15 @@ enum Command {
         /// With --transaction unknown: how long to wait for the checks to decide (seconds).
         #[arg(long, default_value_t = 30)]
         wait_check_secs: u64,
+        /// A timed message: delivered after this delay level (1-based; the broker's levels).
+        #[arg(long, conflicts_with_all = ["delay_ms", "deliver_at_ms", "transaction"])]
+        delay_level: Option<u32>,
+        /// A timed message: delivered this many ms after the broker receives it.
+        #[arg(long, conflicts_with_all = ["deliver_at_ms", "transaction"])]
+        delay_ms: Option<u64>,
+        /// A timed message: delivered at this time (ms since the epoch).
+        #[arg(long, conflicts_with = "transaction")]
+        deliver_at_ms: Option<u64>,
     },
     /// Consumes messages (clustering offsets committed to the brokers).
     Consume {
@@ -127,7 +152,43 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// Every message in a consumer group's DLQ (read whatever the DLQ's perm).
+    List {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+    },
+    /// Sends dead letters back to their original topics as new messages (the DLQ keeps its
+    /// copies).
+    Resend {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        /// The consumer group.
+        #[arg(long)]
+        group: String,
+        /// Only these (offset msg ids from `dlq list`); default: every message in the DLQ.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopicCommand {
+    /// Changes an existing topic's perm (e.g. `--perm 6` opens a DLQ) or queue counts on
+    /// every group holding it.
+    Update {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        perm: Option<u32>,
+        #[arg(long)]
+        queues: Option<u32>,
+    },
     /// Creates or updates a topic on the named groups (default: every group).
     Create {
         #[arg(long, default_value = "127.0.0.1:9876")]
@@ -171,6 +232,37 @@ enum GroupCommand {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Creates (or replaces) a consumer group's configuration on every broker group (or
+    /// those named with --broker-group). Unset values are the brokers' defaults.
+    Create(GroupConfigArgs),
+    /// Changes a configured consumer group; unset values keep theirs.
+    Update(GroupConfigArgs),
+    /// The consumer group configurations of every broker group.
+    List {
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        namesrv: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct GroupConfigArgs {
+    #[arg(long, default_value = "127.0.0.1:9876")]
+    namesrv: String,
+    /// The consumer group.
+    #[arg(long)]
+    group: String,
+    /// Failed deliveries before the DLQ (0: the broker's default, 16).
+    #[arg(long)]
+    max_reconsume_times: Option<u32>,
+    /// The delay before each retry, e.g. "10s 30s 1m" (the last repeats); "" for the
+    /// broker's default.
+    #[arg(long)]
+    retry_backoff: Option<String>,
+    /// Where a member with no committed offset starts: first or last.
+    #[arg(long)]
+    consume_from: Option<String>,
+    #[arg(long = "broker-group")]
+    broker_groups: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -271,6 +363,52 @@ async fn run(command: Command) -> anyhow::Result<()> {
             broker_port,
         } => dev(data_dir, namesrv_port, broker_port).await,
         Command::Topic(t) => topic(t).await,
+        Command::Group(GroupCommand::Create(a)) => group_put(a, false).await,
+        Command::Group(GroupCommand::Update(a)) => group_put(a, true).await,
+        Command::Group(GroupCommand::List { namesrv }) => {
+            for (g, groups) in dlq::group_list(&ops::Cluster::new(&namesrv)).await? {
+                for c in groups {
+                    println!("{}", dlq::describe(&g, &c));
+                }
+            }
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::List { namesrv, group }) => {
+            let letters = dlq::dlq_list(&ops::Cluster::new(&namesrv), &group).await?;
+            for d in &letters {
+                let s = &d.stored;
+                let m = s.message.clone().unwrap_or_default();
+                println!(
+                    "{}	{}	attempts {}	from {}	msgId {}	{:?}",
+                    d.broker_group,
+                    s.offset_msg_id,
+                    m.reconsume_times,
+                    m.properties.get("RETRY_TOPIC").map_or("?", String::as_str),
+                    m.msg_id,
+                    String::from_utf8_lossy(&m.body)
+                );
+            }
+            println!("{} message(s) in %DLQ%{group}", letters.len());
+            Ok(())
+        }
+        Command::Dlq(DlqCommand::Resend {
+            namesrv,
+            group,
+            ids,
+        }) => {
+            let cluster = ops::Cluster::new(&namesrv);
+            let sent = dlq::dlq_resend(&cluster, &namesrv, &group, &ids).await?;
+            for (id, new_id, topic) in &sent {
+                println!("resent {id} to {topic} as {new_id}");
+            }
+            println!("{} message(s) resent", sent.len());
+            Ok(())
+        }
+        Command::Recall {
+            namesrv,
+            topic,
+            handle,
+        } => recall(&namesrv, &topic, &handle).await,
         Command::Group(GroupCommand::Status { namesrv, group }) => {
             let cluster = ops::Cluster::new(&namesrv);
             for r in ops::group_status(&cluster, group.as_deref()).await? {
@@ -332,6 +470,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             producer_group,
             check,
             wait_check_secs,
+            ..
         } => {
             txn::send(txn::TxnSend {
                 namesrv,
@@ -356,6 +495,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             count,
             transaction: None,
             producer_group,
+            delay_level,
+            delay_ms,
+            deliver_at_ms,
             ..
         } => {
             let p = raftmq_client::Producer::builder()
@@ -369,14 +511,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 } else {
                     body.clone()
                 };
-                let m = raftmq_client::Message::new(topic.as_str(), body)
+                let mut m = raftmq_client::Message::new(topic.as_str(), body)
                     .with_tags(tag.as_str())
                     .with_keys(key.iter().cloned());
+                if let Some(l) = delay_level {
+                    m = m.with_delay_level(l);
+                } else if let Some(d) = delay_ms {
+                    m = m.with_delay(Duration::from_millis(d));
+                } else if let Some(at) = deliver_at_ms {
+                    m = m.with_deliver_at_ms(at);
+                }
                 let r = p.send(m).await?;
-                println!(
-                    "sent {} to {} queue {} offset {} (offsetMsgId {})",
-                    r.msg_id, r.queue.group, r.queue.queue_id, r.queue_offset, r.offset_msg_id
-                );
+                match (&r.recall_handle, r.deliver_at_ms) {
+                    (Some(h), Some(at)) => println!(
+                        "sent {} to {}, due at {at} (recall handle {h})",
+                        r.msg_id, r.queue.group
+                    ),
+                    _ => println!(
+                        "sent {} to {} queue {} offset {} (offsetMsgId {})",
+                        r.msg_id, r.queue.group, r.queue.queue_id, r.queue_offset, r.offset_msg_id
+                    ),
+                }
             }
             p.shutdown().await;
             Ok(())
@@ -485,8 +640,64 @@ async fn dev(data_dir: PathBuf, namesrv_port: u16, broker_port: u16) -> anyhow::
     Ok(())
 }
 
+async fn group_put(a: GroupConfigArgs, update: bool) -> anyhow::Result<()> {
+    let consume_first = match a.consume_from.as_deref() {
+        None => None,
+        Some("first") => Some(true),
+        Some("last") => Some(false),
+        Some(x) => anyhow::bail!("--consume-from {x:?}: first or last"),
+    };
+    let retry_backoff_ms = match a.retry_backoff.as_deref() {
+        None => None,
+        Some("") => Some(Vec::new()),
+        Some(s) => Some(dlq::parse_backoff(s)?),
+    };
+    let edit = dlq::GroupEdit {
+        name: a.group.clone(),
+        max_reconsume_times: a.max_reconsume_times,
+        retry_backoff_ms,
+        consume_first,
+    };
+    let cluster = ops::Cluster::new(&a.namesrv);
+    let done = dlq::group_put(&cluster, &edit, update, &a.broker_groups).await?;
+    println!(
+        "consumer group {} {} on {}",
+        a.group,
+        if update { "updated" } else { "configured" },
+        done.join(", ")
+    );
+    Ok(())
+}
+
+async fn recall(namesrv: &str, topic: &str, handle: &str) -> anyhow::Result<()> {
+    let p = raftmq_client::Producer::builder()
+        .namesrv_addrs(namesrv.split(','))
+        .group("raftmq-cli")
+        .build()?;
+    p.start().await?;
+    let r = p.recall_handle(topic, handle).await;
+    p.shutdown().await;
+    r?;
+    println!("recalled {handle}: it will not be delivered");
+    Ok(())
+}
+
 async fn topic(t: TopicCommand) -> anyhow::Result<()> {
     match t {
+        TopicCommand::Update {
+            namesrv,
+            topic,
+            perm,
+            queues,
+        } => {
+            anyhow::ensure!(
+                perm.is_some() || queues.is_some(),
+                "nothing to update: give --perm or --queues"
+            );
+            let done =
+                dlq::topic_update(&ops::Cluster::new(&namesrv), &topic, perm, queues).await?;
+            println!("topic {topic} updated on {}", done.join(", "));
+        }
         TopicCommand::Create {
             namesrv,
             topic,

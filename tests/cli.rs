@@ -1,6 +1,8 @@
-//! The `raftmq` binary, run as a real process: `store check` on a directory, and the
-//! transaction commands (`send --transaction`, `txn list`, `txn end`) against a name server
-//! and a broker run as `raftmq` processes.
+//! The `raftmq` binary, run as a real process: `store check` on a directory; the
+//! transaction commands (`send --transaction`, `txn list`, `txn end`); and timed messages
+//! (`send --delay-ms`, `recall`), consumer group configs (`group create|update|list`) and
+//! dead letters (`dlq list|resend`, `topic update --perm`) — against a name server and a
+//! broker run as `raftmq` processes.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -343,4 +345,178 @@ async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("TXN_NOT_FOUND"), "{stderr}");
+}
+
+/// A name server and a one-replica broker (with `extra` appended to its config) as `raftmq`
+/// processes, and topic `T` (one queue) created; the name server's address.
+async fn one_replica(dir: &std::path::Path, extra: &str) -> (Procs, String) {
+    let ns = format!("127.0.0.1:{}", free_port());
+    let broker = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("g1-1.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n{extra}",
+            dir.join("g1-1").display()
+        ),
+    )
+    .unwrap();
+    let spawn = |a: &[&str]| {
+        raftmq()
+            .args(a)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn raftmq")
+    };
+    let procs = Procs(vec![
+        spawn(&["namesrv", "--listen", &ns]),
+        spawn(&["broker", "--config", cfg.to_str().unwrap()]),
+    ]);
+    wait_for(
+        Deadline::every(Duration::from_secs(60), Duration::from_millis(200)),
+        "topic T created",
+        || async {
+            let out = run(format!("topic create --namesrv {ns} --topic T --queues 1")).await;
+            out.status
+                .success()
+                .then_some(())
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        },
+    )
+    .await;
+    (procs, ns)
+}
+
+/// The bodies `consume` printed.
+fn bodies(consumed: &str) -> Vec<&str> {
+    consumed
+        .lines()
+        .filter_map(|l| l.split(" body ").nth(1))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_group_configs_and_dead_letters_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_procs, ns) = one_replica(dir.path(), "[timer]\nscan_interval_ms = 50\n").await;
+    let send = |rest: &str| format!("send --namesrv {ns} --topic T {rest}");
+
+    // A timed message: the send prints its due time and handle; it is not in the queue yet.
+    let out = ok(send("--body later --delay-ms 1500")).await;
+    assert!(
+        out.contains(", due at ") && out.contains("recall handle"),
+        "{out}"
+    );
+    let out = ok(send("--body never --delay-ms 600000")).await;
+    let handle = out
+        .trim_end()
+        .rsplit("recall handle ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    let stats = ok(format!("topic stats --namesrv {ns} --topic T")).await;
+    assert!(
+        stats.contains("g1 T#0: [0, 0)"),
+        "nothing delivered yet: {stats}"
+    );
+    let recall = |h: &str| format!("recall --namesrv {ns} --topic T --handle {h}");
+    let out = ok(recall(&handle)).await;
+    assert!(out.contains("will not be delivered"), "{out}");
+    // A second recall of the same handle is the same recall; garbage is refused.
+    ok(recall(&handle)).await;
+    let bad = run(recall("zz")).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a recall handle"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    // Past the broker's maximum delay (3 days): refused, nothing stored.
+    let far = run(send("--body far --delay-ms 999999999999")).await;
+    assert!(!far.status.success());
+    assert!(String::from_utf8_lossy(&far.stderr).contains("DelayOutOfRange"));
+    let consumed = ok(format!(
+        "consume --namesrv {ns} --topic T --group C1 --count 1 --idle-ms 20000"
+    ))
+    .await;
+    assert_eq!(bodies(&consumed), ["later"], "{consumed}");
+
+    // Consumer group configs: create, update (unset values kept), list; an unknown group's
+    // update is refused.
+    let group = |rest: &str| format!("group {rest} --namesrv {ns}");
+    ok(group(
+        "create --group G --max-reconsume-times 3 --retry-backoff 100ms",
+    ))
+    .await;
+    ok(group("update --group G --max-reconsume-times 1")).await;
+    let list = ok(group("list")).await;
+    assert!(
+        list.contains("g1\tG\tmax_reconsume_times 1\tretry_backoff 100ms\tconsume_from last"),
+        "{list}"
+    );
+    let nope = run(group("update --group Nope --max-reconsume-times 2")).await;
+    assert!(!nope.status.success());
+    assert!(String::from_utf8_lossy(&nope.stderr).contains("GroupNotFound"));
+
+    // A consumer of G that always fails: two deliveries (the group's maximum is 1), then
+    // the DLQ.
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let f = failures.clone();
+    let c = raftmq_client::PushConsumer::builder()
+        .namesrv_addrs([ns.as_str()])
+        .group("G")
+        .subscribe("T", "*")
+        .consume_from(raftmq_client::consumer::ConsumeFrom::Last)
+        .long_poll(Duration::from_millis(300))
+        .concurrent(move |_| {
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            raftmq_client::ConsumeResult::ReconsumeLater
+        })
+        .build()
+        .unwrap();
+    c.start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ok(send("--body poison")).await;
+    let dlq = wait_for(
+        Deadline::every(Duration::from_secs(30), Duration::from_millis(300)),
+        "the poison message in the DLQ",
+        || async {
+            let out = ok(format!("dlq list --namesrv {ns} --group G")).await;
+            out.contains("1 message(s) in %DLQ%G").then_some(out)
+        },
+    )
+    .await;
+    c.shutdown().await;
+    assert_eq!(failures.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(dlq.contains("attempts 2\tfrom T\t"), "{dlq}");
+    assert!(dlq.contains("\"poison\""), "{dlq}");
+
+    // Opened by the operator, the DLQ is consumable like any topic.
+    let out = ok(format!(
+        "topic update --namesrv {ns} --topic %DLQ%G --perm 6"
+    ))
+    .await;
+    assert!(out.contains("updated on g1"), "{out}");
+    let consumed = ok(format!(
+        "consume --namesrv {ns} --topic %DLQ%G --group D --count 1 --idle-ms 20000"
+    ))
+    .await;
+    assert_eq!(bodies(&consumed), ["poison"], "{consumed}");
+    // Resent: back in T, after "later" and the original "poison".
+    let out = ok(format!("dlq resend --namesrv {ns} --group G")).await;
+    assert!(
+        out.contains("1 message(s) resent") && out.contains(" to T as "),
+        "{out}"
+    );
+    let consumed = ok(format!(
+        "consume --namesrv {ns} --topic T --group C2 --count 3 --idle-ms 20000"
+    ))
+    .await;
+    assert_eq!(
+        bodies(&consumed),
+        ["later", "poison", "poison"],
+        "{consumed}"
+    );
 }

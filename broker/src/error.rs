@@ -169,6 +169,7 @@ replies!(
     ListTopicsResponse,
     PutGroupResponse,
     ListGroupsResponse,
+    BrowseQueueResponse,
     TopicStatsResponse,
     ConsumerProgressResponse,
     GroupStatusResponse,

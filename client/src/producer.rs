@@ -352,16 +352,36 @@ impl Producer {
     /// `TIMER_NOT_FOUND` (no timed message with that handle), `INVALID_ARGUMENT` (not a
     /// timed message's result).
     pub async fn recall(&self, sent: &SendResult) -> Result<(), ClientError> {
-        let Some(handle) = sent.recall_handle.clone() else {
+        let Some(handle) = sent.recall_handle.as_deref() else {
             return Err(ClientError::InvalidArgument(format!(
                 "message {} was not sent as a timed message",
                 sent.msg_id
             )));
         };
-        let req = &RecallMessageRequest {
-            recall_handle: handle,
+        self.recall_handle(&sent.queue.topic, handle).await
+    }
+
+    /// [`Producer::recall`] by the handle alone (kept from an earlier send result) and the
+    /// topic the message was sent to.
+    ///
+    /// ```no_run
+    /// # async fn demo(p: raftmq_client::Producer) -> Result<(), raftmq_client::ClientError> {
+    /// p.recall_handle("Orders", "0000000000001A2Bg1").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn recall_handle(&self, topic: &str, handle: &str) -> Result<(), ClientError> {
+        // A handle is an offset msg id: 16 hex digits of position, then the broker group.
+        let group = match handle.get(16..) {
+            Some(g) if !g.is_empty() && handle[..16].bytes().all(|b| b.is_ascii_hexdigit()) => g,
+            _ => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "{handle:?} is not a recall handle"
+                )));
+            }
         };
-        let group = sent.queue.group.as_str();
+        let req = &RecallMessageRequest {
+            recall_handle: handle.to_string(),
+        };
         let one_try = move |route: Arc<Route>, _avoid, deadline| async move {
             let call = move |mut c: MessagingClient<Channel>| async move {
                 c.recall_message(req.clone()).await
@@ -372,7 +392,7 @@ impl Producer {
             };
             (group.to_string(), r)
         };
-        self.with_retries::<RecallMessageResponse, _, _>(&sent.queue.topic, false, one_try)
+        self.with_retries::<RecallMessageResponse, _, _>(topic, false, one_try)
             .await
             .map(|_| ())
     }

@@ -14,8 +14,8 @@ use raftmq_proto::limits::{
     check_batch, check_name,
 };
 use raftmq_proto::v1::{
-    PullRequest, PullResponse, QueryByKeyRequest, QueryQueueResponse, SendRequest, SendResult,
-    StoredMessage,
+    BrowseQueueRequest, PullRequest, PullResponse, QueryByKeyRequest, QueryQueueResponse,
+    SendRequest, SendResult, StoredMessage,
 };
 use raftmq_raft::Replica;
 use raftmq_store::consumequeue::QueueId;
@@ -206,6 +206,43 @@ impl MessageManager {
             tag_hashes,
             hold_ms: req.long_poll_ms,
         })
+    }
+
+    /// An operator's read of a queue, whatever its topic's perm (no long polling, no tag
+    /// filter).
+    pub fn browse(&self, req: &BrowseQueueRequest) -> Result<PullResponse, Refusal> {
+        check_name("topic", &req.topic)?;
+        let t = self.topics.get(&req.topic)?;
+        if req.queue_id >= t.read_queue_nums.max(t.write_queue_nums) {
+            return Err(Refusal::InvalidArgument(format!(
+                "queue {} of topic {:?}: it has {} queues",
+                req.queue_id,
+                req.topic,
+                t.read_queue_nums.max(t.write_queue_nums)
+            )));
+        }
+        if req.max_messages > limits::PULL_MESSAGES_MAX {
+            return Err(Refusal::InvalidArgument(format!(
+                "max_messages {} (≤ {})",
+                req.max_messages,
+                limits::PULL_MESSAGES_MAX
+            )));
+        }
+        Ok(self.look(&PullSpec {
+            queue: QueueId {
+                topic: req.topic.clone(),
+                queue_id: req.queue_id,
+            },
+            offset: QueueOffset(req.offset),
+            max_messages: if req.max_messages == 0 {
+                PULL_MESSAGES_DEFAULT
+            } else {
+                req.max_messages
+            },
+            max_bytes: PULL_BYTES_MAX,
+            tag_hashes: None,
+            hold_ms: 0,
+        }))
     }
 
     /// One look at a queue: the messages from `spec.offset` on (at most

@@ -76,6 +76,25 @@ impl Admin for AdminImpl {
         }))
     }
 
+    async fn browse_queue(&self, req: Request<BrowseQueueRequest>) -> Res<BrowseQueueResponse> {
+        let r = self.shared.managers.messages.browse(&req.into_inner());
+        respond(r.and_then(|p| match p.status {
+            Some(s) if s.code != 0 => Ok(BrowseQueueResponse {
+                status: Some(s),
+                min_offset: p.min_offset,
+                max_offset: p.max_offset,
+                ..Default::default()
+            }),
+            _ => Ok(BrowseQueueResponse {
+                status: None,
+                messages: p.messages,
+                next_offset: p.next_offset,
+                min_offset: p.min_offset,
+                max_offset: p.max_offset,
+            }),
+        }))
+    }
+
     async fn list_topics(&self, _req: Request<ListTopicsRequest>) -> Res<ListTopicsResponse> {
         respond(Ok(ListTopicsResponse {
             status: None,

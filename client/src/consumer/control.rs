@@ -112,7 +112,9 @@ impl Control {
         if inner.retry_routed.load(Ordering::Acquire) {
             return;
         }
-        let asked = inner.retry_wanted.swap(false, Ordering::AcqRel);
+        // Asked stays set until the route is found (the name server learns a new topic at
+        // the broker's next registration, shortly after the send-back created it).
+        let asked = inner.retry_wanted.load(Ordering::Acquire);
         let due = self
             .retry_checked
             .is_none_or(|t| t.elapsed() >= REBALANCE_EVERY);
@@ -127,6 +129,7 @@ impl Control {
             .is_ok_and(|r| !r.read_queues.is_empty())
         {
             inner.retry_routed.store(true, Ordering::Release);
+            inner.retry_wanted.store(false, Ordering::Release);
         }
     }
 }
@@ -312,7 +315,13 @@ async fn unlock(inner: &Inner, q: &MessageQueue) {
 /// local file; clustering: on the brokers), else per `consume_from`. `None` if it could not
 /// be found out (an unreadable offset file, a broker away): the queue is tried again later.
 async fn queue_start(inner: &Inner, q: &MessageQueue) -> Option<QueueOffset> {
-    let from = inner.cfg.consume.from;
+    // A retry queue is read from its first message whatever `consume_from` says: what is in
+    // it was sent back by this group (RocketMQ does the same).
+    let from = if q.topic.starts_with(super::RETRY_PREFIX) {
+        crate::policy::offsets::ConsumeFrom::First
+    } else {
+        inner.cfg.consume.from
+    };
     let start = match inner.cfg.model {
         MessageModel::Broadcasting => {
             let stored = inner.local.load().ok()?.get(q).copied();
