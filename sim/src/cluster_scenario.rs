@@ -275,6 +275,14 @@ impl Outcome {
                 t.deliveries.len(),
                 crate::timer_checks::retried_sends(t)
             ));
+            let r = &t.retry;
+            s.push_str(&format!(
+                "retry: {} acked, {} indeterminate, {} deliveries, {} dead letters\n",
+                r.sent.len(),
+                r.indeterminate.len(),
+                r.deliveries.len(),
+                r.dlq.values().map(Vec::len).sum::<usize>()
+            ));
         }
         for v in &self.timer_violations {
             s.push_str(&format!("TIMER VIOLATION {v:?}\n"));
@@ -347,6 +355,7 @@ fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {
     c.transaction.check_interval_ms = txn_workload::CHECK_INTERVAL_MS;
     c.transaction.max_checks = txn_workload::MAX_CHECKS;
     c.transaction.scan_interval_ms = 200;
+    c.timer.retry_backoff = crate::retry_workload::BACKOFF.into();
     // Members heartbeat every second here (HEARTBEAT); a crashed one's queues move on after
     // three missed heartbeats.
     c.client_expire_ms = 3 * HEARTBEAT.as_millis() as u64;
@@ -896,9 +905,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
     }
     if cfg.timers > 0 {
         let world = TimerWorld::new(start, cfg.timers, start.elapsed() + cfg.fault_window);
-        let [tm1, tc1] = timer_workload::nodes(&handle, &world, NAMESRV);
-        sim.clients
-            .extend([("tm1".into(), tm1), ("tc1".into(), tc1)]);
+        let [tm1, tc1, tr1, trc1] = timer_workload::nodes(&handle, &world, NAMESRV);
+        sim.clients.extend([
+            ("tm1".into(), tm1),
+            ("tc1".into(), tc1),
+            ("tr1".into(), tr1),
+            ("trc1".into(), trc1),
+        ]);
         sim.timer = Some(world);
     }
     let sim = sim;
@@ -1523,6 +1536,7 @@ async fn create_topics(registry: Registry, transactions: bool, timers: bool) {
     }
     if timers {
         topics.push(timer_workload::TOPIC);
+        topics.push(crate::retry_workload::TOPIC);
     }
     for g in 0..GROUPS.len() {
         for &(name, queues) in &topics {

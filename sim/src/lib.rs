@@ -30,9 +30,12 @@ macro_rules! regressions {
 pub mod history;
 pub mod queue_checks;
 pub mod replica_checks;
+pub mod retry_checks;
 pub mod timer_checks;
 pub mod txn_checks;
 
+#[cfg(madsim)]
+pub mod retry_workload;
 #[cfg(madsim)]
 pub mod timer_workload;
 

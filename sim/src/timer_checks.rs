@@ -48,15 +48,35 @@ pub struct TimerHistory {
     pub healed_ms: u64,
     /// When the checks ran (messages due before `end_ms - HEALTHY_BOUND_MS` must be consumed).
     pub end_ms: u64,
+    /// The consumer-retry workload that runs beside it ([`crate::retry_checks`]).
+    pub retry: crate::retry_checks::RetryHistory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerViolation {
-    Early { body: String, due: u64, at: u64 },
-    RecalledDelivered { body: String },
-    StoredTwice { body: String, copies: u32 },
-    Lost { body: String, due: u64 },
-    Late { body: String, due: u64, at: u64 },
+    Early {
+        body: String,
+        due: u64,
+        at: u64,
+    },
+    RecalledDelivered {
+        body: String,
+    },
+    StoredTwice {
+        body: String,
+        copies: u32,
+    },
+    Lost {
+        body: String,
+        due: u64,
+    },
+    Late {
+        body: String,
+        due: u64,
+        at: u64,
+    },
+    /// A retry checker fired.
+    Retry(crate::retry_checks::RetryViolation),
 }
 
 pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
@@ -102,6 +122,11 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
             });
         }
     }
+    out.extend(
+        crate::retry_checks::check_retry_history(&h.retry)
+            .into_iter()
+            .map(TimerViolation::Retry),
+    );
     out
 }
 

@@ -30,6 +30,8 @@ pub const TOPIC: (&str, u32) = ("TM", 2);
 #[derive(Clone)]
 pub struct TimerWorld {
     pub history: Arc<Mutex<TimerHistory>>,
+    /// The consumer-retry workload run beside it.
+    pub retry: crate::retry_workload::RetryWorld,
     start: tokio::time::Instant,
     max: u32,
     until: Duration,
@@ -43,6 +45,7 @@ impl TimerWorld {
     pub fn new(start: tokio::time::Instant, max: u32, until: Duration) -> Self {
         TimerWorld {
             history: Arc::default(),
+            retry: crate::retry_workload::RetryWorld::new(start, until),
             start,
             max,
             until,
@@ -129,8 +132,9 @@ async fn consumer(world: TimerWorld, namesrv: &'static str) {
     drop(c);
 }
 
-/// The sender and consumer nodes.
-pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [NodeHandle; 2] {
+/// The sender and consumer nodes (and the retry workload's two).
+pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [NodeHandle; 4] {
+    let [tr1, trc1] = crate::retry_workload::nodes(handle, &world.retry, namesrv);
     let (w1, w2) = (world.clone(), world.clone());
     let tm1 = handle
         .create_node()
@@ -144,7 +148,7 @@ pub fn nodes(handle: &Handle, world: &TimerWorld, namesrv: &'static str) -> [Nod
         .ip(IpAddr::from([10, 0, 7, 2]))
         .init(move || consumer(w2.clone(), namesrv))
         .build();
-    [tm1, tc1]
+    [tm1, tc1, tr1, trc1]
 }
 
 /// Bodies in `TM`'s queues on `leader`, by the timer each came from, each as often as stored.
@@ -198,9 +202,11 @@ where
     if done.is_ok() {
         note("every timed message consumed");
     }
+    let retry = crate::retry_workload::settle(&world.retry, &leaders, &note, within).await;
     // Past every bound, so a late delivery counts as lost, not as not-yet.
     tokio::time::sleep(Duration::from_millis(HEALTHY_BOUND_MS)).await;
     let mut h = lock(&world.history).clone();
+    h.retry = retry;
     for l in leaders().flatten() {
         stored_on(&l, &mut h.stored);
     }

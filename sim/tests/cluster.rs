@@ -9,6 +9,7 @@
 use raftmq_raft::Mutations;
 use raftmq_sim::cluster_scenario::{ClusterConfig, Fault, Outcome, run};
 use raftmq_sim::queue_checks::QueueViolation;
+use raftmq_sim::retry_checks::RetryViolation;
 use raftmq_sim::timer_checks::TimerViolation;
 use raftmq_sim::txn_checks::TxnViolation;
 
@@ -145,7 +146,7 @@ fn timer_mutations_are_caught() {
         timers: TIMERS,
         ..ClusterConfig::default()
     };
-    let cases: [(&str, ClusterConfig, u64, fn(&TimerViolation) -> bool); 2] = [
+    let cases: [(&str, ClusterConfig, u64, fn(&TimerViolation) -> bool); 3] = [
         (
             "timed messages delivered at send time",
             timed(
@@ -174,6 +175,25 @@ fn timer_mutations_are_caught() {
             ),
             6,
             |v| matches!(v, TimerViolation::StoredTwice { .. }),
+        ),
+        (
+            "retry count off by one",
+            timed(
+                Mutations {
+                    retry_count_off_by_one: true,
+                    ..Mutations::default()
+                },
+                vec![],
+            ),
+            2,
+            |v| {
+                matches!(
+                    v,
+                    TimerViolation::Retry(
+                        RetryViolation::Attempts { .. } | RetryViolation::NotDeadLettered { .. }
+                    )
+                )
+            },
         ),
     ];
     for (name, cfg, seeds, fired) in cases {

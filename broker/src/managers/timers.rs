@@ -271,8 +271,13 @@ impl TimerManager {
 
     /// Takes back a message a consumer of `req.consumer_group` could not consume: to the
     /// group's retry topic, due after the backoff for its attempt, or past the group's
-    /// maximum to its DLQ. Returns the topic it went to.
-    pub async fn send_back(&self, req: &SendBackRequest, now_ms: u64) -> Result<String, Refusal> {
+    /// maximum to its DLQ. Returns the topic it went to (empty: an orderly consumer retries
+    /// in place) and the maximum applied.
+    pub async fn send_back(
+        &self,
+        req: &SendBackRequest,
+        now_ms: u64,
+    ) -> Result<(String, u32), Refusal> {
         raftmq_proto::limits::check_name("consumer group", &req.consumer_group)?;
         let not_held = || {
             Refusal::MessageNotFound(format!(
@@ -320,7 +325,7 @@ impl TimerManager {
         };
         if req.orderly && !to_dlq {
             // Retried in place by the consumer: nothing to store yet.
-            return Ok(String::new());
+            return Ok((String::new(), max));
         }
         m.properties
             .entry(PROPERTY_RETRY_TOPIC.into())
@@ -368,7 +373,7 @@ impl TimerManager {
             WriteError::InvalidArgument(s) => Refusal::MessageTooLarge(s),
             other => other.into(),
         })?;
-        Ok(topic)
+        Ok((topic, max))
     }
 }
 

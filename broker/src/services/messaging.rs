@@ -117,9 +117,10 @@ impl Messaging for MessagingImpl {
             Ok(()) => self.shared.managers.timers.send_back(&req, now).await,
             Err(e) => Err(e),
         };
-        respond(r.map(|topic| SendBackResponse {
+        respond(r.map(|(topic, max_reconsume_times)| SendBackResponse {
             status: None,
             topic,
+            max_reconsume_times,
         }))
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -297,6 +297,7 @@ impl PushConsumerBuilder {
                 retry_topic,
                 retry_routed: AtomicBool::new(false),
                 retry_wanted: AtomicBool::new(false),
+                broker_max: AtomicU32::new(0),
                 routes: self.opts.routes(),
                 listener_calls: Semaphore::new(self.consume_threads),
                 local: LocalOffsets::new(offset_file),

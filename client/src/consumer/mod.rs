@@ -65,7 +65,7 @@ mod retry;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -214,6 +214,8 @@ struct Inner {
     retry_routed: AtomicBool,
     /// Set by a send-back, so the control task looks the retry topic up at once.
     retry_wanted: AtomicBool,
+    /// The maximum reconsume times the broker last applied to a send-back (0: none yet).
+    broker_max: AtomicU32,
     /// The one lock over the shared state; see `state` for why a lock and what it guards.
     /// Taken only through [`Inner::state`].
     state: Mutex<State>,

@@ -65,7 +65,11 @@ pub(super) async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, start: Que
             PullStep::Deliver { next } => {
                 past_end_since = None;
                 let msgs = received(&q, resp.messages, tags.as_ref());
-                deliver(&inner, &q, &msgs).await;
+                if !deliver(&inner, &q, &msgs).await {
+                    // Let go (or stopped) with a batch unsettled: its progress is not
+                    // recorded, so the queue's next owner delivers it again.
+                    break;
+                }
                 offset = next;
                 record(&inner, &q, offset);
             }
@@ -92,14 +96,18 @@ pub(super) async fn consume_queue(inner: Arc<Inner>, q: MessageQueue, start: Que
     }
 }
 
-/// Hands `msgs` to the listener in batches of `batch_size`, recording progress after each.
-async fn deliver(inner: &Inner, q: &MessageQueue, msgs: &[ReceivedMessage]) {
+/// Hands `msgs` to the listener in batches of `batch_size`, recording progress after each;
+/// false if a batch was left unsettled (the queue let go while it was being retried).
+async fn deliver(inner: &Inner, q: &MessageQueue, msgs: &[ReceivedMessage]) -> bool {
     for chunk in msgs.chunks(inner.cfg.batch_size) {
-        super::retry::consume(inner, chunk).await;
+        if !super::retry::consume(inner, q, chunk).await {
+            return false;
+        }
         if let Some(last) = chunk.last() {
             record(inner, q, after_batch(QueueOffset(last.queue_offset)));
         }
     }
+    true
 }
 
 /// Records `q`'s progress; a move back (a broker's answer behind what was consumed) is

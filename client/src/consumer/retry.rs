@@ -8,13 +8,19 @@
 //!   here (the queue's offset moves past it); every member subscribes to the retry topic, so
 //!   the copy comes back to some member. A message the broker could not take back (no leader
 //!   reachable, a refusal) is retried locally after a pause, and a warning says so — as
-//!   RocketMQ's consumers do.
+//!   RocketMQ's consumers do — except one whose attempts are spent (its `reconsume_times`
+//!   at the maximum, the consumer's own or the one the broker last reported): delivering it
+//!   again would be an attempt past the maximum, so its send-back is retried instead until
+//!   the broker moves it to the DLQ.
+//! - A batch still being retried when its queue is let go (a rebalance, shutdown) is left
+//!   unsettled: its progress is not recorded, and the queue's next owner delivers it again.
 //! - **orderly**: the queue is suspended for [`ORDERLY_SUSPEND`] and the batch retried in
 //!   place (order never breaks); after each failed attempt the broker is told
 //!   (`SendBack` with `orderly`): past the group's maximum it moves the message to the DLQ
 //!   and the queue goes on, before it nothing is stored.
 //! - **broadcasting**: retried locally (there is no retry topic per member).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use raftmq_proto::ErrorCode;
@@ -25,6 +31,7 @@ use super::listener::Failure;
 use super::{Inner, MessageModel, ReceivedMessage};
 use crate::error::ClientError;
 use crate::policy::consume::reconsume_pause;
+use crate::rebalance::MessageQueue;
 
 /// Prefix of a consumer group's retry topic.
 pub const RETRY_PREFIX: &str = "%RETRY%";
@@ -34,9 +41,9 @@ pub const DLQ_PREFIX: &str = "%DLQ%";
 pub const PROPERTY_RETRY_TOPIC: &str = "RETRY_TOPIC";
 /// How long an orderly queue is suspended after a failed batch (RocketMQ's default).
 pub const ORDERLY_SUSPEND: Duration = Duration::from_secs(1);
-/// How many times a send-back is tried (a leader change in between) before the message is
-/// retried locally.
-const SEND_BACK_TRIES: u32 = 3;
+/// How many times a send-back is tried before the message is retried locally: pauses of
+/// 100 ms doubling, about 3 s in all — an election's length.
+const SEND_BACK_TRIES: u32 = 5;
 
 /// The retry topic of consumer group `group`.
 ///
@@ -47,9 +54,11 @@ pub fn retry_topic(group: &str) -> String {
     format!("{RETRY_PREFIX}{group}")
 }
 
-/// Hands `chunk` to the listener until each of its messages is consumed, taken back by the
-/// broker (concurrent) or moved to the DLQ (orderly).
-pub(super) async fn consume(inner: &Inner, chunk: &[ReceivedMessage]) {
+/// Hands `chunk` (of queue `q`) to the listener until each of its messages is consumed,
+/// taken back by the broker (concurrent) or moved to the DLQ (orderly). False if it gave up
+/// because `q` was let go or the consumer stopped meanwhile (nothing of the chunk may then
+/// count as consumed).
+pub(super) async fn consume(inner: &Inner, q: &MessageQueue, chunk: &[ReceivedMessage]) -> bool {
     let mut batch = chunk.to_vec();
     let mut tries = 0u32;
     loop {
@@ -58,21 +67,27 @@ pub(super) async fn consume(inner: &Inner, chunk: &[ReceivedMessage]) {
             .call(&inner.listener_calls, &batch, inner.cfg.consume_timeout)
             .await
         else {
-            return;
+            return true;
         };
         tries += 1;
         let pause = match (inner.listener.is_orderly(), inner.cfg.model) {
             (false, MessageModel::Clustering) => {
-                batch = send_back_all(inner, batch, why).await;
+                let Some(kept) = send_back_all(inner, q, batch, why).await else {
+                    return false;
+                };
+                batch = kept;
                 if batch.is_empty() {
-                    return;
+                    return true;
                 }
                 reconsume_pause(tries)
             }
             (true, MessageModel::Clustering) => {
-                batch = dead_letter_spent(inner, batch).await;
+                let Some(kept) = dead_letter_spent(inner, q, batch).await else {
+                    return false;
+                };
+                batch = kept;
                 if batch.is_empty() {
-                    return;
+                    return true;
                 }
                 ORDERLY_SUSPEND
             }
@@ -82,18 +97,41 @@ pub(super) async fn consume(inner: &Inner, chunk: &[ReceivedMessage]) {
             m.reconsume_times += 1;
         }
         tokio::time::sleep(pause).await;
+        if !still_ours(inner, q) {
+            return false;
+        }
     }
 }
 
-/// Sends each message of `batch` back; returns those the broker did not take.
+/// Whether this member still consumes `q` (not let go, not stopped).
+fn still_ours(inner: &Inner, q: &MessageQueue) -> bool {
+    inner.running() && inner.state(|s| s.is_consuming(q))
+}
+
+/// The maximum in force: the consumer's own, else the one the broker last applied
+/// (`None` before any send-back answered).
+fn known_max(inner: &Inner) -> Option<u32> {
+    match inner.cfg.max_reconsume_times {
+        0 => match inner.broker_max.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n),
+        },
+        n => Some(n),
+    }
+}
+
+/// Sends each message of `batch` back; returns those the broker did not take, to retry
+/// locally. A message whose attempts are spent (bound for the DLQ) is not delivered again:
+/// its send-back is retried until the broker takes it — `None` if `q` is let go first.
 async fn send_back_all(
     inner: &Inner,
+    q: &MessageQueue,
     batch: Vec<ReceivedMessage>,
     why: Failure,
-) -> Vec<ReceivedMessage> {
+) -> Option<Vec<ReceivedMessage>> {
     let mut kept = Vec::new();
     for m in batch {
-        match send_back(inner, &m, false).await {
+        match send_back_spent(inner, q, &m, false).await? {
             Ok(topic) => {
                 tracing::debug!(msg_id = %m.msg_id, %topic, reason = why.as_str(), "sent back");
                 inner.sent_back();
@@ -107,15 +145,46 @@ async fn send_back_all(
             }
         }
     }
-    kept
+    Some(kept)
+}
+
+/// [`send_back`], repeated until the broker answers while `m`'s attempts are spent (it must
+/// not be delivered again); `None` if `q` is let go first.
+async fn send_back_spent(
+    inner: &Inner,
+    q: &MessageQueue,
+    m: &ReceivedMessage,
+    orderly: bool,
+) -> Option<Result<String, ClientError>> {
+    let mut waits = 0u32;
+    loop {
+        match send_back(inner, m, orderly).await {
+            Err(e) if known_max(inner).is_some_and(|max| m.reconsume_times >= max) => {
+                tracing::warn!(
+                    msg_id = %m.msg_id, error = %e,
+                    "the broker could not take back a message bound for the DLQ; trying again"
+                );
+                waits += 1;
+                tokio::time::sleep(reconsume_pause(waits)).await;
+                if !still_ours(inner, q) {
+                    return None;
+                }
+            }
+            r => return Some(r),
+        }
+    }
 }
 
 /// Orderly: tells the broker of each failed attempt; returns the messages still to retry in
 /// place (those the broker did not move to the DLQ).
-async fn dead_letter_spent(inner: &Inner, batch: Vec<ReceivedMessage>) -> Vec<ReceivedMessage> {
+async fn dead_letter_spent(
+    inner: &Inner,
+    q: &MessageQueue,
+    batch: Vec<ReceivedMessage>,
+) -> Option<Vec<ReceivedMessage>> {
     let mut kept = Vec::new();
     for m in batch {
-        match send_back(inner, &m, true).await {
+        match send_back_spent(inner, q, &m, true).await? {
             Ok(topic) if !topic.is_empty() => {
                 tracing::warn!(
                     msg_id = %m.msg_id, %topic, attempts = m.reconsume_times + 1,
@@ -126,7 +195,7 @@ async fn dead_letter_spent(inner: &Inner, batch: Vec<ReceivedMessage>) -> Vec<Re
             _ => kept.push(m),
         }
     }
-    kept
+    Some(kept)
 }
 
 /// One send-back of `m` to the leader of the broker group holding it; the topic it went to
@@ -162,7 +231,12 @@ async fn send_back(
                 .await
             {
                 Ok(r) => match code(&r.status) {
-                    ErrorCode::Ok => return Ok(r.topic),
+                    ErrorCode::Ok => {
+                        inner
+                            .broker_max
+                            .store(r.max_reconsume_times, Ordering::Release);
+                        return Ok(r.topic);
+                    }
                     ErrorCode::NotLeader | ErrorCode::Unavailable => {
                         last = ClientError::Unavailable(format!("{:?}", r.status));
                     }
