@@ -117,3 +117,17 @@ pub fn sigkill(procs: &mut Procs, addr: &str) {
     assert_eq!(rc, 0, "SIGKILL {addr}");
     let _ = child.wait();
 }
+
+/// Starts again the broker that served `addr` (its configuration is under `dir`, as
+/// [`start_group`] wrote it).
+pub fn restart(procs: &mut Procs, dir: &Path, addr: &str) {
+    let listen = format!("listen = \"{addr}\"");
+    let cfg = (1..=3)
+        .map(|id| dir.join(format!("g1-{id}.toml")))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&listen)))
+        .expect("a configuration for that address");
+    procs.0.insert(
+        addr.to_string(),
+        spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
+    );
+}

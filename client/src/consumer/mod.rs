@@ -303,7 +303,11 @@ impl PushConsumer {
             return Err(ClientError::State("already started"));
         }
         for t in self.inner.cfg.subscriptions.keys() {
-            self.inner.routes.route(t, true).await?;
+            if let Err(e) = self.inner.routes.route(t, true).await {
+                // Not started: a later `start` may try again.
+                self.inner.running.store(false, Ordering::Release);
+                return Err(e);
+            }
         }
         // The retry topic exists only once a message was sent back.
         if let Some(r) = &self.inner.retry_topic
