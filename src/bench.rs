@@ -50,6 +50,9 @@ pub enum BenchCommand {
     /// transaction answers Unknown, and for each the time from (stored + --txn-timeout-ms) to
     /// the arrival of its first check (answered Commit).
     TxnCheck(crate::bench_txn::TxnCheck),
+    /// Loads timed messages all due at one moment, reports the brokers' memory with them
+    /// pending, then how many per second the scheduler delivers (see `bench_timers`).
+    Timers(crate::bench_timers::Timers),
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -248,6 +251,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             );
         }
         BenchCommand::TxnCheck(t) => crate::bench_txn::txn_check(t).await?,
+        BenchCommand::Timers(t) => crate::bench_timers::run(t).await?,
     }
     Ok(())
 }

@@ -9,12 +9,14 @@
 //! - `raftmq send`, `raftmq consume`: a producer and a push consumer over the SDK
 //!   (`send --transaction commit|rollback|unknown`: a transaction producer, see `txn`;
 //!   `send --delay-level|--delay-ms|--deliver-at-ms`: timed messages), `raftmq recall`;
-//! - `raftmq bench produce|consume|txn-check`: load over the SDK with latency percentiles
+//! - `raftmq bench produce|consume|txn-check|timers`: load over the SDK with latency percentiles
 //!   (`produce --transactional`: committed transactions per second; `txn-check`: the delay
-//!   from a transaction's timeout to its check);
+//!   from a transaction's timeout to its check; `timers`: due timers per second and memory
+//!   with timers pending);
 //! - `raftmq store check`: verify a replica's data directory offline.
 
 mod bench;
+mod bench_timers;
 mod bench_txn;
 mod dlq;
 mod ops;
