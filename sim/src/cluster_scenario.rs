@@ -268,10 +268,14 @@ impl Outcome {
         if !self.timer.sent.is_empty() {
             let t = &self.timer;
             s.push_str(&format!(
-                "timers: {} acked, {} indeterminate, {} recalled, {} deliveries, {} stored from two timers (retried sends)\n",
+                "timers: {} acked, {} indeterminate, {} recalled ({} of them delivered from a retried send's other timer), {} deliveries, {} stored from two timers (retried sends)\n",
                 t.sent.len(),
                 t.indeterminate.len(),
                 t.recalled.len(),
+                t.recalled
+                    .iter()
+                    .filter(|b| t.delivered_from.contains_key(*b))
+                    .count(),
                 t.deliveries.len(),
                 crate::timer_checks::retried_sends(t)
             ));

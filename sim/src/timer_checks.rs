@@ -5,7 +5,9 @@
 //!   [`SKEW_MS`]: every simulated node reads the same clock, so a leader change moves no due
 //!   time). A relative delay is measured from the attempt that stored it, and the SDK may
 //!   retry a send whose first answer was lost, so the bound is the one read before sending;
-//! - **recalled**: a message whose recall the broker acknowledged, consumed;
+//! - **recalled**: a message whose recall the broker acknowledged, consumed from the timer
+//!   the recall named (a send the SDK retried may have stored a second timer, which the
+//!   recall of the acknowledged one does not touch);
 //! - **stored twice**: one timer delivered into its topic's queues more than once (a
 //!   delivery repeated by a new leader or a stale proposal). Copies are told apart by the
 //!   timer they came from (the `RAFTMQ_TIMER` property, `due:position`): a send the SDK
@@ -36,6 +38,11 @@ pub struct TimerHistory {
     pub indeterminate: BTreeSet<String>,
     /// Acknowledged recalls.
     pub recalled: BTreeSet<String>,
+    /// The timer each acknowledged recall named (`group/position`, from its handle).
+    pub recalled_timer: BTreeMap<String, String>,
+    /// The timers each body's deliveries came from (`group/position`): a send the SDK
+    /// retried may have stored two, and a recall names only the acknowledged one.
+    pub delivered_from: BTreeMap<String, BTreeSet<String>>,
     /// Recalls whose outcome is unknown (the client gave up): such a message may or may not
     /// be delivered, so it is neither lost nor wrongly delivered.
     pub recall_unknown: BTreeSet<String>,
@@ -88,7 +95,12 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
     }
     for (body, &at) in &first {
         let body = body.to_string();
-        if h.recalled.contains(&body) {
+        // Fired unless every delivery came from another timer than the recalled one.
+        let other_timer = match (h.delivered_from.get(&body), h.recalled_timer.get(&body)) {
+            (Some(from), Some(recalled)) => !from.contains(recalled),
+            _ => false,
+        };
+        if h.recalled.contains(&body) && !other_timer {
             out.push(TimerViolation::RecalledDelivered { body: body.clone() });
         }
         if let Some(&due) = h.sent.get(&body) {
@@ -200,6 +212,17 @@ mod tests {
             check_timer_history(&h)[..],
             [TimerViolation::RecalledDelivered { .. }]
         ));
+        // From the recalled timer: fired; from another (a retried send's): not.
+        h.recalled_timer.insert("r".into(), "g1/7".into());
+        h.delivered_from
+            .insert("r".into(), ["g1/7".to_string()].into());
+        assert!(matches!(
+            check_timer_history(&h)[..],
+            [TimerViolation::RecalledDelivered { .. }]
+        ));
+        h.delivered_from
+            .insert("r".into(), ["g2/7".to_string()].into());
+        assert_eq!(check_timer_history(&h), vec![]);
 
         let mut h = clean();
         h.stored.insert(("a".into(), "5000:1".into()), 2);

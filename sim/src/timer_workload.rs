@@ -86,10 +86,23 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
                 h.not_before.insert(body.clone(), asked);
                 drop(h);
                 if i % 10 == 3 && due > now_ms() + 500 {
-                    match p.recall(&r).await {
-                        Ok(()) => lock(&world.history).recalled.insert(body),
-                        Err(_) => lock(&world.history).recall_unknown.insert(body),
-                    };
+                    let outcome = p.recall(&r).await;
+                    let mut h = lock(&world.history);
+                    match (
+                        outcome,
+                        r.recall_handle.as_deref().and_then(timer_of_handle),
+                    ) {
+                        (Ok(()), Some(timer)) => {
+                            h.recalled.insert(body.clone());
+                            h.recalled_timer.insert(body, timer);
+                        }
+                        (Ok(()), None) => {
+                            h.recalled.insert(body);
+                        }
+                        (Err(_), _) => {
+                            h.recall_unknown.insert(body);
+                        }
+                    }
                 }
             }
             Err(_) => {
@@ -103,14 +116,33 @@ async fn sender(world: TimerWorld, namesrv: &'static str) {
     drop(p);
 }
 
+/// The timer a recall handle names, as `group/position` (a handle is an offset msg id: 16
+/// hex digits of CommitLog position, then the broker group).
+fn timer_of_handle(handle: &str) -> Option<String> {
+    let (hex, group) = (handle.get(..16)?, handle.get(16..)?);
+    let position = u64::from_str_radix(hex, 16).ok()?;
+    Some(format!("{group}/{position}"))
+}
+
 async fn consumer(world: TimerWorld, namesrv: &'static str) {
     let w = world.clone();
     let listener = move |msgs: &[ReceivedMessage]| {
         let at = now_ms();
         let mut h = lock(&w.history);
         for m in msgs {
-            h.deliveries
-                .push((String::from_utf8_lossy(&m.body).into_owned(), at));
+            let body = String::from_utf8_lossy(&m.body).into_owned();
+            if let Some(timer) = m
+                .properties
+                .get(raftmq_store::timer::PROPERTY_TIMER_KEY)
+                .and_then(|k| k.split_once(':'))
+                .map(|(_, pos)| format!("{}/{pos}", m.queue.group))
+            {
+                h.delivered_from
+                    .entry(body.clone())
+                    .or_default()
+                    .insert(timer);
+            }
+            h.deliveries.push((body, at));
         }
         ConsumeResult::Success
     };
