@@ -69,54 +69,28 @@ async fn pulled(
         .collect())
 }
 
-/// Asks whichever replica leads (retrying NOT_LEADER and UNAVAILABLE: three replicas on two
-/// cores do elect).
 async fn recall(c: &Cluster, handle: &str) -> RecallMessageResponse {
-    wait_for(
-        Duration::from_secs(15),
+    let req = RecallMessageRequest {
+        recall_handle: handle.to_string(),
+    };
+    c.on_leader(
         "a recall answered by a leader",
-        || async {
-            let leader = c.wait_leader(Duration::from_secs(15)).await;
-            let req = RecallMessageRequest {
-                recall_handle: handle.to_string(),
-            };
-            let r = c
-                .messaging(leader)
-                .await
-                .ok()?
-                .recall_message(req)
-                .await
-                .ok()?;
-            let r = r.into_inner();
-            (!matches!(
-                code(&r.status),
-                ErrorCode::NotLeader | ErrorCode::Unavailable
-            ))
-            .then_some(r)
+        |r: &RecallMessageResponse| &r.status,
+        |mut m| {
+            let req = req.clone();
+            async move { m.recall_message(req).await }
         },
     )
     .await
 }
 
 async fn send_back(c: &Cluster, req: SendBackRequest) -> SendBackResponse {
-    wait_for(
-        Duration::from_secs(15),
+    c.on_leader(
         "a send-back answered by a leader",
-        || async {
-            let leader = c.wait_leader(Duration::from_secs(15)).await;
-            let r = c
-                .messaging(leader)
-                .await
-                .ok()?
-                .send_back(req.clone())
-                .await
-                .ok()?;
-            let r = r.into_inner();
-            (!matches!(
-                code(&r.status),
-                ErrorCode::NotLeader | ErrorCode::Unavailable
-            ))
-            .then_some(r)
+        |r: &SendBackResponse| &r.status,
+        |mut m| {
+            let req = req.clone();
+            async move { m.send_back(req).await }
         },
     )
     .await

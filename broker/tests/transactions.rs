@@ -373,27 +373,16 @@ async fn checks_reach_a_connected_producer_and_stop_at_the_limit() -> anyhow::Re
         decision: TransactionDecision::Commit as i32,
         from_check: true,
     };
-    let r = wait_for(
-        Duration::from_secs(15),
-        "the answer reaches a leader",
-        || async {
-            let leader = c.wait_leader(Duration::from_secs(15)).await;
-            let r = c
-                .messaging(leader)
-                .await
-                .ok()?
-                .end_transaction(answer.clone())
-                .await
-                .ok()?;
-            let r = r.into_inner();
-            (!matches!(
-                code(&r.status),
-                ErrorCode::NotLeader | ErrorCode::Unavailable
-            ))
-            .then_some(r)
-        },
-    )
-    .await;
+    let r = c
+        .on_leader(
+            "the answer reaches a leader",
+            |r: &EndTransactionResponse| &r.status,
+            |mut m| {
+                let answer = answer.clone();
+                async move { m.end_transaction(answer).await }
+            },
+        )
+        .await;
     assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
     assert_bodies(&c, "T", &["answered"]).await;
 

@@ -1368,9 +1368,10 @@ async fn member(
     }
 }
 
-async fn new_producer(group: &str) -> Producer {
+/// A started producer of `group` (starting retried until the name server answers).
+pub(crate) async fn new_producer(namesrv: &str, group: &str) -> Producer {
     let p = Producer::builder()
-        .namesrv_addrs([NAMESRV])
+        .namesrv_addrs([namesrv])
         .group(group)
         .build()
         .expect("a valid producer");
@@ -1407,7 +1408,7 @@ async fn queue_producer(
     start: tokio::time::Instant,
     until: Duration,
 ) {
-    let p = new_producer("PQ").await;
+    let p = new_producer(NAMESRV, "PQ").await;
     let mut i = 0;
     while i < max && start.elapsed() < until {
         let topic = if i % 3 == 2 { "Q2" } else { "Q1" };
@@ -1426,7 +1427,7 @@ async fn ordered_producer(
     start: tokio::time::Instant,
     until: Duration,
 ) {
-    let p = new_producer("PO").await;
+    let p = new_producer(NAMESRV, "PO").await;
     let mut seq = vec![0u32; ORDERED_KEYS as usize];
     let mut i = 0;
     while i < max && start.elapsed() < until {
@@ -1449,7 +1450,7 @@ async fn ordered_producer(
 
 /// Sends probes to `Q1` until each group acknowledged one.
 async fn probe(history: Arc<Mutex<QueueHistory>>) {
-    let p = new_producer("PP").await;
+    let p = new_producer(NAMESRV, "PP").await;
     let mut groups = BTreeSet::new();
     let mut i = 0;
     while groups.len() < GROUPS.len() {

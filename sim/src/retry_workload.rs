@@ -15,7 +15,7 @@ use std::time::Duration;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
 use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
-use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
+use raftmq_client::{ConsumeResult, Message, PushConsumer};
 use raftmq_raft::Replica;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_testkit::{Deadline, try_wait_for};
@@ -75,14 +75,7 @@ impl RetryWorld {
 }
 
 async fn sender(world: RetryWorld, namesrv: &'static str) {
-    let p = Producer::builder()
-        .namesrv_addrs([namesrv])
-        .group("RTP")
-        .build()
-        .expect("a valid producer");
-    while p.start().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let p = crate::cluster_scenario::new_producer(namesrv, "RTP").await;
     let mut i = 0;
     while i < MESSAGES && world.start.elapsed() < world.until {
         let body = format!("r{i}");

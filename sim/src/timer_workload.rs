@@ -15,7 +15,7 @@ use std::time::Duration;
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
 use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
-use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
+use raftmq_client::{ConsumeResult, Message, PushConsumer};
 use raftmq_raft::Replica;
 use raftmq_raft::replica::now_ms;
 use raftmq_store::consumequeue::QueueId;
@@ -54,14 +54,7 @@ impl TimerWorld {
 }
 
 async fn sender(world: TimerWorld, namesrv: &'static str) {
-    let p = Producer::builder()
-        .namesrv_addrs([namesrv])
-        .group("TMP")
-        .build()
-        .expect("a valid producer");
-    while p.start().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let p = crate::cluster_scenario::new_producer(namesrv, "TMP").await;
     let mut i = 0;
     while i < world.max && world.start.elapsed() < world.until {
         let body = format!("d{i}");

@@ -174,6 +174,34 @@ impl Cluster {
         }
     }
 
+    /// Makes `call` on whichever replica leads until one answers with a status other than
+    /// NOT_LEADER or UNAVAILABLE (three replicas on two cores do elect), within 15 s.
+    #[allow(dead_code)]
+    pub async fn on_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        status: fn(&T) -> &Option<Status>,
+        call: F,
+    ) -> T
+    where
+        F: Fn(MessagingClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        wait_for(Duration::from_secs(15), what, || async {
+            let leader = self.wait_leader(Duration::from_secs(15)).await;
+            let r = call(self.messaging(leader).await.ok()?)
+                .await
+                .ok()?
+                .into_inner();
+            (!matches!(
+                code(status(&r)),
+                ErrorCode::NotLeader | ErrorCode::Unavailable
+            ))
+            .then_some(r)
+        })
+        .await
+    }
+
     /// Puts a consumer group's configuration through whichever replica leads; the status
     /// it answered (retrying NOT_LEADER and UNAVAILABLE for a bounded time).
     #[allow(dead_code)]
