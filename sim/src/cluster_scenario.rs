@@ -59,7 +59,8 @@ use crate::queue_checks::{
     Event, QueueHistory, QueueViolation, check_queue_history, duplicate_counts,
 };
 use crate::replica_checks::{
-    ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term, read_replicas,
+    ReplicaViolation, check_leaders, check_replicas, check_terms, observe_term,
+    placeholder_metrics, read_replicas,
 };
 use crate::timer_checks::{TimerHistory, TimerViolation};
 use crate::timer_workload::{self, TimerWorld};
@@ -950,7 +951,10 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
                 };
                 for (g, i, r) in &reps {
                     let m = r.raft().metrics().borrow_watched().clone();
-                    observe_term(&mut lock(&terms)[*g], r.node_id(), m.current_term);
+                    let applied = m.last_applied.map(|l| l.index);
+                    if !placeholder_metrics(m.current_term, m.last_log_index, applied) {
+                        observe_term(&mut lock(&terms)[*g], r.node_id(), m.current_term);
+                    }
                     if m.state.is_leader() {
                         lock(&leaders)[*g]
                             .entry(m.current_term)

@@ -33,7 +33,7 @@ use raftmq_testkit::{Deadline, wait_until};
 use crate::history::{FinalLog, History, Violation, WriteId, check_all};
 use crate::replica_checks::{
     Archive, ReplicaViolation, check_archive, check_leaders, check_replicas, check_terms, observe,
-    observe_term, read_replicas,
+    observe_term, placeholder_metrics, read_replicas,
 };
 
 /// A wait of up to `secs` seconds, checking every 20 ms (the interval these waits were
@@ -480,11 +480,14 @@ fn spawn_monitors(handle: &Handle, registry: &Registry, retention: bool) -> Watc
         loop {
             for r in live_replicas(&registry) {
                 let m = r.raft().metrics().borrow_watched().clone();
-                observe_term(
-                    &mut terms.lock().expect("terms lock"),
-                    r.node_id(),
-                    m.current_term,
-                );
+                let applied = m.last_applied.map(|l| l.index);
+                if !placeholder_metrics(m.current_term, m.last_log_index, applied) {
+                    observe_term(
+                        &mut terms.lock().expect("terms lock"),
+                        r.node_id(),
+                        m.current_term,
+                    );
+                }
                 if m.state.is_leader() {
                     leaders
                         .lock()

@@ -202,6 +202,13 @@ pub fn check_terms(seen: &[(NodeId, u64)]) -> Vec<ReplicaViolation> {
     out
 }
 
+/// Whether metrics are openraft's placeholder, published by `Raft::new` before the core has
+/// loaded the stored vote and log (term 0, no log, nothing applied): a replica just
+/// restarted shows them for an instant, and they say nothing about its persistent term.
+pub fn placeholder_metrics(term: u64, last_log: Option<u64>, applied: Option<u64>) -> bool {
+    term == 0 && last_log.is_none() && applied.is_none()
+}
+
 /// Records `term` for `node` if it differs from the last observation of that node.
 pub fn observe_term(seen: &mut Vec<(NodeId, u64)>, node: NodeId, term: u64) {
     if seen.iter().rev().find(|(n, _)| *n == node).map(|(_, t)| *t) != Some(term) {
