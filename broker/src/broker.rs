@@ -289,22 +289,38 @@ async fn timer_scheduler(shared: Arc<Shared>) {
             }
             ready_term = Some(term);
         }
-        loop {
-            match timers
-                .deliver_due(term, raftmq_raft::replica::now_ms())
-                .await
-            {
-                Ok(p) if p.proposed > 0 => {
-                    tracing::debug!(?p, "timer scheduler");
-                    if p.proposed < shared.config.timer.batch {
-                        break;
-                    }
-                }
-                Ok(_) => break,
+        deliver_pipelined(timers, term).await;
+    }
+}
+
+/// Deliveries the scheduler keeps in flight at once (each waits for a Raft commit and apply;
+/// one at a time left the group idle between them).
+const DELIVERIES_IN_FLIGHT: usize = 4;
+
+/// Proposes due deliveries, up to [`DELIVERIES_IN_FLIGHT`] at once, until nothing more is
+/// due or one fails (the next round starts again from the cursor in the log).
+async fn deliver_pipelined(timers: &crate::managers::timers::TimerManager, term: u64) {
+    use futures_util::StreamExt;
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    let mut drained = false;
+    loop {
+        while !drained && in_flight.len() < DELIVERIES_IN_FLIGHT {
+            match timers.next_delivery(term, raftmq_raft::replica::now_ms()) {
+                Ok(Some(copies)) => in_flight.push_back(timers.propose(copies)),
+                Ok(None) => drained = true,
                 Err(e) => {
-                    tracing::debug!(error = %e, "timer scheduler: delivery failed");
-                    break;
+                    tracing::debug!(error = %e, "timer scheduler: reading due timers failed");
+                    drained = true;
                 }
+            }
+        }
+        match in_flight.next().await {
+            None => return,
+            Some(Ok(p)) => tracing::debug!(?p, "timer scheduler"),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "timer scheduler: delivery failed");
+                // Let those in flight finish; propose nothing more this round.
+                drained = true;
             }
         }
     }

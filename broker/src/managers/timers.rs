@@ -168,9 +168,12 @@ impl TimerManager {
         *lock(&self.proposed) = None;
     }
 
-    /// One scheduler pass on the leader of `term`: proposes the due timers past the cursor
-    /// (and past what this leader already proposed) as one delivery entry.
-    pub async fn deliver_due(&self, term: u64, now_ms: u64) -> Result<DeliveryPass, Refusal> {
+    /// The next delivery on the leader of `term`: copies of the due timers past the cursor
+    /// and past what this leader already proposed (at most `batch`, within the entry size),
+    /// remembered as proposed. `None` if nothing is due. The caller proposes them with
+    /// [`TimerManager::propose`]; several may be in flight (a stale or repeated one is
+    /// refused copy by copy at apply).
+    pub fn next_delivery(&self, term: u64, now_ms: u64) -> Result<Option<Vec<Message>>, Refusal> {
         let view = self.replica.store().view();
         let cursor = view.meta().timer_cursor()?;
         let mine = lock(&self.proposed)
@@ -199,10 +202,15 @@ impl TimerManager {
             copies.push(m);
         }
         let Some(last) = last else {
-            return Ok(DeliveryPass::default());
+            return Ok(None);
         };
-        let proposed = copies.len();
         *lock(&self.proposed) = Some((term, last));
+        Ok(Some(copies))
+    }
+
+    /// Proposes a delivery from [`TimerManager::next_delivery`]; what apply admitted.
+    pub async fn propose(&self, copies: Vec<Message>) -> Result<DeliveryPass, Refusal> {
+        let proposed = copies.len();
         match self.replica.write_entry(copies).await {
             Ok(r) => Ok(DeliveryPass {
                 proposed,
@@ -213,6 +221,14 @@ impl TimerManager {
                 *lock(&self.proposed) = None;
                 Err(e.into())
             }
+        }
+    }
+
+    /// One scheduler pass: the next delivery, proposed and waited for.
+    pub async fn deliver_due(&self, term: u64, now_ms: u64) -> Result<DeliveryPass, Refusal> {
+        match self.next_delivery(term, now_ms)? {
+            Some(copies) => self.propose(copies).await,
+            None => Ok(DeliveryPass::default()),
         }
     }
 
