@@ -78,20 +78,20 @@ impl Admin for AdminImpl {
 
     async fn browse_queue(&self, req: Request<BrowseQueueRequest>) -> Res<BrowseQueueResponse> {
         let r = self.shared.managers.messages.browse(&req.into_inner());
-        respond(r.and_then(|p| match p.status {
-            Some(s) if s.code != 0 => Ok(BrowseQueueResponse {
+        respond(r.map(|p| match p.status {
+            Some(s) if s.code != 0 => BrowseQueueResponse {
                 status: Some(s),
                 min_offset: p.min_offset,
                 max_offset: p.max_offset,
                 ..Default::default()
-            }),
-            _ => Ok(BrowseQueueResponse {
+            },
+            _ => BrowseQueueResponse {
                 status: None,
                 messages: p.messages,
                 next_offset: p.next_offset,
                 min_offset: p.min_offset,
                 max_offset: p.max_offset,
-            }),
+            },
         }))
     }
 
