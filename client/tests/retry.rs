@@ -1,7 +1,8 @@
 //! Consumer retry over a real in-process cluster: a concurrent listener's `ReconsumeLater` and
 //! panic send the message back through the group's retry topic (original topic kept,
 //! `reconsume_times` counting) until the maximum, then to the DLQ; an orderly listener retries
-//! in place, keeps the queue's order, and dead-letters past the maximum.
+//! in place, keeps the queue's order, and dead-letters past the maximum; a message the
+//! broker cannot take back (its group lost its quorum) is retried locally.
 #![cfg(not(madsim))]
 
 mod common;
@@ -202,5 +203,76 @@ async fn orderly_retries_in_place_then_dead_letters_and_keeps_order() -> anyhow:
         vec![("k-3", 3)]
     );
     stop(l, p, c).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_broker_cannot_take_back_is_retried_locally() -> anyhow::Result<()> {
+    let (mut l, p) = cluster().await?;
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    // The first delivery fails after the group has lost its quorum (the test stops two
+    // replicas while the listener holds the message), so the send-back cannot be made.
+    let (failing, failed) = std::sync::mpsc::channel::<()>();
+    let (quorum_gone, wait_quorum_gone) = std::sync::mpsc::channel::<()>();
+    let failing = Mutex::new(Some(failing));
+    let wait_quorum_gone = Mutex::new(wait_quorum_gone);
+    let c = PushConsumer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("L")
+        .subscribe("T", "*")
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(300))
+        .concurrent(move |msgs| {
+            record(&s, msgs);
+            if msgs[0].reconsume_times > 0 {
+                return ConsumeResult::Success;
+            }
+            if let Some(tx) = failing.lock().expect("once").take() {
+                let _ = tx.send(());
+                let _ = wait_quorum_gone
+                    .lock()
+                    .expect("rx")
+                    .recv_timeout(Duration::from_secs(20));
+            }
+            ConsumeResult::ReconsumeLater
+        })
+        .build()?;
+    c.start().await?;
+    p.send(Message::new("T", "stranded")).await?;
+    tokio::task::spawn_blocking(move || failed.recv_timeout(Duration::from_secs(20)))
+        .await?
+        .map_err(|_| anyhow::anyhow!("the listener never got the message"))?;
+    let ids: Vec<u64> = l.brokers.keys().copied().take(2).collect();
+    for id in ids {
+        if let Some(b) = l.brokers.remove(&id) {
+            b.shutdown().await;
+        }
+    }
+    quorum_gone.send(())?;
+    // Delivered again from the same queue (not the retry topic), one attempt later.
+    wait_until(Duration::from_secs(30), "a local redelivery", || {
+        let s = seen.lock().expect("log");
+        if s.iter().any(|m| m.0 == "stranded" && m.3 == 1) {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await;
+    let s = seen.lock().expect("log").clone();
+    assert_eq!(
+        s.iter()
+            .filter(|m| m.0 == "stranded")
+            .map(|m| (m.2.as_str(), m.3))
+            .collect::<Vec<_>>(),
+        vec![("T", 0), ("T", 1)],
+        "retried locally, from queue T"
+    );
+    c.shutdown().await;
+    p.shutdown().await;
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
     Ok(())
 }
