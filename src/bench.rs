@@ -1,7 +1,9 @@
-//! `raftmq bench produce|consume|txn-check`: load over the SDK, with a live progress line and
-//! an HDR histogram of latencies (send → acknowledgement for produce, or send → commit
-//! acknowledged with `--transactional`; store → delivery for consume). `txn-check` lives in
-//! `bench_txn`.
+//! `raftmq bench produce|consume|txn-check|timers`: load over the SDK, with a live progress
+//! line and an HDR histogram of latencies (send → acknowledgement for produce, or send →
+//! commit acknowledged with `--transactional`; store → delivery for consume). `produce` also
+//! prints the brokers' CPU per message: every registered replica's process CPU time
+//! (`Admin.ProcessStats`) before and after the run, summed. `txn-check` lives in
+//! `bench_txn`, `timers` in `bench_timers`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,6 +110,55 @@ pub(crate) async fn progress(count: Arc<AtomicU64>, until: Instant) {
     eprintln!();
 }
 
+/// CPU time used so far (user + system, µs) by every broker replica registered with the
+/// name server, by address; a replica that does not answer is left out.
+async fn server_cpu(cluster: &crate::ops::Cluster) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(groups) = cluster.groups().await else {
+        return out;
+    };
+    for r in groups.iter().flat_map(|g| g.replicas.iter()) {
+        let stats = async {
+            crate::ops::admin(&r.addr)
+                .await?
+                .process_stats(raftmq_proto::v1::ProcessStatsRequest {})
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), stats).await {
+            let s = s.into_inner();
+            out.insert(r.addr.clone(), s.cpu_user_us + s.cpu_system_us);
+        }
+    }
+    out
+}
+
+/// Prints the brokers' CPU over the run per message: summed over the replicas seen both
+/// before and after (the brokers must run on their own: anything else they do counts too).
+fn print_server_cpu(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    n: u64,
+    unit: &str,
+) {
+    let deltas: Vec<u64> = after
+        .iter()
+        .filter_map(|(a, t)| before.get(a).map(|b| t.saturating_sub(*b)))
+        .collect();
+    if deltas.is_empty() || n == 0 {
+        println!("server CPU: not measured (no broker answered ProcessStats before and after)");
+        return;
+    }
+    let total: u64 = deltas.iter().sum();
+    println!(
+        "server CPU: {:.0} ms over {} replicas = {:.1} us per {}",
+        total as f64 / 1000.0,
+        deltas.len(),
+        total as f64 / n as f64,
+        unit.trim_end_matches('s')
+    );
+}
+
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Produce {
@@ -123,6 +174,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 producers > 0 && in_flight > 0,
                 "--producers and --in-flight must be ≥ 1"
             );
+            let cluster = crate::ops::Cluster::new(&namesrv);
+            let cpu_before = server_cpu(&cluster).await;
             let until = Instant::now() + Duration::from_secs(duration);
             let count = Arc::new(AtomicU64::new(0));
             let failed = Arc::new(AtomicU64::new(0));
@@ -198,6 +251,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 },
                 &h,
             );
+            print_server_cpu(&cpu_before, &server_cpu(&cluster).await, n, unit);
         }
         BenchCommand::Consume {
             namesrv,

@@ -170,6 +170,7 @@ replies!(
     PutGroupResponse,
     ListGroupsResponse,
     BrowseQueueResponse,
+    ProcessStatsResponse,
     TopicStatsResponse,
     ConsumerProgressResponse,
     GroupStatusResponse,

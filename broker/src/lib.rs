@@ -23,6 +23,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod managers;
+pub mod process;
 pub mod services;
 mod shared;
 

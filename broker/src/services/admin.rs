@@ -95,6 +95,16 @@ impl Admin for AdminImpl {
         }))
     }
 
+    async fn process_stats(&self, _req: Request<ProcessStatsRequest>) -> Res<ProcessStatsResponse> {
+        let (cpu_user_us, cpu_system_us) = crate::process::cpu_us();
+        respond(Ok(ProcessStatsResponse {
+            status: None,
+            cpu_user_us,
+            cpu_system_us,
+            rss_bytes: crate::process::rss_bytes(),
+        }))
+    }
+
     async fn list_topics(&self, _req: Request<ListTopicsRequest>) -> Res<ListTopicsResponse> {
         respond(Ok(ListTopicsResponse {
             status: None,
