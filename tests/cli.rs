@@ -181,41 +181,10 @@ fn txn_row(list: &str, msg_id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_commit_roll_back_and_are_checked_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let ns = format!("127.0.0.1:{}", free_port());
-    let broker = format!("127.0.0.1:{}", free_port());
-    let cfg = dir.path().join("g1-1.toml");
     // One replica (enough for the commands), and a short wait before the first check.
-    std::fs::write(
-        &cfg,
-        format!(
-            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n[transaction]\ntimeout_ms = 1000\ncheck_interval_ms = 2000\nscan_interval_ms = 50\n",
-            dir.path().join("g1-1").display()
-        ),
-    )
-    .unwrap();
-    let spawn = |a: &[&str]| {
-        raftmq()
-            .args(a)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn raftmq")
-    };
-    let _procs = Procs(vec![
-        spawn(&["namesrv", "--listen", &ns]),
-        spawn(&["broker", "--config", cfg.to_str().unwrap()]),
-    ]);
-    // The topic can be created once the broker leads and is registered.
-    wait_for(
-        Deadline::every(Duration::from_secs(60), Duration::from_millis(200)),
-        "topic T created",
-        || async {
-            let out = run(format!("topic create --namesrv {ns} --topic T --queues 1")).await;
-            out.status
-                .success()
-                .then_some(())
-                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
-        },
+    let (_procs, ns) = one_replica(
+        dir.path(),
+        "[transaction]\ntimeout_ms = 1000\ncheck_interval_ms = 2000\nscan_interval_ms = 50\n",
     )
     .await;
     let send = |rest: &str| format!("send --namesrv {ns} --topic T {rest}");

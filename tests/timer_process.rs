@@ -13,12 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
 use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
-use raftmq_proto::ErrorCode;
-use raftmq_proto::v1::admin_client::AdminClient;
-use raftmq_proto::v1::*;
 use raftmq_testkit::{wait_for, wait_until};
 
-use common::{code, leader, restart, sigkill, start_group, wait_leader};
+use common::{create_topic, leader, restart, sigkill, start_group, wait_leader};
 
 const MESSAGES: u64 = 10_000;
 const PRODUCERS: u64 = 8;
@@ -40,25 +37,7 @@ async fn ten_thousand_timed_messages_through_two_sigkilled_leaders() -> anyhow::
     let tmp = tempfile::tempdir()?;
     let (mut procs, ns) = start_group(tmp.path(), "[timer]\nscan_interval_ms = 50\n");
     wait_leader(&ns, None, Duration::from_secs(30)).await;
-    wait_for(Duration::from_secs(15), "topic TT created", || async {
-        let l = wait_leader(&ns, None, Duration::from_secs(10)).await;
-        let r = AdminClient::connect(format!("http://{l}"))
-            .await
-            .ok()?
-            .create_topic(CreateTopicRequest {
-                topic: Some(TopicConfig {
-                    name: "TT".into(),
-                    read_queue_nums: QUEUES,
-                    write_queue_nums: QUEUES,
-                    perm: 6,
-                }),
-            })
-            .await
-            .ok()?
-            .into_inner();
-        (code(&r.status) == ErrorCode::Ok).then_some(())
-    })
-    .await;
+    create_topic(&ns, "TT", QUEUES).await;
 
     // The consumer runs throughout: when each message arrives (first arrival).
     let arrived: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();

@@ -20,7 +20,7 @@ use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::*;
 use raftmq_testkit::{wait_for, wait_until};
 
-use common::{code, leader, sigkill, start_group, wait_leader};
+use common::{code, create_topic, leader, sigkill, start_group, wait_leader};
 
 const TRANSACTIONS: u64 = 1_000;
 const QUEUES: u32 = 4;
@@ -51,25 +51,7 @@ async fn a_thousand_transactions_through_a_sigkilled_leader() -> anyhow::Result<
         "[transaction]\ntimeout_ms = 2000\ncheck_interval_ms = 1000\nscan_interval_ms = 100\n",
     );
     wait_leader(&ns, None, Duration::from_secs(30)).await;
-    wait_for(Duration::from_secs(15), "topic TX created", || async {
-        let l = wait_leader(&ns, None, Duration::from_secs(10)).await;
-        let r = AdminClient::connect(format!("http://{l}"))
-            .await
-            .ok()?
-            .create_topic(CreateTopicRequest {
-                topic: Some(TopicConfig {
-                    name: "TX".into(),
-                    read_queue_nums: QUEUES,
-                    write_queue_nums: QUEUES,
-                    perm: 6,
-                }),
-            })
-            .await
-            .ok()?
-            .into_inner();
-        (code(&r.status) == ErrorCode::Ok).then_some(())
-    })
-    .await;
+    create_topic(&ns, "TX", QUEUES).await;
 
     let checked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let c2 = checked.clone();

@@ -33,14 +33,10 @@ fn timed(topic: &str, body: &str, props: &[(&str, String)]) -> Message {
     m
 }
 
-/// (body, store time, reconsume_times, properties) of queue 0 of `topic`, read at the leader.
-async fn pulled(
-    c: &Cluster,
-    topic: &str,
-) -> anyhow::Result<Vec<(String, u64, u32, BTreeMap<String, String>)>> {
+/// Queue 0 of `topic` (up to 256 messages), pulled at the leader, whatever the answer.
+async fn pull_raw(c: &Cluster, topic: &str) -> anyhow::Result<PullResponse> {
     let leader = c.wait_leader(Duration::from_secs(15)).await;
-    let r = c
-        .messaging(leader)
+    Ok(c.messaging(leader)
         .await?
         .pull(PullRequest {
             consumer_group: "C".into(),
@@ -51,7 +47,15 @@ async fn pulled(
             ..Default::default()
         })
         .await?
-        .into_inner();
+        .into_inner())
+}
+
+/// (body, store time, reconsume_times, properties) of queue 0 of `topic`, read at the leader.
+async fn pulled(
+    c: &Cluster,
+    topic: &str,
+) -> anyhow::Result<Vec<(String, u64, u32, BTreeMap<String, String>)>> {
+    let r = pull_raw(c, topic).await?;
     if code(&r.status) != ErrorCode::Ok {
         anyhow::bail!("pull: {:?}", r.status);
     }
@@ -262,21 +266,9 @@ async fn send_back_retries_then_dead_letters() -> anyhow::Result<()> {
         Some("id-x")
     );
     // The retry copy's own offset msg id, as a consumer of the retry topic would send it back.
-    let leader = c.wait_leader(Duration::from_secs(5)).await;
-    let pr = c
-        .messaging(leader)
-        .await?
-        .pull(PullRequest {
-            consumer_group: "G".into(),
-            topic: "%RETRY%G".into(),
-            queue_id: 0,
-            offset: 0,
-            max_messages: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let id1 = pr.messages[0].offset_msg_id.clone();
+    let id1 = pull_raw(&c, "%RETRY%G").await?.messages[0]
+        .offset_msg_id
+        .clone();
     let b2 = send_back(&c, back(&id1, 1)).await;
     assert_eq!(b2.topic, "%RETRY%G");
     // reconsume_times 2 = the maximum: the next failure goes to the DLQ, at once.
@@ -284,19 +276,7 @@ async fn send_back_retries_then_dead_letters() -> anyhow::Result<()> {
     assert_eq!(code(&b3.status), ErrorCode::Ok, "{:?}", b3.status);
     assert_eq!(b3.topic, "%DLQ%G");
     // The DLQ is created neither readable nor writable.
-    let dlq = c
-        .messaging(leader)
-        .await?
-        .pull(PullRequest {
-            consumer_group: "G".into(),
-            topic: "%DLQ%G".into(),
-            queue_id: 0,
-            offset: 0,
-            max_messages: 1,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let dlq = pull_raw(&c, "%DLQ%G").await?;
     assert_eq!(code(&dlq.status), ErrorCode::NoPermission);
     let w = c.send(vec![timed("%DLQ%G", "y", &[])]).await?;
     assert_eq!(code(&w.status), ErrorCode::NoPermission);

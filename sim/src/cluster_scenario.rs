@@ -1372,6 +1372,34 @@ async fn member(
     }
 }
 
+/// A workload's push consumer builder: `group` as member `client_id` on `topic` (all tags),
+/// from the first message, heartbeating every second, long polls of 500 ms.
+pub(crate) fn workload_consumer(
+    namesrv: &str,
+    group: &str,
+    client_id: &str,
+    topic: &str,
+) -> raftmq_client::consumer::PushConsumerBuilder {
+    PushConsumer::builder()
+        .namesrv_addrs([namesrv])
+        .group(group)
+        .client_id(client_id)
+        .heartbeat_every(Duration::from_secs(1))
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(500))
+        .subscribe(topic, "*")
+}
+
+/// Starts `c` (retried until the name server answers) and keeps it running for the node's
+/// life.
+pub(crate) async fn run_consumer(c: PushConsumer) {
+    while c.start().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::future::pending::<()>().await;
+    drop(c);
+}
+
 /// A started producer of `group` (starting retried until the name server answers).
 pub(crate) async fn new_producer(namesrv: &str, group: &str) -> Producer {
     let p = Producer::builder()

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
-use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
-use raftmq_client::{ConsumeResult, Message, PushConsumer};
+use raftmq_client::consumer::ReceivedMessage;
+use raftmq_client::{ConsumeResult, Message};
 use raftmq_raft::Replica;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_testkit::{Deadline, try_wait_for};
@@ -115,23 +115,12 @@ async fn consumer(world: RetryWorld, namesrv: &'static str) {
             ConsumeResult::ReconsumeLater
         }
     };
-    let c = PushConsumer::builder()
-        .namesrv_addrs([namesrv])
-        .group(GROUP)
-        .client_id("trc1")
-        .heartbeat_every(Duration::from_secs(1))
-        .consume_from(ConsumeFrom::First)
-        .long_poll(Duration::from_millis(500))
+    let c = crate::cluster_scenario::workload_consumer(namesrv, GROUP, "trc1", TOPIC.0)
         .max_reconsume_times(MAX)
-        .subscribe(TOPIC.0, "*")
         .concurrent(listener)
         .build()
         .expect("a valid consumer");
-    while c.start().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    std::future::pending::<()>().await;
-    drop(c);
+    crate::cluster_scenario::run_consumer(c).await;
 }
 
 /// The sender and consumer nodes.

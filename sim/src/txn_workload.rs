@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
-use raftmq_client::consumer::{ConsumeFrom, ReceivedMessage};
+use raftmq_client::consumer::ReceivedMessage;
 use raftmq_client::transaction::{LocalTransactionState, TransactionProducer, fn_listener};
-use raftmq_client::{ConsumeResult, Message, PushConsumer};
+use raftmq_client::{ConsumeResult, Message};
 use raftmq_raft::Replica;
 use raftmq_store::txn::{PROPERTY_CHECK_TIMES, PROPERTY_HALF_POSITION};
 use raftmq_testkit::{Deadline, try_wait_for};
@@ -213,22 +213,11 @@ pub async fn consumer_node(world: TxnWorld, namesrv: &'static str) {
         }
         ConsumeResult::Success
     };
-    let c = PushConsumer::builder()
-        .namesrv_addrs([namesrv])
-        .group(CONSUMER_GROUP)
-        .client_id("ct1")
-        .heartbeat_every(Duration::from_secs(1))
-        .consume_from(ConsumeFrom::First)
-        .long_poll(Duration::from_millis(500))
-        .subscribe(TOPIC.0, "*")
+    let c = crate::cluster_scenario::workload_consumer(namesrv, CONSUMER_GROUP, "ct1", TOPIC.0)
         .concurrent(listener)
         .build()
         .expect("a valid consumer");
-    while c.start().await.is_err() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    std::future::pending::<()>().await;
-    drop(c);
+    crate::cluster_scenario::run_consumer(c).await;
 }
 
 /// Halves of `TX` still undecided on `leader` (the group's table as applied there).

@@ -131,3 +131,28 @@ pub fn restart(procs: &mut Procs, dir: &Path, addr: &str) {
         spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
     );
 }
+
+/// Creates `topic` with `queues` queues (perm 6) on the group's leader, retrying while the
+/// leader's lease settles.
+pub async fn create_topic(namesrv: &str, topic: &str, queues: u32) {
+    let what = format!("topic {topic} created");
+    wait_for(Duration::from_secs(15), &what, || async {
+        let l = wait_leader(namesrv, None, Duration::from_secs(10)).await;
+        let r = admin_client::AdminClient::connect(format!("http://{l}"))
+            .await
+            .ok()?
+            .create_topic(CreateTopicRequest {
+                topic: Some(TopicConfig {
+                    name: topic.into(),
+                    read_queue_nums: queues,
+                    write_queue_nums: queues,
+                    perm: 6,
+                }),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (code(&r.status) == ErrorCode::Ok).then_some(())
+    })
+    .await;
+}
