@@ -10,7 +10,8 @@
 //! file boundary) wait in memory and go out in one write when the buffer fills, before a
 //! sync, a purge, a roll to the next file, or a [`publish`](EntryFiles::publish). One
 //! `pwrite` per 20-byte entry cost a system call per message on the apply path; the buffer
-//! makes it one per apply batch. The owner's reads see the buffer, and losing it in a crash
+//! makes it one per apply batch, and that write is a copy into the mapping
+//! ([`DiskFile::store_at`](crate::disk::DiskFile::store_at)). The owner's reads see the buffer, and losing it in a crash
 //! loses nothing the owner does not rebuild.
 //!
 //! # Readers off the writer's lock
@@ -375,7 +376,7 @@ impl EntryFiles {
         let file = self.files.get(&start).ok_or_else(|| {
             StoreError::corrupt(format!("{}/{start:020}", self.dir), 0, "entry file missing")
         })?;
-        file.write_at(at, &self.pending)?;
+        file.store_at(at, &self.pending)?;
         self.pending.clear();
         self.pending_from = self.end;
         Ok(())

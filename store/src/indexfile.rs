@@ -243,7 +243,7 @@ impl IndexFile {
 
     fn write_slot(&self, slot: u32, v: u32) -> Result<()> {
         self.file
-            .write_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &v.to_le_bytes())?;
+            .store_at(HEADER_LEN + u64::from(slot) * SLOT_LEN, &v.to_le_bytes())?;
         Ok(())
     }
 
@@ -263,19 +263,19 @@ impl IndexFile {
         let n = h.count;
         let prev = self.read_slot(slot)?;
         let delta = ts.saturating_sub(self.header.begin_ts) as u32;
-        let mut b = Vec::with_capacity(ENTRY_LEN as usize);
-        b.put_u32(hash);
-        b.put_u64(position.0);
-        b.put_u32(size);
-        b.put_u32(delta);
-        b.put_u32(prev);
-        self.file.write_at(self.header.entry_at(n), &b)?;
+        let mut b = [0u8; ENTRY_LEN as usize];
+        b[0..4].copy_from_slice(&hash.to_le_bytes());
+        b[4..12].copy_from_slice(&position.0.to_le_bytes());
+        b[12..16].copy_from_slice(&size.to_le_bytes());
+        b[16..20].copy_from_slice(&delta.to_le_bytes());
+        b[20..24].copy_from_slice(&prev.to_le_bytes());
+        self.file.store_at(self.header.entry_at(n), &b)?;
         self.write_slot(slot, n + 1)?;
         let h = &mut self.header;
         h.count = n + 1;
         h.end_ts = h.end_ts.max(ts);
         h.end_pos = h.end_pos.max(position.0 + u64::from(size));
-        self.file.write_at(0, &h.encode())?;
+        self.file.store_at(0, &h.encode())?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! [`MmapDisk`]: the production disk. Files are preallocated and memory-mapped (memmap2);
-//! `write_at` and `read_at` copy into and out of the mapping, `sync_range` is a synchronous
-//! `msync` of the range.
+//! `write_at` is a `pwrite`, `store_at` and `read_at` copy into and out of the mapping,
+//! `sync_range` is a synchronous `msync` of the range.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -304,6 +304,29 @@ impl DiskFile for MmapFile {
             .map_err(self.io_err("pwrite"))
     }
 
+    fn store_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        let map = self
+            .map
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
+        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+        check_bounds(&self.path, offset, data.len() as u64, file_len)?;
+        if let Some(m) = map.as_ref() {
+            // SAFETY: bounds checked above against the live mapping, which cannot be replaced
+            // while we hold the read lock; callers never read a range while another thread
+            // writes it (module contract), and `data` is a separate borrow, so the ranges
+            // cannot overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    m.as_mut_ptr().add(offset as usize),
+                    data.len(),
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         {
@@ -325,7 +348,7 @@ impl DiskFile for MmapFile {
         let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
         check_bounds(&self.path, offset, buf.len() as u64, file_len)?;
         if let Some(m) = map.as_ref() {
-            // SAFETY: as in `write_at`.
+            // SAFETY: as in `store_at`.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     m.as_ptr().add(offset as usize),

@@ -96,6 +96,17 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     }
     /// Writes `data` at `offset`; `offset + data.len()` must be within the file.
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
+    /// Writes `data` at `offset`, as `write_at` does (same contract), for the many small
+    /// writes of an index that is synced rarely (IndexFile slots and entries, ConsumeQueue
+    /// runs, the MetaStore's pages): the production disk copies into the mapping, with no
+    /// system call. A `pwrite` into a large page-cache folio walks every block of the folio
+    /// (`ext4_block_write_begin`), which made three 4–20-byte IndexFile writes per message
+    /// cost more than the message; a store into the mapping pays one page fault per page
+    /// after each sync instead. Logs synced on every append keep `write_at` (see
+    /// docs/storage.md). The default is `write_at`.
+    fn store_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.write_at(offset, data)
+    }
     /// Writes the slices back to back from `offset`, as one write where the platform allows
     /// (no copy into a staging buffer). The default writes them one by one.
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {

@@ -20,6 +20,13 @@ fn exercise(disk: &dyn Disk) {
         f.write_vectored_at(4000, &[b"x", &[0; 96]]),
         Err(DiskError::OutOfBounds { .. })
     ));
+    f.store_at(300, b"mapped").unwrap();
+    f.read_at(300, &mut buf).unwrap();
+    assert_eq!(&buf, b"mappe");
+    assert!(matches!(
+        f.store_at(4093, b"abcd"),
+        Err(DiskError::OutOfBounds { .. })
+    ));
     f.sync_range(0, 4096).unwrap();
     assert!(matches!(
         f.write_at(4094, b"abc"),
@@ -92,13 +99,18 @@ fn mmap_data_survives_reopen() {
         let disk = MmapDisk::open(dir.path()).unwrap();
         let f = disk.create("seg", 8192).unwrap();
         f.write_at(4096, b"durable").unwrap();
+        f.store_at(5000, b"stored").unwrap();
         f.sync_range(4096, 7).unwrap();
+        f.sync_range(5000, 6).unwrap();
     }
     let disk = MmapDisk::open(dir.path()).unwrap();
     let f = disk.open("seg").unwrap();
     let mut b = [0u8; 7];
     f.read_at(4096, &mut b).unwrap();
     assert_eq!(&b, b"durable");
+    let mut s = [0u8; 6];
+    f.read_at(5000, &mut s).unwrap();
+    assert_eq!(&s, b"stored");
 }
 
 #[test]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts a name server and a three-replica group as separate `raftmq` processes on 127.0.0.1
+# (release build), creates a topic of 8 queues, runs one `raftmq bench …` against it, stops
+# everything. Usage:
+#   scripts/bench-group.sh [--flush sync|async] [--dir D] -- produce --size 1024 --producers 4 --in-flight 256 --duration 12
+# Everything after `--` is passed to `raftmq bench` (the name server and topic are added).
+# Keep the machine otherwise quiet: the figures include everything the brokers do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FLUSH=sync
+DIR=$(mktemp -d /tmp/raftmq-bench.XXXXXX)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --flush) FLUSH=$2; shift 2 ;;
+    --dir) DIR=$2; shift 2 ;;
+    --) shift; break ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "give the bench after --, e.g. -- produce --duration 12" >&2; exit 2; }
+cargo build --release -q --bin raftmq
+B=$PWD/target/release/raftmq
+NS=127.0.0.1:19876
+mkdir -p "$DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+$B namesrv --listen $NS >"$DIR/ns.log" 2>&1 &
+pids+=($!)
+for i in 1 2 3; do
+  cat >"$DIR/b$i.toml" <<EOT
+group = "bench"
+replica_id = $i
+listen = "127.0.0.1:1991$i"
+data_dir = "$DIR/b$i"
+namesrv_addrs = ["$NS"]
+segment_mib = 256
+flush = "$FLUSH"
+[initial_members]
+1 = "127.0.0.1:19911"
+2 = "127.0.0.1:19912"
+3 = "127.0.0.1:19913"
+EOT
+  $B broker --config "$DIR/b$i.toml" >"$DIR/b$i.log" 2>&1 &
+  pids+=($!)
+done
+echo "brokers: ${pids[*]:1} (logs in $DIR)" >&2
+for _ in $(seq 60); do
+  $B topic create --namesrv $NS --topic BenchTopic --queues 8 >/dev/null 2>&1 && break
+  sleep 0.5
+done
+$B bench "$@" --namesrv $NS --topic BenchTopic
