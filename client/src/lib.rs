@@ -32,6 +32,7 @@
 //! ```
 
 pub(crate) mod channel;
+pub mod coalesce;
 pub mod consumer;
 pub mod error;
 pub mod message;

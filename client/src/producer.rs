@@ -49,6 +49,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::coalesce::{self, Coalescer, Waiting};
 use crate::error::ClientError;
 use crate::message::Message;
 use crate::msg_id::new_msg_id;
@@ -186,6 +187,7 @@ pub struct ProducerBuilder {
     opts: ClientOptions,
     send: SendOptions,
     max_in_flight: usize,
+    auto_batch: bool,
 }
 
 impl ProducerBuilder {
@@ -202,7 +204,23 @@ impl ProducerBuilder {
             opts,
             send,
             max_in_flight: IN_FLIGHT_DEFAULT,
+            auto_batch: true,
         }
+    }
+
+    /// Whether concurrent [`Producer::send`]s of one topic share requests (default on): while
+    /// [`coalesce::REQUESTS_IN_FLIGHT`](crate::coalesce::REQUESTS_IN_FLIGHT) requests of the
+    /// topic are in flight, further sends wait and go together in the next one (each still
+    /// gets its own result and queue offset). No send waits while a request slot is free.
+    /// Off: one request per send.
+    ///
+    /// ```
+    /// let b = raftmq_client::Producer::builder().namesrv_addrs(["x:1"]).group("P").auto_batch(false);
+    /// assert!(b.build().is_ok());
+    /// ```
+    pub fn auto_batch(mut self, on: bool) -> Self {
+        self.auto_batch = on;
+        self
     }
 
     /// Most async and oneway sends in flight; more wait (default 1024).
@@ -233,6 +251,7 @@ impl ProducerBuilder {
             inner: Arc::new(Inner {
                 routes: self.opts.routes(),
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+                coalescer: Coalescer::default(),
                 cfg: self,
                 started: AtomicBool::new(false),
                 next: AtomicU64::new(0),
@@ -259,6 +278,8 @@ pub struct Producer {
 struct Inner {
     cfg: ProducerBuilder,
     routes: Routes,
+    /// Auto-batching of concurrent sends (see [`crate::coalesce`]).
+    coalescer: Coalescer,
     started: AtomicBool,
     /// Round-robin position over the writable queues.
     next: AtomicU64,
@@ -298,6 +319,57 @@ impl Producer {
     /// The routes and connections (shared with the transaction producer's client channels).
     pub(crate) fn routes(&self) -> &Routes {
         &self.inner.routes
+    }
+
+    pub(crate) fn coalescer(&self) -> &Coalescer {
+        &self.inner.coalescer
+    }
+
+    /// Sends messages that waited together (one topic, within the request limits) as one
+    /// request with a send's retries, and answers each. A refusal of the whole request sends
+    /// each message again alone (same id), so it fails only the messages it concerns.
+    pub(crate) async fn send_coalesced(&self, batch: Vec<Waiting>) {
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for w in batch {
+            msgs.push(w.msg);
+            ids.push(w.id);
+            replies.push(w.reply);
+        }
+        let together = Batch {
+            topic: msgs[0].topic.clone(),
+            msgs: &msgs,
+            ids,
+            transactional: false,
+        };
+        match self.send_prepared(&together, None).await {
+            Ok(results) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e @ (ClientError::Refused { .. } | ClientError::InvalidArgument(_)))
+                if msgs.len() > 1 =>
+            {
+                tracing::debug!(error = %e, n = msgs.len(), "coalesced send refused; sending each alone");
+                for ((m, id), reply) in msgs.iter().zip(together.ids.clone()).zip(replies) {
+                    let alone = Batch {
+                        topic: m.topic.clone(),
+                        msgs: std::slice::from_ref(m),
+                        ids: vec![id],
+                        transactional: false,
+                    };
+                    let r = self.send_prepared(&alone, None).await.map(|mut v| v.remove(0));
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     /// The producer group.
@@ -410,6 +482,12 @@ impl Producer {
     /// ```
     pub async fn send(&self, msg: Message) -> Result<SendResult, ClientError> {
         self.check_started()?;
+        if self.inner.cfg.auto_batch {
+            // Checked alone (a bad message is refused here, never joins a batch), and given
+            // its id before it waits.
+            let id = Batch::new(std::slice::from_ref(&msg), false)?.ids.remove(0);
+            return coalesce::send(self, msg, id).await;
+        }
         let mut r = self
             .send_batch_once(std::slice::from_ref(&msg), None)
             .await?;

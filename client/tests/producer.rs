@@ -177,3 +177,67 @@ async fn sync_sends_ride_through_a_leader_stop() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_requests_and_a_refusal_fails_only_its_message() -> anyhow::Result<()> {
+    let l = local().await?;
+    let p = producer(&l.namesrv);
+    p.start().await?;
+    // Many sends at once: past the free request slots they wait and go together. One message
+    // the broker refuses (a delay level that is not a number: only the broker checks it)
+    // rides among them, and one of an unknown topic beside them.
+    let mut good = Vec::new();
+    for i in 0..300 {
+        let p = p.clone();
+        good.push(tokio::spawn(async move {
+            p.send(Message::new("T", format!("c{i}"))).await
+        }));
+    }
+    let bad = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.send(Message::new("T", "bad").with_property("DELAY", "soon"))
+                .await
+        })
+    };
+    let unknown = {
+        let p = p.clone();
+        tokio::spawn(async move { p.send(Message::new("Nope", "x")).await })
+    };
+    let mut stored_at = BTreeMap::new();
+    for h in good {
+        let r = h.await??;
+        let at = (r.queue.queue_id, r.queue_offset);
+        assert!(stored_at.insert(at, r.msg_id).is_none(), "two results at {at:?}");
+    }
+    let e = bad.await?.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    let e = unknown.await?.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TopicNotFound), "{e}");
+    // Each result names where its own message is: the message stored at that queue offset
+    // has the id the result gave.
+    let leader = l.leader().await.expect("leader");
+    wait_for(Duration::from_secs(5), "300 messages stored", || async {
+        let n = l.contents(&leader).await.expect("read the queues").len();
+        if n >= 300 {
+            Ok(())
+        } else {
+            Err(format!("{n} stored"))
+        }
+    })
+    .await;
+    let stored: BTreeMap<(u32, u64), String> = l
+        .contents(&leader)
+        .await?
+        .into_iter()
+        .map(|(q, o, id)| ((q, o), id))
+        .collect();
+    for (at, id) in &stored_at {
+        assert_eq!(stored.get(at), Some(id), "the message at {at:?}");
+    }
+    p.shutdown().await;
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}
