@@ -3,27 +3,35 @@
 # (release build), creates a topic of 8 queues, runs one `raftmq bench …` against it, stops
 # everything. Usage:
 #   scripts/bench-group.sh [--flush sync|async] [--dir D] -- produce --size 1024 --producers 4 --in-flight 256 --duration 12
+# --dir keeps the data and logs there; otherwise they go to a temporary folder removed at exit.
 # Everything after `--` is passed to `raftmq bench` (the name server and topic are added).
 # Keep the machine otherwise quiet: the figures include everything the brokers do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLUSH=sync
-DIR=$(mktemp -d /tmp/raftmq-bench.XXXXXX)
+DIR=
+KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --flush) FLUSH=$2; shift 2 ;;
-    --dir) DIR=$2; shift 2 ;;
+    --dir) DIR=$2; KEEP=1; shift 2 ;;
     --) shift; break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 [ $# -gt 0 ] || { echo "give the bench after --, e.g. -- produce --duration 12" >&2; exit 2; }
+[ -n "$DIR" ] || DIR=$(mktemp -d /tmp/raftmq-bench.XXXXXX)
 cargo build --release -q --bin raftmq
 B=$PWD/target/release/raftmq
 NS=127.0.0.1:19876
 mkdir -p "$DIR"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# The data (gigabytes after a long run) is removed unless --dir named the folder.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "$KEEP" = 1 ] || rm -rf "$DIR"
+}
 trap cleanup EXIT
 $B namesrv --listen $NS >"$DIR/ns.log" 2>&1 &
 pids+=($!)

@@ -36,6 +36,9 @@ pub enum BenchCommand {
         /// once; counts committed transactions (half stored, then commit acknowledged).
         #[arg(long)]
         transactional: bool,
+        /// One request per send (the SDK's auto-batching off), to compare.
+        #[arg(long)]
+        no_auto_batch: bool,
     },
     /// Consumes a topic from its end for a duration.
     Consume {
@@ -169,12 +172,20 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             in_flight,
             duration,
             transactional,
+            no_auto_batch,
         } => {
             anyhow::ensure!(
                 producers > 0 && in_flight > 0,
                 "--producers and --in-flight must be ≥ 1"
             );
             let cluster = crate::ops::Cluster::new(&namesrv);
+            // Producers start (and fetch their routes) before the clock does.
+            let mut started_producers = Vec::new();
+            for _ in 0..producers {
+                let p = Sender::start(&namesrv, in_flight, transactional, !no_auto_batch).await?;
+                p.warm_up(&topic).await?;
+                started_producers.push(p);
+            }
             let cpu_before = server_cpu(&cluster).await;
             let until = Instant::now() + Duration::from_secs(duration);
             let count = Arc::new(AtomicU64::new(0));
@@ -183,10 +194,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let prog = tokio::spawn(progress(count.clone(), until));
             let started = Instant::now();
             let mut tasks = Vec::new();
-            let mut started_producers = Vec::new();
-            for _ in 0..producers {
-                let p = Sender::start(&namesrv, in_flight, transactional).await?;
-                started_producers.push(p.clone());
+            for p in &started_producers {
                 for _ in 0..in_flight {
                     let (p, topic, count, failed, hist) = (
                         p.clone(),
@@ -319,13 +327,19 @@ enum Sender {
 }
 
 impl Sender {
-    async fn start(namesrv: &str, in_flight: usize, transactional: bool) -> anyhow::Result<Self> {
+    async fn start(
+        namesrv: &str,
+        in_flight: usize,
+        transactional: bool,
+        auto_batch: bool,
+    ) -> anyhow::Result<Self> {
         use raftmq_client::transaction::{LocalTransactionState, fn_listener};
         if !transactional {
             let p = raftmq_client::Producer::builder()
                 .namesrv_addrs(namesrv.split(','))
                 .group("raftmq-bench")
                 .max_in_flight(in_flight)
+                .auto_batch(auto_batch)
                 .build()?;
             p.start().await?;
             return Ok(Sender::Plain(p));
@@ -351,6 +365,22 @@ impl Sender {
                 Ok(r) if r.end_error.is_none() && r.committed.is_some() => Ok(()),
                 _ => Err(()),
             },
+        }
+    }
+
+    /// Sends one message until one is stored (at most 30 s): the route is fetched and the
+    /// connection made before the clock starts. The message is not counted.
+    async fn warm_up(&self, topic: &str) -> anyhow::Result<()> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = raftmq_client::Message::new(topic, "warm-up");
+            match self.send(m).await {
+                Ok(()) => return Ok(()),
+                Err(()) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(()) => anyhow::bail!("no send to {topic} succeeded within 30 s"),
+            }
         }
     }
 
