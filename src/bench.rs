@@ -115,25 +115,63 @@ pub(crate) async fn progress(count: Arc<AtomicU64>, until: Instant) {
 
 /// CPU time used so far (user + system, µs) by every broker replica registered with the
 /// name server, by address; a replica that does not answer is left out.
-async fn server_cpu(cluster: &crate::ops::Cluster) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
+/// What the bench asks every replica before and after a run.
+#[derive(Default)]
+struct ServerStats {
+    /// Process CPU time (µs) by replica address.
+    cpu: std::collections::BTreeMap<String, u64>,
+    /// The highest Raft term any replica of the group reported, by group.
+    terms: std::collections::BTreeMap<String, u64>,
+}
+
+async fn server_stats(cluster: &crate::ops::Cluster) -> ServerStats {
+    let mut out = ServerStats::default();
     let Ok(groups) = cluster.groups().await else {
         return out;
     };
-    for r in groups.iter().flat_map(|g| g.replicas.iter()) {
-        let stats = async {
-            crate::ops::admin(&r.addr)
-                .await?
-                .process_stats(raftmq_proto::v1::ProcessStatsRequest {})
-                .await
-                .map_err(anyhow::Error::from)
-        };
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), stats).await {
-            let s = s.into_inner();
-            out.insert(r.addr.clone(), s.cpu_user_us + s.cpu_system_us);
+    for g in &groups {
+        for r in &g.replicas {
+            let stats = async {
+                let mut a = crate::ops::admin(&r.addr).await?;
+                let p = a
+                    .process_stats(raftmq_proto::v1::ProcessStatsRequest {})
+                    .await?
+                    .into_inner();
+                let s = a
+                    .group_status(raftmq_proto::v1::GroupStatusRequest {})
+                    .await?
+                    .into_inner();
+                anyhow::Ok((p, s))
+            };
+            if let Ok(Ok((p, s))) = tokio::time::timeout(Duration::from_secs(2), stats).await {
+                out.cpu
+                    .insert(r.addr.clone(), p.cpu_user_us + p.cpu_system_us);
+                let t = out.terms.entry(g.group.clone()).or_default();
+                *t = (*t).max(s.term);
+            }
         }
     }
     out
+}
+
+/// Prints how many times each group's term moved during the run: every election (a leader
+/// lost, or a replica that stopped hearing from it) raises it. 0 is the target under load.
+fn print_elections(before: &ServerStats, after: &ServerStats) {
+    let moved: Vec<String> = after
+        .terms
+        .iter()
+        .filter_map(|(g, t)| {
+            before
+                .terms
+                .get(g)
+                .map(|b| format!("{g} {} (term {b} -> {t})", t.saturating_sub(*b)))
+        })
+        .collect();
+    if moved.is_empty() {
+        println!("elections: not measured (no replica answered GroupStatus before and after)");
+    } else {
+        println!("elections during the run: {}", moved.join(", "));
+    }
 }
 
 /// Prints the brokers' CPU over the run per message: summed over the replicas seen both
@@ -186,7 +224,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 p.warm_up(&topic).await?;
                 started_producers.push(p);
             }
-            let cpu_before = server_cpu(&cluster).await;
+            let before = server_stats(&cluster).await;
             let until = Instant::now() + Duration::from_secs(duration);
             let count = Arc::new(AtomicU64::new(0));
             let failed = Arc::new(AtomicU64::new(0));
@@ -259,7 +297,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 },
                 &h,
             );
-            print_server_cpu(&cpu_before, &server_cpu(&cluster).await, n, unit);
+            let after = server_stats(&cluster).await;
+            print_server_cpu(&before.cpu, &after.cpu, n, unit);
+            print_elections(&before, &after);
         }
         BenchCommand::Consume {
             namesrv,

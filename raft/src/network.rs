@@ -39,6 +39,9 @@ pub use raftmq_proto::limits::RAFT_GRPC_MESSAGE_MAX as GRPC_MESSAGE_MAX;
 /// the shortest election timeout a replica can be configured with, so a follower that
 /// stopped answering is still noticed well before anyone's election.
 pub const APPEND_TIMEOUT_MIN: Duration = Duration::from_millis(250);
+/// An append answered this late is logged (a warning): it is close to the leader's
+/// [`APPEND_TIMEOUT_MIN`].
+const SLOW_APPEND: Duration = Duration::from_millis(100);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -397,6 +400,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
         &self,
         request: tonic::Request<pb::AppendEntriesRequest>,
     ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
+        let started = tokio::time::Instant::now();
         let r = request.into_inner();
         self.check_group(&r.group)?;
         let vote = vote_from(r.vote)?;
@@ -411,7 +415,13 @@ impl pb::raft_service_server::RaftService for RaftServer {
             leader_commit: log_id_from(r.leader_commit),
             entries,
         };
+        let n = req.entries.len();
         let resp = self.raft.append_entries(req).await.map_err(raft_err)?;
+        let took = started.elapsed();
+        if took >= SLOW_APPEND {
+            // Near the leader's append timeout: it may soon call this replica unreachable.
+            tracing::warn!(entries = n, ms = took.as_millis() as u64, "slow append: written and synced this late");
+        }
         use pb::append_entries_response::Kind;
         let out = match resp {
             AppendEntriesResponse::Success => pb::AppendEntriesResponse {

@@ -32,6 +32,9 @@ use crate::types::Position;
 /// up as soon as the flusher is idle this long).
 pub const MARKER_LAG_MS: u64 = 10;
 
+/// A sync that takes this long is logged (a warning): the disk is the bottleneck then.
+pub const SLOW_SYNC: Duration = Duration::from_millis(100);
+
 /// Most waiters at once; past it `wait_durable` fails fast instead of queueing without bound.
 pub const WAITERS_MAX: usize = 1 << 16;
 
@@ -165,6 +168,7 @@ impl Inner {
             // last round before stopping sync both.
             let data_only = self.mode == FlushMode::Sync && !stopping;
             let reader = self.reader.clone();
+            let started = tokio::time::Instant::now();
             let result = off_runtime(move || {
                 if data_only {
                     reader.sync_data_to(target)
@@ -173,6 +177,10 @@ impl Inner {
                 }
             })
             .await;
+            let took = started.elapsed();
+            if took >= SLOW_SYNC {
+                tracing::warn!(ms = took.as_millis() as u64, "slow commitlog sync: every acknowledgement waited this long");
+            }
             let mut done = self.answer(result.map_err(|e| e.to_string()));
             if !done && self.mode == FlushMode::Sync && marker_at.elapsed() >= self.marker_lag {
                 done = self.marker_round().await;
