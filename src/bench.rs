@@ -118,7 +118,7 @@ pub(crate) async fn progress(count: Arc<AtomicU64>, until: Instant) {
 /// What the bench asks every replica before and after a run.
 #[derive(Default)]
 struct ServerStats {
-    /// Process CPU time (µs) by replica address.
+    /// Process CPU time (µs) by process (host/pid).
     cpu: std::collections::BTreeMap<String, u64>,
     /// The highest Raft term any replica of the group reported, by group.
     terms: std::collections::BTreeMap<String, u64>,
@@ -144,8 +144,10 @@ async fn server_stats(cluster: &crate::ops::Cluster) -> ServerStats {
                 anyhow::Ok((p, s))
             };
             if let Ok(Ok((p, s))) = tokio::time::timeout(Duration::from_secs(2), stats).await {
+                // One entry per process (host + pid): replicas sharing a process count once.
+                let host = r.addr.rsplit_once(':').map_or(r.addr.as_str(), |(h, _)| h);
                 out.cpu
-                    .insert(r.addr.clone(), p.cpu_user_us + p.cpu_system_us);
+                    .insert(format!("{host}/{}", p.pid), p.cpu_user_us + p.cpu_system_us);
                 let t = out.terms.entry(g.group.clone()).or_default();
                 *t = (*t).max(s.term);
             }
@@ -192,7 +194,7 @@ fn print_server_cpu(
     }
     let total: u64 = deltas.iter().sum();
     println!(
-        "server CPU: {:.0} ms over {} replicas = {:.1} us per {}",
+        "server CPU: {:.0} ms over {} broker processes = {:.1} us per {}",
         total as f64 / 1000.0,
         deltas.len(),
         total as f64 / n as f64,

@@ -102,6 +102,7 @@ impl Admin for AdminImpl {
             cpu_user_us,
             cpu_system_us,
             rss_bytes: crate::process::rss_bytes(),
+            pid: std::process::id(),
         }))
     }
 
