@@ -3,6 +3,8 @@
 # (release build), creates a topic of 8 queues, runs one `raftmq bench …` against it, stops
 # everything. Usage:
 #   scripts/bench-group.sh [--flush sync|async] [--dir D] -- produce --size 1024 --producers 4 --in-flight 256 --duration 12
+# --restart runs each broker under a loop that starts it again when it dies (for
+# `bench failover`, which SIGKILLs leaders).
 # --dir keeps the data and logs there; otherwise they go to a temporary folder removed at exit.
 # Everything after `--` is passed to `raftmq bench` (the name server and topic are added).
 # Keep the machine otherwise quiet: the figures include everything the brokers do.
@@ -11,10 +13,12 @@ cd "$(dirname "$0")/.."
 FLUSH=sync
 DIR=
 KEEP=0
+RESTART=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --flush) FLUSH=$2; shift 2 ;;
     --dir) DIR=$2; KEEP=1; shift 2 ;;
+    --restart) RESTART=1; shift ;;
     --) shift; break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -29,6 +33,7 @@ pids=()
 # The data (gigabytes after a long run) is removed unless --dir named the folder.
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "broker --config $DIR/" 2>/dev/null || true
   wait 2>/dev/null || true
   [ "$KEEP" = 1 ] || rm -rf "$DIR"
 }
@@ -49,7 +54,12 @@ flush = "$FLUSH"
 2 = "127.0.0.1:19912"
 3 = "127.0.0.1:19913"
 EOT
-  $B broker --config "$DIR/b$i.toml" >"$DIR/b$i.log" 2>&1 &
+  if [ "$RESTART" = 1 ]; then
+    # A supervisor: a killed broker starts again (bench failover kills leaders).
+    ( set +e; while :; do $B broker --config "$DIR/b$i.toml" >>"$DIR/b$i.log" 2>&1; sleep 0.2; done ) &
+  else
+    $B broker --config "$DIR/b$i.toml" >"$DIR/b$i.log" 2>&1 &
+  fi
   pids+=($!)
 done
 echo "brokers: ${pids[*]:1} (logs in $DIR)" >&2

@@ -39,6 +39,10 @@ pub enum BenchCommand {
         /// One request per send (the SDK's auto-batching off), to compare.
         #[arg(long)]
         no_auto_batch: bool,
+        /// Messages per send: above 1, each send is one `send_batch` of this many (one queue,
+        /// one request), counted as that many messages; latency is per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Consumes a topic from its end for a duration.
     Consume {
@@ -58,6 +62,9 @@ pub enum BenchCommand {
     /// Loads timed messages all due at one moment, reports the brokers' memory with them
     /// pending, then how many per second the scheduler delivers (see `bench_timers`).
     Timers(crate::bench_timers::Timers),
+    /// Kills the leader of a group (brokers on this machine, restarted by a supervisor) while
+    /// a producer sends, and reports detection, election, first commit and first ack.
+    Failover(crate::bench_failover::Failover),
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -213,10 +220,15 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             duration,
             transactional,
             no_auto_batch,
+            batch,
         } => {
             anyhow::ensure!(
-                producers > 0 && in_flight > 0,
-                "--producers and --in-flight must be ≥ 1"
+                producers > 0 && in_flight > 0 && batch > 0,
+                "--producers, --in-flight and --batch must be ≥ 1"
+            );
+            anyhow::ensure!(
+                batch == 1 || !transactional,
+                "--batch is for plain sends (a transaction holds one message)"
             );
             let cluster = crate::ops::Cluster::new(&namesrv);
             // Producers start (and fetch their routes) before the clock does.
@@ -247,12 +259,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                     tasks.push(tokio::spawn(async move {
                         while Instant::now() < until {
                             let t0 = Instant::now();
-                            match p
-                                .send(raftmq_client::Message::new(topic.as_str(), body.clone()))
-                                .await
-                            {
+                            match p.send_n(&topic, &body, batch).await {
                                 Ok(()) => {
-                                    count.fetch_add(1, Ordering::Relaxed);
+                                    count.fetch_add(batch as u64, Ordering::Relaxed);
                                     let us = t0.elapsed().as_micros() as u64;
                                     let _ = hist
                                         .lock()
@@ -356,6 +365,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::TxnCheck(t) => crate::bench_txn::txn_check(t).await?,
         BenchCommand::Timers(t) => crate::bench_timers::run(t).await?,
+        BenchCommand::Failover(f) => crate::bench_failover::run(f).await?,
     }
     Ok(())
 }
@@ -397,6 +407,22 @@ impl Sender {
             .build()?;
         p.start().await?;
         Ok(Sender::Transactional(p))
+    }
+
+    /// Sends `n` messages of `body` to `topic`: one send, or (n > 1, plain) one batch.
+    async fn send_n(&self, topic: &str, body: &[u8], n: usize) -> Result<(), ()> {
+        match self {
+            Sender::Plain(p) if n > 1 => {
+                let msgs = (0..n)
+                    .map(|_| raftmq_client::Message::new(topic, body.to_vec()))
+                    .collect();
+                p.send_batch(msgs).await.map(|_| ()).map_err(|_| ())
+            }
+            _ => {
+                self.send(raftmq_client::Message::new(topic, body.to_vec()))
+                    .await
+            }
+        }
     }
 
     /// Sends `m`; `Err(())` if it was not stored (or, transactional, not committed).

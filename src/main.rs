@@ -16,6 +16,7 @@
 //! - `raftmq store check`: verify a replica's data directory offline.
 
 mod bench;
+mod bench_failover;
 mod bench_timers;
 mod bench_txn;
 mod dlq;

@@ -151,7 +151,10 @@ async fn run_slot(producer: Producer, topic: String, mut batch: Vec<Waiting>) {
 mod tests {
     use super::*;
 
-    fn waiting(topic: &str, body: usize) -> (Waiting, oneshot::Receiver<Result<SendResult, ClientError>>) {
+    fn waiting(
+        topic: &str,
+        body: usize,
+    ) -> (Waiting, oneshot::Receiver<Result<SendResult, ClientError>>) {
         let (reply, rx) = oneshot::channel();
         let w = Waiting {
             msg: Message::new(topic, vec![b'x'; body]),
@@ -180,7 +183,11 @@ mod tests {
         let (w, _rx) = waiting("U", 10);
         assert_eq!(c.enqueue(w).map(|b| b.len()), Some(1));
         let next = c.finished("T").expect("three waited");
-        assert_eq!(next.len(), 3, "the freed slot takes all that waited, as one request");
+        assert_eq!(
+            next.len(),
+            3,
+            "the freed slot takes all that waited, as one request"
+        );
         for _ in 0..REQUESTS_IN_FLIGHT {
             assert!(c.finished("T").is_none());
         }
@@ -198,6 +205,10 @@ mod tests {
         let mut v: Vec<Waiting> = (0..3).map(|_| waiting("T", big).0).collect();
         assert_eq!(take_batch(&mut v).len(), 1, "two would pass the byte bound");
         let mut v = vec![waiting("T", BATCH_BYTES * 2).0];
-        assert_eq!(take_batch(&mut v).len(), 1, "a single large message still goes");
+        assert_eq!(
+            take_batch(&mut v).len(),
+            1,
+            "a single large message still goes"
+        );
     }
 }

@@ -360,7 +360,10 @@ impl Producer {
                         ids: vec![id],
                         transactional: false,
                     };
-                    let r = self.send_prepared(&alone, None).await.map(|mut v| v.remove(0));
+                    let r = self
+                        .send_prepared(&alone, None)
+                        .await
+                        .map(|mut v| v.remove(0));
                     let _ = reply.send(r);
                 }
             }

@@ -179,7 +179,8 @@ async fn sync_sends_ride_through_a_leader_stop() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sends_share_requests_and_a_refusal_fails_only_its_message() -> anyhow::Result<()> {
+async fn concurrent_sends_share_requests_and_a_refusal_fails_only_its_message() -> anyhow::Result<()>
+{
     let l = local().await?;
     let p = producer(&l.namesrv);
     p.start().await?;
@@ -208,7 +209,10 @@ async fn concurrent_sends_share_requests_and_a_refusal_fails_only_its_message() 
     for h in good {
         let r = h.await??;
         let at = (r.queue.queue_id, r.queue_offset);
-        assert!(stored_at.insert(at, r.msg_id).is_none(), "two results at {at:?}");
+        assert!(
+            stored_at.insert(at, r.msg_id).is_none(),
+            "two results at {at:?}"
+        );
     }
     let e = bad.await?.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");

@@ -420,7 +420,11 @@ impl pb::raft_service_server::RaftService for RaftServer {
         let took = started.elapsed();
         if took >= SLOW_APPEND {
             // Near the leader's append timeout: it may soon call this replica unreachable.
-            tracing::warn!(entries = n, ms = took.as_millis() as u64, "slow append: written and synced this late");
+            tracing::warn!(
+                entries = n,
+                ms = took.as_millis() as u64,
+                "slow append: written and synced this late"
+            );
         }
         use pb::append_entries_response::Kind;
         let out = match resp {

@@ -240,3 +240,57 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A leader restarted at once (before anyone's election timer fires) does not take its old
+/// term back: it stands in an election like anyone else, so the group's term moves on. A
+/// leader restored in its old term could write, under that term and an index its followers
+/// already hold, an entry other than theirs (it replicates before its own sync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_holds_an_election() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for id in 1..=3u64 {
+        let dir = tmp.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&dir)?;
+        nodes.push(Some(start(id, dir, None).await?));
+    }
+    let voters: BTreeMap<NodeId, String> = nodes
+        .iter()
+        .flatten()
+        .map(|n| (n.id, n.addr.to_string()))
+        .collect();
+    nodes[0]
+        .as_ref()
+        .expect("started")
+        .replica
+        .initialize(&voters)
+        .await?;
+    let i = wait_until(Duration::from_secs(10), "a leader", || leader_of(&nodes)).await;
+    let leader = nodes[i].as_ref().expect("leader").replica.clone();
+    common::write_retrying(
+        &leader,
+        vec![Message {
+            topic: "T".into(),
+            body: b"before".to_vec(),
+            ..Default::default()
+        }],
+    )
+    .await?;
+    let old_term = common::metrics(&leader).current_term;
+    drop(leader);
+    let n = nodes[i].take().expect("leader");
+    let (id, dir, addr) = (n.id, n.dir.clone(), n.addr);
+    n.stop().await;
+    nodes[i] = Some(start(id, dir, Some(addr)).await?);
+    let term = wait_until(Duration::from_secs(10), "a leader in a later term", || {
+        leader_of(&nodes)
+            .map(|l| common::metrics(&nodes[l].as_ref().expect("present").replica).current_term)
+            .filter(|t| *t > old_term)
+    })
+    .await;
+    assert!(term > old_term);
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+    Ok(())
+}

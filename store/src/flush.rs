@@ -179,7 +179,10 @@ impl Inner {
             .await;
             let took = started.elapsed();
             if took >= SLOW_SYNC {
-                tracing::warn!(ms = took.as_millis() as u64, "slow commitlog sync: every acknowledgement waited this long");
+                tracing::warn!(
+                    ms = took.as_millis() as u64,
+                    "slow commitlog sync: every acknowledgement waited this long"
+                );
             }
             let mut done = self.answer(result.map_err(|e| e.to_string()));
             if !done && self.mode == FlushMode::Sync && marker_at.elapsed() >= self.marker_lag {

@@ -199,12 +199,18 @@ fn mmap_new_files_read_as_zeros_whatever_their_length() {
     let dir = tempfile::tempdir().unwrap();
     let disk = MmapDisk::open(dir.path()).unwrap();
     // Direct I/O covers the aligned prefix, the page cache the tail.
-    for (i, len) in [1u64, 4096, 3 * 4096 + 100, (9 << 20) + 7].into_iter().enumerate() {
+    for (i, len) in [1u64, 4096, 3 * 4096 + 100, (9 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
         let f = disk.create(&format!("z{i}"), len).unwrap();
         assert_eq!(f.len(), len);
         let mut all = vec![1u8; len as usize];
         f.read_at(0, &mut all).unwrap();
-        assert!(all.iter().all(|b| *b == 0), "file of {len} bytes is not all zeros");
+        assert!(
+            all.iter().all(|b| *b == 0),
+            "file of {len} bytes is not all zeros"
+        );
         f.write_at(len - 1, b"x").unwrap();
         let mut last = [0u8; 1];
         f.read_at(len - 1, &mut last).unwrap();
