@@ -8,9 +8,10 @@
 //! One SDK producer sends all along (`--in-flight` sends at once). Each trial:
 //! 1. waits until every replica of the group answers, one leads, and sends are acknowledged;
 //! 2. kills the leader (`SIGKILL`) at `t0`;
-//! 3. polls the surviving replicas (`GroupStatus`, every 5 ms) for the stages:
-//!    **detection** — a survivor's term passes the old one (its election timer fired: it
-//!    stopped hearing from the leader); **election** — a survivor leads in the new term;
+//! 3. polls the replicas (`GroupStatus`, every 5 ms) for the stages:
+//!    **detection** — a replica's term passes the old one (its election timer fired: it
+//!    stopped hearing from the leader, or the killed one came back and stood for election);
+//!    **election** — a replica leads in the new term;
 //!    **first commit** — the new leader's committed index reaches the last index it had when
 //!    first seen leading (the entry every new leader commits to start its term);
 //! 4. **first ack** — the first acknowledgement of a send *started after* `t0`;
@@ -30,7 +31,7 @@ use crate::ops::{Cluster, admin};
 
 /// Most trials one run makes.
 pub const TRIALS_MAX: usize = 100;
-/// How often the survivors are asked for their state.
+/// How often the replicas are asked for their state.
 const POLL: Duration = Duration::from_millis(5);
 /// How long a trial may take to see each stage, and the group to be whole again.
 const STAGE_WAIT: Duration = Duration::from_secs(30);
@@ -148,7 +149,7 @@ async fn whole(addrs: &[String]) -> anyhow::Result<(String, GroupStatusResponse)
     )
 }
 
-/// One trial: kill the leader, watch the survivors, wait for the producer's first ack.
+/// One trial: kill the leader, watch the replicas, wait for the producer's first ack.
 async fn trial(addrs: &[String], acks: &Mutex<Acks>) -> anyhow::Result<Stages> {
     let (leader, before) = whole(addrs).await?;
     let pid = admin(&leader)
@@ -164,18 +165,19 @@ async fn trial(addrs: &[String], acks: &Mutex<Acks>) -> anyhow::Result<Stages> {
         "{leader} runs in this process (raftmq dev?): the bench kills broker processes"
     );
     let old_term = before.term;
-    let survivors: Vec<String> = addrs.iter().filter(|a| **a != leader).cloned().collect();
     let t0 = Instant::now();
     // SAFETY: kill(2) takes no pointers; the pid is a broker process the group reported.
     let r = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     ensure!(r == 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
     let end = t0 + STAGE_WAIT;
     let (mut detection, mut election, mut first_commit) = (None, None, None);
-    // Each (survivor, term) seen leading: its last index when first seen so. A leader that
+    // Each (replica, term) seen leading: its last index when first seen so. A leader that
     // loses its term to another election before committing is simply passed by.
     let mut leading: std::collections::BTreeMap<(String, u64), u64> = Default::default();
     while first_commit.is_none() && Instant::now() < end {
-        for a in &survivors {
+        // Every replica, the killed one too: restarted by its supervisor before the others'
+        // election timers fire, it may win the next term itself (its log is the longest).
+        for a in addrs {
             let Some(s) = status(a).await else { continue };
             if s.term > old_term && detection.is_none() {
                 detection = Some(t0.elapsed());
@@ -207,7 +209,7 @@ async fn trial(addrs: &[String], acks: &Mutex<Acks>) -> anyhow::Result<Stages> {
         tokio::time::sleep(POLL).await;
     };
     Ok(Stages {
-        // Polling sees a survivor's election a little after its timer fired.
+        // Polling sees an election a little after the timer that started it fired.
         detection: detection.min(election),
         election,
         first_commit,
