@@ -54,6 +54,10 @@ pub enum BenchCommand {
         group: String,
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Start a new group at the queues' first offsets (a catch-up read of what is stored)
+        /// instead of their ends.
+        #[arg(long)]
+        from_first: bool,
     },
     /// Measures the delay from a transaction's timeout to its check: sends halves whose local
     /// transaction answers Unknown, and for each the time from (stored + --txn-timeout-ms) to
@@ -317,7 +321,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             topic,
             group,
             duration,
+            from_first,
         } => {
+            use raftmq_client::consumer::ConsumeFrom;
             let until = Instant::now() + Duration::from_secs(duration);
             let count = Arc::new(AtomicU64::new(0));
             let bytes = Arc::new(AtomicU64::new(0));
@@ -328,6 +334,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 .group(group.as_str())
                 .subscribe(topic.as_str(), "*")
                 .batch_size(32)
+                .consume_from(if from_first {
+                    ConsumeFrom::First
+                } else {
+                    ConsumeFrom::Last
+                })
                 .concurrent(move |msgs| {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

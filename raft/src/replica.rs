@@ -206,13 +206,6 @@ impl ReplicaConfig {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             max_payload_entries: 256,
-            // A restarted leader holds an election like anyone else. Restored leadership
-            // keeps the old term, and a leader replicates entries before its own sync: after
-            // a power loss it can come back without an entry its followers hold (and a quorum
-            // of them acknowledged), then write a different entry under the same term and
-            // index — which the followers take for the one they have. An election in a new
-            // term is won only by a replica holding every committed entry.
-            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate().map_err(|e| StartError::Config(e.to_string()))
