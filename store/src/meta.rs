@@ -245,7 +245,7 @@ impl StorageBackend for SeamBackend {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
-        self.file.store_at(offset, data).map_err(to_io)
+        self.file.write_at(offset, data).map_err(to_io)
     }
 }
 

@@ -98,12 +98,16 @@ pub trait DiskFile: Send + Sync + Debug + 'static {
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError>;
     /// Writes `data` at `offset`, as `write_at` does (same contract), for the many small
     /// writes of an index that is synced rarely (IndexFile slots and entries, ConsumeQueue
-    /// runs, the MetaStore's pages): the production disk copies into the mapping, with no
-    /// system call. A `pwrite` into a large page-cache folio walks every block of the folio
+    /// and Raft-index runs): the production disk copies into the mapping, with no system
+    /// call. A `pwrite` into a large page-cache folio walks every block of the folio
     /// (`ext4_block_write_begin`), which made three 4–20-byte IndexFile writes per message
     /// cost more than the message; a store into the mapping pays one page fault per page
     /// after each sync instead. Logs synced on every append keep `write_at` (see
-    /// docs/storage.md). The default is `write_at`.
+    /// docs/storage.md), and so does the MetaStore: redb commits when it is dropped, which in a
+    /// process that restarts a replica in place can come after the next incarnation shrank the
+    /// file — a store into the mapping past the end of the file is a SIGBUS. A caller must
+    /// never store past the end of a file another handle may shrink. The default is
+    /// `write_at`.
     fn store_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         self.write_at(offset, data)
     }
