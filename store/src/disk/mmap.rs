@@ -273,6 +273,22 @@ impl MmapFile {
             })
     }
 
+    /// The mapping, read-locked, once `[offset, offset + len)` is checked to lie within it
+    /// (the lock keeps `set_len` from replacing it meanwhile).
+    fn mapped(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<std::sync::RwLockReadGuard<'_, Option<MmapRaw>>, DiskError> {
+        let map = self
+            .map
+            .read()
+            .expect("lock poisoned: a panic broke this state; see [profile.release]");
+        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
+        check_bounds(&self.path, offset, len, file_len)?;
+        Ok(map)
+    }
+
     fn io_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
         move |source| DiskError::Io {
             op,
@@ -293,24 +309,14 @@ impl DiskFile for MmapFile {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
         use std::os::unix::fs::FileExt;
-        let map = self
-            .map
-            .read()
-            .expect("lock poisoned: a panic broke this state; see [profile.release]");
-        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
-        check_bounds(&self.path, offset, data.len() as u64, file_len)?;
+        let _map = self.mapped(offset, data.len() as u64)?;
         self.file
             .write_all_at(data, offset)
             .map_err(self.io_err("pwrite"))
     }
 
     fn store_at(&self, offset: u64, data: &[u8]) -> Result<(), DiskError> {
-        let map = self
-            .map
-            .read()
-            .expect("lock poisoned: a panic broke this state; see [profile.release]");
-        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
-        check_bounds(&self.path, offset, data.len() as u64, file_len)?;
+        let map = self.mapped(offset, data.len() as u64)?;
         if let Some(m) = map.as_ref() {
             // SAFETY: bounds checked above against the live mapping, which cannot be replaced
             // while we hold the read lock; callers never read a range while another thread
@@ -329,24 +335,12 @@ impl DiskFile for MmapFile {
 
     fn write_vectored_at(&self, offset: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        {
-            let map = self
-                .map
-                .read()
-                .expect("lock poisoned: a panic broke this state; see [profile.release]");
-            let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
-            check_bounds(&self.path, offset, total, file_len)?;
-        }
+        drop(self.mapped(offset, total)?);
         pwritev_all(&self.file, offset, bufs).map_err(self.io_err("pwritev"))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let map = self
-            .map
-            .read()
-            .expect("lock poisoned: a panic broke this state; see [profile.release]");
-        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
-        check_bounds(&self.path, offset, buf.len() as u64, file_len)?;
+        let map = self.mapped(offset, buf.len() as u64)?;
         if let Some(m) = map.as_ref() {
             // SAFETY: as in `store_at`.
             unsafe {
@@ -370,12 +364,7 @@ impl DiskFile for MmapFile {
             }
             return Ok(());
         }
-        let map = self
-            .map
-            .read()
-            .expect("lock poisoned: a panic broke this state; see [profile.release]");
-        let file_len = map.as_ref().map_or(0, |m| m.len() as u64);
-        check_bounds(&self.path, offset, len, file_len)?;
+        let map = self.mapped(offset, len)?;
         match map.as_ref() {
             // Synchronous msync(MS_SYNC): a durability barrier for the range.
             Some(m) if len > 0 => m
