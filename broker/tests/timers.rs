@@ -120,12 +120,15 @@ async fn timed_messages_wait_for_their_time_and_recall_works() -> anyhow::Result
     c.create_topic("T", 1, 6).await?;
     let t0 = now_ms();
     let at = |ms: u64| vec![("TIMER_DELIVER_MS", (t0 + ms).to_string())];
-    // Sent out of due order; the one at +1.5 s is recalled.
+    // Sent out of due order; the one at +6 s is recalled. It is due last and far enough out
+    // that a slow machine still recalls it before its time (CI once took > 1.5 s to get from
+    // the send to the recall); the end of the test waits past its time.
+    const RECALLED_DUE_MS: u64 = 6_000;
     let r = c
         .send(vec![
             timed("T", "c", &at(2_500)),
             timed("T", "a", &[("DELAY", "1".into())]),
-            timed("T", "recalled", &at(1_500)),
+            timed("T", "recalled", &at(RECALLED_DUE_MS)),
             timed("T", "b", &[("TIMER_DELAY_MS", "2000".into())]),
             timed(
                 "T",
@@ -150,6 +153,11 @@ async fn timed_messages_wait_for_their_time_and_recall_works() -> anyhow::Result
     assert_eq!(bodies(&c, "T").await, vec!["past"]);
 
     let rr = recall(&c, &res[2].recall_handle).await;
+    assert!(
+        now_ms() < t0 + RECALLED_DUE_MS,
+        "this machine took {} ms to recall; the test needs the recall before the message's time",
+        now_ms() - t0
+    );
     assert_eq!(code(&rr.status), ErrorCode::Ok, "{:?}", rr.status);
     // Recalling again (a retry whose first answer was lost) is recalling once.
     let again = recall(&c, &res[2].recall_handle).await;
@@ -173,11 +181,14 @@ async fn timed_messages_wait_for_their_time_and_recall_works() -> anyhow::Result
     // Delivered: recall now says so.
     let late = recall(&c, &res[0].recall_handle).await;
     assert_eq!(code(&late.status), ErrorCode::TimerNotPending);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past the recalled message's time (and the scheduler's next passes): nothing twice, and
+    // the recalled message never.
+    let past_recalled = (t0 + RECALLED_DUE_MS + 1_000).saturating_sub(now_ms()).max(500);
+    tokio::time::sleep(Duration::from_millis(past_recalled)).await;
     assert_eq!(
         bodies(&c, "T").await,
         vec!["past", "a", "b", "c"],
-        "nothing twice"
+        "nothing twice, the recalled one never"
     );
 
     // Bad delays: nothing stored.
