@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::disk::{Disk, DiskFile};
+use crate::disk::{Disk, DiskFile, PAGE_BYTES};
 use crate::error::{Result, StoreError};
 use crate::slotfile::SlotFile;
 use crate::types::{LogIndex, Position};
@@ -37,6 +37,8 @@ const SYNCED_MARKER: &str = "commitlog.synced";
 /// A zero-filled file made ahead of time, renamed into place when the log rolls (creating
 /// and zero-filling a segment takes long: it must not stall an append).
 const SPARE: &str = "commitlog.spare";
+/// What appends are padded with to the end of their last page.
+static PAGE_OF_ZEROS: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
 
 /// The spare segment's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +344,15 @@ impl CommitLog {
             self.buf.len(),
             (run.len() + usize::from(blank)) * HEADER_LEN
         );
+        // Zeros to the end of the last page (what the log holds past its end is garbage or
+        // zeros): each page's first write then covers it from its start, so the kernel never
+        // reads a page of a segment zero-filled around the page cache
+        // (`Disk::create_sequential`).
+        let end = start % seg_bytes + slices.iter().map(|b| b.len() as u64).sum::<u64>();
+        let pad = (end.next_multiple_of(PAGE_BYTES).min(seg_bytes)).saturating_sub(end);
+        if pad > 0 {
+            slices.push(&PAGE_OF_ZEROS[..pad as usize]);
+        }
         file.write_vectored_at(start % seg_bytes, &slices)?;
         // Read the run's first header back: a short or misplaced write must never be
         // acknowledged (one small read per append call).
@@ -669,7 +680,7 @@ impl CommitLogReader {
         if sh.disk.exists(SPARE) {
             sh.disk.remove(SPARE)?;
         }
-        let result = sh.disk.create(SPARE, sh.segment_bytes);
+        let result = sh.disk.create_sequential(SPARE, sh.segment_bytes);
         let mut spare = sh
             .spare
             .lock()
@@ -725,7 +736,7 @@ impl Shared {
                 self.disk.open(&path)?
             } else {
                 drop(spare);
-                self.disk.create(&path, self.segment_bytes)?
+                self.disk.create_sequential(&path, self.segment_bytes)?
             }
         };
         self.segments

@@ -37,6 +37,9 @@ use std::sync::Arc;
 pub use mmap::MmapDisk;
 pub use sim::SimDisk;
 
+/// The page size sequential writers pad their writes to (see [`Disk::create_sequential`]).
+pub const PAGE_BYTES: u64 = 4096;
+
 /// Errors from the disk seam.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -68,6 +71,12 @@ pub enum DiskError {
 pub trait Disk: Send + Sync + Debug + 'static {
     /// Creates a new zero-filled file of `len` bytes; durable when it returns.
     fn create(&self, path: &str, len: u64) -> Result<Arc<dyn DiskFile>, DiskError>;
+    /// [`Disk::create`] for a file its owner fills front to back with writes that each end
+    /// on a [`PAGE_BYTES`] boundary (padded with zeros: the CommitLog), so a write never needs
+    /// what the file held before within its pages. The zeros may then bypass the page cache.
+    fn create_sequential(&self, path: &str, len: u64) -> Result<Arc<dyn DiskFile>, DiskError> {
+        self.create(path, len)
+    }
     /// Opens an existing file.
     fn open(&self, path: &str) -> Result<Arc<dyn DiskFile>, DiskError>;
     /// Whether a file exists at `path`.

@@ -198,12 +198,20 @@ fn a_fenced_incarnation_can_no_longer_touch_the_disk() {
 fn mmap_new_files_read_as_zeros_whatever_their_length() {
     let dir = tempfile::tempdir().unwrap();
     let disk = MmapDisk::open(dir.path()).unwrap();
-    // Direct I/O covers the aligned prefix, the page cache the tail.
-    for (i, len) in [1u64, 4096, 3 * 4096 + 100, (9 << 20) + 7]
+    // `create_sequential` zero-fills with direct I/O when the length is whole pages, else
+    // through the page cache; `create` always through the page cache.
+    let lens = [1u64, 4096, 3 * 4096 + 100, (9 << 20) + 7, 3 << 20];
+    for (i, (len, sequential)) in lens
         .into_iter()
+        .flat_map(|l| [(l, false), (l, true)])
         .enumerate()
     {
-        let f = disk.create(&format!("z{i}"), len).unwrap();
+        let name = format!("z{i}");
+        let f = if sequential {
+            disk.create_sequential(&name, len).unwrap()
+        } else {
+            disk.create(&name, len).unwrap()
+        };
         assert_eq!(f.len(), len);
         let mut all = vec![1u8; len as usize];
         f.read_at(0, &mut all).unwrap();
@@ -215,5 +223,13 @@ fn mmap_new_files_read_as_zeros_whatever_their_length() {
         let mut last = [0u8; 1];
         f.read_at(len - 1, &mut last).unwrap();
         assert_eq!(&last, b"x");
+        // A write into the middle of a page not in the page cache keeps the page's zeros.
+        if len > 8192 {
+            f.write_at(4096 + 10, b"mid").unwrap();
+            let mut page = vec![1u8; 4096];
+            f.read_at(4096, &mut page).unwrap();
+            assert_eq!(&page[10..13], b"mid");
+            assert!(page[..10].iter().chain(&page[13..]).all(|b| *b == 0));
+        }
     }
 }
