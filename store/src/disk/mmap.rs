@@ -247,7 +247,7 @@ fn zero_fill_direct(path: &Path, len: u64) -> std::io::Result<bool> {
         // Small chunks: a sync of the live segment waits behind at most one of them.
         const CHUNK: usize = 1 << 20;
         const ALIGN: usize = 4096;
-        if len % ALIGN as u64 != 0 {
+        if !len.is_multiple_of(ALIGN as u64) {
             return Ok(false);
         }
         let file = match OpenOptions::new()
