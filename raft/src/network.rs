@@ -10,14 +10,18 @@
 //! vote, an entry kind above 255, an undecodable payload, or a request for another group is
 //! `INVALID_ARGUMENT` / `FAILED_PRECONDITION`, never a panic), then hands it to `Raft`.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+    StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
+    VoteResponse,
 };
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -108,6 +112,77 @@ fn status_to_rpc<E: std::error::Error>(s: tonic::Status) -> RPCError<TypeConfig,
     }
 }
 
+/// One wire request cut from an openraft AppendEntries: at most [`APPEND_BYTES_MAX`] bytes of
+/// entry payload (and at least one entry, if any is left).
+struct Chunk {
+    req: pb::AppendEntriesRequest,
+    /// The log id the chunk continues from, and its last one (`prev` if it carries none).
+    prev: Option<LogId>,
+    last: Option<LogId>,
+}
+
+/// Cuts an openraft AppendEntries into [`Chunk`]s, each continuing the one before.
+struct Split {
+    group: pb::GroupId,
+    vote: pb::Vote,
+    leader_commit: Option<pb::LogId>,
+    prev: Option<LogId>,
+    entries: std::iter::Peekable<std::vec::IntoIter<crate::types::Entry>>,
+}
+
+impl Split {
+    fn new(group: &pb::GroupId, rpc: AppendEntriesRequest<TypeConfig>) -> Self {
+        Split {
+            group: group.clone(),
+            vote: pb_vote(&rpc.vote),
+            leader_commit: rpc.leader_commit.as_ref().map(pb_log_id),
+            prev: rpc.prev_log_id,
+            entries: rpc.entries.into_iter().peekable(),
+        }
+    }
+
+    fn done(&mut self) -> bool {
+        self.entries.peek().is_none()
+    }
+
+    /// The next chunk; an entry-less one if no entry is left (a heartbeat, or a commit).
+    fn next_chunk(&mut self) -> Chunk {
+        let prev = self.prev;
+        let mut bytes = 0usize;
+        let mut entries = Vec::new();
+        while let Some(e) = self.entries.peek() {
+            let enc = EncodedEntry::encode(e);
+            if !entries.is_empty() && bytes + enc.payload.len() > APPEND_BYTES_MAX {
+                break;
+            }
+            bytes += enc.payload.len();
+            self.prev = Some(e.log_id);
+            self.entries.next();
+            entries.push(pb_entry(enc));
+        }
+        Chunk {
+            req: pb::AppendEntriesRequest {
+                group: Some(self.group.clone()),
+                vote: Some(self.vote.clone()),
+                prev_log_id: prev.as_ref().map(pb_log_id),
+                leader_commit: self.leader_commit.clone(),
+                entries,
+            },
+            prev,
+            last: self.prev,
+        }
+    }
+
+    /// Every chunk of the request (at least one).
+    fn all(mut self) -> Vec<Chunk> {
+        let mut out = vec![self.next_chunk()];
+        while !self.done() {
+            out.push(self.next_chunk());
+        }
+        out
+    }
+}
+
 // ---- client ------------------------------------------------------------------------------
 
 /// Makes [`PeerClient`]s for openraft.
@@ -193,6 +268,153 @@ impl PeerClient {
     }
 }
 
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<TypeConfig, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        msg,
+    )))
+}
+
+/// A chunk on an append stream, waiting for its answer.
+struct Sent {
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    /// When it was handed to the connection, and how long an answer may take (see
+    /// [`Answers::next`]).
+    at: tokio::time::Instant,
+    ttl: Duration,
+    /// The last chunk of an openraft request: its answer completes the request.
+    ends_request: bool,
+}
+
+/// How often a stream with nothing unanswered looks again for a chunk sent meanwhile (whose
+/// deadline it then waits for), and a follower's idle stream whether its replica shut down.
+const IDLE_RECHECK: Duration = Duration::from_millis(50);
+
+/// The answers of one append stream, turned into one result per openraft request.
+struct Answers<'s> {
+    inbound: tonic::Streaming<pb::AppendEntriesResponse>,
+    sent: Arc<Mutex<VecDeque<Sent>>>,
+    target: NodeId,
+    /// Dropped on a failure, so the next stream reconnects.
+    client: &'s mut Option<RaftServiceClient<Channel>>,
+    /// What the current request's chunks said, if other than plain success.
+    outcome: Option<StreamAppendResult<TypeConfig>>,
+    /// When the last answer came.
+    progress: tokio::time::Instant,
+    done: bool,
+}
+
+type AnswerItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+impl Answers<'_> {
+    async fn next(&mut self) -> Option<AnswerItem> {
+        use futures_util::StreamExt;
+        if self.done {
+            return None;
+        }
+        loop {
+            // Chunks queue at the follower behind the ones before (each written and synced):
+            // the oldest unanswered one must be answered within its timeout of being sent or
+            // of the answer before it, whichever is later — a stream that stops making
+            // progress is an unreachable replica, a long one that keeps answering is not.
+            let deadline = lock(&self.sent)
+                .front()
+                .map(|s| s.at.max(self.progress) + s.ttl);
+            let got = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, self.inbound.next()).await {
+                    Ok(got) => got,
+                    Err(_) => {
+                        return self.fail(unreachable(format!(
+                            "no answer from replica {} within the append timeout",
+                            self.target
+                        )));
+                    }
+                },
+                None => match tokio::time::timeout(IDLE_RECHECK, self.inbound.next()).await {
+                    Ok(got) => got,
+                    Err(_) => continue,
+                },
+            };
+            let resp = match got {
+                Some(Ok(resp)) => resp,
+                Some(Err(status)) => return self.fail(status_to_rpc(status)),
+                // The follower ends the stream after an answer that is not a success.
+                None => {
+                    self.done = true;
+                    if let Some(o) = self.outcome.take() {
+                        return Some(Ok(o));
+                    }
+                    if lock(&self.sent).is_empty() {
+                        return None;
+                    }
+                    *self.client = None;
+                    return Some(Err(unreachable(format!(
+                        "replica {} ended the append stream with appends unanswered",
+                        self.target
+                    ))));
+                }
+            };
+            self.progress = tokio::time::Instant::now();
+            let Some(chunk) = lock(&self.sent).pop_front() else {
+                return self.fail(protocol(format!(
+                    "replica {} answered an append never sent",
+                    self.target
+                )));
+            };
+            let outcome = match self.decode(resp, &chunk) {
+                Ok(o) => o,
+                Err(e) => return self.fail(e),
+            };
+            if self.outcome.is_none() {
+                self.outcome = outcome;
+            }
+            if chunk.ends_request {
+                let result = self.outcome.take().unwrap_or(Ok(chunk.last));
+                self.done = result.is_err();
+                return Some(Ok(result));
+            }
+        }
+    }
+
+    /// A chunk's answer: `None` for "matched through the chunk's last entry".
+    fn decode(
+        &self,
+        resp: pb::AppendEntriesResponse,
+        chunk: &Sent,
+    ) -> Result<Option<StreamAppendResult<TypeConfig>>, RPCError<TypeConfig>> {
+        use pb::append_entries_response::Kind;
+        let kind = Kind::try_from(resp.kind)
+            .map_err(|_| protocol("unknown append response kind".to_string()))?;
+        Ok(match kind {
+            Kind::Success | Kind::PartialSuccess => {
+                let matched = log_id_from(resp.matched);
+                (matched != chunk.last).then_some(Ok(matched))
+            }
+            Kind::Conflict => {
+                let at = log_id_from(resp.matched)
+                    .or(chunk.prev)
+                    .ok_or_else(|| protocol("a conflict before the first entry".to_string()))?;
+                Some(Err(StreamAppendError::Conflict(at)))
+            }
+            Kind::HigherVote => {
+                let v = vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+                Some(Err(StreamAppendError::HigherVote(v)))
+            }
+        })
+    }
+
+    fn fail(&mut self, e: RPCError<TypeConfig>) -> Option<AnswerItem> {
+        self.done = true;
+        *self.client = None;
+        Some(Err(e))
+    }
+}
+
+fn protocol<E: std::error::Error>(msg: String) -> RPCError<TypeConfig, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = Vec<u8>;
 
@@ -201,27 +423,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let total = rpc.entries.len();
-        let mut bytes = 0usize;
-        let mut entries = Vec::with_capacity(total);
-        let mut last_sent = None;
-        for e in &rpc.entries {
-            let enc = EncodedEntry::encode(e);
-            if !entries.is_empty() && bytes + enc.payload.len() > APPEND_BYTES_MAX {
-                break;
-            }
-            bytes += enc.payload.len();
-            last_sent = Some(e.log_id);
-            entries.push(pb_entry(enc));
-        }
-        let cut = entries.len() < total;
-        let req = pb::AppendEntriesRequest {
-            group: Some(self.group.clone()),
-            vote: Some(pb_vote(&rpc.vote)),
-            prev_log_id: rpc.prev_log_id.as_ref().map(pb_log_id),
-            leader_commit: rpc.leader_commit.as_ref().map(pb_log_id),
-            entries,
-        };
+        // One chunk only: a longer run is answered as a partial success (see the module docs).
+        let mut split = Split::new(&self.group, rpc);
+        let Chunk {
+            req, last: last_sent, ..
+        } = split.next_chunk();
+        let cut = !split.done();
         let mut c = self.client()?;
         // openraft gives every append the heartbeat interval. An append that carries entries
         // also waits for the follower's fsync, which a busy disk can stretch past that: give
@@ -251,6 +458,97 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
                 AppendEntriesResponse::HigherVote(v)
             }
+        })
+    }
+
+    /// Pipelined appends over one bidirectional stream (`StreamAppend`): openraft's requests
+    /// go out as they come, each cut into chunks of at most [`APPEND_BYTES_MAX`] bytes, without
+    /// waiting for answers; the follower answers every chunk in order, and a request's result
+    /// is its last chunk's (or the first chunk that did not simply succeed). A stream that
+    /// stops answering for the append timeout (see `append_entries` and [`Answers::next`])
+    /// makes the replica unreachable, as a single append does.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let mut client = self.client()?;
+            let sent = Arc::new(Mutex::new(VecDeque::<Sent>::new()));
+            let outbound = {
+                let (group, sent) = (self.group.clone(), sent.clone());
+                let heartbeat_ttl = option.hard_ttl();
+                input.flat_map(move |rpc| {
+                    let chunks = Split::new(&group, rpc).all();
+                    let now = tokio::time::Instant::now();
+                    let n = chunks.len();
+                    let mut queue = lock(&sent);
+                    let mut wire = Vec::with_capacity(n);
+                    for (k, c) in chunks.into_iter().enumerate() {
+                        let ttl = if c.req.entries.is_empty() {
+                            heartbeat_ttl
+                        } else {
+                            heartbeat_ttl.max(APPEND_TIMEOUT_MIN)
+                        };
+                        queue.push_back(Sent {
+                            prev: c.prev,
+                            last: c.last,
+                            at: now,
+                            ttl,
+                            ends_request: k + 1 == n,
+                        });
+                        wire.push(c.req);
+                    }
+                    futures_util::stream::iter(wire)
+                })
+            };
+            let target = self.target;
+            let opened = tokio::time::timeout(
+                CONNECT_TIMEOUT.max(option.hard_ttl()),
+                client.stream_append(outbound),
+            )
+            .await;
+            let inbound = match opened {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) => {
+                    self.client = None;
+                    return Err(status_to_rpc(status));
+                }
+                Err(_) => {
+                    self.client = None;
+                    return Err(unreachable(format!(
+                        "replica {target} did not open an append stream"
+                    )));
+                }
+            };
+            let answers = Answers {
+                inbound,
+                sent,
+                target,
+                client: &mut self.client,
+                outcome: None,
+                progress: tokio::time::Instant::now(),
+                done: false,
+            };
+            let stream = futures_util::stream::unfold(answers, |mut a| async move {
+                let next = a.next().await?;
+                Some((next, a))
+            });
+            let stream: BoxStream<'s, _> = Box::pin(stream);
+            Ok(stream)
         })
     }
 
@@ -390,6 +688,50 @@ impl RaftServer {
     }
 }
 
+impl RaftServer {
+    fn shut_down(&self) -> bool {
+        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics())
+            .state;
+        m == openraft::ServerState::Shutdown
+    }
+
+    /// Checks and decodes an AppendEntries (both RPCs).
+    fn decode_append(
+        &self,
+        r: pb::AppendEntriesRequest,
+    ) -> Result<AppendEntriesRequest<TypeConfig>, tonic::Status> {
+        self.check_group(&r.group)?;
+        let vote = vote_from(r.vote)?;
+        let entries = r
+            .entries
+            .into_iter()
+            .map(entry_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AppendEntriesRequest {
+            vote,
+            prev_log_id: log_id_from(r.prev_log_id),
+            leader_commit: log_id_from(r.leader_commit),
+            entries,
+        })
+    }
+}
+
+fn warn_if_slow(started: tokio::time::Instant, entries: usize) {
+    let took = started.elapsed();
+    if took >= SLOW_APPEND {
+        // Near the leader's append timeout: it may soon call this replica unreachable.
+        tracing::warn!(
+            entries,
+            ms = took.as_millis() as u64,
+            "slow append: written and synced this late"
+        );
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn raft_err(e: impl std::fmt::Display) -> tonic::Status {
     tonic::Status::unavailable(e.to_string())
 }
@@ -401,31 +743,10 @@ impl pb::raft_service_server::RaftService for RaftServer {
         request: tonic::Request<pb::AppendEntriesRequest>,
     ) -> Result<tonic::Response<pb::AppendEntriesResponse>, tonic::Status> {
         let started = tokio::time::Instant::now();
-        let r = request.into_inner();
-        self.check_group(&r.group)?;
-        let vote = vote_from(r.vote)?;
-        let entries = r
-            .entries
-            .into_iter()
-            .map(entry_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        let req = AppendEntriesRequest {
-            vote,
-            prev_log_id: log_id_from(r.prev_log_id),
-            leader_commit: log_id_from(r.leader_commit),
-            entries,
-        };
+        let req = self.decode_append(request.into_inner())?;
         let n = req.entries.len();
         let resp = self.raft.append_entries(req).await.map_err(raft_err)?;
-        let took = started.elapsed();
-        if took >= SLOW_APPEND {
-            // Near the leader's append timeout: it may soon call this replica unreachable.
-            tracing::warn!(
-                entries = n,
-                ms = took.as_millis() as u64,
-                "slow append: written and synced this late"
-            );
-        }
+        warn_if_slow(started, n);
         use pb::append_entries_response::Kind;
         let out = match resp {
             AppendEntriesResponse::Success => pb::AppendEntriesResponse {
@@ -448,6 +769,89 @@ impl pb::raft_service_server::RaftService for RaftServer {
             },
         };
         Ok(tonic::Response::new(out))
+    }
+
+    type StreamAppendStream = std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<Item = Result<pb::AppendEntriesResponse, tonic::Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    /// Hands the leader's stream to openraft's pipelined `stream_append` (which appends each
+    /// request without waiting for the one before to be synced, and answers in order). A
+    /// request that does not decode ends the stream with its error, after the answers to the
+    /// requests before it.
+    async fn stream_append(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
+        use futures_util::StreamExt;
+        let inbound = request.into_inner();
+        let failure = Arc::new(Mutex::new(None::<tonic::Status>));
+        let arrivals = Arc::new(Mutex::new(VecDeque::new()));
+        let input = {
+            let (this, failure, arrivals) = (self.clone(), failure.clone(), arrivals.clone());
+            futures_util::stream::unfold(inbound, move |mut inbound| {
+                let (this, failure, arrivals) = (this.clone(), failure.clone(), arrivals.clone());
+                async move {
+                    // The leader keeps its stream open; the stream ends when this replica
+                    // shuts down, or the server's graceful shutdown would wait for it forever.
+                    let next = loop {
+                        if let Ok(next) = tokio::time::timeout(IDLE_RECHECK, inbound.next()).await
+                        {
+                            break next?;
+                        }
+                        if this.shut_down() {
+                            return None;
+                        }
+                    };
+                    let decoded = match next {
+                        Ok(r) => this.decode_append(r),
+                        Err(status) => Err(status),
+                    };
+                    match decoded {
+                        Ok(req) => {
+                            lock(&arrivals)
+                                .push_back((tokio::time::Instant::now(), req.entries.len()));
+                            Some((req, inbound))
+                        }
+                        Err(status) => {
+                            *lock(&failure) = Some(status);
+                            None
+                        }
+                    }
+                }
+            })
+        };
+        use pb::append_entries_response::Kind;
+        let answers = self.raft.stream_append(input).map(move |r| {
+            if let Some((started, n)) = lock(&arrivals).pop_front() {
+                warn_if_slow(started, n);
+            }
+            match r {
+                Ok(Ok(matched)) => Ok(pb::AppendEntriesResponse {
+                    kind: Kind::Success as i32,
+                    matched: matched.as_ref().map(pb_log_id),
+                    vote: None,
+                }),
+                Ok(Err(StreamAppendError::Conflict(at))) => Ok(pb::AppendEntriesResponse {
+                    kind: Kind::Conflict as i32,
+                    matched: Some(pb_log_id(&at)),
+                    vote: None,
+                }),
+                Ok(Err(StreamAppendError::HigherVote(v))) => Ok(pb::AppendEntriesResponse {
+                    kind: Kind::HigherVote as i32,
+                    matched: None,
+                    vote: Some(pb_vote(&v)),
+                }),
+                Err(fatal) => Err(raft_err(fatal)),
+            }
+        });
+        let failed = futures_util::stream::once(async move { lock(&failure).take() })
+            .filter_map(|f| async move { f.map(Err) });
+        Ok(tonic::Response::new(Box::pin(answers.chain(failed))))
     }
 
     async fn vote(

@@ -191,6 +191,10 @@ impl CommitLog {
             buf: Vec::new(),
         };
         let scanned = log.recover(from)?;
+        // The segment the next append goes to is made now: making one (zero-filling it) takes
+        // a fraction of a second, which must not stall the first appends of a new log.
+        let end = log.shared.written.load(Ordering::Acquire);
+        log.shared.ensure_segment(end / segment_bytes)?;
         Ok((log, scanned))
     }
 
