@@ -163,9 +163,9 @@ impl Split {
         Chunk {
             req: pb::AppendEntriesRequest {
                 group: Some(self.group.clone()),
-                vote: Some(self.vote.clone()),
+                vote: Some(self.vote),
                 prev_log_id: prev.as_ref().map(pb_log_id),
-                leader_commit: self.leader_commit.clone(),
+                leader_commit: self.leader_commit,
                 entries,
             },
             prev,
