@@ -183,7 +183,9 @@ async fn timed_messages_wait_for_their_time_and_recall_works() -> anyhow::Result
     assert_eq!(code(&late.status), ErrorCode::TimerNotPending);
     // Past the recalled message's time (and the scheduler's next passes): nothing twice, and
     // the recalled message never.
-    let past_recalled = (t0 + RECALLED_DUE_MS + 1_000).saturating_sub(now_ms()).max(500);
+    let past_recalled = (t0 + RECALLED_DUE_MS + 1_000)
+        .saturating_sub(now_ms())
+        .max(500);
     tokio::time::sleep(Duration::from_millis(past_recalled)).await;
     assert_eq!(
         bodies(&c, "T").await,

@@ -20,8 +20,7 @@ use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
-    StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest,
-    VoteResponse,
+    StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -322,7 +321,12 @@ impl Answers<'_> {
                 .front()
                 .map(|s| s.at.max(self.progress) + s.ttl);
             let got = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, self.inbound.next()).await {
+                Some(d) => match tokio::time::timeout(
+                    d.saturating_duration_since(tokio::time::Instant::now()),
+                    self.inbound.next(),
+                )
+                .await
+                {
                     Ok(got) => got,
                     Err(_) => {
                         return self.fail(unreachable(format!(
@@ -398,7 +402,8 @@ impl Answers<'_> {
                 Some(Err(StreamAppendError::Conflict(at)))
             }
             Kind::HigherVote => {
-                let v = vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
+                let v =
+                    vote_from(resp.vote).map_err(|s| RPCError::Network(NetworkError::new(&s)))?;
                 Some(Err(StreamAppendError::HigherVote(v)))
             }
         })
@@ -426,7 +431,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // One chunk only: a longer run is answered as a partial success (see the module docs).
         let mut split = Split::new(&self.group, rpc);
         let Chunk {
-            req, last: last_sent, ..
+            req,
+            last: last_sent,
+            ..
         } = split.next_chunk();
         let cut = !split.done();
         let mut c = self.client()?;
@@ -479,10 +486,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         >,
     >
     where
-        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>>
-            + Send
-            + Unpin
-            + 'static,
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
             use futures_util::StreamExt;
@@ -690,8 +694,7 @@ impl RaftServer {
 
 impl RaftServer {
     fn shut_down(&self) -> bool {
-        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics())
-            .state;
+        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics()).state;
         m == openraft::ServerState::Shutdown
     }
 
@@ -799,8 +802,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
                     // The leader keeps its stream open; the stream ends when this replica
                     // shuts down, or the server's graceful shutdown would wait for it forever.
                     let next = loop {
-                        if let Ok(next) = tokio::time::timeout(IDLE_RECHECK, inbound.next()).await
-                        {
+                        if let Ok(next) = tokio::time::timeout(IDLE_RECHECK, inbound.next()).await {
                             break next?;
                         }
                         if this.shut_down() {

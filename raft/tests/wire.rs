@@ -44,10 +44,7 @@ async fn open(
     let (tx, rx) = mpsc::channel(8);
     let requests =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    let answers = client
-        .stream_append(requests)
-        .await?
-        .into_inner();
+    let answers = client.stream_append(requests).await?.into_inner();
     Ok((tx, answers))
 }
 
