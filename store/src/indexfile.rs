@@ -41,7 +41,7 @@
 //! and the header of the newest file from its first `entry_count` (checkpointed, synced)
 //! entries, whose `prev` links only point backwards.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::codec::{PutLe, le_u32, le_u64};
 use crate::disk::{Disk, DiskFile};
@@ -50,6 +50,10 @@ use crate::types::Position;
 
 /// Directory of the index files.
 pub const DIR: &str = "index";
+/// A zero-filled index file made ahead of time (outside [`DIR`]), renamed into place at the
+/// next roll: creating one of the default size (420 MB of zeros) inline stalled dispatch —
+/// every replica at once — for most of a second.
+const SPARE: &str = "index.spare";
 const MAGIC: u32 = u32::from_le_bytes(*b"RMQX");
 const VERSION: u8 = 1;
 /// Bytes of the header.
@@ -386,6 +390,30 @@ pub struct IndexFiles {
     disk: Arc<dyn Disk>,
     config: IndexFileConfig,
     files: Vec<IndexFile>,
+    spare: Arc<Mutex<Spare>>,
+}
+
+/// The state of [`SPARE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spare {
+    Absent,
+    Creating,
+    Ready,
+}
+
+fn lock_spare(m: &Mutex<Spare>) -> std::sync::MutexGuard<'_, Spare> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking file work off the caller: on the blocking pool inside a tokio runtime;
+/// inline outside one, and under madsim (no threads there; `SimDisk` is instant).
+fn in_background(work: impl FnOnce() + Send + 'static) {
+    #[cfg(not(madsim))]
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        drop(rt.spawn_blocking(work));
+        return;
+    }
+    work();
 }
 
 fn path(seq: u64) -> String {
@@ -454,11 +482,61 @@ impl IndexFiles {
             }
             files.push(f);
         }
-        Ok(Self {
+        if disk.exists(SPARE) {
+            // Possibly half made when the process died: made again when needed.
+            disk.remove(SPARE)?;
+        }
+        let index = Self {
             disk,
             config,
             files,
-        })
+            spare: Arc::new(Mutex::new(Spare::Absent)),
+        };
+        if index.files.is_empty() {
+            // A new index: its first file is made now, not by the first message.
+            index.prepare_spare();
+        }
+        Ok(index)
+    }
+
+    fn new_header(&self) -> Header {
+        Header {
+            slot_count: self.config.slot_count,
+            max_entries: self.config.max_entries,
+            ..Header::default()
+        }
+    }
+
+    /// Starts making the spare in the background if there is none.
+    fn prepare_spare(&self) {
+        {
+            let mut spare = lock_spare(&self.spare);
+            if *spare != Spare::Absent {
+                return;
+            }
+            *spare = Spare::Creating;
+        }
+        let (disk, spare, len) = (
+            self.disk.clone(),
+            self.spare.clone(),
+            self.new_header().file_len(),
+        );
+        in_background(move || {
+            let made = if disk.exists(SPARE) {
+                disk.remove(SPARE)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| disk.create(SPARE, len).map(drop));
+            let mut state = lock_spare(&spare);
+            match made {
+                Ok(()) => *state = Spare::Ready,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prepare the next index file; the roll will create it");
+                    *state = Spare::Absent;
+                }
+            }
+        });
     }
 
     /// Indexes `key` of a message of `topic` at `position`.
@@ -474,10 +552,12 @@ impl IndexFiles {
         if !self.files.last().is_some_and(|f| f.has_room(ts)) {
             self.roll()?;
         }
-        self.files
-            .last_mut()
-            .expect("roll added a file")
-            .put(hash, position, size, ts)
+        let last = self.files.last_mut().expect("roll added a file");
+        last.put(hash, position, size, ts)?;
+        if last.header.count >= last.header.max_entries / 2 {
+            self.prepare_spare();
+        }
+        Ok(())
     }
 
     fn roll(&mut self) -> Result<()> {
@@ -485,12 +565,21 @@ impl IndexFiles {
             f.file.sync_all()?;
         }
         let seq = self.files.last().map_or(0, |f| f.seq + 1);
-        let header = Header {
-            slot_count: self.config.slot_count,
-            max_entries: self.config.max_entries,
-            ..Header::default()
+        let header = self.new_header();
+        let ready = {
+            let mut spare = lock_spare(&self.spare);
+            let ready = *spare == Spare::Ready;
+            if ready {
+                *spare = Spare::Absent;
+            }
+            ready
         };
-        let file = self.disk.create(&path(seq), header.file_len())?;
+        let file = if ready && self.disk.open(SPARE)?.len() == header.file_len() {
+            self.disk.rename(SPARE, &path(seq))?;
+            self.disk.open(&path(seq))?
+        } else {
+            self.disk.create(&path(seq), header.file_len())?
+        };
         file.write_at(0, &header.encode())?;
         file.sync_range(0, HEADER_LEN)?;
         self.files.push(IndexFile { seq, file, header });
@@ -603,6 +692,42 @@ mod tests {
         let mut slot = [0u8; 4];
         f.read_at(64 + u64::from(hash % 8) * 4, &mut slot).unwrap();
         assert_eq!(u32::from_le_bytes(slot), 2);
+    }
+
+    #[test]
+    fn the_next_file_is_made_ahead_and_renamed_into_place() {
+        let disk = SimDisk::new();
+        // A leftover spare (a crash while making it) is removed at open.
+        disk.create(SPARE, 3).unwrap();
+        let cfg = IndexFileConfig {
+            slot_count: 8,
+            max_entries: 4,
+        };
+        let mut idx =
+            IndexFiles::open(Arc::new(disk.clone()), cfg, IndexCheckpoint::default()).unwrap();
+        // A new index makes its first file ahead (outside a runtime: at once).
+        assert_eq!(disk.open(SPARE).unwrap().len(), idx.new_header().file_len());
+        idx.put("T", "a", Position(0), 1, 1).unwrap();
+        assert!(!disk.exists(SPARE), "the first file was the spare");
+        idx.put("T", "b", Position(1), 1, 2).unwrap();
+        // Half full: the next one is made.
+        assert!(disk.exists(SPARE));
+        for (i, k) in ["c", "d", "e"].into_iter().enumerate() {
+            idx.put("T", k, Position(2 + i as u64), 1, 3).unwrap();
+        }
+        assert_eq!(idx.file_count(), 2);
+        assert!(!disk.exists(SPARE), "the roll took the spare");
+        assert_eq!(
+            disk.list(DIR).unwrap(),
+            vec![
+                "00000000000000000000".to_string(),
+                "00000000000000000001".to_string()
+            ]
+        );
+        // Every key is still found, across both files.
+        for k in ["a", "b", "c", "d", "e"] {
+            assert_eq!(idx.query(&KeyQuery::new("T", k, 10)).unwrap().len(), 1, "{k}");
+        }
     }
 
     #[test]
