@@ -7,6 +7,7 @@
 # `bench failover`, which SIGKILLs leaders).
 # --dir keeps the data and logs there; otherwise they go to a temporary folder removed at exit.
 # Everything after `--` is passed to `raftmq bench` (the name server and topic are added).
+# The bench starts SETTLE_SECONDS (5) after the topic exists.
 # Keep the machine otherwise quiet: the figures include everything the brokers do.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,4 +68,7 @@ for _ in $(seq 60); do
   $B topic create --namesrv $NS --topic BenchTopic --queues 8 >/dev/null 2>&1 && break
   sleep 0.5
 done
+# A new broker prepares its first files in the background (the next CommitLog segment, a
+# 420 MB IndexFile): let that finish, so the run measures the steady state, not the start.
+sleep "${SETTLE_SECONDS:-5}"
 $B bench "$@" --namesrv $NS --topic BenchTopic
