@@ -27,6 +27,6 @@ while kill -0 "$bench" 2>/dev/null; do
   for pid in $(pgrep -f "raftmq broker --config" || true); do
     line+="$(mib VmRSS "$pid")/$(mib RssAnon "$pid")/$(mib RssFile "$pid")  "
   done
-  [ -n "$line" ] && printf '%6d  %s\n' "$(( $(date +%s) - start ))" "$line"
+  if [ -n "$line" ]; then printf '%6d  %s\n' "$(( $(date +%s) - start ))" "$line"; fi
 done
 wait "$bench"
