@@ -3,8 +3,8 @@
 # (release build), creates a topic of 8 queues, runs one `raftmq bench …` against it, stops
 # everything. Usage:
 #   scripts/bench-group.sh [--flush sync|async] [--dir D] -- produce --size 1024 --producers 4 --in-flight 256 --duration 12
-# --restart runs each broker under a loop that starts it again when it dies (for
-# `bench failover`, which SIGKILLs leaders).
+# --restart runs each broker under a loop that starts it again RESTART_DELAY (3) s after it
+# dies (for `bench failover`, which SIGKILLs leaders).
 # --dir keeps the data and logs there; otherwise they go to a temporary folder removed at exit.
 # Everything after `--` is passed to `raftmq bench` (the name server and topic are added).
 # The bench starts SETTLE_SECONDS (5) after the topic exists.
@@ -57,7 +57,10 @@ flush = "$FLUSH"
 EOT
   if [ "$RESTART" = 1 ]; then
     # A supervisor: a killed broker starts again (bench failover kills leaders).
-    ( set +e; while :; do $B broker --config "$DIR/b$i.toml" >>"$DIR/b$i.log" 2>&1; sleep 0.2; done ) &
+    # It waits RESTART_DELAY (3 s, well past the detection of a dead leader) before starting the
+    # broker again: a leader back sooner resumes its old term (openraft's leader restore) and
+    # the followers never elect — that is a restart, not the failover `bench failover` times.
+    ( set +e; while :; do $B broker --config "$DIR/b$i.toml" >>"$DIR/b$i.log" 2>&1; sleep "${RESTART_DELAY:-3}"; done ) &
   else
     $B broker --config "$DIR/b$i.toml" >"$DIR/b$i.log" 2>&1 &
   fi
