@@ -726,7 +726,11 @@ mod tests {
         );
         // Every key is still found, across both files.
         for k in ["a", "b", "c", "d", "e"] {
-            assert_eq!(idx.query(&KeyQuery::new("T", k, 10)).unwrap().len(), 1, "{k}");
+            assert_eq!(
+                idx.query(&KeyQuery::new("T", k, 10)).unwrap().len(),
+                1,
+                "{k}"
+            );
         }
     }
 
