@@ -114,6 +114,8 @@ impl Broker {
         // Client channels are long-lived streams: end them (and take no new one), or the
         // server waits for them.
         self.shared.managers.channels.close();
+        // So are the group leader's append streams to this replica.
+        self.shared.replica.close_streams();
         let _ = (&mut self.server).await;
         unregister(&self.shared).await;
         self.shared.replica.shutdown().await;

@@ -11,6 +11,7 @@
 //! `INVALID_ARGUMENT` / `FAILED_PRECONDITION`, never a panic), then hands it to `Raft`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -658,16 +659,20 @@ pub type RaftService =
 pub struct RaftServer {
     group: pb::GroupId,
     raft: Raft,
+    /// Set when the server is about to stop: open append streams end.
+    closing: Arc<AtomicBool>,
 }
 
 impl RaftServer {
-    pub fn new(group: &str, segment_bytes: u64, raft: Raft) -> Self {
+    /// `closing`: once set, open append streams end (see [`RaftServer::shut_down`]).
+    pub fn new(group: &str, segment_bytes: u64, raft: Raft, closing: Arc<AtomicBool>) -> Self {
         RaftServer {
             group: pb::GroupId {
                 name: group.to_string(),
                 segment_bytes,
             },
             raft,
+            closing,
         }
     }
 
@@ -693,7 +698,12 @@ impl RaftServer {
 }
 
 impl RaftServer {
+    /// Whether open append streams must end: the server is stopping (a graceful stop waits
+    /// for every open stream, and the leader never closes its own), or Raft is shut down.
     fn shut_down(&self) -> bool {
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
         let m = openraft::async_runtime::WatchReceiver::borrow_watched(&self.raft.metrics()).state;
         m == openraft::ServerState::Shutdown
     }
@@ -791,6 +801,9 @@ impl pb::raft_service_server::RaftService for RaftServer {
         request: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
         use futures_util::StreamExt;
+        if self.shut_down() {
+            return Err(tonic::Status::unavailable("this replica is stopping"));
+        }
         let inbound = request.into_inner();
         let failure = Arc::new(Mutex::new(None::<tonic::Status>));
         let arrivals = Arc::new(Mutex::new(VecDeque::new()));
@@ -802,11 +815,11 @@ impl pb::raft_service_server::RaftService for RaftServer {
                     // The leader keeps its stream open; the stream ends when this replica
                     // shuts down, or the server's graceful shutdown would wait for it forever.
                     let next = loop {
-                        if let Ok(next) = tokio::time::timeout(IDLE_RECHECK, inbound.next()).await {
-                            break next?;
-                        }
                         if this.shut_down() {
                             return None;
+                        }
+                        if let Ok(next) = tokio::time::timeout(IDLE_RECHECK, inbound.next()).await {
+                            break next?;
                         }
                     };
                     let decoded = match next {

@@ -249,6 +249,8 @@ pub struct Replica {
     raft: Raft,
     store: ReplicaStore,
     writer: Writer,
+    /// Set by [`Replica::close_streams`]; read by the `RaftService`.
+    streams_closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn map_write_err(
@@ -304,6 +306,7 @@ impl Replica {
             raft,
             store: rs,
             writer: Writer { tx },
+            streams_closing: Arc::default(),
         };
         if replica.config.retention_interval_ms > 0 {
             tokio::spawn(run_retention_timer(replica.clone()));
@@ -428,8 +431,18 @@ impl Replica {
             &self.config.group,
             self.config.store.segment_bytes,
             self.raft.clone(),
+            self.streams_closing.clone(),
         )
         .into_service()
+    }
+
+    /// Ends the append streams other replicas hold open to this one's `RaftService` (within
+    /// 50 ms) and refuses new ones. Call it before waiting for the gRPC server's graceful
+    /// stop while Raft still runs: the group's leader never closes its stream to a follower,
+    /// so the stop would wait for it forever. (Shutting Raft down ends them too.)
+    pub fn close_streams(&self) {
+        self.streams_closing
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Forms a new group of `voters` (node id → address); call on one replica only.
