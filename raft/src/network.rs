@@ -2,9 +2,14 @@
 //!
 //! Client side: [`NetworkFactory`] gives openraft one [`PeerClient`] per target, over a lazily
 //! connected channel (a peer that is down is `Unreachable`, which makes openraft back off).
-//! An append is capped at [`APPEND_BYTES_MAX`] bytes of entries: a longer run is cut and the
-//! answer turned into `PartialSuccess` up to the last entry sent, so openraft continues from
-//! there.
+//! Replication and heartbeats go through `StreamAppend`, one bidirectional stream per
+//! session ([`PeerClient`]'s `stream_append`): requests are sent without waiting, each cut into
+//! chunks of at most [`APPEND_BYTES_MAX`] bytes of entries (each chunk a whole
+//! `AppendEntriesRequest` continuing the one before), and the follower answers every chunk in
+//! order — `SUCCESS` with `matched` = the last log id the chunk left matching, `CONFLICT` with
+//! `matched` = the chunk's `prev_log_id`, or `HIGHER_VOTE` with its vote — and ends the stream
+//! after an answer that is not a success. The unary `AppendEntries` sends one chunk and turns
+//! the answer into `PartialSuccess` up to its last entry, so openraft continues from there.
 //!
 //! Server side: [`RaftServer`] decodes every request, checking each field before use (a missing
 //! vote, an entry kind above 255, an undecodable payload, or a request for another group is

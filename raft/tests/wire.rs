@@ -90,31 +90,28 @@ async fn stream_append_answers_in_order_and_refuses_what_it_cannot_use() -> anyh
         "the stream ends after HIGHER_VOTE"
     );
 
-    // A request for another group (or segment size) is refused before anything is appended.
-    let (tx, mut answers) = open(node.addr).await?;
+    // A request for another group (or segment size), or without a vote, is refused before
+    // anything is appended.
     let mut other = heartbeat(6, 9);
     other.group = Some(pb::GroupId {
         name: "other".into(),
         segment_bytes: group().segment_bytes,
     });
-    tx.send(other).await?;
-    let status = answers
-        .next()
-        .await
-        .expect("the error")
-        .expect_err("another group's request is refused");
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     let mut missing = heartbeat(6, 9);
     missing.vote = None;
-    let (tx2, mut answers2) = open(node.addr).await?;
-    tx2.send(missing).await?;
-    let status = answers2
-        .next()
-        .await
-        .expect("the error")
-        .expect_err("a request without a vote is refused");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    drop((tx, tx2));
+    for (req, code) in [
+        (other, tonic::Code::FailedPrecondition),
+        (missing, tonic::Code::InvalidArgument),
+    ] {
+        let (tx, mut answers) = open(node.addr).await?;
+        tx.send(req).await?;
+        let status = answers
+            .next()
+            .await
+            .expect("the error")
+            .expect_err("the request is refused");
+        assert_eq!(status.code(), code, "{status:?}");
+    }
 
     // The replica is unharmed: still at the higher vote, its log empty, and it stops cleanly
     // (an open stream does not hold its server's shutdown).
