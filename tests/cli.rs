@@ -325,7 +325,7 @@ async fn one_replica(dir: &std::path::Path, extra: &str) -> (Procs, String) {
     std::fs::write(
         &cfg,
         format!(
-            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n1 = \"{broker}\"\n{extra}",
+            "group = \"g1\"\nreplica_id = 1\nlisten = \"{broker}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\nindex_max_entries = 100000\nindex_hash_slots = 25000\n[initial_members]\n1 = \"{broker}\"\n{extra}",
             dir.join("g1-1").display()
         ),
     )

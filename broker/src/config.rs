@@ -11,6 +11,8 @@
 //! auto_create_topics = false          # create unknown topics on first send (4 queues)
 //! flush = "sync"                      # "sync" (ack after fsync) or "async"
 //! segment_mib = 1024                  # CommitLog segment size (same on every replica)
+//! index_max_entries = 20000000        # keys per IndexFile (RocketMQ's maxIndexNum)
+//! index_hash_slots = 5000000          # hash slots per IndexFile (maxHashSlotNum)
 //! file_reserved_hours = 72            # retention: delete segments older than this
 //! client_expire_ms = 30000            # drop a consumer member silent this long
 //!
@@ -184,6 +186,12 @@ fn default_segment_mib() -> u64 {
 fn default_reserved_hours() -> u64 {
     72
 }
+fn default_index_max_entries() -> u32 {
+    StoreConfig::default().index_max_entries
+}
+fn default_index_hash_slots() -> u32 {
+    StoreConfig::default().index_slots
+}
 
 /// A client not heard from for this long is dropped, by default: three heartbeats of the
 /// SDK's default interval (10 s). RocketMQ waits 120 s but also sees a crashed client's
@@ -215,6 +223,13 @@ pub struct BrokerConfig {
     pub segment_mib: u64,
     #[serde(default = "default_reserved_hours")]
     pub file_reserved_hours: u64,
+    /// Keys per IndexFile; a file takes 24 bytes per key and 4 per slot, zero-filled when
+    /// made (the defaults: 500 MB).
+    #[serde(default = "default_index_max_entries")]
+    pub index_max_entries: u32,
+    /// Hash slots per IndexFile.
+    #[serde(default = "default_index_hash_slots")]
+    pub index_hash_slots: u32,
     /// A client (consumer member) silent this long is dropped from its groups and loses its
     /// queue locks; its queues then go to the others.
     #[serde(default = "default_client_expire_ms")]
@@ -284,6 +299,22 @@ impl BrokerConfig {
         }
         if self.replica_id == 0 {
             return bad("replica_id must be ≥ 1".into());
+        }
+        for (key, value, max) in [
+            (
+                "index_max_entries",
+                self.index_max_entries,
+                raftmq_store::indexfile::ENTRIES_MAX,
+            ),
+            (
+                "index_hash_slots",
+                self.index_hash_slots,
+                raftmq_store::indexfile::SLOTS_MAX,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return bad(format!("{key} must be in 1..={max}, got {value}"));
+            }
         }
         if self.client_expire_ms < 1000 {
             return bad(format!(
@@ -370,6 +401,8 @@ impl BrokerConfig {
             Flush::Async => FlushMode::Async,
         };
         store.file_reserved_time_ms = self.file_reserved_hours * 3_600_000;
+        store.index_max_entries = self.index_max_entries;
+        store.index_slots = self.index_hash_slots;
         // One group-commit entry may fill a whole record: any request within the wire limits
         // fits (a 4 MiB body plus its encoding), and the broker answers MESSAGE_TOO_LARGE for
         // one that does not.
@@ -417,6 +450,10 @@ namesrv_addrs = ["127.0.0.1:9876"]
         assert_eq!(c.flush, Flush::Sync);
         assert_eq!(c.members().unwrap().len(), 3);
         assert_eq!(c.replica_config().store.segment_bytes, 1 << 30);
+        assert_eq!(
+            c.replica_config().store.index_max_entries,
+            StoreConfig::default().index_max_entries
+        );
         let doc = include_str!("config.rs");
         let example: String = doc
             .lines()
@@ -445,6 +482,20 @@ namesrv_addrs = ["127.0.0.1:9876"]
             (
                 GOOD.replace("[initial_members]", "colour = 1\n[initial_members]"),
                 "colour",
+            ),
+            (
+                GOOD.replace(
+                    "[initial_members]",
+                    "index_max_entries = 0\n[initial_members]",
+                ),
+                "index_max_entries",
+            ),
+            (
+                GOOD.replace(
+                    "[initial_members]",
+                    "index_hash_slots = 999999999\n[initial_members]",
+                ),
+                "index_hash_slots must be in 1..=16777216, got 999999999",
             ),
             (GOOD.replace("9876\"]", "9876\", \"nope\"]"), "nope"),
             (

@@ -453,3 +453,68 @@ async fn reconsume_later_redelivers_after_a_delay() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The listener is the application's code and may block; it runs off the runtime's workers.
+/// Here the runtime has one worker, and the listener blocks on its first message until a
+/// second send — made by the test on that same runtime — is acknowledged: a listener called
+/// on the worker would hold up the send (and the in-process brokers) until it gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_blocking_listener_does_not_hold_up_the_runtime() -> anyhow::Result<()> {
+    let l = local().await?;
+    let p = Producer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("P")
+        .build()?;
+    p.start().await?;
+    let (acked, wait_acked) = std::sync::mpsc::channel::<()>();
+    let wait_acked = Mutex::new(wait_acked);
+    let (got_first, wait_first) = std::sync::mpsc::channel::<()>();
+    let got_first = Mutex::new(got_first);
+    let unblocked: Arc<Mutex<Option<bool>>> = Arc::default();
+    let u = unblocked.clone();
+    let c = PushConsumer::builder()
+        .namesrv_addrs([l.namesrv.as_str()])
+        .group("B")
+        .subscribe("T", "*")
+        .consume_from(ConsumeFrom::First)
+        .long_poll(Duration::from_millis(300))
+        .concurrent(move |msgs| {
+            if msgs.iter().any(|m| m.body == b"first") {
+                let _ = got_first.lock().expect("tx").send(());
+                let ok = wait_acked
+                    .lock()
+                    .expect("rx")
+                    .recv_timeout(Duration::from_secs(20))
+                    .is_ok();
+                *u.lock().expect("flag") = Some(ok);
+            }
+            ConsumeResult::Success
+        })
+        .build()?;
+    c.start().await?;
+    p.send(Message::new("T", "first")).await?;
+    tokio::task::spawn_blocking(move || wait_first.recv_timeout(Duration::from_secs(20)))
+        .await?
+        .map_err(|_| anyhow::anyhow!("the listener never got the first message"))?;
+    // The listener is blocked now; this send must still be acknowledged.
+    p.send(Message::new("T", "second")).await?;
+    acked.send(())?;
+    wait_until(Duration::from_secs(25), "the listener unblocked", || {
+        unblocked
+            .lock()
+            .expect("flag")
+            .ok_or_else(|| "still blocked".to_string())
+    })
+    .await;
+    assert_eq!(
+        *unblocked.lock().expect("flag"),
+        Some(true),
+        "the second send was acknowledged while the listener blocked"
+    );
+    c.shutdown().await;
+    p.shutdown().await;
+    for (_, b) in l.brokers {
+        b.shutdown().await;
+    }
+    Ok(())
+}

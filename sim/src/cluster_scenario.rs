@@ -355,6 +355,9 @@ fn config(g: usize, i: usize, mutations: Mutations) -> BrokerConfig {
     ))
     .expect("a valid generated configuration");
     c.segment_bytes_override = Some(256 * 1024);
+    // Small IndexFiles (the default is 500 MB, held twice by the simulated disk).
+    c.index_max_entries = 100_000;
+    c.index_hash_slots = 25_000;
     c.mutations = mutations;
     c.transaction.timeout_ms = txn_workload::TIMEOUT_MS;
     c.transaction.check_interval_ms = txn_workload::CHECK_INTERVAL_MS;

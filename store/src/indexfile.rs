@@ -390,19 +390,59 @@ pub struct IndexFiles {
     disk: Arc<dyn Disk>,
     config: IndexFileConfig,
     files: Vec<IndexFile>,
-    spare: Arc<Mutex<Spare>>,
+    spare: Arc<SpareState>,
+}
+
+/// The state of [`SPARE`], and a signal for a roll waiting for it to be made.
+#[derive(Debug, Default)]
+struct SpareState {
+    state: Mutex<Spare>,
+    made: std::sync::Condvar,
 }
 
 /// The state of [`SPARE`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Spare {
+    #[default]
     Absent,
     Creating,
     Ready,
 }
 
-fn lock_spare(m: &Mutex<Spare>) -> std::sync::MutexGuard<'_, Spare> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl SpareState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, to: Spare) {
+        *self.lock() = to;
+        self.made.notify_all();
+    }
+
+    /// Takes the spare if it is ready, first waiting for one being made (making a second
+    /// file at the same time would double the writes and make neither sooner).
+    fn take(&self) -> bool {
+        let mut s = self.lock();
+        while *s == Spare::Creating {
+            s = self.made.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        let ready = *s == Spare::Ready;
+        *s = Spare::Absent;
+        ready
+    }
+}
+
+/// Ends a `Creating` spare that was never finished (see [`IndexFiles::prepare_spare`]).
+struct Unmade(Arc<SpareState>);
+
+impl Drop for Unmade {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        if *s == Spare::Creating {
+            *s = Spare::Absent;
+            self.0.made.notify_all();
+        }
+    }
 }
 
 /// Runs blocking file work off the caller: on the blocking pool inside a tokio runtime;
@@ -490,7 +530,7 @@ impl IndexFiles {
             disk,
             config,
             files,
-            spare: Arc::new(Mutex::new(Spare::Absent)),
+            spare: Arc::default(),
         };
         if index.files.is_empty() {
             // A new index: its first file is made now, not by the first message.
@@ -510,17 +550,16 @@ impl IndexFiles {
     /// Starts making the spare in the background if there is none.
     fn prepare_spare(&self) {
         {
-            let mut spare = lock_spare(&self.spare);
+            let mut spare = self.spare.lock();
             if *spare != Spare::Absent {
                 return;
             }
             *spare = Spare::Creating;
         }
-        let (disk, spare, len) = (
-            self.disk.clone(),
-            self.spare.clone(),
-            self.new_header().file_len(),
-        );
+        let (disk, len) = (self.disk.clone(), self.new_header().file_len());
+        // Should the work be dropped unrun (a runtime shutting down), the guard still ends
+        // `Creating`, so no roll waits for it forever.
+        let spare = Unmade(self.spare.clone());
         in_background(move || {
             let made = if disk.exists(SPARE) {
                 disk.remove(SPARE)
@@ -528,12 +567,11 @@ impl IndexFiles {
                 Ok(())
             }
             .and_then(|()| disk.create(SPARE, len).map(drop));
-            let mut state = lock_spare(&spare);
             match made {
-                Ok(()) => *state = Spare::Ready,
+                Ok(()) => spare.0.set(Spare::Ready),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not prepare the next index file; the roll will create it");
-                    *state = Spare::Absent;
+                    spare.0.set(Spare::Absent);
                 }
             }
         });
@@ -566,14 +604,7 @@ impl IndexFiles {
         }
         let seq = self.files.last().map_or(0, |f| f.seq + 1);
         let header = self.new_header();
-        let ready = {
-            let mut spare = lock_spare(&self.spare);
-            let ready = *spare == Spare::Ready;
-            if ready {
-                *spare = Spare::Absent;
-            }
-            ready
-        };
+        let ready = self.spare.take();
         let file = if ready && self.disk.open(SPARE)?.len() == header.file_len() {
             self.disk.rename(SPARE, &path(seq))?;
             self.disk.open(&path(seq))?
@@ -692,6 +723,26 @@ mod tests {
         let mut slot = [0u8; 4];
         f.read_at(64 + u64::from(hash % 8) * 4, &mut slot).unwrap();
         assert_eq!(u32::from_le_bytes(slot), 2);
+    }
+
+    #[test]
+    fn a_roll_waits_for_the_spare_being_made_and_an_unrun_job_ends_the_wait() {
+        let spare = Arc::new(SpareState::default());
+        *spare.lock() = Spare::Creating;
+        let maker = {
+            let spare = spare.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                spare.set(Spare::Ready);
+            })
+        };
+        assert!(spare.take(), "took the spare once made, not none");
+        assert_eq!(*spare.lock(), Spare::Absent);
+        maker.join().expect("maker");
+        // A job dropped before it ran leaves no roll waiting.
+        *spare.lock() = Spare::Creating;
+        drop(Unmade(spare.clone()));
+        assert!(!spare.take());
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn start_group(dir: &Path, extra: &str) -> (Procs, String) {
         std::fs::write(
             &cfg,
             format!(
-                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\n[initial_members]\n{members}{extra}",
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\nindex_max_entries = 100000\nindex_hash_slots = 25000\n[initial_members]\n{members}{extra}",
                 data.display()
             ),
         )

@@ -48,26 +48,38 @@ impl Listener {
     }
 
     /// Calls the listener once on `batch`, counted against `calls` (which bounds the calls
-    /// running at once across every queue of the consumer).
+    /// running at once across every queue of the consumer); gives the batch back with the
+    /// outcome — `None` if the call could not run to its end (the runtime is stopping), so
+    /// nothing of the batch may count as consumed.
+    ///
+    /// The listener is the application's code and may block (a database write, a remote
+    /// call), so it runs on the blocking pool, never on a runtime worker: a worker held by it
+    /// would stall every task queued behind it — in-process, the broker's own (a test saw a
+    /// broker's graceful stop wait 20 s on a listener asleep on a worker).
     pub(super) async fn call(
         &self,
         calls: &Semaphore,
-        batch: &[ReceivedMessage],
+        batch: Vec<ReceivedMessage>,
         timeout: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Option<(Vec<ReceivedMessage>, Result<(), Failure>)> {
         let f = match self {
-            Listener::Concurrent(f) | Listener::Orderly(f) => f,
+            Listener::Concurrent(f) | Listener::Orderly(f) => f.clone(),
         };
         let _permit = calls.acquire().await;
         let started = Instant::now();
-        // The listener is the application's code: a panic in it fails the batch, never the
-        // queue's task.
-        let outcome = catch_unwind(AssertUnwindSafe(|| f(batch)));
-        match outcome {
+        // A panic in the listener fails the batch, never the queue's task.
+        let call = tokio::task::spawn_blocking(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| f(&batch)));
+            (batch, outcome)
+        });
+        // The closure catches the listener's panics: the task fails only when cancelled.
+        let (batch, outcome) = call.await.ok()?;
+        let result = match outcome {
             Err(_) => Err(Failure::Panicked),
             Ok(_) if started.elapsed() > timeout => Err(Failure::TimedOut),
             Ok(ConsumeResult::Success) => Ok(()),
             Ok(ConsumeResult::ReconsumeLater) => Err(Failure::ReconsumeLater),
-        }
+        };
+        Some((batch, result))
     }
 }

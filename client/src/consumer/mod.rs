@@ -30,7 +30,7 @@
 //! lock released (orderly), its offset committed, and its progress forgotten. Each assigned
 //! queue has a task that pulls with long polling, checks tags exactly (the broker filtered by
 //! hash), and hands batches to the listener; at most `consume_threads` listener calls run at
-//! once. Offsets are committed every [`COMMIT_EVERY`] and at shutdown (clustering: on the
+//! once, each on tokio's blocking pool (the listener may block). Offsets are committed every [`COMMIT_EVERY`] and at shutdown (clustering: on the
 //! brokers; broadcasting: a local file).
 //!
 //! # Retry and dead letters

@@ -62,11 +62,15 @@ pub(super) async fn consume(inner: &Inner, q: &MessageQueue, chunk: &[ReceivedMe
     let mut batch = chunk.to_vec();
     let mut tries = 0u32;
     loop {
-        let Err(why) = inner
+        let Some((given_back, outcome)) = inner
             .listener
-            .call(&inner.listener_calls, &batch, inner.cfg.consume_timeout)
+            .call(&inner.listener_calls, batch, inner.cfg.consume_timeout)
             .await
         else {
+            return false;
+        };
+        batch = given_back;
+        let Err(why) = outcome else {
             return true;
         };
         tries += 1;
