@@ -212,6 +212,26 @@ impl Routes {
         {
             return Ok(r.clone());
         }
+        self.fetch_route(topic).await
+    }
+
+    /// The route of `topic` fetched at most `max_age` ago: callers polling for a change
+    /// (many sends waiting out a leader's loss) share one fetch per `max_age`.
+    pub async fn route_fresh(
+        &self,
+        topic: &str,
+        max_age: Duration,
+    ) -> Result<Arc<Route>, ClientError> {
+        if let Some((r, at)) = lock(&self.inner.cache).get(topic)
+            && at.elapsed() < max_age
+        {
+            return Ok(r.clone());
+        }
+        self.fetch_route(topic).await
+    }
+
+    /// Fetches `topic`'s route and caches it.
+    async fn fetch_route(&self, topic: &str) -> Result<Arc<Route>, ClientError> {
         let r = Arc::new(Route::from_wire(self.fetch(topic).await?));
         lock(&self.inner.cache).insert(topic.to_string(), (r.clone(), Instant::now()));
         Ok(r)
