@@ -10,6 +10,8 @@
 //! - [`rt`]: the `AsyncRuntime` on the workspace tokio (real or madsim);
 //! - [`replica`]: one replica: start, group-commit writer, membership.
 
+#[cfg(all(test, not(madsim)))]
+mod fuzz_tests;
 pub mod inspect;
 mod keys;
 pub mod log_store;

@@ -28,7 +28,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
     StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use raftmq_proto::raft::v1 as pb;
+pub(crate) use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_store::RecordKind;
 use tonic::transport::{Channel, Endpoint};
@@ -64,7 +64,7 @@ fn pb_vote(v: &Vote) -> pb::Vote {
     }
 }
 
-fn vote_from(v: Option<pb::Vote>) -> Result<Vote, tonic::Status> {
+pub(crate) fn vote_from(v: Option<pb::Vote>) -> Result<Vote, tonic::Status> {
     let v = v.ok_or_else(|| tonic::Status::invalid_argument("missing vote"))?;
     Ok(if v.committed {
         Vote::new_committed(v.term, v.node_id)
@@ -84,7 +84,7 @@ fn log_id_from(l: Option<pb::LogId>) -> Option<LogId> {
     l.map(|l| log_id(l.term, l.index))
 }
 
-fn pb_entry(e: EncodedEntry) -> pb::Entry {
+pub(crate) fn pb_entry(e: EncodedEntry) -> pb::Entry {
     pb::Entry {
         term: e.term,
         index: e.index,
@@ -94,7 +94,7 @@ fn pb_entry(e: EncodedEntry) -> pb::Entry {
     }
 }
 
-fn entry_from(e: pb::Entry) -> Result<crate::types::Entry, tonic::Status> {
+pub(crate) fn entry_from(e: pb::Entry) -> Result<crate::types::Entry, tonic::Status> {
     let kind = u8::try_from(e.kind)
         .map_err(|_| tonic::Status::invalid_argument(format!("entry kind {} > 255", e.kind)))?;
     EncodedEntry {

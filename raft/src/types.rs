@@ -20,6 +20,7 @@
 //! Log ids use openraft's standard leader id (one leader per term), so a log id is
 //! `(term, index)`: exactly what a record header holds.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
 
@@ -273,7 +274,7 @@ impl EncodedEntry {
             MEMBERSHIP => {
                 let m: Membership<NodeId, openraft::impls::BasicNode> =
                     from_json(&self.payload, "membership")?;
-                EntryPayload::Membership(m)
+                EntryPayload::Membership(valid_membership(m)?)
             }
             other => return Err(bad(format!("unknown entry kind {}", other.0))),
         };
@@ -293,6 +294,21 @@ impl EncodedEntry {
             payload: &self.payload,
         }
     }
+}
+
+/// `m` as decoded, if it is a membership openraft can use: deserializing skips the checks
+/// `Membership::new` makes (every voter has a node), and an empty joint config, or an empty
+/// config in it, would make any set of nodes a quorum.
+fn valid_membership(
+    m: Membership<NodeId, openraft::impls::BasicNode>,
+) -> io::Result<Membership<NodeId, openraft::impls::BasicNode>> {
+    let configs = m.get_joint_config().clone();
+    if configs.is_empty() || configs.iter().any(BTreeSet::is_empty) {
+        return Err(bad("membership: an empty voter set"));
+    }
+    let nodes: BTreeMap<NodeId, openraft::impls::BasicNode> =
+        m.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    Membership::new(configs, nodes).map_err(|e| bad(format!("membership: {e}")))
 }
 
 /// A log id from its parts.
@@ -344,6 +360,12 @@ mod tests {
         }
     }
 
+    fn json_bytes(text: &str) -> Vec<u8> {
+        let mut b = vec![JSON_VERSION];
+        b.extend_from_slice(text.as_bytes());
+        b
+    }
+
     #[test]
     fn malformed_records_are_errors() {
         let base = EncodedEntry {
@@ -359,6 +381,14 @@ mod tests {
             (COMMAND, vec![1, b'{']),
             (RAFT_BLANK, vec![0]),
             (MEMBERSHIP, vec![1, b'[']),
+            // Decodes as JSON, but no usable membership: a voter without a node, no voter set,
+            // an empty voter set.
+            (MEMBERSHIP, json_bytes(r#"{"configs":[[1]],"nodes":{}}"#)),
+            (MEMBERSHIP, json_bytes(r#"{"configs":[],"nodes":{}}"#)),
+            (
+                MEMBERSHIP,
+                json_bytes(r#"{"configs":[[]],"nodes":{"1":{"addr":"a"}}}"#),
+            ),
             (RecordKind(77), vec![]),
         ] {
             let e = EncodedEntry {
@@ -366,7 +396,8 @@ mod tests {
                 payload,
                 ..base.clone()
             };
-            assert!(e.decode().is_err());
+            let shown = format!("{:?}", e.payload);
+            assert!(e.decode().is_err(), "{shown}");
         }
     }
 }

@@ -16,6 +16,9 @@
 //!   segment meanwhile, as a log whose retention recycles segments runs.
 //!
 //! The payload is encoded once: this measures the storage engine, not message encoding.
+//! After each store case it prints the process's CPU time (user + system, every thread: the
+//! writer, the flusher, the runtime, the background zero-fill) per message over the case's
+//! timed iterations.
 //! Run: `cargo bench -p raftmq-store --bench append`.
 
 use std::fs::OpenOptions;
@@ -156,6 +159,16 @@ async fn store_loop(
     start.elapsed()
 }
 
+/// The process's CPU time so far (user + system, all threads).
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass; nothing else is touched.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    assert_eq!(r, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn store(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -202,13 +215,24 @@ fn store(c: &mut Criterion) {
                 1,
             ));
             store.sync().unwrap();
+            let (mut cpu, mut msgs) = (Duration::ZERO, 0u64);
             g.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
                 b.iter_custom(|iters| {
-                    rt.block_on(store_loop(
+                    let before = process_cpu();
+                    let took = rt.block_on(store_loop(
                         &mut store, f, &mut next, &bytes, iters, in_flight,
-                    ))
+                    ));
+                    cpu += process_cpu().saturating_sub(before);
+                    msgs += iters * batch as u64;
+                    took
                 });
             });
+            if msgs > 0 {
+                println!(
+                    "append/{name}/{batch}: CPU per message {:.2} µs ({msgs} messages)",
+                    cpu.as_secs_f64() * 1e6 / msgs as f64
+                );
+            }
             flusher.stop();
             drop(store);
             drop(dir);

@@ -116,18 +116,18 @@ pub struct IndexHit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct Header {
-    slot_count: u32,
-    max_entries: u32,
-    begin_ts: u64,
-    end_ts: u64,
-    begin_pos: u64,
-    end_pos: u64,
-    count: u32,
+pub(crate) struct Header {
+    pub(crate) slot_count: u32,
+    pub(crate) max_entries: u32,
+    pub(crate) begin_ts: u64,
+    pub(crate) end_ts: u64,
+    pub(crate) begin_pos: u64,
+    pub(crate) end_pos: u64,
+    pub(crate) count: u32,
 }
 
 impl Header {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(HEADER_LEN as usize);
         b.put_u32(MAGIC);
         b.put_u8(VERSION);
@@ -145,7 +145,7 @@ impl Header {
         b
     }
 
-    fn decode(b: &[u8], path: &str) -> Result<Self> {
+    pub(crate) fn decode(b: &[u8], path: &str) -> Result<Self> {
         if le_u32(b, 0) != MAGIC {
             return Err(StoreError::corrupt(path, 0, "bad index file magic"));
         }

@@ -30,6 +30,8 @@ pub mod disk;
 pub mod entryfile;
 pub mod error;
 pub mod flush;
+#[cfg(all(test, not(madsim)))]
+mod fuzz_tests;
 pub mod groups;
 pub mod indexfile;
 pub mod message;

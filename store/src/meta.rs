@@ -86,7 +86,7 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(13);
         b.put_u8(VERSION);
         b.put_u32(self.read_queue_nums);
@@ -95,7 +95,7 @@ impl TopicConfig {
         b
     }
 
-    fn decode(name: &str, b: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(name: &str, b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "topic config");
         check_version(r.u8()?, "topic config")?;
         let t = TopicConfig {
@@ -145,7 +145,7 @@ fn get_opt(r: &mut Reader<'_>) -> Result<Option<LogIndex>> {
 }
 
 impl Checkpoint {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(96);
         b.put_u8(VERSION);
         b.put_u64(self.log.position.0);
@@ -161,7 +161,7 @@ impl Checkpoint {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "checkpoint");
         check_version(r.u8()?, "checkpoint")?;
         let c = Checkpoint {
@@ -192,7 +192,7 @@ fn check_version(v: u8, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn encode_log_id(id: &LogId) -> Vec<u8> {
+pub(crate) fn encode_log_id(id: &LogId) -> Vec<u8> {
     let mut b = Vec::with_capacity(25);
     b.put_u8(VERSION);
     b.put_u64(id.term);
@@ -201,7 +201,7 @@ fn encode_log_id(id: &LogId) -> Vec<u8> {
     b
 }
 
-fn decode_log_id(b: &[u8]) -> Result<LogId> {
+pub(crate) fn decode_log_id(b: &[u8]) -> Result<LogId> {
     let mut r = Reader::new(b, "log id");
     check_version(r.u8()?, "log id")?;
     let id = LogId {

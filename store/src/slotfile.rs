@@ -23,7 +23,7 @@ use crate::error::{Result, StoreError};
 
 const SLOT_MAGIC: u32 = u32::from_le_bytes(*b"RMQS");
 const SLOT_VERSION: u8 = 1;
-const SLOT_LEN: usize = 28;
+pub(crate) const SLOT_LEN: usize = 28;
 const SLOT_STRIDE: u64 = 4096;
 const FILE_LEN: u64 = 2 * SLOT_STRIDE;
 
@@ -35,7 +35,7 @@ pub(crate) struct SlotFile {
     value: u64,
 }
 
-fn encode(seq: u64, value: u64) -> Vec<u8> {
+pub(crate) fn encode(seq: u64, value: u64) -> Vec<u8> {
     let mut b = Vec::with_capacity(SLOT_LEN);
     b.put_u32(SLOT_MAGIC);
     b.put_u8(SLOT_VERSION);
@@ -48,7 +48,7 @@ fn encode(seq: u64, value: u64) -> Vec<u8> {
 }
 
 /// Decodes a slot: `Ok(None)` for an empty or torn slot, an error for an unknown version.
-fn decode(b: &[u8], path: &str, at: u64) -> Result<Option<(u64, u64)>> {
+pub(crate) fn decode(b: &[u8], path: &str, at: u64) -> Result<Option<(u64, u64)>> {
     if le_u32(b, 0) != SLOT_MAGIC || le_u32(b, 24) != crc32c::crc32c(&b[..24]) {
         return Ok(None);
     }

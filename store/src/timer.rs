@@ -181,7 +181,7 @@ impl Timer {
     }
 }
 
-fn encode_cursor(k: TimerKey) -> Vec<u8> {
+pub(crate) fn encode_cursor(k: TimerKey) -> Vec<u8> {
     let mut b = Vec::with_capacity(17);
     b.put_u8(VERSION);
     b.put_u64(k.due_ms);
@@ -189,7 +189,7 @@ fn encode_cursor(k: TimerKey) -> Vec<u8> {
     b
 }
 
-fn decode_cursor(b: &[u8]) -> Result<TimerKey> {
+pub(crate) fn decode_cursor(b: &[u8]) -> Result<TimerKey> {
     let mut r = Reader::new(b, "timer cursor");
     let v = r.u8()?;
     if v != VERSION || r.remaining() != 16 {

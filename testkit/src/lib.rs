@@ -32,6 +32,9 @@
 //! [`POLL_INTERVAL`]; it is always checked at least once, and once more after the deadline
 //! has passed, before the wait gives up.
 
+#[cfg(not(madsim))]
+pub mod fuzz;
+
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
