@@ -263,8 +263,12 @@ impl MetaStore {
         } else {
             disk.create(FILE, 0)?
         };
+        // Every page's checksum is verified at open: a file damaged outside redb (bit rot, a
+        // bad sector, an edit) is refused as corrupt; opened without the check, redb trusts
+        // its file and may panic on it (found by tests/fuzz_files.rs).
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create_with_backend(SeamBackend { file })
             .map_err(meta_err)?;
         let store = Self { db };

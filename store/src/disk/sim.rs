@@ -156,6 +156,50 @@ impl SimDisk {
         Ok(())
     }
 
+    /// A new disk holding what this one holds durably (what a machine restarted after a power
+    /// loss would find, without a torn write): a copy to damage and open, leaving this one
+    /// as it was.
+    pub fn durable_copy(&self) -> SimDisk {
+        let st = self.state();
+        let mut files = BTreeMap::new();
+        for (path, f) in &st.files {
+            files.insert(
+                path.clone(),
+                SimFileData {
+                    id: f.id,
+                    live: f.durable.clone(),
+                    durable: f.durable.clone(),
+                },
+            );
+        }
+        SimDisk {
+            inner: Arc::new(Mutex::new(SimState {
+                files,
+                next_id: st.next_id,
+                ..SimState::default()
+            })),
+            epoch: 0,
+        }
+    }
+
+    /// A file's durable bytes, if it exists.
+    pub fn durable_bytes(&self, path: &str) -> Option<Vec<u8>> {
+        self.state().files.get(path).map(|f| f.durable.clone())
+    }
+
+    /// Replaces a file's content, live and durable, with `bytes` (media corruption, a cut
+    /// tail, a file rewritten by something else).
+    pub fn replace_file(&self, path: &str, bytes: &[u8]) -> Result<(), DiskError> {
+        let mut st = self.state();
+        let f = st.files.get_mut(path).ok_or_else(|| DiskError::Exists {
+            path: path.to_string(),
+            what: "does not exist",
+        })?;
+        f.live = bytes.to_vec();
+        f.durable = bytes.to_vec();
+        Ok(())
+    }
+
     /// Makes every later sync fail with an I/O error (like EIO from fsync) until cleared.
     pub fn set_fail_syncs(&self, fail: bool) {
         self.state().fail_syncs = fail;
