@@ -57,6 +57,11 @@ enum Command {
     Broker {
         #[arg(long)]
         config: PathBuf,
+        /// For the chaos harness only: keep every write in memory until it is synced, so a
+        /// SIGKILL of this process loses what a power cut of its machine would (the page
+        /// cache survives a kill and would hide it). Never for real use.
+        #[arg(long, hide = true)]
+        lazy_disk: bool,
     },
     /// Runs a name server and a three-replica broker group in one process, on localhost.
     Dev {
@@ -352,9 +357,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("serving on {listen}"))?;
             Ok(())
         }
-        Command::Broker { config } => {
+        Command::Broker { config, lazy_disk } => {
             let c = BrokerConfig::load(&config)?;
-            let b = start_broker(c).await?;
+            if lazy_disk {
+                eprintln!(
+                    "--lazy-disk: unsynced writes are kept in memory only (chaos testing; never for real use)"
+                );
+            }
+            let b = start_broker(c, lazy_disk).await?;
             println!("broker {} replica {} listening on {}", b.1, b.2, b.0.addr());
             ctrl_c().await;
             b.0.shutdown().await;
@@ -562,12 +572,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn start_broker(c: BrokerConfig) -> anyhow::Result<(Broker, String, u64)> {
+async fn start_broker(c: BrokerConfig, lazy_disk: bool) -> anyhow::Result<(Broker, String, u64)> {
     std::fs::create_dir_all(&c.data_dir)
         .with_context(|| format!("creating {}", c.data_dir.display()))?;
-    let disk = Arc::new(
+    let mmap: Arc<dyn raftmq_store::Disk> = Arc::new(
         MmapDisk::open(&c.data_dir).with_context(|| format!("opening {}", c.data_dir.display()))?,
     );
+    let disk: Arc<dyn raftmq_store::Disk> = if lazy_disk {
+        Arc::new(raftmq_store::LazyDisk::new(mmap))
+    } else {
+        mmap
+    };
     let (group, id) = (c.group.clone(), c.replica_id);
     let b = Broker::start(c, disk).await?;
     Ok((b, group, id))
@@ -610,7 +625,7 @@ async fn dev(data_dir: PathBuf, namesrv_port: u16, broker_port: u16) -> anyhow::
         let path = data_dir.join(format!("g1-{}.toml", i + 1));
         std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
         let c = BrokerConfig::parse(&text)?;
-        brokers.push(start_broker(c).await?.0);
+        brokers.push(start_broker(c, false).await?.0);
     }
     // Wait until the group has a leader the name server knows.
     let cluster = ops::Cluster::new(&ns_addr.to_string());

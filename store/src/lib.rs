@@ -46,7 +46,7 @@ pub mod view;
 
 pub use commitlog::record::{EntryRef, RecordKind};
 pub use config::{FlushMode, StoreConfig};
-pub use disk::{Disk, DiskFile, MmapDisk, SimDisk};
+pub use disk::{Disk, DiskFile, LazyDisk, MmapDisk, SimDisk};
 pub use error::{Result, StoreError};
 pub use message::Message;
 pub use store::Store;

@@ -432,3 +432,44 @@ fn a_messages_entry_that_does_not_decode_is_skipped_not_fatal() {
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].offset, QueueOffset(0));
 }
+
+/// A store on a `LazyDisk` whose process dies (nothing dropped, nothing flushed) reopens on
+/// the real disk with what it synced and nothing it did not: the chaos harness's power loss.
+#[test]
+fn a_store_on_a_lazy_disk_keeps_what_it_synced_through_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = std::sync::Arc::new(raftmq_store::MmapDisk::open(dir.path()).unwrap());
+    let mut store = raftmq_store::Store::open(
+        std::sync::Arc::new(raftmq_store::LazyDisk::new(disk)),
+        raftmq_store::StoreConfig::for_tests(),
+    )
+    .unwrap();
+    for i in 0..5u64 {
+        common::append_batch(
+            &mut store,
+            1,
+            &[common::msg("T", 0, format!("synced {i}").as_bytes(), i)],
+        );
+    }
+    store.sync().unwrap();
+    for i in 5..9u64 {
+        common::append_batch(
+            &mut store,
+            1,
+            &[common::msg("T", 0, format!("lost {i}").as_bytes(), i)],
+        );
+    }
+    assert_eq!(store.log_bounds().unwrap().1.map(|l| l.0.0), Some(9));
+    // The process is killed: no destructor runs.
+    std::mem::forget(store);
+    let store = raftmq_store::Store::open(
+        std::sync::Arc::new(raftmq_store::MmapDisk::open(dir.path()).unwrap()),
+        raftmq_store::StoreConfig::for_tests(),
+    )
+    .unwrap();
+    assert_eq!(
+        store.log_bounds().unwrap().1.map(|l| l.0.0),
+        Some(5),
+        "exactly the synced entries"
+    );
+}

@@ -78,6 +78,17 @@ pub async fn wait_leader(namesrv: &str, not: Option<&str>, limit: Duration) -> S
 /// its own sections only after that: see the callers). Returns the processes (killed on
 /// drop) and the name server's address.
 pub fn start_group(dir: &Path, extra: &str) -> (Procs, String) {
+    start_group_with(dir, "", extra, &[])
+}
+
+/// [`start_group`] with `top` (top-level keys, before any section) in every broker's
+/// configuration and `broker_args` added to every broker's command line.
+pub fn start_group_with(
+    dir: &Path,
+    top: &str,
+    extra: &str,
+    broker_args: &[&str],
+) -> (Procs, String) {
     let ns = format!("127.0.0.1:{}", free_port());
     let brokers: BTreeMap<u64, String> = (1..=3)
         .map(|i| (i, format!("127.0.0.1:{}", free_port())))
@@ -96,15 +107,14 @@ pub fn start_group(dir: &Path, extra: &str) -> (Procs, String) {
         std::fs::write(
             &cfg,
             format!(
-                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\nindex_max_entries = 100000\nindex_hash_slots = 25000\n[initial_members]\n{members}{extra}",
+                "group = \"g1\"\nreplica_id = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nnamesrv_addrs = [\"{ns}\"]\nsegment_mib = 16\nindex_max_entries = 100000\nindex_hash_slots = 25000\n{top}\n[initial_members]\n{members}{extra}",
                 data.display()
             ),
         )
         .expect("write a broker configuration");
-        procs.0.insert(
-            addr.clone(),
-            spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
-        );
+        let mut args = vec!["broker", "--config", cfg.to_str().expect("utf-8 path")];
+        args.extend_from_slice(broker_args);
+        procs.0.insert(addr.clone(), spawn(&args));
     }
     (procs, ns)
 }
@@ -121,15 +131,19 @@ pub fn sigkill(procs: &mut Procs, addr: &str) {
 /// Starts again the broker that served `addr` (its configuration is under `dir`, as
 /// [`start_group`] wrote it).
 pub fn restart(procs: &mut Procs, dir: &Path, addr: &str) {
+    restart_with(procs, dir, addr, &[]);
+}
+
+/// [`restart`] with `broker_args` added to the command line.
+pub fn restart_with(procs: &mut Procs, dir: &Path, addr: &str, broker_args: &[&str]) {
     let listen = format!("listen = \"{addr}\"");
     let cfg = (1..=3)
         .map(|id| dir.join(format!("g1-{id}.toml")))
         .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(&listen)))
         .expect("a configuration for that address");
-    procs.0.insert(
-        addr.to_string(),
-        spawn(&["broker", "--config", cfg.to_str().expect("utf-8 path")]),
-    );
+    let mut args = vec!["broker", "--config", cfg.to_str().expect("utf-8 path")];
+    args.extend_from_slice(broker_args);
+    procs.0.insert(addr.to_string(), spawn(&args));
 }
 
 /// Creates `topic` with `queues` queues (perm 6) on the group's leader, retrying while the

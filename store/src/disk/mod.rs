@@ -6,6 +6,8 @@
 //!   writeback and is not a durability barrier. New files and new directories are fsynced
 //!   (the file, then its parent directory) before `create` returns, so a created file is
 //!   never lost to a power cut once `create` has answered.
+//! - [`LazyDisk`] (the chaos harness): any disk with every write kept in memory until it is
+//!   synced, so a killed process loses what a power cut would.
 //! - [`SimDisk`] (tests and `sim/`): in memory, outliving the simulated process that uses it,
 //!   so it survives a simulated restart unchanged; on a simulated power loss it keeps only
 //!   what was synced, plus a seeded random torn prefix of the last unsynced write. It spawns
@@ -28,12 +30,14 @@
 //! Callers guarantee in turn that a range is not read while it is being written by another
 //! thread (the stores publish a written end with release/acquire ordering and read only below it).
 
+mod lazy;
 mod mmap;
 mod sim;
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
+pub use lazy::LazyDisk;
 pub use mmap::MmapDisk;
 pub use sim::SimDisk;
 

@@ -1,5 +1,7 @@
 use super::*;
 
+use std::sync::Arc;
+
 fn exercise(disk: &dyn Disk) {
     let f = disk.create("a/b/file", 4096).unwrap();
     assert_eq!(f.len(), 4096);
@@ -85,6 +87,49 @@ fn mmap_disk_contract() {
     let dir = tempfile::tempdir().unwrap();
     let disk = MmapDisk::open(dir.path().join("root")).unwrap();
     exercise(&disk);
+}
+
+#[test]
+fn lazy_disk_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = LazyDisk::new(Arc::new(MmapDisk::open(dir.path().join("root")).unwrap()));
+    exercise(&disk);
+}
+
+#[test]
+fn a_lazy_disk_keeps_only_what_was_synced_when_its_process_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let disk = LazyDisk::new(Arc::new(MmapDisk::open(dir.path()).unwrap()));
+        let f = disk.create("seg", 8192).unwrap();
+        f.write_at(0, b"synced").unwrap();
+        f.write_at(100, b"unsynced, outside the synced range")
+            .unwrap();
+        f.store_at(4096, b"stored, synced").unwrap();
+        f.sync_range(0, 6).unwrap();
+        f.sync_range(4096, 14).unwrap();
+        f.write_at(2, b"later").unwrap();
+        // A second handle of the same path sees the first one's unsynced bytes.
+        let again = disk.open("seg").unwrap();
+        let mut b = [0u8; 7];
+        again.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"sylater");
+        f.set_len(10_000).unwrap();
+        f.write_at(9_000, b"past the synced length").unwrap();
+        // The process dies: nothing is flushed.
+    }
+    let disk = MmapDisk::open(dir.path()).unwrap();
+    let f = disk.open("seg").unwrap();
+    assert_eq!(f.len(), 8192, "the unsynced extension is gone");
+    let mut b = [0u8; 6];
+    f.read_at(0, &mut b).unwrap();
+    assert_eq!(&b, b"synced", "the later unsynced write is gone");
+    let mut u = [0u8; 8];
+    f.read_at(100, &mut u).unwrap();
+    assert_eq!(u, [0; 8], "never synced");
+    let mut s = [0u8; 14];
+    f.read_at(4096, &mut s).unwrap();
+    assert_eq!(&s, b"stored, synced");
 }
 
 #[test]
