@@ -27,12 +27,14 @@ macro_rules! regressions {
     };
 }
 
-pub mod history;
-pub mod queue_checks;
+// The history checkers live in `raftmq-check`, shared with the chaos harness over real
+// processes; they keep their names here.
+pub use raftmq_check::log as history;
+pub use raftmq_check::queue as queue_checks;
 pub mod replica_checks;
-pub mod retry_checks;
-pub mod timer_checks;
-pub mod txn_checks;
+pub use raftmq_check::retry as retry_checks;
+pub use raftmq_check::timer as timer_checks;
+pub use raftmq_check::txn as txn_checks;
 
 #[cfg(madsim)]
 pub mod retry_workload;

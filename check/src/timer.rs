@@ -56,7 +56,7 @@ pub struct TimerHistory {
     /// When the checks ran (messages due before `end_ms - HEALTHY_BOUND_MS` must be consumed).
     pub end_ms: u64,
     /// The consumer-retry workload that runs beside it ([`crate::retry_checks`]).
-    pub retry: crate::retry_checks::RetryHistory,
+    pub retry: crate::retry::RetryHistory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub enum TimerViolation {
         at: u64,
     },
     /// A retry checker fired.
-    Retry(crate::retry_checks::RetryViolation),
+    Retry(crate::retry::RetryViolation),
 }
 
 pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
@@ -135,7 +135,7 @@ pub fn check_timer_history(h: &TimerHistory) -> Vec<TimerViolation> {
         }
     }
     out.extend(
-        crate::retry_checks::check_retry_history(&h.retry)
+        crate::retry::check_retry_history(&h.retry)
             .into_iter()
             .map(TimerViolation::Retry),
     );
