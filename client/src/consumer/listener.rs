@@ -68,12 +68,16 @@ impl Listener {
         let _permit = calls.acquire().await;
         let started = Instant::now();
         // A panic in the listener fails the batch, never the queue's task.
-        let call = tokio::task::spawn_blocking(move || {
+        let call = move || {
             let outcome = catch_unwind(AssertUnwindSafe(|| f(&batch)));
             (batch, outcome)
-        });
+        };
         // The closure catches the listener's panics: the task fails only when cancelled.
-        let (batch, outcome) = call.await.ok()?;
+        #[cfg(not(madsim))]
+        let (batch, outcome) = tokio::task::spawn_blocking(call).await.ok()?;
+        // The simulator has no threads (its listeners never block): called in place.
+        #[cfg(madsim)]
+        let (batch, outcome) = call();
         let result = match outcome {
             Err(_) => Err(Failure::Panicked),
             Ok(_) if started.elapsed() > timeout => Err(Failure::TimedOut),
