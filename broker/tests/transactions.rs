@@ -77,14 +77,19 @@ async fn assert_bodies(c: &Cluster, topic: &str, want: &[&str]) {
         &format!("{topic} holds {want:?}"),
         || async {
             let leader = c.wait_leader(Duration::from_secs(15)).await;
-            let got = bodies(c, leader, topic).await.ok()?;
-            (got == want).then_some(())
+            match bodies(c, leader, topic).await {
+                Ok(got) if got == want => Ok(()),
+                Ok(got) => Err(format!("{got:?}")),
+                Err(e) => Err(e.to_string()),
+            }
         },
     )
     .await;
 }
 
-/// The bodies in queue 0 of `topic`, read from `id`.
+/// The bodies in queue 0 of `topic`, read from `id`; an error while the replica cannot
+/// answer (a follower that has not applied the topic's creation yet answers TOPIC_NOT_FOUND:
+/// the callers wait on it, within their deadline).
 async fn bodies(c: &Cluster, id: u64, topic: &str) -> anyhow::Result<Vec<String>> {
     let r = c
         .messaging(id)
@@ -99,7 +104,11 @@ async fn bodies(c: &Cluster, id: u64, topic: &str) -> anyhow::Result<Vec<String>
         })
         .await?
         .into_inner();
-    assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
+    anyhow::ensure!(
+        code(&r.status) == ErrorCode::Ok,
+        "replica {id}: {:?}",
+        r.status
+    );
     Ok(r.messages
         .iter()
         .map(|m| String::from_utf8_lossy(&m.message.as_ref().unwrap().body).into_owned())
@@ -245,8 +254,11 @@ async fn decisions_are_taken_once_and_bad_ones_refused() -> anyhow::Result<()> {
             Duration::from_secs(5),
             "a replica applies the commits",
             || async {
-                let b = bodies(&c, id, "T").await.ok()?;
-                (b == ["one", "three"]).then_some(())
+                match bodies(&c, id, "T").await {
+                    Ok(b) if b == ["one", "three"] => Ok(()),
+                    Ok(b) => Err(format!("replica {id}: {b:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
             },
         )
         .await;
