@@ -30,7 +30,7 @@ where
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
     let encoded: Vec<Vec<u8>> = valid.iter().map(|r| r.encode_to_vec()).collect();
-    let mut rng = Rng::new(name.len() as u64 * 7919 + 1);
+    let mut rng = Rng::new(fuzz::seed() ^ (name.len() as u64 * 7919 + 1));
     let cases = (fuzz::cases() / 10).max(50);
     let (mut answered, mut refused, mut undecodable) = (0u64, 0u64, 0u64);
     for case in 0..cases {

@@ -122,7 +122,8 @@ pub fn cases() -> u64 {
         .unwrap_or(CASES_DEFAULT)
 }
 
-fn seed() -> u64 {
+/// The seed every fuzzer mixes into its inputs: `RAFTMQ_FUZZ_SEED`, default 1.
+pub fn seed() -> u64 {
     std::env::var("RAFTMQ_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
