@@ -303,7 +303,8 @@ impl IndexFile {
                 ));
             }
             let e = self.read_entry(n)?;
-            let ts = h.begin_ts + u64::from(e.delta);
+            // Saturating: an entry read back from the file may hold anything.
+            let ts = h.begin_ts.saturating_add(u64::from(e.delta));
             if e.hash == hash && ts >= begin_ts && ts <= end_ts {
                 out.push(IndexHit {
                     position: Position(e.position),
@@ -358,8 +359,10 @@ impl IndexFile {
                 hh.begin_pos = e.position;
                 hh.begin_ts = old_begin;
             }
-            hh.end_ts = hh.end_ts.max(old_begin + u64::from(e.delta));
-            hh.end_pos = hh.end_pos.max(e.position + u64::from(e.size));
+            // Saturating: the entries come back from the file and may be damaged (found by
+            // tests/fuzz_files.rs: a position near u64::MAX overflowed here).
+            hh.end_ts = hh.end_ts.max(old_begin.saturating_add(u64::from(e.delta)));
+            hh.end_pos = hh.end_pos.max(e.position.saturating_add(u64::from(e.size)));
         }
         self.file.write_at(HEADER_LEN, &slots)?;
         self.file.write_at(0, &self.header.encode())?;
