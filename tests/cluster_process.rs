@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::*;
 use raftmq_testkit::{wait_for, wait_until};
 
-use common::{code, leader, sigkill, start_group, wait_leader};
+use common::{code, consume_all, leader, sigkill, start_group, wait_leader};
 
 const MESSAGES: u64 = 10_000;
 const PER_REQUEST: u64 = 5;
@@ -146,34 +146,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
 
     // Consume every queue from the start on the new leader.
     let leader_now = wait_leader(&ns, Some(&victim), Duration::from_secs(10)).await;
-    let mut m = MessagingClient::connect(format!("http://{leader_now}")).await?;
-    let mut consumed: BTreeMap<String, u32> = BTreeMap::new();
-    for q in 0..QUEUES {
-        let mut offset = 0;
-        loop {
-            let r = m
-                .pull(PullRequest {
-                    consumer_group: "C".into(),
-                    topic: "T".into(),
-                    queue_id: q,
-                    offset,
-                    max_messages: 1024,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
-            for msg in &r.messages {
-                *consumed
-                    .entry(msg.message.as_ref().expect("message").msg_id.clone())
-                    .or_default() += 1;
-            }
-            if r.next_offset == offset {
-                break;
-            }
-            offset = r.next_offset;
-        }
-    }
+    let consumed = consume_all(&leader_now, "T", QUEUES).await?;
     let lost: Vec<_> = acked
         .iter()
         .filter(|id| !consumed.contains_key(*id))

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,9 @@ use raftmq_proto::v1::messaging_client::MessagingClient;
 use raftmq_proto::v1::*;
 use raftmq_testkit::{wait_for, wait_until};
 
-use common::{code, create_topic, leader, restart_with, sigkill, start_group_with, wait_leader};
+use common::{
+    code, consume_all, create_topic, leader, restart_with, sigkill, start_group_with, wait_leader,
+};
 
 const MESSAGES: u64 = 2_000;
 const PER_REQUEST: u64 = 5;
@@ -140,34 +142,7 @@ async fn power_loss_run(flush: &str) -> anyhow::Result<Vec<String>> {
     eprintln!("power lost after {at} acknowledgements");
 
     let l = wait_leader(&ns, None, Duration::from_secs(30)).await;
-    let mut m = MessagingClient::connect(format!("http://{l}")).await?;
-    let mut consumed: BTreeMap<String, u32> = BTreeMap::new();
-    for q in 0..QUEUES {
-        let mut offset = 0;
-        loop {
-            let r = m
-                .pull(PullRequest {
-                    consumer_group: "C".into(),
-                    topic: "T".into(),
-                    queue_id: q,
-                    offset,
-                    max_messages: 1024,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
-            for msg in &r.messages {
-                *consumed
-                    .entry(msg.message.as_ref().expect("message").msg_id.clone())
-                    .or_default() += 1;
-            }
-            if r.next_offset == offset {
-                break;
-            }
-            offset = r.next_offset;
-        }
-    }
+    let consumed = consume_all(&l, "T", QUEUES).await?;
     let lost: Vec<String> = acked
         .iter()
         .filter(|id| !consumed.contains_key(*id))

@@ -170,3 +170,41 @@ pub async fn create_topic(namesrv: &str, topic: &str, queues: u32) {
     })
     .await;
 }
+
+/// Pulls every queue of `topic` (queues `0..queues`) from the start on `addr`, to the end;
+/// returns how many times each msg id was read.
+pub async fn consume_all(
+    addr: &str,
+    topic: &str,
+    queues: u32,
+) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut m = messaging_client::MessagingClient::connect(format!("http://{addr}")).await?;
+    let mut consumed: BTreeMap<String, u32> = BTreeMap::new();
+    for q in 0..queues {
+        let mut offset = 0;
+        loop {
+            let r = m
+                .pull(PullRequest {
+                    consumer_group: "C".into(),
+                    topic: topic.into(),
+                    queue_id: q,
+                    offset,
+                    max_messages: 1024,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            assert_eq!(code(&r.status), ErrorCode::Ok, "{:?}", r.status);
+            for msg in &r.messages {
+                *consumed
+                    .entry(msg.message.as_ref().expect("message").msg_id.clone())
+                    .or_default() += 1;
+            }
+            if r.next_offset == offset {
+                break;
+            }
+            offset = r.next_offset;
+        }
+    }
+    Ok(consumed)
+}
