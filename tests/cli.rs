@@ -126,12 +126,7 @@ impl Drop for Procs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
+use raftmq_testkit::free_port;
 
 /// Runs `raftmq <line>` to its end (off the runtime's threads); `line` is split at
 /// whitespace (no argument here has a space).

@@ -34,6 +34,10 @@
 
 #[cfg(not(madsim))]
 pub mod fuzz;
+#[cfg(not(madsim))]
+mod ports;
+#[cfg(not(madsim))]
+pub use ports::{free_addr, free_port};
 
 use std::fmt;
 use std::future::Future;

@@ -26,11 +26,7 @@ pub struct Cluster {
     namesrv_stop: Option<tokio::sync::watch::Sender<()>>,
 }
 
-/// A free loopback port (bound then released; the OS does not hand it out again at once).
-pub fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("bound address")
-}
+pub use raftmq_testkit::free_addr;
 
 pub fn code(s: &Option<Status>) -> ErrorCode {
     s.as_ref()

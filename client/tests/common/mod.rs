@@ -18,11 +18,7 @@ pub struct Local {
     pub brokers: BTreeMap<u64, Broker>,
 }
 
-fn port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a port")
-}
+use raftmq_testkit::free_addr as port;
 
 pub async fn local() -> anyhow::Result<Local> {
     local_with(|_| {}).await

@@ -55,9 +55,7 @@ pub async fn start_with(
     let id = config.node_id;
     let disk = Arc::new(MmapDisk::open(&dir)?);
     let replica = Replica::start(disk, config).await?;
-    let incoming = raftmq_raft::network::listen(
-        addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal address")),
-    )?;
+    let incoming = raftmq_raft::network::listen(addr.unwrap_or_else(raftmq_testkit::free_addr))?;
     let addr = incoming.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let svc = replica.raft_service();
