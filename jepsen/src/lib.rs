@@ -1,5 +1,19 @@
-//! raftmq-jepsen: the chaos harness over real `raftmq` processes.
+//! raftmq-jepsen: the chaos harness over real `raftmq` processes (see `docs/chaos.md`).
 //!
-//! Will start clusters of real processes, inject faults by real means (kill -9,
-//! SIGSTOP/SIGCONT, partitions), record a history of client operations and check it.
-//! Empty until its issue lands.
+//! It starts a name server and one broker group as real processes, each in its own network
+//! namespace ([`net`]), drives the queue workload through the real SDK ([`workload`]),
+//! injects faults by real means ([`nemesis`]), records every operation as JSONL
+//! ([`history`]), checks the history with the checkers the simulator uses
+//! (`raftmq-check`), and writes a report ([`report`]).
+//!
+//! It drives real processes and the real kernel, so it has nothing to simulate: under
+//! `--cfg madsim` the crate is empty.
+#![cfg(not(madsim))]
+
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod workload;
