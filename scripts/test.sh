@@ -17,6 +17,9 @@ cargo test --workspace
 echo "== the raftmq binary carries no mutation (deliberate-bug) code"
 bash scripts/check-no-mutations.sh
 
+echo "== jepsen: chaos over real processes in network namespaces"
+bash scripts/jepsen.sh
+
 # The simulation build lives in its own target dir: --cfg madsim changes every crate. It is
 # optimized (-C opt-level=1, debug assertions still on): unoptimized, openraft's per-step state
 # validation made a whole-cluster seed ~14x slower.
