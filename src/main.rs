@@ -573,19 +573,63 @@ fn now_ms() -> u64 {
 }
 
 async fn start_broker(c: BrokerConfig, lazy_disk: bool) -> anyhow::Result<(Broker, String, u64)> {
+    let (group, id) = (c.group.clone(), c.replica_id);
+    let err = match Broker::start(c.clone(), open_disk(&c, lazy_disk)?).await {
+        Ok(b) => return Ok((b, group, id)),
+        Err(e) => anyhow::Error::from(e),
+    };
+    // A CommitLog damaged below its synced marker: refill it from the group (see
+    // raftmq_raft::repair); any other failure stands.
+    let store = c.replica_config().store;
+    let mmap: Arc<dyn raftmq_store::Disk> = Arc::new(MmapDisk::open(&c.data_dir)?);
+    let Some(plan) = raftmq_raft::repair::plan(mmap, &store).unwrap_or(None) else {
+        return Err(err);
+    };
+    let aside = damaged_dir(&c.data_dir);
+    eprintln!(
+        "broker {group} replica {id}: the CommitLog is damaged ({}); moving the data to {} and refilling the log from the group (no votes until entry {})",
+        plan.damage,
+        aside.display(),
+        plan.repair_until
+    );
+    std::fs::rename(&c.data_dir, &aside)
+        .with_context(|| format!("moving the damaged data to {}", aside.display()))?;
+    std::fs::create_dir_all(&c.data_dir)?;
+    let fresh: Arc<dyn raftmq_store::Disk> = Arc::new(MmapDisk::open(&c.data_dir)?);
+    raftmq_raft::repair::prepare(fresh, &store, &plan)
+        .context("preparing the repaired store")?;
+    let b = Broker::start(c.clone(), open_disk(&c, lazy_disk)?).await?;
+    Ok((b, group, id))
+}
+
+/// The broker's disk: its data directory, through the lazy disk if asked.
+fn open_disk(c: &BrokerConfig, lazy_disk: bool) -> anyhow::Result<Arc<dyn raftmq_store::Disk>> {
     std::fs::create_dir_all(&c.data_dir)
         .with_context(|| format!("creating {}", c.data_dir.display()))?;
     let mmap: Arc<dyn raftmq_store::Disk> = Arc::new(
         MmapDisk::open(&c.data_dir).with_context(|| format!("opening {}", c.data_dir.display()))?,
     );
-    let disk: Arc<dyn raftmq_store::Disk> = if lazy_disk {
+    Ok(if lazy_disk {
         Arc::new(raftmq_store::LazyDisk::new(mmap))
     } else {
         mmap
-    };
-    let (group, id) = (c.group.clone(), c.replica_id);
-    let b = Broker::start(c, disk).await?;
-    Ok((b, group, id))
+    })
+}
+
+/// Where a damaged data directory is moved: beside it, named by the time (never reused).
+fn damaged_dir(data_dir: &std::path::Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let mut n = now_ms();
+    loop {
+        let p = data_dir.with_file_name(format!("{name}.damaged-{n}"));
+        if !p.exists() {
+            return p;
+        }
+        n += 1;
+    }
 }
 
 /// The configuration file of replica `id` of the dev group.

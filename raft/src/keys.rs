@@ -14,3 +14,6 @@ pub const RESETS: &str = "resets";
 pub(crate) fn boundary_key(index: u64) -> String {
     format!("{BOUNDARY_PREFIX}{index:020}")
 }
+/// Set while this replica refills a log it dropped after finding it damaged: the index its log
+/// must reach before it votes or campaigns again (see `repair`).
+pub const REPAIR_UNTIL: &str = "repair_until";

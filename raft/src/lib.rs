@@ -17,6 +17,7 @@ mod keys;
 pub mod log_store;
 pub mod mutations;
 pub mod network;
+pub mod repair;
 pub mod replica;
 pub mod rt;
 pub mod state_machine;

@@ -666,6 +666,8 @@ pub struct RaftServer {
     raft: Raft,
     /// Set when the server is about to stop: open append streams end.
     closing: Arc<AtomicBool>,
+    /// While set, vote requests are refused (see [`crate::repair`]).
+    repairing: crate::repair::Repairing,
 }
 
 impl RaftServer {
@@ -678,7 +680,14 @@ impl RaftServer {
             },
             raft,
             closing,
+            repairing: crate::repair::Repairing::default(),
         }
+    }
+
+    /// Refuses votes while `r` says the replica is refilling a damaged log.
+    pub fn repairing(mut self, r: crate::repair::Repairing) -> Self {
+        self.repairing = r;
+        self
     }
 
     /// The tonic service, with message size limits.
@@ -880,6 +889,13 @@ impl pb::raft_service_server::RaftService for RaftServer {
     ) -> Result<tonic::Response<pb::VoteResponse>, tonic::Status> {
         let r = request.into_inner();
         self.check_group(&r.group)?;
+        if let Some(until) = self.repairing.until() {
+            // Its log lost entries it may have acknowledged: counting its vote could elect a
+            // leader missing one of them. To a candidate this is a replica that is down.
+            return Err(tonic::Status::unavailable(format!(
+                "repairing a damaged log: no votes until it holds entry {until}"
+            )));
+        }
         let req = VoteRequest {
             vote: vote_from(r.vote)?,
             last_log_id: log_id_from(r.last_log_id),

@@ -206,6 +206,9 @@ impl ReplicaConfig {
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: u64::MAX,
             max_payload_entries: 256,
+            // A replica that found its log damaged drops it and is refilled by the leader
+            // (see `repair`): its log goes back past what the leader had matched.
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         c.validate().map_err(|e| StartError::Config(e.to_string()))
@@ -251,6 +254,8 @@ pub struct Replica {
     writer: Writer,
     /// Set by [`Replica::close_streams`]; read by the `RaftService`.
     streams_closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while the replica refills a log it dropped as damaged (see [`crate::repair`]).
+    repairing: crate::repair::Repairing,
 }
 
 fn map_write_err(
@@ -299,6 +304,20 @@ impl Replica {
         )
         .await
         .map_err(StartError::Raft)?;
+        let repairing = crate::repair::Repairing::default();
+        if let Some(until) = crate::repair::read_until(&rs).map_err(StartError::StateMachine)? {
+            // A log being refilled after damage: no vote, no candidacy until it holds every
+            // entry this replica may have acknowledged.
+            raft.runtime_config().elect(false);
+            repairing.set(until);
+            tracing::warn!(until, "repairing a damaged log: refilling it from the group; no votes until it reaches entry {until}");
+            tokio::spawn(crate::repair::finish(
+                raft.clone(),
+                rs.clone(),
+                repairing.clone(),
+                until,
+            ));
+        }
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         tokio::spawn(run_writer(raft.clone(), config.batch, rx));
         let replica = Replica {
@@ -307,6 +326,7 @@ impl Replica {
             store: rs,
             writer: Writer { tx },
             streams_closing: Arc::default(),
+            repairing,
         };
         if replica.config.retention_interval_ms > 0 {
             tokio::spawn(run_retention_timer(replica.clone()));
@@ -433,7 +453,14 @@ impl Replica {
             self.raft.clone(),
             self.streams_closing.clone(),
         )
+        .repairing(self.repairing.clone())
         .into_service()
+    }
+
+    /// While the replica refills a log it dropped as damaged: the index the log must reach
+    /// before it votes again ([`crate::repair`]).
+    pub fn repairing_until(&self) -> Option<u64> {
+        self.repairing.until()
     }
 
     /// Ends the append streams other replicas hold open to this one's `RaftService` (within

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::commitlog::record::{EntryRef, RecordKind};
-use crate::commitlog::{ChainPoint, CommitLog, CommitLogReader, Record, RecordLoc};
+use crate::commitlog::{ChainPoint, CommitLog, CommitLogReader, Damage, Record, RecordLoc};
 use crate::config::StoreConfig;
 use crate::consumequeue::{ConsumeQueues, CqEntry, QueueId};
 use crate::disk::Disk;
@@ -83,6 +83,18 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether [`Store::open`] would refuse this store because its CommitLog is damaged below
+    /// the synced marker ([`CommitLog::find_damage`]); changes nothing on `disk`.
+    pub fn find_damage(disk: Arc<dyn Disk>, config: &StoreConfig) -> Result<Option<Damage>> {
+        let meta = MetaStore::open(disk.as_ref())?;
+        if meta.reset_pending()? {
+            return Ok(None);
+        }
+        let ckpt = meta.checkpoint()?.unwrap_or_default();
+        drop(meta);
+        CommitLog::find_damage(disk, config.segment_bytes, ckpt.log)
+    }
+
     /// Opens the store on `disk`, recovering from whatever state a crash left.
     pub fn open(disk: Arc<dyn Disk>, config: StoreConfig) -> Result<Self> {
         config.validate()?;

@@ -140,6 +140,73 @@ impl CommitLog {
         segment_bytes: u64,
         from: ChainPoint,
     ) -> Result<(Self, Vec<ScannedRecord>)> {
+        let shared = Shared::open(disk, segment_bytes, from)?;
+        if shared.disk.exists(SPARE) {
+            // Possibly half zero-filled when the process died: make a new one later.
+            shared.disk.remove(SPARE)?;
+        }
+        let mut log = CommitLog {
+            shared,
+            tail: from,
+            buf: Vec::new(),
+        };
+        let scanned = log.recover(from)?;
+        // The segment the next append goes to is made now: making one (zero-filling it) takes
+        // a fraction of a second, which must not stall the first appends of a new log.
+        let end = log.shared.written.load(Ordering::Acquire);
+        log.shared.ensure_segment(end / segment_bytes)?;
+        Ok((log, scanned))
+    }
+
+    /// Scans the CommitLog as [`CommitLog::open`] does, changing nothing, and says whether a
+    /// record below the synced marker fails to verify (or a segment the marker covers is
+    /// missing): the damage [`CommitLog::open`] refuses with [`StoreError::Corrupt`].
+    /// `None`: the log opens (a torn tail above the marker is not damage).
+    pub fn find_damage(
+        disk: Arc<dyn Disk>,
+        segment_bytes: u64,
+        from: ChainPoint,
+    ) -> Result<Option<Damage>> {
+        let sh = Shared::open(disk, segment_bytes, from)?;
+        let synced = sh.flush_state().marker.value();
+        let (end, _, why) = sh.scan(from)?;
+        if end.position.0 >= synced {
+            return Ok(None);
+        }
+        Ok(Some(Damage {
+            good_end: end,
+            synced,
+            why: why.map_or_else(|| "missing segment".to_string(), |w| w.to_string()),
+        }))
+    }
+}
+
+/// Damage below the synced marker: see [`CommitLog::find_damage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The chain state after the last record that verifies.
+    pub good_end: ChainPoint,
+    /// The synced marker: every byte below it had been synced.
+    pub synced: u64,
+    /// What failed at `good_end`.
+    pub why: String,
+}
+
+impl Damage {
+    /// An upper bound of the index of the last entry that had been synced: the last good
+    /// index plus one entry per [`HEADER_LEN`] bytes between the damage and the marker (no
+    /// record is shorter than its header). A replica acknowledges an entry only once it is
+    /// synced (sync flush), so no entry it acknowledged has a larger index.
+    pub fn synced_index_bound(&self) -> u64 {
+        let lost_bytes = self.synced - self.good_end.position.0;
+        let most = lost_bytes.div_ceil(HEADER_LEN as u64);
+        self.good_end.last_index.map_or(0, |i| i.0) + most
+    }
+}
+
+impl Shared {
+    /// The segments on disk and the synced marker, before any scan.
+    fn open(disk: Arc<dyn Disk>, segment_bytes: u64, from: ChainPoint) -> Result<Arc<Shared>> {
         let mut segments = BTreeMap::new();
         for name in disk.list(DIR)? {
             let Some(start) = parse_segment_name(&name) else {
@@ -164,10 +231,6 @@ impl CommitLog {
             segments.insert(start / segment_bytes, file);
         }
         let marker = SlotFile::open(disk.as_ref(), SYNCED_MARKER, from.position.0)?;
-        if disk.exists(SPARE) {
-            // Possibly half zero-filled when the process died: make a new one later.
-            disk.remove(SPARE)?;
-        }
         let first = segments
             .keys()
             .next()
@@ -185,18 +248,11 @@ impl CommitLog {
             }),
             spare: Mutex::new(Spare::Absent),
         });
-        let mut log = CommitLog {
-            shared,
-            tail: from,
-            buf: Vec::new(),
-        };
-        let scanned = log.recover(from)?;
-        // The segment the next append goes to is made now: making one (zero-filling it) takes
-        // a fraction of a second, which must not stall the first appends of a new log.
-        let end = log.shared.written.load(Ordering::Acquire);
-        log.shared.ensure_segment(end / segment_bytes)?;
-        Ok((log, scanned))
+        Ok(shared)
     }
+}
+
+impl CommitLog {
 
     fn recover(&mut self, from: ChainPoint) -> Result<Vec<ScannedRecord>> {
         let sh = &self.shared;
