@@ -596,8 +596,7 @@ async fn start_broker(c: BrokerConfig, lazy_disk: bool) -> anyhow::Result<(Broke
         .with_context(|| format!("moving the damaged data to {}", aside.display()))?;
     std::fs::create_dir_all(&c.data_dir)?;
     let fresh: Arc<dyn raftmq_store::Disk> = Arc::new(MmapDisk::open(&c.data_dir)?);
-    raftmq_raft::repair::prepare(fresh, &store, &plan)
-        .context("preparing the repaired store")?;
+    raftmq_raft::repair::prepare(fresh, &store, &plan).context("preparing the repaired store")?;
     let b = Broker::start(c.clone(), open_disk(&c, lazy_disk)?).await?;
     Ok((b, group, id))
 }

@@ -337,6 +337,8 @@ fn halves(a: &[u64], b: &[u64]) -> Vec<(u64, BTreeSet<u64>)> {
     sees
 }
 
+/// The newest CommitLog segment with something written in it (a segment just rolled to is
+/// all zeros).
 fn newest_segment(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     let mut segs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -348,7 +350,9 @@ fn newest_segment(dir: &std::path::Path) -> Option<std::path::PathBuf> {
         })
         .collect();
     segs.sort();
-    segs.pop()
+    segs.into_iter()
+        .rev()
+        .find(|p| std::fs::read(p).is_ok_and(|b| b.iter().any(|&x| x != 0)))
 }
 
 /// Damages `path`'s written part (up to its last non-zero byte): flips 1–8 random bits, or

@@ -20,11 +20,23 @@ fn history() -> Vec<Op> {
         ops.push(Op::new(t, "p0", Type::Invoke, "send").value(&v));
         // No acknowledgements while the first fault holds.
         if (5_000..7_000).contains(&t) {
-            ops.push(Op::new(t + 3000, "p0", Type::Info, "send").value(&v).error("timeout"));
+            ops.push(
+                Op::new(t + 3000, "p0", Type::Info, "send")
+                    .value(&v)
+                    .error("timeout"),
+            );
             continue;
         }
-        ops.push(Op::new(t + 2, "p0", Type::Ok, "send").value(&v).at(0, offset));
-        ops.push(Op::new(t + 20, "c0#0", Type::Ok, "receive").value(&v).at(0, offset));
+        ops.push(
+            Op::new(t + 2, "p0", Type::Ok, "send")
+                .value(&v)
+                .at(0, offset),
+        );
+        ops.push(
+            Op::new(t + 20, "c0#0", Type::Ok, "receive")
+                .value(&v)
+                .at(0, offset),
+        );
         offset += 1;
     }
     ops.push(Op::new(5_000, "nemesis", Type::Info, "start").value("kill [1] (leader)"));
@@ -37,7 +49,12 @@ fn history() -> Vec<Op> {
 
 fn chromium(args: &[&str]) -> std::process::Output {
     Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
         .args(args)
         .output()
         .expect("chromium must be installed to check the report renders (apt-get install chromium)")
@@ -55,7 +72,11 @@ fn the_report_renders_in_headless_chromium() {
 
     // The DOM as the browser built it.
     let dom = chromium(&["--dump-dom", &url]);
-    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(dom.contains("id=\"verdict\" class=\"VALID\""), "verdict");
     for chart in ["throughput", "latency"] {
@@ -77,7 +98,11 @@ fn the_report_renders_in_headless_chromium() {
     let _ = std::fs::remove_file(&shot);
     let arg = format!("--screenshot={}", shot.display());
     let out = chromium(&[&arg, "--window-size=1100,1200", &url]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).expect("a screenshot");
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let mut reader = decoder.read_info().expect("a png");
@@ -94,6 +119,13 @@ fn the_report_renders_in_headless_chromium() {
             reddish += 1;
         }
     }
-    assert!(colors.len() > 20, "a picture, not a blank page ({} colours)", colors.len());
-    assert!(reddish > 5_000, "fault windows drawn ({reddish} light red pixels)");
+    assert!(
+        colors.len() > 20,
+        "a picture, not a blank page ({} colours)",
+        colors.len()
+    );
+    assert!(
+        reddish > 5_000,
+        "fault windows drawn ({reddish} light red pixels)"
+    );
 }

@@ -113,7 +113,8 @@ pub(crate) fn read_until(rs: &crate::log_store::ReplicaStore) -> std::io::Result
         .meta()
         .raft(keys::REPAIR_UNTIL)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    raw.map(|b| decode_value(&b, keys::REPAIR_UNTIL)).transpose()
+    raw.map(|b| decode_value(&b, keys::REPAIR_UNTIL))
+        .transpose()
 }
 
 /// Waits until the log reaches the bound, then ends the repair: the key removed durably,
@@ -149,7 +150,10 @@ pub(crate) async fn finish(
         Ok(()) => {
             repairing.clear();
             raft.runtime_config().elect(true);
-            tracing::warn!(until, "repair done: the log holds every entry this replica acknowledged; it votes again");
+            tracing::warn!(
+                until,
+                "repair done: the log holds every entry this replica acknowledged; it votes again"
+            );
         }
         Err(e) => tracing::error!(error = %e, "repair: could not record the end of the repair"),
     }

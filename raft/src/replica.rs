@@ -310,7 +310,10 @@ impl Replica {
             // entry this replica may have acknowledged.
             raft.runtime_config().elect(false);
             repairing.set(until);
-            tracing::warn!(until, "repairing a damaged log: refilling it from the group; no votes until it reaches entry {until}");
+            tracing::warn!(
+                until,
+                "repairing a damaged log: refilling it from the group; no votes until it reaches entry {until}"
+            );
             tokio::spawn(crate::repair::finish(
                 raft.clone(),
                 rs.clone(),

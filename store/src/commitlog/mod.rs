@@ -253,7 +253,6 @@ impl Shared {
 }
 
 impl CommitLog {
-
     fn recover(&mut self, from: ChainPoint) -> Result<Vec<ScannedRecord>> {
         let sh = &self.shared;
         let synced_marker = sh.flush_state().marker.value();

@@ -202,14 +202,21 @@ fn damage_below_the_marker_is_found_and_bounds_the_synced_index() {
     let find = || CommitLog::find_damage(Arc::new(disk.clone()), SEG, ChainPoint::default());
     assert_eq!(find().unwrap(), None, "an intact log has no damage");
     // Record 3's payload, below the marker.
-    disk.flip_bit(&segment_path(0), locs[2].position.0 + HEADER_LEN as u64 + 2, 1)
-        .unwrap();
+    disk.flip_bit(
+        &segment_path(0),
+        locs[2].position.0 + HEADER_LEN as u64 + 2,
+        1,
+    )
+    .unwrap();
     let d = find().unwrap().expect("damage found");
     assert_eq!(d.good_end.position, locs[2].position);
     assert_eq!(d.good_end.last_index, Some(LogIndex(2)));
     let bound = d.synced_index_bound();
     assert!(bound >= 6, "every synced entry is under the bound: {bound}");
-    assert!(bound <= 2 + 4 * 54 / HEADER_LEN as u64 + 1, "and not absurdly above: {bound}");
+    assert!(
+        bound <= 2 + 4 * 54 / HEADER_LEN as u64 + 1,
+        "and not absurdly above: {bound}"
+    );
     // find_damage changed nothing: open still refuses.
     assert!(matches!(
         CommitLog::open(Arc::new(disk.clone()), SEG, ChainPoint::default()),
