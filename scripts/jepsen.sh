@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The chaos harness over real processes, as CI runs it (scripts/test.sh calls this): each
-# fault kind (kill, pause, partition, loss, power, and corrupt: a replica's CommitLog damaged
+# fault kind (kill, pause, partition, loss, delay, power, and corrupt: a replica's CommitLog damaged
 # and repaired from the group) for 60 s against a three-replica group in network namespaces, each run's report
 # kept under target/jepsen/<kind>/ (history.jsonl, logs/, summary.txt, report.html and a
 # screenshot of the page from headless Chromium); then the proof that the checkers fire on
@@ -23,7 +23,7 @@ screenshot() {
     --screenshot="$1/report.png" "file://$PWD/$1/report.html" >/dev/null 2>&1 || true
 }
 
-for kind in kill pause partition loss power corrupt; do
+for kind in kill pause partition loss delay power corrupt; do
   echo "== jepsen: $kind, $TIME s"
   status=0
   "$BIN" --nemesis "$kind" --time "$TIME" --seed "$SEED" --out "$OUT/$kind" || status=$?

@@ -21,6 +21,9 @@ use crate::net::{NAMESRV, NAMESRV_ADDR, node_addr, node_ns};
 pub const GROUP: &str = "g1";
 /// The port every process listens on (each in its own namespace, at its own address).
 pub const BROKER_PORT: u16 = 7000;
+/// The port of the relay in front of each broker (see [`crate::relay`]): the group's
+/// membership names it, so Raft traffic between brokers passes the relay.
+pub const RAFT_PORT: u16 = 7001;
 pub const NAMESRV_PORT: u16 = 9876;
 
 /// How a broker is started.
@@ -48,6 +51,7 @@ pub struct Cluster {
     opts: BrokerOptions,
     namesrv: Option<Child>,
     brokers: BTreeMap<u64, (Option<Child>, State)>,
+    relays: Vec<Child>,
 }
 
 pub fn namesrv_addr() -> String {
@@ -56,6 +60,11 @@ pub fn namesrv_addr() -> String {
 
 pub fn broker_addr(id: u64) -> String {
     format!("{}:{BROKER_PORT}", node_addr(id))
+}
+
+/// The address the group's membership names for broker `id`: its relay.
+pub fn member_addr(id: u64) -> String {
+    format!("{}:{RAFT_PORT}", node_addr(id))
 }
 
 impl Cluster {
@@ -68,7 +77,7 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(dir.join("logs"))?;
         let members: String = (1..=replicas)
-            .map(|i| format!("{i} = \"{}\"\n", broker_addr(i)))
+            .map(|i| format!("{i} = \"{}\"\n", member_addr(i)))
             .collect();
         for id in 1..=replicas {
             let text = format!(
@@ -89,7 +98,28 @@ impl Cluster {
             opts,
             namesrv: None,
             brokers: BTreeMap::new(),
+            relays: Vec::new(),
         };
+        let me = std::env::current_exe()?;
+        for id in 1..=replicas {
+            let control = c.delay_file(id);
+            crate::relay::set_delay(&control, 0, 0)?;
+            let relay = c.spawn_program(
+                &me,
+                &node_ns(id),
+                &format!("relay-n{id}"),
+                &[
+                    "relay",
+                    "--listen",
+                    &member_addr(id),
+                    "--to",
+                    &broker_addr(id),
+                    "--control",
+                    control.to_str().context("utf-8 path")?,
+                ],
+            )?;
+            c.relays.push(relay);
+        }
         let ns = c.spawn(
             NAMESRV,
             "namesrv",
@@ -104,11 +134,21 @@ impl Cluster {
     }
 
     fn spawn(&self, ns: &str, log: &str, args: &[&str]) -> anyhow::Result<Child> {
+        self.spawn_program(&self.raftmq, ns, log, args)
+    }
+
+    fn spawn_program(
+        &self,
+        program: &Path,
+        ns: &str,
+        log: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Child> {
         let path = self.dir.join("logs").join(format!("{log}.log"));
         let out = OpenOptions::new().create(true).append(true).open(&path)?;
         Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(&self.raftmq)
+            .arg(program)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -180,6 +220,20 @@ impl Cluster {
         }
     }
 
+    /// The control file of broker `id`'s relay.
+    fn delay_file(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("relay-n{id}.delay"))
+    }
+
+    /// Delays the Raft traffic into and out of each of `ids` by `ms` ± `jitter_ms`, one way
+    /// (0: none).
+    pub fn set_delay(&self, ids: &[u64], ms: u64, jitter_ms: u64) -> anyhow::Result<()> {
+        for &id in ids {
+            crate::relay::set_delay(&self.delay_file(id), ms, jitter_ms)?;
+        }
+        Ok(())
+    }
+
     /// Broker `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("data/n{id}"))
@@ -201,6 +255,10 @@ impl Cluster {
         if let Some(mut ns) = self.namesrv.take() {
             let _ = ns.kill();
             let _ = ns.wait();
+        }
+        for mut r in self.relays.drain(..) {
+            let _ = r.kill();
+            let _ = r.wait();
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod relay;
 pub mod report;
 pub mod run;
 pub mod workload;

@@ -7,6 +7,17 @@ fn main() {}
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {
     use clap::Parser;
+    // `raftmq-jepsen relay …`: the delaying relay the harness runs in each broker's namespace.
+    if std::env::args().nth(1).as_deref() == Some("relay") {
+        let args = raftmq_jepsen::relay::RelayArgs::parse_from(std::env::args().skip(1));
+        return match raftmq_jepsen::relay::main(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("raftmq-jepsen relay: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let args = raftmq_jepsen::run::Args::parse();
     match raftmq_jepsen::run::main(args) {
         Ok(code) => code,

@@ -25,6 +25,8 @@ pub enum Kind {
     Partition,
     /// Drop a share of every packet arriving at the brokers.
     Loss,
+    /// Delay the Raft traffic between brokers (100 ms ± 50 ms one way by default).
+    Delay,
     /// SIGKILL brokers running on lazy disks: what was not synced is gone, as in a power cut.
     Power,
     /// Damage a stopped replica's CommitLog (bit flips or a cut tail), then start it again.
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Partition => "partition",
             Kind::Loss => "loss",
+            Kind::Delay => "delay",
             Kind::Power => "power",
             Kind::Corrupt => "corrupt",
             Kind::All => "all",
@@ -65,6 +68,8 @@ pub struct Schedule {
     pub quiet: Duration,
     /// Loss, percent of packets.
     pub loss_percent: u32,
+    /// Delay, ms one way, and its jitter.
+    pub delay_ms: (u64, u64),
 }
 
 /// One fault in force: what heals it.
@@ -73,6 +78,7 @@ enum Active {
     Restart(Vec<u64>),
     Resume(Vec<u64>),
     Network,
+    Delay(Vec<u64>),
     Nothing,
 }
 
@@ -115,6 +121,7 @@ impl Nemesis {
                         Kind::Pause,
                         Kind::Partition,
                         Kind::Loss,
+                        Kind::Delay,
                         Kind::Corrupt,
                     ];
                     kinds[self.rng.random_range(0..kinds.len())]
@@ -203,6 +210,17 @@ impl Nemesis {
                 self.net.loss(&ids, s.loss_percent)?;
                 Active::Network
             }
+            Kind::Delay => {
+                let ids = lock(&self.cluster).ids();
+                let (ms, jitter) = s.delay_ms;
+                self.note(
+                    Type::Info,
+                    "start",
+                    format!("delay {ms} ms ± {jitter} ms between {ids:?}"),
+                );
+                lock(&self.cluster).set_delay(&ids, ms, jitter)?;
+                Active::Delay(ids)
+            }
             Kind::Corrupt => {
                 let what = self.corrupt().await?;
                 self.note(Type::Info, "start", what);
@@ -232,6 +250,10 @@ impl Nemesis {
                 self.net.heal()?;
                 "network healed".to_string()
             }
+            Active::Delay(ids) => {
+                lock(&self.cluster).set_delay(ids, 0, 0)?;
+                "delay removed".to_string()
+            }
             Active::Nothing => "nothing to heal".to_string(),
         };
         self.note(Type::Info, "stop", what);
@@ -242,6 +264,8 @@ impl Nemesis {
     pub fn heal_all(&self) -> anyhow::Result<()> {
         self.net.heal()?;
         let mut c = lock(&self.cluster);
+        let ids = c.ids();
+        c.set_delay(&ids, 0, 0)?;
         for id in c.ids() {
             match c.state(id) {
                 State::Paused => c.resume(id),

@@ -187,7 +187,9 @@ impl Net {
         for &id in nodes {
             nft(
                 &node_ns(id),
-                &format!("add rule inet rmqj input numgen random mod 100 < {percent} drop\n"),
+                &format!(
+                    "add rule inet rmqj input iifname \"eth0\" numgen random mod 100 < {percent} drop\n"
+                ),
             )?;
         }
         Ok(())

@@ -38,6 +38,12 @@ pub struct Args {
     /// Packet loss for the loss fault, percent.
     #[arg(long, default_value_t = 30)]
     pub loss: u32,
+    /// The delay fault: one-way delay of Raft traffic between brokers, ms.
+    #[arg(long, default_value_t = 100)]
+    pub delay: u64,
+    /// The delay fault's jitter, ms (each chunk is held `delay ± jitter`).
+    #[arg(long, default_value_t = 50)]
+    pub jitter: u64,
     /// Kill, pause and power faults hit every broker at once instead of a random choice
     /// (one, the leader, a minority, a majority, all).
     #[arg(long)]
@@ -191,6 +197,7 @@ async fn run(
         hold: Duration::from_secs(args.hold),
         quiet: Duration::from_secs(args.quiet),
         loss_percent: args.loss,
+        delay_ms: (args.delay, args.jitter),
     };
     let until = rec.now() + args.time * 1000;
     nemesis.run(&schedule, until).await?;
