@@ -5,7 +5,6 @@
 //! Deliveries to consumers are `ok` operations of their own (`receive`), as are the moments a
 //! consumer lets a queue go (`release`); faults are `nemesis` operations (`start`/`stop`).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -34,6 +33,9 @@ pub struct Op {
     pub kind: Type,
     /// `send`, `receive`, `release`, `crash`; for the nemesis `start` / `stop`.
     pub f: String,
+    /// The topic of a send, a delivery or a released queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// The message's value (its body), or the fault's description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
@@ -53,11 +55,17 @@ impl Op {
             process: process.into(),
             kind,
             f: f.into(),
+            topic: None,
             value: None,
             queue: None,
             offset: None,
             error: None,
         }
+    }
+
+    pub fn topic(mut self, t: &str) -> Op {
+        self.topic = Some(t.into());
+        self
     }
 
     pub fn value(mut self, v: impl Into<String>) -> Op {
@@ -133,18 +141,22 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Op>> {
     Ok(ops)
 }
 
-/// The queue history the shared checkers read (`raftmq_check::queue`), from the operations of
-/// topic `topic` consumed by group `group`.
-pub fn queue_history(ops: &[Op], topic: &str, group: &str) -> QueueHistory {
+/// The queue history the shared checkers read (`raftmq_check::queue`), from the operations on
+/// `topic` (held by broker group `group`); `orderly`: its consumers are orderly, so the
+/// history's order checks apply to its queues. A consumer's crash ends its hold on every
+/// topic.
+pub fn queue_history(ops: &[Op], topic: &str, group: &str, orderly: bool) -> QueueHistory {
     let q = |id: u32| -> Queue { (format!("{topic}@{group}"), id) };
     let mut h = QueueHistory::default();
-    let mut invoked: BTreeMap<String, String> = BTreeMap::new();
+    if orderly {
+        h.orderly_topics.insert(topic.to_string());
+    }
     for op in ops {
+        if op.f != "crash" && op.topic.as_deref() != Some(topic) {
+            continue;
+        }
         let value = op.value.clone().unwrap_or_default();
         match (op.f.as_str(), op.kind) {
-            ("send", Type::Invoke) => {
-                invoked.insert(value, op.process.clone());
-            }
             ("send", Type::Ok) => {
                 if let (Some(queue), Some(offset)) = (op.queue, op.offset) {
                     h.acked.insert(value.clone(), (q(queue), offset));
@@ -185,14 +197,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("h.jsonl");
         let r = Recorder::create(&path).expect("create");
-        r.record(Op::new(1, "p0", Type::Invoke, "send").value("a"));
-        r.record(Op::new(2, "p0", Type::Ok, "send").value("a").at(1, 0));
-        r.record(Op::new(3, "p0", Type::Invoke, "send").value("b"));
-        r.record(Op::new(4, "p0", Type::Ok, "send").value("b").at(1, 1));
-        r.record(Op::new(5, "c0#0", Type::Ok, "receive").value("a").at(1, 0));
+        let op = |t, p: &str, k, f: &str| Op::new(t, p, k, f).topic("T");
+        r.record(op(1, "p0", Type::Invoke, "send").value("a"));
+        r.record(op(2, "p0", Type::Ok, "send").value("a").at(1, 0));
+        r.record(op(3, "p0", Type::Invoke, "send").value("b"));
+        r.record(op(4, "p0", Type::Ok, "send").value("b").at(1, 1));
+        r.record(op(5, "c0#0", Type::Ok, "receive").value("a").at(1, 0));
+        // Another topic's operations are not this topic's history.
+        r.record(
+            Op::new(6, "p1", Type::Ok, "send")
+                .topic("U")
+                .value("x")
+                .at(0, 0),
+        );
         let ops = r.ops();
         assert_eq!(read(&path).expect("read"), ops);
-        let h = queue_history(&ops, "T", "C");
+        let h = queue_history(&ops, "T", "C", false);
         let v = raftmq_check::queue::check_queue_history(&h);
         // "b" was acknowledged and never consumed: the shared checker says so.
         assert_eq!(

@@ -49,9 +49,9 @@ impl Summary {
     }
 }
 
-/// The checks over a finished run's history.
-pub fn analyze(ops: &[Op], topic: &str, group: &str, nemesis: &str) -> Summary {
-    let h = queue_history(ops, topic, group);
+/// The checks over a finished run's history: each workload's topic (`(topic, orderly)`) held
+/// by broker group `group`.
+pub fn analyze(ops: &[Op], topics: &[(&str, bool)], group: &str, nemesis: &str) -> Summary {
     let mut s = Summary {
         nemesis: nemesis.into(),
         duration_ms: ops.iter().map(|o| o.time).max().unwrap_or(0),
@@ -65,13 +65,18 @@ pub fn analyze(ops: &[Op], topic: &str, group: &str, nemesis: &str) -> Summary {
         }
     }
     s.deliveries = ops.iter().filter(|o| o.f == "receive").count() as u64;
-    for v in check_queue_history(&h) {
-        match v {
-            QueueViolation::Lost { id } => s.lost.push(id),
-            v => s.violations.push(format!("{v:?}")),
+    for &(topic, orderly) in topics {
+        let h = queue_history(ops, topic, group, orderly);
+        for v in check_queue_history(&h) {
+            match v {
+                QueueViolation::Lost { id } => s.lost.push(id),
+                v => s.violations.push(format!("{topic}: {v:?}")),
+            }
         }
+        let (again, twice) = duplicate_counts(&h);
+        s.redelivered += again;
+        s.stored_twice += twice;
     }
-    (s.redelivered, s.stored_twice) = duplicate_counts(&h);
     s.faults = faults(ops);
     s
 }
@@ -378,12 +383,11 @@ mod tests {
     use super::*;
 
     fn send(t: u64, p: &str, v: &str, ok: Option<(u32, u64)>) -> Vec<Op> {
-        let mut out = vec![Op::new(t, p, Type::Invoke, "send").value(v)];
+        let op = |t, k, f: &str| Op::new(t, p, k, f).topic("T").value(v);
+        let mut out = vec![op(t, Type::Invoke, "send")];
         out.push(match ok {
-            Some((q, o)) => Op::new(t + 5, p, Type::Ok, "send").value(v).at(q, o),
-            None => Op::new(t + 3000, p, Type::Info, "send")
-                .value(v)
-                .error("timeout"),
+            Some((q, o)) => op(t + 5, Type::Ok, "send").at(q, o),
+            None => op(t + 3000, Type::Info, "send").error("timeout"),
         });
         out
     }
@@ -398,10 +402,11 @@ mod tests {
         ops.extend(send(1500, "p0", "c", Some((0, 1))));
         ops.push(
             Op::new(1600, "c0#0", Type::Ok, "receive")
+                .topic("T")
                 .value("a")
                 .at(0, 0),
         );
-        let s = analyze(&ops, "T", "g1", "kill");
+        let s = analyze(&ops, &[("T", false)], "g1", "kill");
         assert!(!s.valid());
         assert_eq!(s.lost, vec!["c".to_string()]);
         assert_eq!(s.faults.len(), 1);

@@ -14,7 +14,7 @@ use crate::history::{Op, Recorder, Type};
 use crate::nemesis::{Kind, Nemesis, Schedule};
 use crate::net::Net;
 use crate::report;
-use crate::workload::{self, Consumers, Load, QUEUES, TOPIC};
+use crate::workload::{self, Consumers, Load, ORDERED, QUEUE, QUEUES, Spec};
 
 /// raftmq-jepsen: chaos over real raftmq processes (needs root: it makes network namespaces).
 #[derive(Debug, Clone, clap::Parser)]
@@ -48,9 +48,13 @@ pub struct Args {
     /// (one, the leader, a minority, a majority, all).
     #[arg(long)]
     pub all_at_once: bool,
-    /// Sends per second, all producers together.
+    /// Sends per second to the queue workload's topic, all its producers together.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// Sends per second of the ordered workload (ordered sends, an orderly consumer group;
+    /// 0: none).
+    #[arg(long, default_value_t = 200)]
+    pub ordered_rate: u32,
     /// Producer tasks.
     #[arg(long, default_value_t = 32)]
     pub producers: u32,
@@ -173,22 +177,39 @@ async fn run(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cluster::create_topic(TOPIC, QUEUES, Duration::from_secs(30)).await?;
-    rec.record(Op::new(rec.now(), "harness", Type::Info, "ready"));
-
     let load = Load {
         rate: args.rate,
         producers: args.producers,
         consumers: args.consumers,
         churn: (args.churn > 0).then(|| Duration::from_secs(args.churn)),
     };
-    let consumers = Consumers::start(&load, rec.clone());
+    let mut workloads: Vec<(Spec, Load)> = vec![(QUEUE, load.clone())];
+    if args.ordered_rate > 0 {
+        let ordered = Load {
+            rate: args.ordered_rate,
+            producers: (args.producers / 4).max(1),
+            ..load.clone()
+        };
+        workloads.push((ORDERED, ordered));
+    }
+    for (spec, _) in &workloads {
+        cluster::create_topic(spec.topic, QUEUES, Duration::from_secs(30)).await?;
+    }
+    rec.record(Op::new(rec.now(), "harness", Type::Info, "ready"));
+
     let stop = Arc::new(AtomicBool::new(false));
+    let consumers: Vec<Consumers> = workloads
+        .iter()
+        .map(|(spec, load)| Consumers::start(*spec, load, rec.clone()))
+        .collect();
     let watching = tokio::spawn(cluster::watch(args.replicas, rec.clone(), stop.clone()));
-    let producing = {
-        let (load, rec, stop) = (load.clone(), rec.clone(), stop.clone());
-        tokio::spawn(async move { workload::produce(&load, rec, stop).await })
-    };
+    let producing: Vec<_> = workloads
+        .iter()
+        .map(|(spec, load)| {
+            let (spec, load, rec, stop) = (*spec, load.clone(), rec.clone(), stop.clone());
+            tokio::spawn(async move { workload::produce(spec, &load, rec, stop).await })
+        })
+        .collect();
 
     let mut nemesis = Nemesis::new(cluster.clone(), net.clone(), rec.clone(), args.seed);
     nemesis.all_at_once = args.all_at_once;
@@ -210,29 +231,42 @@ async fn run(
     rec.record(Op::new(healed, "nemesis", Type::Info, "final-heal").value("everything healed"));
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Release);
-    producing.await.context("producers")??;
+    for p in producing {
+        p.await.context("producers")??;
+    }
     let _ = watching.await;
 
     // Drain: the consumers get until every acknowledged message was delivered.
     let drain_until = tokio::time::Instant::now() + Duration::from_secs(args.drain);
+    let topics: Vec<(&str, bool)> = workloads
+        .iter()
+        .map(|(s, _)| (s.topic, s.ordered))
+        .collect();
     loop {
         let ops = rec.ops();
-        let h = crate::history::queue_history(&ops, TOPIC, GROUP);
-        let delivered: std::collections::BTreeSet<&str> = h.deliveries().map(|d| d.1).collect();
-        let missing = h
-            .acked
-            .keys()
-            .filter(|k| !delivered.contains(k.as_str()))
-            .count();
+        let missing: usize = topics
+            .iter()
+            .map(|&(topic, orderly)| {
+                let h = crate::history::queue_history(&ops, topic, GROUP, orderly);
+                let delivered: std::collections::BTreeSet<&str> =
+                    h.deliveries().map(|d| d.1).collect();
+                h.acked
+                    .keys()
+                    .filter(|k| !delivered.contains(k.as_str()))
+                    .count()
+            })
+            .sum();
         if missing == 0 || tokio::time::Instant::now() >= drain_until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    consumers.stop().await;
+    for c in consumers {
+        c.stop().await;
+    }
 
     let ops = rec.ops();
-    let mut summary = report::analyze(&ops, TOPIC, GROUP, args.nemesis.name());
+    let mut summary = report::analyze(&ops, &topics, GROUP, args.nemesis.name());
     if !ops
         .iter()
         .any(|o| o.f == "send" && o.kind == Type::Ok && o.time > healed)

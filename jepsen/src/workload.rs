@@ -1,8 +1,14 @@
-//! The queue workload, through the real SDK: producers send unique values (`p3-1234`) at a
-//! bounded total rate; push consumers of one group record every delivery with its queue and
-//! offset, and the queues they let go; one consumer at a time leaves the group and comes
-//! back as a new incarnation (`c1#0`, then `c1#1`): consumer-group churn, so rebalancing runs
-//! while faults do.
+//! The workloads, through the real SDK. Each is a topic with producers and a consumer group:
+//! producers send unique values (`p3-1234`) at a bounded total rate; push consumers of the
+//! group record every delivery with its queue and offset, and the queues they let go; one
+//! consumer at a time leaves the group and comes back as a new incarnation (`c1#0`, then
+//! `c1#1`): consumer-group churn, so rebalancing runs while faults do.
+//!
+//! - [`QUEUE`]: plain sends, a concurrent consumer group.
+//! - [`ORDERED`]: ordered sends (`send_ordered`, one key → one queue; each producer owns its
+//!   keys and sends one at a time) to an orderly consumer group, so the checkers also check
+//!   order: per queue, no offset delivered before an earlier one, and each producer's
+//!   acknowledged sends in increasing offsets.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,15 +16,42 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raftmq_client::consumer::ConsumeFrom;
+use raftmq_client::producer::SelectByHash;
 use raftmq_client::rebalance::MessageQueue;
 use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer, ReceivedMessage};
 
 use crate::cluster::namesrv_addr;
 use crate::history::{Op, Recorder, Type};
 
-pub const TOPIC: &str = "JT";
-pub const CONSUMER_GROUP: &str = "JC";
 pub const QUEUES: u32 = 4;
+
+/// One workload: its topic, groups and kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub topic: &'static str,
+    pub producer_group: &'static str,
+    pub consumer_group: &'static str,
+    /// Process name prefixes: producers, consumers.
+    pub names: (&'static str, &'static str),
+    /// Ordered sends and an orderly consumer group.
+    pub ordered: bool,
+}
+
+pub const QUEUE: Spec = Spec {
+    topic: "JT",
+    producer_group: "JP",
+    consumer_group: "JC",
+    names: ("p", "c"),
+    ordered: false,
+};
+
+pub const ORDERED: Spec = Spec {
+    topic: "JO",
+    producer_group: "JOP",
+    consumer_group: "JOC",
+    names: ("o", "oc"),
+    ordered: true,
+};
 
 /// How hard the producers push.
 #[derive(Debug, Clone)]
@@ -33,11 +66,16 @@ pub struct Load {
     pub churn: Option<Duration>,
 }
 
-/// Runs the producers until `stop` is set. Returns how many sends were invoked.
-pub async fn produce(load: &Load, rec: Recorder, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
+/// Runs `spec`'s producers until `stop` is set. Returns how many sends were invoked.
+pub async fn produce(
+    spec: Spec,
+    load: &Load,
+    rec: Recorder,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
     let producer = Producer::builder()
         .namesrv_addrs([namesrv_addr()])
-        .group("JP")
+        .group(spec.producer_group)
         .send_timeout(Duration::from_secs(3))
         .build()?;
     producer.start().await?;
@@ -48,7 +86,7 @@ pub async fn produce(load: &Load, rec: Recorder, stop: Arc<AtomicBool>) -> anyho
         let (producer, rec, stop, invoked) =
             (producer.clone(), rec.clone(), stop.clone(), invoked.clone());
         tasks.push(tokio::spawn(async move {
-            let name = format!("p{p}");
+            let name = format!("{}{p}", spec.names.0);
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
@@ -57,23 +95,25 @@ pub async fn produce(load: &Load, rec: Recorder, stop: Arc<AtomicBool>) -> anyho
                 let value = format!("{name}-{n}");
                 n += 1;
                 invoked.fetch_add(1, Ordering::Relaxed);
-                rec.record(Op::new(rec.now(), &name, Type::Invoke, "send").value(&value));
-                let r = producer
-                    .send(Message::new(TOPIC, value.clone().into_bytes()))
-                    .await;
+                let op = |t, k, f: &str| Op::new(t, &name, k, f).topic(spec.topic).value(&value);
+                rec.record(op(rec.now(), Type::Invoke, "send"));
+                let msg = Message::new(spec.topic, value.clone().into_bytes());
+                let r = if spec.ordered {
+                    // This producer's keys: its sends to one key go one after another.
+                    let key = format!("{name}-k{}", n % 4);
+                    producer
+                        .send_ordered(msg, &SelectByHash, key.as_str())
+                        .await
+                } else {
+                    producer.send(msg).await
+                };
                 let now = rec.now();
                 match r {
-                    Ok(r) => rec.record(
-                        Op::new(now, &name, Type::Ok, "send")
-                            .value(&value)
-                            .at(r.queue.queue_id, r.queue_offset),
-                    ),
+                    Ok(r) => {
+                        rec.record(op(now, Type::Ok, "send").at(r.queue.queue_id, r.queue_offset))
+                    }
                     // Unknown: it may be stored (its answer lost) or not.
-                    Err(e) => rec.record(
-                        Op::new(now, &name, Type::Info, "send")
-                            .value(&value)
-                            .error(e.to_string()),
-                    ),
+                    Err(e) => rec.record(op(now, Type::Info, "send").error(e.to_string())),
                 }
             }
         }));
@@ -92,7 +132,7 @@ pub struct Consumers {
 }
 
 impl Consumers {
-    pub fn start(load: &Load, rec: Recorder) -> Consumers {
+    pub fn start(spec: Spec, load: &Load, rec: Recorder) -> Consumers {
         let stop = Arc::new(AtomicBool::new(false));
         // Whose turn it is to leave and come back, and when the last one did.
         let turn = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
@@ -108,8 +148,8 @@ impl Consumers {
                 tokio::spawn(async move {
                     let mut incarnation = 0;
                     loop {
-                        let name = format!("c{k}#{incarnation}");
-                        let leave = member(&name, &rec, &stop, churn, &turn, k, n).await;
+                        let name = format!("{}{k}#{incarnation}", spec.names.1);
+                        let leave = member(spec, &name, &rec, &stop, churn, &turn, k, n).await;
                         if !leave {
                             return;
                         }
@@ -135,7 +175,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One consumer incarnation: consumes until the run stops (returns false) or its turn to
 /// churn comes (returns true, after leaving the group).
+#[allow(clippy::too_many_arguments)]
 async fn member(
+    spec: Spec,
     name: &str,
     rec: &Recorder,
     stop: &AtomicBool,
@@ -151,6 +193,7 @@ async fn member(
             let value = String::from_utf8_lossy(&m.body).into_owned();
             r2.record(
                 Op::new(r2.now(), &n2, Type::Ok, "receive")
+                    .topic(spec.topic)
                     .value(value)
                     .at(m.queue.queue_id, m.queue_offset),
             );
@@ -158,17 +201,20 @@ async fn member(
         }
         ConsumeResult::Success
     };
-    let consumer = match PushConsumer::builder()
+    let b = PushConsumer::builder()
         .namesrv_addrs([namesrv_addr()])
-        .group(CONSUMER_GROUP)
+        .group(spec.consumer_group)
         .client_id(name)
         .heartbeat_every(Duration::from_secs(1))
         .consume_from(ConsumeFrom::First)
         .long_poll(Duration::from_millis(500))
-        .subscribe(TOPIC, "*")
-        .concurrent(listener)
-        .build()
-    {
+        .subscribe(spec.topic, "*");
+    let b = if spec.ordered {
+        b.orderly(listener)
+    } else {
+        b.concurrent(listener)
+    };
+    let consumer = match b.build() {
         Ok(c) => c,
         Err(e) => {
             rec.record(Op::new(rec.now(), name, Type::Fail, "start").error(e.to_string()));
@@ -184,7 +230,11 @@ async fn member(
     let mut held: BTreeSet<MessageQueue> = BTreeSet::new();
     let release = |held: &BTreeSet<MessageQueue>, now: &BTreeSet<MessageQueue>| {
         for q in held.difference(now) {
-            rec.record(Op::new(rec.now(), name, Type::Ok, "release").at(q.queue_id, 0));
+            rec.record(
+                Op::new(rec.now(), name, Type::Ok, "release")
+                    .topic(spec.topic)
+                    .at(q.queue_id, 0),
+            );
         }
     };
     loop {

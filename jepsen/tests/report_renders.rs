@@ -64,7 +64,7 @@ fn chromium(args: &[&str]) -> std::process::Output {
 fn the_report_renders_in_headless_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ops = history();
-    let s = report::analyze(&ops, "T", "g1", "kill");
+    let s = report::analyze(&ops, &[("T", false)], "g1", "kill");
     assert!(s.valid(), "{}", report::text(&s));
     assert_eq!(s.faults.len(), 2);
     report::write(dir.path(), &s, &ops).expect("write the report");
