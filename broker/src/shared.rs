@@ -39,6 +39,9 @@ impl Shared {
     pub fn role(&self) -> (Role, u64) {
         let m = self.metrics();
         let role = match m.state {
+            // Cut off from its quorum: it acts as a replica that does not lead (not registered
+            // as the leader, writes and leader reads refused) until it hears from one again.
+            ServerState::Leader if self.replica.leads_without_quorum() => Role::Candidate,
             ServerState::Leader if m.current_leader == Some(self.config.replica_id) => Role::Leader,
             ServerState::Leader | ServerState::Follower => Role::Follower,
             ServerState::Candidate => Role::Candidate,
@@ -55,12 +58,17 @@ impl Shared {
     /// `NOT_LEADER` with the leader's address (`UNAVAILABLE` when none is known).
     pub fn not_leader(&self) -> WriteError {
         let m = self.metrics();
-        let leader_addr = m.current_leader.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-        });
+        // Never itself: a leader cut off from its quorum refuses, and must not send the
+        // client back to itself.
+        let leader_addr = m
+            .current_leader
+            .filter(|&id| id != self.config.replica_id)
+            .and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            });
         WriteError::NotLeader {
             leader_id: None,
             leader_addr,

@@ -258,6 +258,15 @@ pub struct Replica {
     repairing: crate::repair::Repairing,
 }
 
+/// How often a write waiting to commit checks that its leader still hears from a quorum.
+const QUORUM_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn quorum_lost() -> WriteError {
+    WriteError::Unavailable(
+        "this leader has heard from no quorum for longer than an election timeout; the write may or may not be committed: retry on the group's leader".into(),
+    )
+}
+
 fn map_write_err(
     e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
 ) -> WriteError {
@@ -505,6 +514,9 @@ impl Replica {
                 self.config.batch.max_bytes
             )));
         }
+        if self.leads_without_quorum() {
+            return Err(quorum_lost());
+        }
         let (reply, rx) = oneshot::channel();
         self.writer
             .tx
@@ -515,8 +527,41 @@ impl Replica {
             })
             .await
             .map_err(|_| WriteError::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| WriteError::Unavailable("writer dropped the request".into()))?
+        // A leader cut off from its quorum cannot commit: its clients are told so within
+        // [`QUORUM_CHECK`] of the loss rather than waiting out their own timeouts, and
+        // retry on the new leader (the write's fate is unknown: it commits if this leader
+        // hears from its quorum again before a new one is elected).
+        tokio::select! {
+            biased;
+            r = rx => r.map_err(|_| WriteError::Unavailable("writer dropped the request".into()))?,
+            () = self.until_quorum_lost() => Err(quorum_lost()),
+        }
+    }
+
+    /// Whether this replica leads but has heard from no quorum for longer than the longest
+    /// election timeout: the others may have elected a new leader already, and nothing it
+    /// writes can commit until it hears from a quorum again. (DLedger's leader steps down
+    /// in the same case.) Brokers then answer as a replica that does not lead.
+    pub fn leads_without_quorum(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&m);
+        if !m.state.is_leader() {
+            return false;
+        }
+        let limit = std::time::Duration::from_millis(self.config.timeouts.election_max_ms);
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|t| openraft::Instant::elapsed(&**t) > limit)
+    }
+
+    /// Resolves once [`Replica::leads_without_quorum`] holds (checked every [`QUORUM_CHECK`]).
+    async fn until_quorum_lost(&self) {
+        loop {
+            tokio::time::sleep(QUORUM_CHECK).await;
+            if self.leads_without_quorum() {
+                return;
+            }
+        }
     }
 
     /// Appends one message as an entry of its own, outside group commit, and resolves once

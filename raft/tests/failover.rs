@@ -240,3 +240,72 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A leader cut off from every follower cannot commit: a write to it is refused as
+/// `Unavailable` (retriable, outcome unknown) once it has heard from no quorum for longer than
+/// an election timeout, rather than held until the client gives up; new writes are refused at
+/// once; and it says so (`leads_without_quorum`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_quorum_refuses_writes_instead_of_holding_them() -> anyhow::Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for id in 1..=3u64 {
+        let dir = tmp.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&dir)?;
+        nodes.push(Some(start(id, dir, None).await?));
+    }
+    let voters: BTreeMap<NodeId, String> = nodes
+        .iter()
+        .flatten()
+        .map(|n| (n.id, n.addr.to_string()))
+        .collect();
+    nodes[0]
+        .as_ref()
+        .expect("started")
+        .replica
+        .initialize(&voters)
+        .await?;
+    let l = wait_until(Duration::from_secs(15), "a leader", || leader_of(&nodes)).await;
+    let leader = nodes[l].as_ref().expect("leader").replica.clone();
+    let msg = |id: &str| Message {
+        topic: "T".into(),
+        queue_id: 0,
+        msg_id: id.into(),
+        body: b"x".to_vec(),
+        ..Default::default()
+    };
+    common::write_retrying(&leader, vec![msg("before")]).await?;
+    assert!(!leader.leads_without_quorum());
+    // Both followers stop: the leader is alone.
+    for i in 0..3 {
+        if i != l {
+            nodes[i].take().expect("follower").stop().await;
+        }
+    }
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), leader.write(vec![msg("alone")]))
+        .await
+        .expect(
+            "a write to a leader without its quorum must not be held until the client gives up",
+        );
+    assert!(matches!(r, Err(WriteError::Unavailable(_))), "{r:?}");
+    let limit = common::config(1).timeouts.election_max_ms;
+    assert!(
+        started.elapsed() < Duration::from_millis(limit + 2_000),
+        "refused {:?} after the followers stopped",
+        started.elapsed()
+    );
+    assert!(leader.leads_without_quorum());
+    // The next write is refused at once.
+    let t = Instant::now();
+    assert!(matches!(
+        leader.write(vec![msg("again")]).await,
+        Err(WriteError::Unavailable(_))
+    ));
+    assert!(t.elapsed() < Duration::from_millis(500));
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+    Ok(())
+}
