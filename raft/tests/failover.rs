@@ -278,9 +278,9 @@ async fn a_leader_without_its_quorum_refuses_writes_instead_of_holding_them() ->
     common::write_retrying(&leader, vec![msg("before")]).await?;
     assert!(!leader.leads_without_quorum());
     // Both followers stop: the leader is alone.
-    for i in 0..3 {
+    for (i, n) in nodes.iter_mut().enumerate() {
         if i != l {
-            nodes[i].take().expect("follower").stop().await;
+            n.take().expect("follower").stop().await;
         }
     }
     let started = Instant::now();
