@@ -34,6 +34,8 @@ pub struct BrokerOptions {
     /// `flush = "sync"` or `"async"` (acknowledged before the fsync: loses messages in a
     /// power cut, which shows the checker fires).
     pub flush: String,
+    /// Sections appended to every broker's configuration (after `[initial_members]`).
+    pub extra: String,
 }
 
 /// One broker process's state as the harness left it.
@@ -83,11 +85,12 @@ impl Cluster {
             let text = format!(
                 "group = \"{GROUP}\"\nreplica_id = {id}\nlisten = \"{}\"\ndata_dir = \"{}\"\n\
                  namesrv_addrs = [\"{}\"]\nsegment_mib = 16\nindex_max_entries = 100000\n\
-                 index_hash_slots = 25000\nflush = \"{}\"\n[initial_members]\n{members}",
+                 index_hash_slots = 25000\nflush = \"{}\"\n[initial_members]\n{members}{}",
                 broker_addr(id),
                 dir.join(format!("data/n{id}")).display(),
                 namesrv_addr(),
                 opts.flush,
+                opts.extra,
             );
             std::fs::write(dir.join(format!("n{id}.toml")), text)?;
         }
@@ -307,8 +310,29 @@ pub async fn leads(id: u64) -> bool {
     )
 }
 
+/// Whether the name server routes `topic` (the leader registered it).
+async fn routed(topic: &str) -> bool {
+    let call = async {
+        let mut ns = NameServerClient::connect(format!("http://{}", namesrv_addr()))
+            .await
+            .ok()?;
+        let r = ns
+            .get_route(GetRouteRequest {
+                topic: topic.into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        Some(!r.queues.is_empty())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), call).await,
+        Ok(Some(true))
+    )
+}
+
 /// Creates `topic` with `queues` queues on the leader, retrying until it is taken or
-/// `limit` passes.
+/// `limit` passes; then waits until the name server routes it.
 pub async fn create_topic(topic: &str, queues: u32, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut last = String::from("no leader yet");
@@ -337,6 +361,13 @@ pub async fn create_topic(topic: &str, queues: u32, limit: Duration) -> anyhow::
                         .and_then(|s| ErrorCode::try_from(s.code).ok())
                         .unwrap_or(ErrorCode::Internal);
                     if code == ErrorCode::Ok {
+                        while !routed(topic).await {
+                            anyhow::ensure!(
+                                tokio::time::Instant::now() < deadline,
+                                "topic {topic} created but not routed within {limit:?}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                         return Ok(());
                     }
                     last = format!("{:?}", r.status);

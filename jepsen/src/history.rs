@@ -43,9 +43,16 @@ pub struct Op {
     pub queue: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Why a send failed, or what a fault did.
+    /// Why a send failed, or what a fault did; for transactions, the half's id or the
+    /// table's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A transaction's half message: its CommitLog position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half: Option<u64>,
+    /// A transaction check's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<u32>,
 }
 
 impl Op {
@@ -60,6 +67,8 @@ impl Op {
             queue: None,
             offset: None,
             error: None,
+            half: None,
+            number: None,
         }
     }
 

@@ -17,4 +17,5 @@ pub mod net;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod txn;
 pub mod workload;

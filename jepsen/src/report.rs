@@ -40,6 +40,9 @@ pub struct Summary {
     pub faults: Vec<Fault>,
     /// Problems that are not the history's: a node that did not come back, no recovery.
     pub liveness: Vec<String>,
+    /// The transactional workload: (sent, decided commit, decided rollback, undecided,
+    /// delivered).
+    pub transactions: Option<(usize, usize, usize, usize, usize)>,
 }
 
 impl Summary {
@@ -79,6 +82,22 @@ pub fn analyze(ops: &[Op], topics: &[(&str, bool)], group: &str, nemesis: &str) 
     }
     s.faults = faults(ops);
     s
+}
+
+/// Adds the transactional workload's checks (`raftmq_check::txn`) to `s`.
+pub fn add_transactions(s: &mut Summary, ops: &[Op]) {
+    let h = crate::txn::txn_history(ops);
+    for v in raftmq_check::txn::check_txn_history(&h, crate::txn::MAX_CHECKS) {
+        s.violations.push(format!("{}: {v:?}", crate::txn::TOPIC));
+    }
+    let decided: Vec<&raftmq_check::txn::Decided> = h.decided.values().flatten().collect();
+    s.transactions = Some((
+        h.halves.len() + h.indeterminate.len(),
+        decided.iter().filter(|d| d.commit).count(),
+        decided.iter().filter(|d| !d.commit).count(),
+        h.pending.values().map(Vec::len).sum(),
+        h.deliveries.len(),
+    ));
 }
 
 /// Every fault window, with the unavailability and recovery clients saw.
@@ -169,6 +188,12 @@ pub fn text(s: &Summary) -> String {
         "duplicates: {} stored messages delivered more than once, {} messages stored twice (retried sends)",
         s.redelivered, s.stored_twice
     );
+    if let Some((sent, commit, rollback, pending, delivered)) = s.transactions {
+        let _ = writeln!(
+            t,
+            "transactions: {sent} sent; decided {commit} commit, {rollback} rollback; {pending} undecided; {delivered} deliveries"
+        );
+    }
     let _ = writeln!(t, "other violations: {}", s.violations.len());
     for v in s.violations.iter().take(20) {
         let _ = writeln!(t, "  {v}");

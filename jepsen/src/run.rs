@@ -58,6 +58,9 @@ pub struct Args {
     /// Producer tasks.
     #[arg(long, default_value_t = 32)]
     pub producers: u32,
+    /// Transactions per second of the transactional workload (0: none).
+    #[arg(long, default_value_t = 20)]
+    pub txn_rate: u32,
     /// Consumers in the group.
     #[arg(long, default_value_t = 2)]
     pub consumers: u32,
@@ -161,6 +164,7 @@ async fn run(
     let opts = BrokerOptions {
         lazy_disk: args.nemesis.lazy(),
         flush: args.flush.clone(),
+        extra: crate::txn::broker_section(),
     };
     let cluster = Arc::new(Mutex::new(Cluster::start(
         raftmq,
@@ -195,9 +199,15 @@ async fn run(
     for (spec, _) in &workloads {
         cluster::create_topic(spec.topic, QUEUES, Duration::from_secs(30)).await?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut txns = if args.txn_rate > 0 {
+        cluster::create_topic(crate::txn::TOPIC, QUEUES, Duration::from_secs(30)).await?;
+        Some(crate::txn::Txns::start(rec.clone(), 2, args.txn_rate, stop.clone()).await?)
+    } else {
+        None
+    };
     rec.record(Op::new(rec.now(), "harness", Type::Info, "ready"));
 
-    let stop = Arc::new(AtomicBool::new(false));
     let consumers: Vec<Consumers> = workloads
         .iter()
         .map(|(spec, load)| Consumers::start(*spec, load, rec.clone()))
@@ -234,6 +244,9 @@ async fn run(
     for p in producing {
         p.await.context("producers")??;
     }
+    if let Some(t) = &mut txns {
+        t.stop_sending().await;
+    }
     let _ = watching.await;
 
     // Drain: the consumers get until every acknowledged message was delivered.
@@ -261,12 +274,24 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    if let Some(t) = txns {
+        // Every transaction decided (checks answered by the producers, still running) and
+        // every committed one delivered, within the check schedule's bound.
+        let bound = crate::txn::TIMEOUT_MS
+            + u64::from(crate::txn::MAX_CHECKS) * crate::txn::CHECK_INTERVAL_MS
+            + 30_000;
+        crate::txn::settle(&rec, Duration::from_millis(bound)).await?;
+        t.shutdown().await;
+    }
     for c in consumers {
         c.stop().await;
     }
 
     let ops = rec.ops();
     let mut summary = report::analyze(&ops, &topics, GROUP, args.nemesis.name());
+    if args.txn_rate > 0 {
+        report::add_transactions(&mut summary, &ops);
+    }
     if !ops
         .iter()
         .any(|o| o.f == "send" && o.kind == Type::Ok && o.time > healed)
