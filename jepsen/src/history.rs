@@ -50,9 +50,21 @@ pub struct Op {
     /// A transaction's half message: its CommitLog position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half: Option<u64>,
-    /// A transaction check's number.
+    /// A transaction check's number; the copies of a stored timed message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
+    /// The wall clock (ms since the epoch; the brokers share it) where a check compares
+    /// with the brokers' times: timed messages' deliveries, the final heal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall: Option<u64>,
+    /// A timed message's due time as acknowledged, and the earliest any attempt asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<u64>,
+    /// The timer (`group/position`) a timed message was delivered from or a recall named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<String>,
 }
 
 impl Op {
@@ -69,6 +81,10 @@ impl Op {
             error: None,
             half: None,
             number: None,
+            wall: None,
+            due: None,
+            asked: None,
+            timer: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! raftmq-jepsen: the chaos harness over real `raftmq` processes (see `docs/chaos.md`).
 //!
 //! It starts a name server and one broker group as real processes, each in its own network
-//! namespace ([`net`]), drives the queue workload through the real SDK ([`workload`]),
+//! namespace ([`net`]), drives workloads through the real SDK (queue and ordered:
+//! [`workload`]; transactions: [`txn`]; timed messages: [`timers`]),
 //! injects faults by real means ([`nemesis`]), records every operation as JSONL
 //! ([`history`]), checks the history with the checkers the simulator uses
 //! (`raftmq-check`), and writes a report ([`report`]).
@@ -17,5 +18,6 @@ pub mod net;
 pub mod relay;
 pub mod report;
 pub mod run;
+pub mod timers;
 pub mod txn;
 pub mod workload;

@@ -43,6 +43,8 @@ pub struct Summary {
     /// The transactional workload: (sent, decided commit, decided rollback, undecided,
     /// delivered).
     pub transactions: Option<(usize, usize, usize, usize, usize)>,
+    /// The timer workload: (acknowledged, recalled, delivered, latest delivery after due ms).
+    pub timers: Option<(usize, usize, usize, u64)>,
 }
 
 impl Summary {
@@ -98,6 +100,22 @@ pub fn add_transactions(s: &mut Summary, ops: &[Op]) {
         h.pending.values().map(Vec::len).sum(),
         h.deliveries.len(),
     ));
+}
+
+/// Adds the timer workload's checks (`raftmq_check::timer`) to `s`.
+pub fn add_timers(s: &mut Summary, ops: &[Op]) {
+    let h = crate::timers::timer_history(ops);
+    for v in raftmq_check::timer::check_timer_history(&h) {
+        s.violations
+            .push(format!("{}: {v:?}", crate::timers::TOPIC));
+    }
+    let latest = h
+        .deliveries
+        .iter()
+        .filter_map(|(b, at)| h.sent.get(b).map(|due| at.saturating_sub(*due)))
+        .max()
+        .unwrap_or(0);
+    s.timers = Some((h.sent.len(), h.recalled.len(), h.deliveries.len(), latest));
 }
 
 /// Every fault window, with the unavailability and recovery clients saw.
@@ -192,6 +210,12 @@ pub fn text(s: &Summary) -> String {
         let _ = writeln!(
             t,
             "transactions: {sent} sent; decided {commit} commit, {rollback} rollback; {pending} undecided; {delivered} deliveries"
+        );
+    }
+    if let Some((sent, recalled, delivered, latest)) = s.timers {
+        let _ = writeln!(
+            t,
+            "timed messages: {sent} acknowledged, {recalled} recalled, {delivered} deliveries, the latest {latest} ms after its due time"
         );
     }
     let _ = writeln!(t, "other violations: {}", s.violations.len());

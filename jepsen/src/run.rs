@@ -61,6 +61,9 @@ pub struct Args {
     /// Transactions per second of the transactional workload (0: none).
     #[arg(long, default_value_t = 20)]
     pub txn_rate: u32,
+    /// Timed messages per second of the timer workload (0: none).
+    #[arg(long, default_value_t = 20)]
+    pub timer_rate: u32,
     /// Consumers in the group.
     #[arg(long, default_value_t = 2)]
     pub consumers: u32,
@@ -206,6 +209,12 @@ async fn run(
     } else {
         None
     };
+    let mut timers = if args.timer_rate > 0 {
+        cluster::create_topic(crate::timers::TOPIC, QUEUES, Duration::from_secs(30)).await?;
+        Some(crate::timers::Timers::start(rec.clone(), args.timer_rate, stop.clone()).await?)
+    } else {
+        None
+    };
     rec.record(Op::new(rec.now(), "harness", Type::Info, "ready"));
 
     let consumers: Vec<Consumers> = workloads
@@ -238,13 +247,18 @@ async fn run(
     // The final heal, then a recovery phase under load: the cluster must take sends again.
     nemesis.heal_all()?;
     let healed = rec.now();
-    rec.record(Op::new(healed, "nemesis", Type::Info, "final-heal").value("everything healed"));
+    let mut heal = Op::new(healed, "nemesis", Type::Info, "final-heal").value("everything healed");
+    heal.wall = Some(crate::timers::now_ms());
+    rec.record(heal);
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Release);
     for p in producing {
         p.await.context("producers")??;
     }
     if let Some(t) = &mut txns {
+        t.stop_sending().await;
+    }
+    if let Some(t) = &mut timers {
         t.stop_sending().await;
     }
     let _ = watching.await;
@@ -283,6 +297,10 @@ async fn run(
         crate::txn::settle(&rec, Duration::from_millis(bound)).await?;
         t.shutdown().await;
     }
+    if let Some(t) = timers {
+        crate::timers::settle(&rec, Duration::from_secs(args.drain)).await?;
+        t.shutdown().await;
+    }
     for c in consumers {
         c.stop().await;
     }
@@ -291,6 +309,9 @@ async fn run(
     let mut summary = report::analyze(&ops, &topics, GROUP, args.nemesis.name());
     if args.txn_rate > 0 {
         report::add_transactions(&mut summary, &ops);
+    }
+    if args.timer_rate > 0 {
+        report::add_timers(&mut summary, &ops);
     }
     if !ops
         .iter()
