@@ -48,9 +48,13 @@ fn store_on_disk() -> SimDisk {
     disk
 }
 
-/// Opens a store on `disk` and reads everything it says it holds: every log entry, every
-/// queue's messages, and a key query (errors are fine; panics are not).
+/// Measures the damage as a repair would (`Store::find_damage`), then opens a store on `disk`
+/// and reads everything it says it holds: every log entry, every queue's messages, and a key
+/// query (errors are fine; panics are not).
 fn open_and_read(disk: SimDisk) -> Result<(), String> {
+    if let Ok(Some(d)) = Store::find_damage(Arc::new(disk.clone()), &StoreConfig::for_tests()) {
+        let _ = d.synced_index_bound();
+    }
     let mut store =
         Store::open(Arc::new(disk), StoreConfig::for_tests()).map_err(|e| e.to_string())?;
     let (first, last) = store.log_bounds().map_err(|e| e.to_string())?;

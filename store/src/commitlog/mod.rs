@@ -173,10 +173,13 @@ impl CommitLog {
         if end.position.0 >= synced {
             return Ok(None);
         }
+        let (after, last_index) = sh.follow_headers(end, synced);
         Ok(Some(Damage {
             good_end: end,
             synced,
             why: why.map_or_else(|| "missing segment".to_string(), |w| w.to_string()),
+            after,
+            last_index,
         }))
     }
 }
@@ -190,6 +193,11 @@ pub struct Damage {
     pub synced: u64,
     /// What failed at `good_end`.
     pub why: String,
+    /// How far past the damage the records' lengths and indexes are still vouched for: the
+    /// start of the first record whose length is not ([`Shared::follow_headers`]), and the
+    /// index of the last entry before it.
+    pub after: u64,
+    pub last_index: Option<LogIndex>,
 }
 
 impl Damage {
@@ -197,10 +205,14 @@ impl Damage {
     /// index plus one entry per [`HEADER_LEN`] bytes between the damage and the marker (no
     /// record is shorter than its header). A replica acknowledges an entry only once it is
     /// synced (sync flush), so no entry it acknowledged has a larger index.
+    ///
+    /// Past the damage, records whose length and index the chain still vouches for are
+    /// counted exactly ([`Shared::follow_headers`]): a flipped bit in a payload costs nothing;
+    /// only the bytes from the first record no header vouches for count one entry per 44.
     pub fn synced_index_bound(&self) -> u64 {
-        let lost_bytes = self.synced - self.good_end.position.0;
+        let lost_bytes = self.synced.saturating_sub(self.after);
         let most = lost_bytes.div_ceil(HEADER_LEN as u64);
-        self.good_end.last_index.map_or(0, |i| i.0) + most
+        self.last_index.map_or(0, |i| i.0) + most
     }
 }
 
@@ -949,6 +961,55 @@ impl Shared {
             pos = upto;
         }
         Ok(())
+    }
+
+    /// Past damage at `end` (below `limit`, the synced marker): follows the records' headers
+    /// without trusting their crcs. A record's header is taken when its `prev_crc` continues
+    /// the chain and its index the count (blanks carry none); its length only when the header
+    /// it leads to continues the chain from it (its `prev_crc` is this record's stored crc,
+    /// its index the next) — a length that a flipped bit changed lands on bytes that do not,
+    /// but for a 2^-32 chance. Returns the start of the first record whose length is not
+    /// vouched for (or `limit`) and the index of the last entry before it.
+    fn follow_headers(&self, end: ChainPoint, limit: u64) -> (u64, Option<LogIndex>) {
+        let header_at = |pos: u64| -> Option<RecordHeader> {
+            let file = self.segment(pos / self.segment_bytes)?;
+            let in_seg = pos % self.segment_bytes;
+            let mut buf = [0u8; HEADER_LEN];
+            file.read_at(in_seg, &mut buf).ok()?;
+            if buf.iter().all(|&b| b == 0) {
+                return None;
+            }
+            record::parse_header(&buf, self.segment_bytes - in_seg).ok()
+        };
+        let next_index = |i: Option<LogIndex>| i.map_or(0, |i| i.0 + 1);
+        // Whether `h` continues the chain after crc `prev` and index `last`.
+        let continues = |h: &RecordHeader, prev: u32, last: Option<LogIndex>| {
+            h.prev_crc == prev && (h.kind == RecordKind::BLANK || h.index.0 == next_index(last))
+        };
+        let (mut pos, mut last, mut prev) = (end.position.0, end.last_index, end.prev_crc);
+        while pos < limit {
+            let Some(h) = header_at(pos) else { break };
+            if !continues(&h, prev, last) {
+                break;
+            }
+            let next = pos + u64::from(h.len);
+            // A record ending at the marker is vouched for by the header after it too, if the
+            // unsynced tail holds one.
+            if h.len == 0 || next > limit {
+                break;
+            }
+            let after = if h.kind == RecordKind::BLANK {
+                last
+            } else {
+                Some(LogIndex(next_index(last)))
+            };
+            match header_at(next) {
+                Some(h2) if continues(&h2, h.crc, after) => {}
+                _ => break,
+            }
+            (pos, last, prev) = (next, after, h.crc);
+        }
+        (pos.min(limit), last)
     }
 
     /// Follows the chain from `from` to the first record that does not verify (or a
