@@ -35,6 +35,6 @@ for kind in kill pause partition loss delay power corrupt; do
 done
 
 echo "== jepsen: the checkers fire on real processes (async flush, whole-group power cut)"
-"$BIN" --nemesis power --all-at-once --flush async --expect-lost --time 30 --seed "$SEED" \
+"$BIN" --nemesis power --all-at-once --flush async --expect-lost --time 30 --drain 20 --seed "$SEED" \
   --out "$OUT/power-async"
 screenshot "$OUT/power-async"
