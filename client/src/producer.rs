@@ -68,6 +68,9 @@ pub use crate::options::{RETRIES_DEFAULT, SEND_TIMEOUT_DEFAULT};
 pub const IN_FLIGHT_DEFAULT: usize = 1024;
 /// How often a send paused after its group's leader failed reads the route for a successor.
 pub const LEADER_WATCH: Duration = Duration::from_millis(50);
+/// How long a send's call runs before it also watches for its group's leader being replaced
+/// ([`Producer::leader_replaced`]).
+pub const SLOW_CALL: Duration = Duration::from_millis(500);
 
 /// Where a message was stored.
 ///
@@ -666,7 +669,17 @@ impl Producer {
                 async move { c.send(req).await }
             };
             let sent = match leader_in(&route.leaders, &group) {
-                Ok(addr) => self.follow_hints(addr, deadline, send).await,
+                Ok(addr) => {
+                    tokio::select! {
+                        biased;
+                        r = self.follow_hints(addr.clone(), deadline, send) => r,
+                        () = self.leader_replaced(topic, &group, &addr) => {
+                            Err(Failure::Retry(ClientError::Unavailable(format!(
+                                "{addr} did not answer and the name server names another leader of {group}; the send's outcome is unknown"
+                            ))))
+                        }
+                    }
+                }
                 Err(e) => Err(e),
             };
             let r = match sent {
@@ -769,6 +782,24 @@ impl Producer {
             {
                 return;
             }
+        }
+    }
+
+    /// Resolves once the name server names a leader of `group` other than `leader`: looked
+    /// at from [`SLOW_CALL`] into a call on, every [`LEADER_WATCH`] (one fetch shared by every
+    /// call watching). A leader that stopped (SIGSTOP, a hung disk) holds a call until the
+    /// call times out, while the rest of its group has elected a successor within a second:
+    /// the call is given up (its outcome unknown: at-least-once) and retried there. Found by
+    /// the chaos harness: a paused leader held every send for as long as it was paused.
+    async fn leader_replaced(&self, topic: &str, group: &str, leader: &str) {
+        tokio::time::sleep(SLOW_CALL).await;
+        loop {
+            if let Ok(r) = self.inner.routes.route_fresh(topic, LEADER_WATCH).await
+                && r.leaders.get(group).is_some_and(|l| l != leader)
+            {
+                return;
+            }
+            tokio::time::sleep(LEADER_WATCH).await;
         }
     }
 
