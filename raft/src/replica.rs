@@ -548,6 +548,12 @@ impl Replica {
         if !m.state.is_leader() {
             return false;
         }
+        // Alone in its group, it is its own quorum (openraft does not refresh the quorum's
+        // acknowledgement time then).
+        let mut voters = m.membership_config.membership().voter_ids();
+        if voters.next() == Some(self.config.node_id) && voters.next().is_none() {
+            return false;
+        }
         let limit = std::time::Duration::from_millis(self.config.timeouts.election_max_ms);
         m.last_quorum_acked
             .as_ref()

@@ -309,3 +309,33 @@ async fn a_leader_without_its_quorum_refuses_writes_instead_of_holding_them() ->
     }
     Ok(())
 }
+
+/// A group of one is its own quorum: its leader never counts as cut off, however long it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_one_is_its_own_quorum() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("n1");
+    std::fs::create_dir_all(&dir)?;
+    let node = start(1, dir, None).await?;
+    let voters: BTreeMap<NodeId, String> = [(1, node.addr.to_string())].into();
+    node.replica.initialize(&voters).await?;
+    let nodes = vec![Some(node)];
+    wait_until(Duration::from_secs(15), "a leader", || leader_of(&nodes)).await;
+    let r = nodes[0].as_ref().expect("node").replica.clone();
+    let msg = |id: &str| Message {
+        topic: "T".into(),
+        queue_id: 0,
+        msg_id: id.into(),
+        body: b"x".to_vec(),
+        ..Default::default()
+    };
+    common::write_retrying(&r, vec![msg("a")]).await?;
+    let limit = common::config(1).timeouts.election_max_ms;
+    tokio::time::sleep(Duration::from_millis(limit * 2 + 200)).await;
+    assert!(!r.leads_without_quorum());
+    r.write(vec![msg("b")]).await?;
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+    Ok(())
+}
