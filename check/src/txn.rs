@@ -80,6 +80,22 @@ pub fn plan_of(body: &str) -> Option<Plan> {
     body.strip_prefix('t')?.parse().ok().map(plan)
 }
 
+/// What the local transaction of `body` answers when it runs: its truth, or `None`
+/// (`Unknown`: a check decides; also for a body of no plan).
+pub fn execute_answer(body: &str) -> Option<Truth> {
+    plan_of(body)
+        .filter(|p| !p.execute_unknown)
+        .map(|p| p.truth)
+}
+
+/// What the listener answers to the `asked`-th check (1 = the first) of one of `body`'s
+/// halves: `None` (`Unknown`) for the plan's first `unknown_checks`, then the truth.
+pub fn check_answer(body: &str, asked: u32) -> Option<Truth> {
+    plan_of(body)
+        .filter(|p| asked > p.unknown_checks)
+        .map(|p| p.truth)
+}
+
 /// One delivery to the transactional topic's consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
@@ -270,6 +286,18 @@ pub fn check_txn_history(h: &TxnHistory, max_checks: u32) -> Vec<TxnViolation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listeners_answer_as_the_plan_says() {
+        // t1: rolled back at once; t4: Unknown at once, then two Unknown checks, then commit.
+        assert_eq!(execute_answer("t1"), Some(Truth::Rollback));
+        assert_eq!(execute_answer("t4"), None);
+        assert_eq!(check_answer("t4", 1), None);
+        assert_eq!(check_answer("t4", 2), None);
+        assert_eq!(check_answer("t4", 3), Some(Truth::Commit));
+        assert_eq!(execute_answer("x"), None, "no plan: Unknown");
+        assert_eq!(check_answer("x", 9), None);
+    }
 
     fn delivery(body: &str, half: Option<u64>, offset: u64, at: u64) -> Delivery {
         Delivery {

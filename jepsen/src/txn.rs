@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raftmq_check::txn::{Decided, Delivery, Truth, TxnHistory, plan, plan_of};
+use raftmq_check::txn::{Decided, Delivery, Truth, TxnHistory, check_answer, execute_answer, plan};
 use raftmq_client::consumer::ConsumeFrom;
 use raftmq_client::transaction::{LocalTransactionState, TransactionProducer, fn_listener};
 use raftmq_client::{ConsumeResult, Message, PushConsumer, ReceivedMessage};
@@ -44,13 +44,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn state_of(t: Truth) -> LocalTransactionState {
-    match t {
-        Truth::Commit => LocalTransactionState::Commit,
-        Truth::Rollback => LocalTransactionState::Rollback,
-    }
-}
-
 fn half_position(offset_msg_id: &str) -> Option<u64> {
     offset_msg_id
         .get(..16)
@@ -75,16 +68,7 @@ impl Listener {
     }
 
     fn execute(&self, body: &str) -> LocalTransactionState {
-        let Some(p) = plan_of(body) else {
-            return LocalTransactionState::Unknown;
-        };
-        if p.execute_unknown {
-            return LocalTransactionState::Unknown;
-        }
-        if p.truth == Truth::Commit {
-            self.commit_requested(body);
-        }
-        state_of(p.truth)
+        self.answer(body, execute_answer(body))
     }
 
     fn check(&self, m: &ReceivedMessage) -> LocalTransactionState {
@@ -100,22 +84,25 @@ impl Listener {
             .error(&m.offset_msg_id);
         op.number = Some(number);
         self.rec.record(op);
-        let Some(p) = plan_of(&body) else {
-            return LocalTransactionState::Unknown;
-        };
         let asked = {
             let mut a = lock(&self.asked);
             let n = a.entry(m.offset_msg_id.clone()).or_default();
             *n += 1;
             *n
         };
-        if asked <= p.unknown_checks {
-            return LocalTransactionState::Unknown;
+        self.answer(&body, check_answer(&body, asked))
+    }
+
+    /// The listener's answer for `body`: a commit is recorded as requested.
+    fn answer(&self, body: &str, truth: Option<Truth>) -> LocalTransactionState {
+        match truth {
+            None => LocalTransactionState::Unknown,
+            Some(Truth::Commit) => {
+                self.commit_requested(body);
+                LocalTransactionState::Commit
+            }
+            Some(Truth::Rollback) => LocalTransactionState::Rollback,
         }
-        if p.truth == Truth::Commit {
-            self.commit_requested(&body);
-        }
-        state_of(p.truth)
     }
 }
 

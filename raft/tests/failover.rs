@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Node, leader_of, start};
+use common::{leader_of, start};
 use raftmq_raft::NodeId;
 use raftmq_raft::WriteError;
 use raftmq_raft::inspect::{applied_index, queue_contents, raw_log};
@@ -27,23 +27,7 @@ struct Acks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut nodes: Vec<Option<Node>> = Vec::new();
-    for id in 1..=3u64 {
-        let dir = tmp.path().join(format!("n{id}"));
-        std::fs::create_dir_all(&dir)?;
-        nodes.push(Some(start(id, dir, None).await?));
-    }
-    let voters: BTreeMap<NodeId, String> = nodes
-        .iter()
-        .flatten()
-        .map(|n| (n.id, n.addr.to_string()))
-        .collect();
-    nodes[0]
-        .as_ref()
-        .expect("started")
-        .replica
-        .initialize(&voters)
-        .await?;
+    let nodes = common::start_group(tmp.path(), 3).await?;
 
     let nodes = Arc::new(tokio::sync::RwLock::new(nodes));
     let acks = Arc::new(Mutex::new(Acks::default()));
@@ -249,23 +233,7 @@ async fn leader_stop_fails_over_and_loses_nothing() -> anyhow::Result<()> {
 async fn a_leader_without_its_quorum_refuses_writes_instead_of_holding_them() -> anyhow::Result<()>
 {
     let tmp = tempfile::tempdir()?;
-    let mut nodes: Vec<Option<Node>> = Vec::new();
-    for id in 1..=3u64 {
-        let dir = tmp.path().join(format!("n{id}"));
-        std::fs::create_dir_all(&dir)?;
-        nodes.push(Some(start(id, dir, None).await?));
-    }
-    let voters: BTreeMap<NodeId, String> = nodes
-        .iter()
-        .flatten()
-        .map(|n| (n.id, n.addr.to_string()))
-        .collect();
-    nodes[0]
-        .as_ref()
-        .expect("started")
-        .replica
-        .initialize(&voters)
-        .await?;
+    let mut nodes = common::start_group(tmp.path(), 3).await?;
     let l = wait_until(Duration::from_secs(15), "a leader", || leader_of(&nodes)).await;
     let leader = nodes[l].as_ref().expect("leader").replica.clone();
     let msg = |id: &str| Message {
@@ -314,12 +282,7 @@ async fn a_leader_without_its_quorum_refuses_writes_instead_of_holding_them() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_one_is_its_own_quorum() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("n1");
-    std::fs::create_dir_all(&dir)?;
-    let node = start(1, dir, None).await?;
-    let voters: BTreeMap<NodeId, String> = [(1, node.addr.to_string())].into();
-    node.replica.initialize(&voters).await?;
-    let nodes = vec![Some(node)];
+    let nodes = common::start_group(tmp.path(), 1).await?;
     wait_until(Duration::from_secs(15), "a leader", || leader_of(&nodes)).await;
     let r = nodes[0].as_ref().expect("node").replica.clone();
     let msg = |id: &str| Message {

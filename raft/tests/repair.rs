@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, config, leader_of, metrics, start, write_retrying};
+use common::{config, leader_of, metrics, start, write_retrying};
 use raftmq_proto::raft::v1 as pb;
 use raftmq_proto::raft::v1::raft_service_client::RaftServiceClient;
 use raftmq_raft::inspect::raw_log;
-use raftmq_raft::{NodeId, Replica, StartError};
+use raftmq_raft::{Replica, StartError};
 use raftmq_store::{Message, MmapDisk, StoreError};
 use raftmq_testkit::wait_until;
 
@@ -62,23 +61,7 @@ async fn ask_vote(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_follower_is_refilled_and_votes_only_once_whole() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut nodes: Vec<Option<Node>> = Vec::new();
-    for id in 1..=3u64 {
-        let dir = tmp.path().join(format!("n{id}"));
-        std::fs::create_dir_all(&dir)?;
-        nodes.push(Some(start(id, dir, None).await?));
-    }
-    let voters: BTreeMap<NodeId, String> = nodes
-        .iter()
-        .flatten()
-        .map(|n| (n.id, n.addr.to_string()))
-        .collect();
-    nodes[0]
-        .as_ref()
-        .expect("started")
-        .replica
-        .initialize(&voters)
-        .await?;
+    let mut nodes = common::start_group(tmp.path(), 3).await?;
     let leader = wait_until(Duration::from_secs(15), "a leader", || leader_of(&nodes)).await;
     let lr: Replica = nodes[leader].as_ref().expect("leader").replica.clone();
     for k in 0..20 {

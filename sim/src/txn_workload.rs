@@ -29,7 +29,8 @@ use raftmq_testkit::{Deadline, try_wait_for};
 use tokio::sync::Notify;
 
 use crate::txn_checks::{
-    Decided, Delivery, Truth, TxnHistory, TxnViolation, check_txn_history, plan, plan_of,
+    Decided, Delivery, Truth, TxnHistory, TxnViolation, check_answer, check_txn_history,
+    execute_answer, plan,
 };
 
 /// The transactional topic and its queues per group.
@@ -65,13 +66,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().expect("lock poisoned: a panic broke this state")
 }
 
-fn state_of(t: Truth) -> LocalTransactionState {
-    match t {
-        Truth::Commit => LocalTransactionState::Commit,
-        Truth::Rollback => LocalTransactionState::Rollback,
-    }
-}
-
 impl TxnWorld {
     pub fn new(start: tokio::time::Instant, max: u32, until: Duration) -> Self {
         TxnWorld {
@@ -94,16 +88,7 @@ impl TxnWorld {
         if self.arm_kill.swap(false, Ordering::AcqRel) {
             self.kill_now.notify_one();
         }
-        let Some(p) = plan_of(body) else {
-            return LocalTransactionState::Unknown;
-        };
-        if p.execute_unknown {
-            return LocalTransactionState::Unknown;
-        }
-        if p.truth == Truth::Commit {
-            lock(&self.history).commit_requested(body, self.now());
-        }
-        state_of(p.truth)
+        self.answer(body, execute_answer(body), self.now())
     }
 
     fn check(&self, m: &ReceivedMessage) -> LocalTransactionState {
@@ -117,22 +102,25 @@ impl TxnWorld {
         lock(&self.history)
             .checks
             .push((body.clone(), m.offset_msg_id.clone(), number, at));
-        let Some(p) = plan_of(&body) else {
-            return LocalTransactionState::Unknown;
-        };
         let asked = {
             let mut a = lock(&self.asked);
             let n = a.entry(m.offset_msg_id.clone()).or_default();
             *n += 1;
             *n
         };
-        if asked <= p.unknown_checks {
-            return LocalTransactionState::Unknown;
+        self.answer(&body, check_answer(&body, asked), at)
+    }
+
+    /// The listener's answer for `body`: a commit is recorded as requested at `at`.
+    fn answer(&self, body: &str, truth: Option<Truth>, at: u64) -> LocalTransactionState {
+        match truth {
+            None => LocalTransactionState::Unknown,
+            Some(Truth::Commit) => {
+                lock(&self.history).commit_requested(body, at);
+                LocalTransactionState::Commit
+            }
+            Some(Truth::Rollback) => LocalTransactionState::Rollback,
         }
-        if p.truth == Truth::Commit {
-            lock(&self.history).commit_requested(&body, at);
-        }
-        state_of(p.truth)
     }
 }
 

@@ -77,6 +77,29 @@ pub async fn start_with(
     })
 }
 
+/// Starts replicas `1..=n` under `root` (each in `n<id>/`, on a free port) and forms the group
+/// from replica 1.
+pub async fn start_group(root: &std::path::Path, n: u64) -> anyhow::Result<Vec<Option<Node>>> {
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for id in 1..=n {
+        let dir = root.join(format!("n{id}"));
+        std::fs::create_dir_all(&dir)?;
+        nodes.push(Some(start(id, dir, None).await?));
+    }
+    let voters: std::collections::BTreeMap<NodeId, String> = nodes
+        .iter()
+        .flatten()
+        .map(|n| (n.id, n.addr.to_string()))
+        .collect();
+    nodes[0]
+        .as_ref()
+        .expect("started")
+        .replica
+        .initialize(&voters)
+        .await?;
+    Ok(nodes)
+}
+
 pub fn leader_of(nodes: &[Option<Node>]) -> Option<usize> {
     for (i, n) in nodes.iter().enumerate() {
         if let Some(n) = n {
