@@ -334,6 +334,10 @@ impl Nemesis {
         let ids = lock(&self.cluster).ids();
         let leader = leader().await.map(|(id, _)| id);
         let followers: Vec<u64> = ids.iter().copied().filter(|&i| Some(i) != leader).collect();
+        if followers.is_empty() {
+            // A group of one has no peer to repair from.
+            return Ok("corrupt: no follower to damage".into());
+        }
         let id = followers[self.rng.random_range(0..followers.len())];
         let mut c = lock(&self.cluster);
         c.kill(id);
