@@ -193,6 +193,7 @@ fn registration(shared: &Shared) -> RegisterBrokerRequest {
         role: role as i32,
         term,
         topics: shared.managers.topics.list(),
+        applied_index: shared.metrics().last_applied.map_or(0, |l| l.index),
     }
 }
 

@@ -1,8 +1,11 @@
 //! The registry: broker groups → replicas (address, role, term, topics, last registration).
 //!
-//! Routes are computed on read: for each group, the topic configuration reported by the
-//! replica that leads (the live one claiming `LEADER` with the highest term; if none, the
-//! freshest report), and the leader's address. A replica silent for [`crate::EXPIRE_MS`] is
+//! Routes are computed on read: for each group, the topic configuration reported by the live
+//! replica that has applied the most of the group's log (every replica applies a prefix of the
+//! same committed log; ties go to the leader, then to the freshest report), and the leader's
+//! address (the live replica claiming `LEADER` with the highest term). A replica restarted
+//! after a crash has applied nothing until a leader tells it the commit point: its empty topic
+//! list must not speak for the group. A replica silent for [`crate::EXPIRE_MS`] is
 //! ignored by every read and removed by [`Registry::scan`].
 
 use std::collections::BTreeMap;
@@ -23,6 +26,7 @@ struct Replica {
     role: Role,
     term: u64,
     topics: Vec<TopicConfig>,
+    applied_index: u64,
     last_seen_ms: u64,
 }
 
@@ -78,6 +82,7 @@ impl Registry {
                 role: Role::try_from(r.role).unwrap_or(Role::Unknown),
                 term: r.term,
                 topics: r.topics.clone(),
+                applied_index: r.applied_index,
                 last_seen_ms: now_ms,
             },
         );
@@ -161,14 +166,21 @@ fn leader(g: &Group, now_ms: u64) -> Option<&Replica> {
         .max_by_key(|r| (r.term, r.last_seen_ms))
 }
 
-/// Whose topic list speaks for the group: the leader, else the freshest live report.
+/// Whose topic list speaks for the group: the live report that applied the most of the log;
+/// among equals the leader's, then the freshest.
 fn topic_source(g: &Group, now_ms: u64) -> Option<&Replica> {
-    leader(g, now_ms).or_else(|| {
-        g.replicas
-            .values()
-            .filter(|r| !expired(r, now_ms))
-            .max_by_key(|r| (r.term, r.last_seen_ms))
-    })
+    let leader = leader(g, now_ms).map(|r| r.addr.as_str());
+    g.replicas
+        .values()
+        .filter(|r| !expired(r, now_ms))
+        .max_by_key(|r| {
+            (
+                r.applied_index,
+                Some(r.addr.as_str()) == leader,
+                r.term,
+                r.last_seen_ms,
+            )
+        })
 }
 
 fn group_route(name: &str, g: &Group, now_ms: u64) -> GroupRoute {
@@ -220,6 +232,7 @@ mod tests {
                     perm: 6,
                 })
                 .collect(),
+            applied_index: 0,
         }
     }
 
@@ -244,6 +257,45 @@ mod tests {
         assert_eq!(route.queues[1].write_queue_nums, 8);
         assert_eq!(r.route("U", 10).unwrap().queues.len(), 1);
         assert!(r.route("V", 10).is_none());
+    }
+
+    #[test]
+    fn the_most_applied_report_speaks_for_the_group() {
+        let mut r = Registry::new();
+        let applied = |mut q: RegisterBrokerRequest, i| {
+            q.applied_index = i;
+            q
+        };
+        r.register(
+            &applied(reg("g1", 2, Role::Follower, 1, &[("T", 4)]), 40),
+            0,
+        )
+        .unwrap();
+        r.register(
+            &applied(reg("g1", 3, Role::Follower, 1, &[("T", 4)]), 38),
+            0,
+        )
+        .unwrap();
+        // The leader's power was cut: restarted, it has applied nothing yet and knows no topic.
+        // Fresher, it must not drop the group from the route (it did: clients cached a route
+        // without the group for 30 s, and its queues went unconsumed).
+        r.register(&reg("g1", 1, Role::Follower, 1, &[]), 5)
+            .unwrap();
+        let route = r.route("T", 6).unwrap();
+        assert_eq!(route.queues.len(), 1);
+        assert_eq!(route.queues[0].write_queue_nums, 4);
+        assert_eq!(route.groups[0].leader_addr, "");
+        // A new leader that has applied as much speaks for the group; more applied, a later
+        // change (the topic grown) wins even from a follower.
+        r.register(&applied(reg("g1", 3, Role::Leader, 2, &[("T", 4)]), 40), 7)
+            .unwrap();
+        assert_eq!(r.route("T", 8).unwrap().groups[0].leader_addr, "g1-3:1");
+        r.register(
+            &applied(reg("g1", 2, Role::Follower, 2, &[("T", 8)]), 41),
+            9,
+        )
+        .unwrap();
+        assert_eq!(r.route("T", 10).unwrap().queues[0].write_queue_nums, 8);
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl ReplicaConfig {
             // A replica that found its log damaged drops it and is refilled by the leader
             // (see `repair`): its log goes back past what the leader had matched.
             allow_log_reversion: Some(true),
+            // A restarted leader must win an election like anyone else: resuming its term
+            // without one, after a power cut took an unsynced tail that a follower quorum had
+            // already committed, it would append different entries at those indexes and the
+            // followers would truncate committed entries (found by the chaos harness: a
+            // transaction check, committed before it was asked, asked again).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         c.validate().map_err(|e| StartError::Config(e.to_string()))

@@ -192,8 +192,10 @@ pub(crate) fn apply_txn_command(
                         r.checks = *checks;
                         r.next_check_ms = *next_check_ms;
                         txn.put_transaction(&r)?;
+                        TxnOutcome::Decided
+                    } else {
+                        TxnOutcome::NotRaised
                     }
-                    TxnOutcome::Decided
                 }
                 Some(r) => TxnOutcome::AlreadyDecided {
                     commit: r.decision.as_ref().is_some_and(|d| d.commit),

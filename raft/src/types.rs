@@ -93,7 +93,8 @@ pub enum MetaCommand {
     },
     /// The leader's checker asks (or is about to ask) a producer about the transaction at
     /// `half`: its check count becomes `checks` and the next check is due at `next_check_ms`
-    /// (leader clock). Ignored once decided, and when it would not raise the count.
+    /// (leader clock). Ignored once decided, and when it would not raise the count (then the
+    /// outcome says `NotRaised`).
     CheckTransaction {
         half: u64,
         msg_id: String,
@@ -184,6 +185,10 @@ pub enum TxnOutcome {
     NotFound,
     /// The transaction has another msg_id or producer group; nothing changed.
     Mismatch,
+    /// A check count not above the recorded one (a checker that read the table before an
+    /// earlier check was applied: a new leader still applying its predecessor's entries);
+    /// nothing changed, and that check must not be asked.
+    NotRaised,
 }
 
 /// What applying a timer recall did.

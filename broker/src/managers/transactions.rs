@@ -348,9 +348,19 @@ impl TransactionManager {
             pass.waiting += 1;
             return pass;
         }
-        if let Err(e) = self.record_check(r, checks + 1, now).await {
-            tracing::debug!(msg_id = %r.msg_id, error = %e, "recording a check failed");
-            return pass;
+        match self.record_check(r, checks + 1, now).await {
+            Ok(true) => {}
+            // This check number is already on record: the table read above was older than
+            // the log (a new leader still applying its predecessor's entries). Asking would
+            // repeat a check; the next pass reads the count as it is.
+            Ok(false) => {
+                tracing::debug!(msg_id = %r.msg_id, check = checks + 1, "check already recorded");
+                return pass;
+            }
+            Err(e) => {
+                tracing::debug!(msg_id = %r.msg_id, error = %e, "recording a check failed");
+                return pass;
+            }
         }
         match self.ask(r, checks + 1) {
             Ok(true) => pass.checked += 1,
@@ -364,14 +374,15 @@ impl TransactionManager {
         pass
     }
 
-    /// Commits the check's count and next due time before the check is asked.
-    async fn record_check(&self, r: &TxnRecord, checks: u32, now: u64) -> Result<(), Refusal> {
+    /// Commits the check's count and next due time before the check is asked; false if that
+    /// count was already on record (the check must not be asked again).
+    async fn record_check(&self, r: &TxnRecord, checks: u32, now: u64) -> Result<bool, Refusal> {
         let next = now.saturating_add(self.config.check_interval_ms);
         if let Some(mem) = &self.memory_checks {
             mem.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(r.half.0, (checks, next));
-            return Ok(());
+            return Ok(true);
         }
         let result = self
             .replica
@@ -383,9 +394,10 @@ impl TransactionManager {
             })
             .await?;
         match result.txn {
-            Some(TxnOutcome::Decided) => Ok(()),
+            Some(TxnOutcome::Decided) => Ok(true),
+            Some(TxnOutcome::NotRaised) => Ok(false),
             // A check of a decided transaction: the checker drops it either way.
-            other => outcome(r, other, false),
+            other => outcome(r, other, false).map(|()| true),
         }
     }
 
@@ -432,6 +444,11 @@ fn outcome(r: &TxnRecord, o: Option<TxnOutcome>, asked_commit: bool) -> Result<(
         }
         Some(TxnOutcome::Mismatch) => Err(Refusal::TxnGroupMismatch(format!(
             "transaction {} does not match the record at {}",
+            r.msg_id, r.half
+        ))),
+        // Only a check's apply says so (a decision never does).
+        Some(TxnOutcome::NotRaised) => Err(Refusal::TxnNotFound(format!(
+            "transaction {} at {}: check count not raised",
             r.msg_id, r.half
         ))),
         Some(TxnOutcome::NotFound) | None => Err(Refusal::TxnNotFound(format!(
