@@ -1,4 +1,4 @@
-//! Compiles `proto/raftmq/v1/*.proto` with protox (pure Rust: no system `protoc`) into a
+//! Compiles `proto/raftmq/v1/*.proto` (and the vendored `proto/apache/rocketmq/v2/*.proto`) with protox (pure Rust: no system `protoc`) into a
 //! file descriptor set, then generates prost messages and tonic services from that set with
 //! madsim-tonic-build (which also emits the simulated variant used under `--cfg madsim`).
 
@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raftmq/v1/messaging.proto",
         "proto/raftmq/v1/admin.proto",
         "proto/raftmq/raft/v1/raft.proto",
+        // Vendored unchanged (but for a source line) from apache/rocketmq-apis v2.1.2: the API
+        // the official RocketMQ 5 clients speak, served by `raftmq proxy`.
+        "proto/apache/rocketmq/v2/definition.proto",
+        "proto/apache/rocketmq/v2/service.proto",
     ];
     let includes = ["proto"];
     for p in &protos {

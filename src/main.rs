@@ -63,7 +63,17 @@ enum Command {
         #[arg(long, hide = true)]
         lazy_disk: bool,
     },
-    /// Runs a name server and a three-replica broker group in one process, on localhost.
+    /// Runs the RocketMQ 5 gateway: the `apache.rocketmq.v2` API of the official RocketMQ 5
+    /// clients, forwarding to the broker groups' leaders (docs/rocketmq5.md).
+    Proxy {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Name servers, comma-separated.
+        #[arg(long, default_value = "127.0.0.1:9876", value_delimiter = ',')]
+        namesrv: Vec<String>,
+    },
+    /// Runs a name server, a three-replica broker group and the RocketMQ 5 gateway in one
+    /// process, on localhost.
     Dev {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
@@ -72,6 +82,9 @@ enum Command {
         /// Ports of the three replicas: this one and the next two.
         #[arg(long, default_value_t = 10911)]
         broker_port: u16,
+        /// The RocketMQ 5 gateway's port (0: none).
+        #[arg(long, default_value_t = 8081)]
+        proxy_port: u16,
     },
     /// Topics.
     #[command(subcommand)]
@@ -370,11 +383,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             b.0.shutdown().await;
             Ok(())
         }
+        Command::Proxy { listen, namesrv } => {
+            let gateway = raftmq_proxy::Gateway::start(raftmq_proxy::ProxyConfig {
+                namesrv_addrs: namesrv,
+            })
+            .await?;
+            println!("proxy listening on {listen} (apache.rocketmq.v2)");
+            tonic::transport::Server::builder()
+                .add_service(gateway.service())
+                .serve_with_shutdown(listen, ctrl_c())
+                .await
+                .with_context(|| format!("serving on {listen}"))?;
+            gateway.shutdown().await;
+            Ok(())
+        }
         Command::Dev {
             data_dir,
             namesrv_port,
             broker_port,
-        } => dev(data_dir, namesrv_port, broker_port).await,
+            proxy_port,
+        } => dev(data_dir, namesrv_port, broker_port, proxy_port).await,
         Command::Topic(t) => topic(t).await,
         Command::Group(GroupCommand::Create(a)) => group_put(a, false).await,
         Command::Group(GroupCommand::Update(a)) => group_put(a, true).await,
@@ -646,7 +674,12 @@ fn dev_config(data_dir: &std::path::Path, namesrv: SocketAddr, ports: &[u16], id
     )
 }
 
-async fn dev(data_dir: PathBuf, namesrv_port: u16, broker_port: u16) -> anyhow::Result<()> {
+async fn dev(
+    data_dir: PathBuf,
+    namesrv_port: u16,
+    broker_port: u16,
+    proxy_port: u16,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
@@ -687,12 +720,38 @@ async fn dev(data_dir: PathBuf, namesrv_port: u16, broker_port: u16) -> anyhow::
             }
         );
     }
+    let proxy = if proxy_port == 0 {
+        None
+    } else {
+        let addr: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+        let gateway = raftmq_proxy::Gateway::start(raftmq_proxy::ProxyConfig {
+            namesrv_addrs: vec![ns_addr.to_string()],
+        })
+        .await?;
+        let svc = gateway.service();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_shutdown(addr, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        println!("  proxy     {addr} (RocketMQ 5 clients: apache.rocketmq.v2)");
+        Some((gateway, stop, task))
+    };
     println!("  data      {} (configs: g1-*.toml)", data_dir.display());
     println!(
         "try: raftmq send --topic Demo --count 3 && raftmq consume --topic Demo --idle-ms 2000"
     );
     println!("Ctrl-C stops everything.");
     ctrl_c().await;
+    if let Some((gateway, stop, task)) = proxy {
+        let _ = stop.send(());
+        let _ = task.await;
+        gateway.shutdown().await;
+    }
     for b in brokers {
         b.shutdown().await;
     }

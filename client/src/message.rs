@@ -20,6 +20,8 @@ pub struct Message {
     pub(crate) tags: String,
     pub(crate) keys: Vec<String>,
     pub(crate) properties: BTreeMap<String, String>,
+    /// The message id to send under (else the producer makes one).
+    pub(crate) msg_id: Option<String>,
 }
 
 impl Message {
@@ -36,7 +38,26 @@ impl Message {
             tags: String::new(),
             keys: Vec::new(),
             properties: BTreeMap::new(),
+            msg_id: None,
         }
+    }
+
+    /// Sends it under `id` instead of an id the producer makes: a gateway relaying a client's
+    /// own message id (RocketMQ 5 clients make theirs). Ids should be unique; the broker does
+    /// not check.
+    ///
+    /// ```
+    /// let m = raftmq_client::Message::new("T", "x").with_msg_id("0102FC");
+    /// assert_eq!(m.msg_id(), Some("0102FC"));
+    /// ```
+    pub fn with_msg_id(mut self, id: impl Into<String>) -> Self {
+        self.msg_id = Some(id.into());
+        self
+    }
+
+    /// The id set with [`Message::with_msg_id`], if any.
+    pub fn msg_id(&self) -> Option<&str> {
+        self.msg_id.as_deref()
     }
 
     /// Sets the tag (consumers filter on it: `TagA || TagB`).

@@ -934,7 +934,10 @@ impl<'m> Batch<'m> {
         let batch = Batch {
             topic: msgs[0].topic.clone(),
             msgs,
-            ids: msgs.iter().map(|_| new_msg_id()).collect(),
+            ids: msgs
+                .iter()
+                .map(|m| m.msg_id.clone().unwrap_or_else(new_msg_id))
+                .collect(),
             transactional,
         };
         check_batch(&batch.wire(0)).map_err(|e| match e.code() {

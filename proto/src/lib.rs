@@ -20,6 +20,14 @@ pub mod raft {
     }
 }
 
+/// Generated from the vendored `apache/rocketmq/v2/*.proto` (apache/rocketmq-apis v2.1.2,
+/// Apache-2.0; see NOTICE): the API of the official RocketMQ 5 clients.
+pub mod rocketmq {
+    pub mod v2 {
+        tonic::include_proto!("apache.rocketmq.v2");
+    }
+}
+
 pub use v1::ErrorCode;
 
 pub mod limits;

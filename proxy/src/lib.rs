@@ -1,0 +1,19 @@
+//! raftmq proxy: the `apache.rocketmq.v2.MessagingService` API that the official RocketMQ 5
+//! clients speak (Java, Python, Node.js, Go, C#, C++, Rust), served as a gateway in front of
+//! raftmq broker groups. It holds only client sessions (settings, Telemetry streams) and
+//! forwards to each group's leader over `raftmq.v1` through the SDK, which follows
+//! `NOT_LEADER`: a leader failover is invisible to RocketMQ 5 clients.
+//!
+//! Served so far: QueryRoute, Heartbeat, Telemetry (settings merged with the server's values
+//! and echoed with status OK), SendMessage (NORMAL, FIFO by message group, DELAY by delivery
+//! time), RecallMessage, NotifyClientTermination. The others answer gRPC `UNIMPLEMENTED`. See
+//! `docs/rocketmq5.md`.
+
+pub mod codes;
+pub mod routes;
+pub mod send;
+pub mod service;
+pub mod sessions;
+pub mod settings;
+
+pub use service::{Gateway, ProxyConfig};

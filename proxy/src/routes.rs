@@ -1,0 +1,189 @@
+//! Routes as RocketMQ 5 clients see them: every queue of every broker group holding the topic,
+//! each group a broker `{name: group, id: 0}` whose endpoints are the gateway's own (the
+//! address the client dialled, as Apache's proxy answers): the client sends everything to the
+//! gateway, which forwards to the group's leader.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use raftmq_proto::ErrorCode;
+use raftmq_proto::rocketmq::v2::{
+    Broker, Code, Endpoints, MessageQueue, MessageType, Permission, Resource,
+};
+use raftmq_proto::v1::name_server_client::NameServerClient;
+use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse};
+use tonic::transport::Channel;
+
+use crate::codes::{V2Error, from_wire};
+
+/// How long one name server may take to answer.
+pub const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
+/// The permission bits of a raftmq topic (RocketMQ's): readable, writable.
+const PERM_READ: u32 = 4;
+const PERM_WRITE: u32 = 2;
+
+/// The name servers, asked in turn until one answers.
+pub struct Namesrv {
+    addrs: Vec<String>,
+    channels: Mutex<BTreeMap<String, Channel>>,
+}
+
+impl Namesrv {
+    pub fn new(addrs: Vec<String>) -> Self {
+        Self {
+            addrs,
+            channels: Mutex::default(),
+        }
+    }
+
+    async fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = lock(&self.channels).get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("name server address {addr}: {e}"))?;
+        let ch = tokio::time::timeout(NAMESRV_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| format!("connecting to {addr}: no answer within {NAMESRV_TIMEOUT:?}"))?
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        lock(&self.channels).insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// The route of `topic` as the name servers know it.
+    pub async fn route(&self, topic: &str) -> Result<GetRouteResponse, V2Error> {
+        let mut last = String::from("no name server configured");
+        for addr in &self.addrs {
+            let ch = match self.channel(addr).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let mut client = NameServerClient::new(ch);
+            let call = client.get_route(GetRouteRequest {
+                topic: topic.to_string(),
+            });
+            match tokio::time::timeout(NAMESRV_TIMEOUT, call).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    let code = r
+                        .status
+                        .as_ref()
+                        .and_then(|s| ErrorCode::try_from(s.code).ok())
+                        .unwrap_or(ErrorCode::Internal);
+                    return match code {
+                        ErrorCode::Ok => Ok(r),
+                        c => Err(V2Error::new(
+                            from_wire(c),
+                            r.status.map(|s| s.message).unwrap_or_default(),
+                        )),
+                    };
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer within {NAMESRV_TIMEOUT:?}"),
+            }
+            lock(&self.channels).remove(addr);
+        }
+        Err(V2Error::new(
+            Code::InternalServerError,
+            format!("no name server answered: {last}"),
+        ))
+    }
+}
+
+/// The message types every topic accepts until topics carry a type of their own (MIXED).
+pub const ACCEPTED_TYPES: [MessageType; 4] = [
+    MessageType::Normal,
+    MessageType::Fifo,
+    MessageType::Delay,
+    MessageType::Transaction,
+];
+
+/// The v2 queues of `topic` from its raftmq route, each group's broker reached at `endpoints`.
+pub fn queues(
+    topic: &Resource,
+    route: &GetRouteResponse,
+    endpoints: &Endpoints,
+) -> Vec<MessageQueue> {
+    let mut out = Vec::new();
+    for q in &route.queues {
+        for id in 0..q.read_queue_nums.max(q.write_queue_nums) {
+            let read = q.perm & PERM_READ != 0 && id < q.read_queue_nums;
+            let write = q.perm & PERM_WRITE != 0 && id < q.write_queue_nums;
+            let permission = match (read, write) {
+                (true, true) => Permission::ReadWrite,
+                (true, false) => Permission::Read,
+                (false, true) => Permission::Write,
+                (false, false) => Permission::None,
+            };
+            out.push(MessageQueue {
+                topic: Some(topic.clone()),
+                id: id as i32,
+                permission: permission as i32,
+                broker: Some(Broker {
+                    name: q.group.clone(),
+                    // Clients use only brokers with id 0 ("no available message queues"
+                    // otherwise).
+                    id: 0,
+                    endpoints: Some(endpoints.clone()),
+                }),
+                accept_message_types: ACCEPTED_TYPES.iter().map(|t| *t as i32).collect(),
+            });
+        }
+    }
+    out
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raftmq_proto::rocketmq::v2::{Address, AddressScheme};
+    use raftmq_proto::v1::QueueData;
+
+    #[test]
+    fn each_group_is_a_broker_with_id_0_at_the_gateway() {
+        let route = GetRouteResponse {
+            status: None,
+            queues: vec![
+                QueueData {
+                    group: "g1".into(),
+                    read_queue_nums: 2,
+                    write_queue_nums: 2,
+                    perm: 6,
+                },
+                QueueData {
+                    group: "g2".into(),
+                    read_queue_nums: 1,
+                    write_queue_nums: 2,
+                    perm: 6,
+                },
+            ],
+            groups: vec![],
+        };
+        let ep = Endpoints {
+            scheme: AddressScheme::IPv4 as i32,
+            addresses: vec![Address {
+                host: "127.0.0.1".into(),
+                port: 8081,
+            }],
+        };
+        let topic = Resource {
+            resource_namespace: String::new(),
+            name: "T".into(),
+        };
+        let qs = queues(&topic, &route, &ep);
+        assert_eq!(qs.len(), 4);
+        assert!(qs.iter().all(|q| q.broker.as_ref().unwrap().id == 0));
+        assert_eq!(qs[3].broker.as_ref().unwrap().name, "g2");
+        assert_eq!(qs[3].permission, Permission::Write as i32);
+        assert_eq!(qs[0].permission, Permission::ReadWrite as i32);
+        assert_eq!(qs[0].broker.as_ref().unwrap().endpoints.as_ref(), Some(&ep));
+    }
+}
