@@ -17,6 +17,9 @@ cargo test --workspace
 echo "== the raftmq binary carries no mutation (deliberate-bug) code"
 bash scripts/check-no-mutations.sh
 
+echo "== the official RocketMQ 5 Python client against raftmq proxy (tests/compat)"
+bash scripts/compat.sh
+
 echo "== jepsen: chaos over real processes in network namespaces"
 bash scripts/jepsen.sh
 
