@@ -73,6 +73,29 @@ fn entries() -> Vec<Entry> {
             log_id: log_id(4, 11),
             payload: EntryPayload::Membership(membership()),
         },
+        Entry {
+            log_id: log_id(4, 12),
+            payload: EntryPayload::Normal(Command::Meta(MetaCommand::PopClaim {
+                group: "G".into(),
+                topic: "T".into(),
+                queue_id: 1,
+                max: 32,
+                now_ms: 1_000,
+                invisible_ms: 30_000,
+                from_first: true,
+            })),
+        },
+        Entry {
+            log_id: log_id(4, 13),
+            payload: EntryPayload::Normal(Command::Meta(MetaCommand::PopChangeInvisible {
+                group: "G".into(),
+                topic: "T".into(),
+                queue_id: 1,
+                offset: 5,
+                epoch: 12,
+                visible_at_ms: 9_000,
+            })),
+        },
     ]
 }
 
@@ -183,6 +206,8 @@ fn fuzz_stored_and_sent_values() {
         timer_cursor: Some("1000:77".into()),
         timers_recalled: vec!["1001:78".into()],
         groups: vec![("G".into(), "01".into())],
+        pop_cursors: vec![("G".into(), "T".into(), 0, 7)],
+        pop_inflight: vec![("G".into(), "T".into(), 0, 6, 60_000, 42, 2)],
         boundary: None,
     };
     fuzz::decoder("snapshot state", &[encode_value(&state)], bound(), |b| {

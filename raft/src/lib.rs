@@ -17,6 +17,7 @@ mod keys;
 pub mod log_store;
 pub mod mutations;
 pub mod network;
+pub mod pop_apply;
 pub mod repair;
 pub mod replica;
 pub mod rt;
@@ -34,8 +35,8 @@ pub use replica::{
     BatchLimits, RaftTimeouts, Replica, ReplicaConfig, RetentionOutcome, StartError, WriteError,
 };
 pub use types::{
-    AssignedOffset, Command, CommandResult, GroupSpec, MetaCommand, NodeId, TimerOutcome,
-    TxnOutcome, TypeConfig,
+    AssignedOffset, Command, CommandResult, GroupSpec, MetaCommand, NodeId, PopClaimed, PopOutcome,
+    TimerOutcome, TxnOutcome, TypeConfig,
 };
 
 /// The openraft handle of one replica.

@@ -38,6 +38,7 @@ use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::groups::GroupConfig;
 use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
+use raftmq_store::pop::{Inflight, PopQueue};
 use raftmq_store::store::ResetPoint;
 use raftmq_store::timer::TimerKey;
 use raftmq_store::txn::TxnRecord;
@@ -46,11 +47,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, boundary_key};
 use crate::log_store::{ReplicaStore, io_err};
+use crate::pop_apply::apply_pop_command;
 use crate::timer_apply::{apply_timer_command, record_timers, rekey_skipped};
 use crate::txn_apply::{ApplyGate, apply_txn_command, record_halves};
 use crate::types::{
-    AssignedOffset, Command, CommandResult, LogId, MetaCommand, SnapshotMeta, StoredMembership,
-    TimerOutcome, TxnOutcome, TypeConfig, decode_value, encode_value,
+    AssignedOffset, Command, CommandResult, LogId, MetaCommand, PopOutcome, SnapshotMeta,
+    StoredMembership, TimerOutcome, TxnOutcome, TypeConfig, decode_value, encode_value,
 };
 
 /// Checkpoint the store after this many applied entries (bounds recovery's replay).
@@ -93,6 +95,13 @@ pub struct SnapshotState {
     /// hex).
     #[serde(default)]
     pub groups: Vec<(String, String)>,
+    /// POP cursors: (group, topic, queue id, next offset).
+    #[serde(default)]
+    pub pop_cursors: Vec<(String, String, u32, u64)>,
+    /// POP in-flight messages: (group, topic, queue id, offset, visible at ms, epoch,
+    /// attempts).
+    #[serde(default)]
+    pub pop_inflight: Vec<(String, String, u32, u64, u64, u64, u32)>,
     /// Where the CommitLog continues after `last_log_id`, for a snapshot taken at a segment
     /// boundary (absent in a snapshot of the applied state).
     #[serde(default)]
@@ -127,6 +136,7 @@ fn state_of(
     boundary: Option<Boundary>,
 ) -> io::Result<SnapshotState> {
     let meta = store.meta();
+    let pop = meta.pop_state().map_err(io_err)?;
     Ok(SnapshotState {
         last_log_id: applied,
         membership: membership.clone(),
@@ -166,6 +176,26 @@ fn state_of(
             .map_err(io_err)?
             .into_iter()
             .map(|g| (g.name.clone(), to_hex(&g.encode())))
+            .collect(),
+        pop_cursors: pop
+            .cursors
+            .into_iter()
+            .map(|(q, c)| (q.group, q.topic, q.queue_id, c))
+            .collect(),
+        pop_inflight: pop
+            .inflight
+            .into_iter()
+            .map(|(q, o, f)| {
+                (
+                    q.group,
+                    q.topic,
+                    q.queue_id,
+                    o,
+                    f.visible_at_ms,
+                    f.epoch,
+                    f.attempts,
+                )
+            })
             .collect(),
         boundary,
     })
@@ -243,9 +273,11 @@ impl StateMachine {
             rekey_skipped(&mut txn, cursor_before).map_err(io_err)?;
             record_timers(&mut txn, &store, &assigned).map_err(io_err)?;
             let mut result = result_of(index, assigned);
-            let (txn_outcome, timer_outcome) = self.apply_payload(&mut txn, e)?;
+            let (txn_outcome, timer_outcome, pop_outcome) =
+                self.apply_payload(&mut txn, &store, e)?;
             result.txn = outcome.or(txn_outcome);
             result.timer = timer_outcome;
+            result.pop = pop_outcome;
             last = Some(e.log_id);
             results.push(result);
         }
@@ -300,17 +332,23 @@ impl StateMachine {
     fn apply_payload(
         &mut self,
         txn: &mut MetaTxn,
+        store: &Store,
         e: &crate::types::Entry,
-    ) -> io::Result<(Option<TxnOutcome>, Option<TimerOutcome>)> {
+    ) -> io::Result<(Option<TxnOutcome>, Option<TimerOutcome>, Option<PopOutcome>)> {
         match &e.payload {
             EntryPayload::Blank | EntryPayload::Normal(Command::Messages { .. }) => {}
             EntryPayload::Normal(Command::Meta(m)) => {
                 let index = LogIndex(e.log_id.index);
                 if let Some(outcome) = apply_txn_command(txn, index, m).map_err(io_err)? {
-                    return Ok((Some(outcome), None));
+                    return Ok((Some(outcome), None, None));
                 }
                 if let Some(outcome) = apply_timer_command(txn, m).map_err(io_err)? {
-                    return Ok((None, Some(outcome)));
+                    return Ok((None, Some(outcome), None));
+                }
+                if let Some(outcome) =
+                    apply_pop_command(txn, store, e.log_id.index, m).map_err(io_err)?
+                {
+                    return Ok((None, None, Some(outcome)));
                 }
                 apply_meta(txn, m).map_err(io_err)?;
             }
@@ -320,7 +358,7 @@ impl StateMachine {
                     .map_err(io_err)?;
             }
         }
-        Ok((None, None))
+        Ok((None, None, None))
     }
 
     /// Restarts this replica at a leader's boundary snapshot: the store is reset to the
@@ -437,6 +475,18 @@ impl StateMachine {
                 for g in &groups {
                     txn.put_group(g)?;
                 }
+                txn.clear_pop()?;
+                for (g, t, q, c) in &state.pop_cursors {
+                    txn.set_pop_cursor(&pop_queue(g, t, *q), *c)?;
+                }
+                for (g, t, q, o, visible_at_ms, epoch, attempts) in &state.pop_inflight {
+                    let f = Inflight {
+                        visible_at_ms: *visible_at_ms,
+                        epoch: *epoch,
+                        attempts: *attempts,
+                    };
+                    txn.put_pop_inflight(&pop_queue(g, t, *q), *o, &f)?;
+                }
                 txn.set_applied(&raftmq_store::LogId {
                     term: last.leader_id.term,
                     node_id: 0,
@@ -490,6 +540,7 @@ fn result_of(index: u64, assigned: Vec<raftmq_store::store::Assigned>) -> Comman
             .collect(),
         txn: None,
         timer: None,
+        pop: None,
     }
 }
 
@@ -536,7 +587,18 @@ fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
         // Applied by `apply_txn_command` and `apply_timer_command`.
         MetaCommand::RollbackTransaction { .. }
         | MetaCommand::CheckTransaction { .. }
-        | MetaCommand::RecallTimer { .. } => Ok(()),
+        | MetaCommand::RecallTimer { .. }
+        | MetaCommand::PopClaim { .. }
+        | MetaCommand::PopAck { .. }
+        | MetaCommand::PopChangeInvisible { .. } => Ok(()),
+    }
+}
+
+fn pop_queue(group: &str, topic: &str, queue_id: u32) -> PopQueue {
+    PopQueue {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        queue_id,
     }
 }
 

@@ -106,6 +106,38 @@ pub enum MetaCommand {
     RecallTimer { due_ms: u64, position: u64 },
     /// Create or update a consumer group's configuration.
     PutGroup(GroupSpec),
+    /// POP: hands out up to `max` messages of `queue_id` to consumer `group` until
+    /// `now_ms + invisible_ms` (leader clock): first those in flight whose time ran out
+    /// (delivered again, attempts + 1), then new ones from the group's cursor (a group new
+    /// to the queue starts at the queue's first retained offset when `from_first`, else at its
+    /// end). See [`crate::pop_apply`].
+    PopClaim {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        max: u32,
+        now_ms: u64,
+        invisible_ms: u64,
+        from_first: bool,
+    },
+    /// POP: the message at `offset`, handed out under receipt `epoch`, is consumed.
+    PopAck {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+        epoch: u64,
+    },
+    /// POP: the message at `offset` under receipt `epoch` becomes visible at
+    /// `visible_at_ms` instead (a nack with backoff, a renewal); its receipt is replaced.
+    PopChangeInvisible {
+        group: String,
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+        epoch: u64,
+        visible_at_ms: u64,
+    },
 }
 
 /// A consumer group's configuration as replicated (see `raftmq_store::groups`).
@@ -212,6 +244,32 @@ pub struct CommandResult {
     /// For a timer recall: what it did.
     #[serde(default)]
     pub timer: Option<TimerOutcome>,
+    /// For a POP command: what it did.
+    #[serde(default)]
+    pub pop: Option<PopOutcome>,
+}
+
+/// What applying a POP command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PopOutcome {
+    /// Handed out (possibly nothing), by offset.
+    Claimed(Vec<PopClaimed>),
+    /// Acknowledged: the message left the in-flight table.
+    Acked,
+    /// Its invisible time changed; the new receipt's epoch.
+    Changed { epoch: u64 },
+    /// No message in flight at that offset under that epoch (acknowledged already, or the
+    /// receipt was replaced): nothing changed.
+    Stale,
+}
+
+/// One message a claim handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopClaimed {
+    pub offset: u64,
+    pub epoch: u64,
+    pub attempts: u32,
+    pub visible_at_ms: u64,
 }
 
 /// An entry in its record form: what is written to the CommitLog and sent to followers.

@@ -36,6 +36,7 @@ pub mod groups;
 pub mod indexfile;
 pub mod message;
 pub mod meta;
+pub mod pop;
 pub mod raftindex;
 mod slotfile;
 pub mod store;

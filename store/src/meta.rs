@@ -23,6 +23,7 @@
 //! - `timers`, `timers_by_position`, `timers_recalled`, `timer_refused_copies` and the state
 //!   key `timer_cursor`: pending timers and the scheduler's progress (see [`crate::timer`]).
 //! - `groups`: consumer group name → its configuration (see [`crate::groups`]).
+//! - `pop_cursors`, `pop_inflight`: POP consumption state (see [`crate::pop`]).
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
 //! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
@@ -507,6 +508,7 @@ impl MetaTxn {
         self.txn.open_table(TXN_REFUSED).map_err(meta_err)?;
         crate::timer::ensure_tables(self)?;
         crate::groups::ensure_tables(self)?;
+        crate::pop::ensure_tables(self)?;
         Ok(())
     }
 
