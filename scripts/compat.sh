@@ -50,4 +50,4 @@ grep -q "Ctrl-C stops everything" "$OUT/dev.log" || { cat "$OUT/dev.log" >&2; ec
 
 # The Python client writes its logs under $HOME/logs/rocketmq_python.
 HOME="$PWD/$OUT/home" RAFTMQ_BIN="$BIN" RAFTMQ_NAMESRV="127.0.0.1:$NS" RAFTMQ_PROXY="127.0.0.1:$PP" \
-  timeout 900 "$VENV/bin/pytest" -q -p no:cacheprovider tests/compat
+  timeout 900 "$VENV/bin/pytest" -q -p no:cacheprovider tests/compat "$@"

@@ -61,6 +61,9 @@ pub enum Refusal {
     /// No configuration for that consumer group.
     #[error("{0}")]
     GroupNotFound(String),
+    /// A POP receipt that is not the current one.
+    #[error("{0}")]
+    ReceiptStale(String),
 }
 
 impl Refusal {
@@ -98,6 +101,7 @@ impl Refusal {
             Refusal::TimerNotPending(_) => ErrorCode::TimerNotPending,
             Refusal::MessageNotFound(_) => ErrorCode::MessageNotFound,
             Refusal::GroupNotFound(_) => ErrorCode::GroupNotFound,
+            Refusal::ReceiptStale(_) => ErrorCode::ReceiptStale,
         }
     }
 
@@ -182,6 +186,9 @@ replies!(
     RecallMessageResponse,
     SendBackResponse,
     ListTransactionsResponse,
+    PopResponse,
+    PopAckResponse,
+    PopChangeInvisibleResponse,
 );
 
 /// A manager's answer as a gRPC response: `OK` unless the response already carries a status

@@ -40,6 +40,7 @@ pub mod msg_id;
 pub(crate) mod offsets;
 pub(crate) mod options;
 pub(crate) mod policy;
+pub mod pop;
 pub mod producer;
 pub mod pull_consumer;
 pub mod rebalance;

@@ -55,6 +55,7 @@ pub fn from_wire(code: ErrorCode) -> Code {
         ErrorCode::TimerNotFound | ErrorCode::TimerNotPending => Code::NotFound,
         ErrorCode::MessageNotFound => Code::MessageNotFound,
         ErrorCode::GroupNotFound => Code::ConsumerGroupNotFound,
+        ErrorCode::ReceiptStale => Code::InvalidReceiptHandle,
         ErrorCode::TxnNotFound => Code::InvalidTransactionId,
         ErrorCode::TxnAlreadyDecided => Code::Ok,
         ErrorCode::TxnDecidedOtherwise | ErrorCode::TxnGroupMismatch => Code::BadRequest,

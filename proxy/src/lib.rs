@@ -4,12 +4,15 @@
 //! forwards to each group's leader over `raftmq.v1` through the SDK, which follows
 //! `NOT_LEADER`: a leader failover is invisible to RocketMQ 5 clients.
 //!
-//! Served so far: QueryRoute, Heartbeat, Telemetry (settings merged with the server's values
-//! and echoed with status OK), SendMessage (NORMAL, FIFO by message group, DELAY by delivery
-//! time), RecallMessage, NotifyClientTermination. The others answer gRPC `UNIMPLEMENTED`. See
-//! `docs/rocketmq5.md`.
+//! Served: QueryRoute, Heartbeat, Telemetry (settings merged with the server's values and
+//! echoed with status OK), SendMessage (NORMAL, FIFO by message group, DELAY by delivery
+//! time), RecallMessage, NotifyClientTermination, and POP consumption — QueryAssignment,
+//! ReceiveMessage, AckMessage, ChangeInvisibleDuration, ForwardMessageToDeadLetterQueue —
+//! whose state is in each broker group's Raft log. The others answer gRPC `UNIMPLEMENTED`.
+//! See `docs/rocketmq5.md`.
 
 pub mod codes;
+pub mod receive;
 pub mod routes;
 pub mod send;
 pub mod service;

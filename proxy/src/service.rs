@@ -3,10 +3,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use raftmq_client::Producer;
+use raftmq_client::pop::{PopClient, Popped};
 use raftmq_client::producer::SelectByHash;
+use raftmq_client::rebalance::MessageQueue as Queue;
 use raftmq_proto::limits::GRPC_MESSAGE_MAX;
 use raftmq_proto::rocketmq::v2::messaging_service_server::{
     MessagingService, MessagingServiceServer,
@@ -16,6 +20,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::codes::{V2Error, ok, status_of};
+use crate::receive::{self, Receipt, TagFilter};
 use crate::routes::{self, Namesrv};
 use crate::send::{self, Outgoing};
 use crate::sessions::Sessions;
@@ -23,6 +28,9 @@ use crate::settings;
 
 /// The metadata header naming the client (every RPC; sessions are keyed by it).
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
+/// How long a receive waits on one queue before looking at the next, while long polling
+/// every queue of a broker group.
+const RECEIVE_SLICE: Duration = Duration::from_millis(300);
 /// Most commands waiting to be written on one client's Telemetry stream.
 const TELEMETRY_BUFFER: usize = 64;
 
@@ -30,6 +38,9 @@ const TELEMETRY_BUFFER: usize = 64;
 pub struct Gateway {
     namesrv: Namesrv,
     producer: Producer,
+    pop: PopClient,
+    /// Rotates where a receive of "any queue of the broker" starts.
+    next_queue: AtomicUsize,
     pub(crate) sessions: Sessions,
 }
 
@@ -48,8 +59,10 @@ impl Gateway {
             .build()?;
         producer.start().await?;
         Ok(Arc::new(Self {
+            pop: PopClient::new(config.namesrv_addrs.iter().cloned()),
             namesrv: Namesrv::new(config.namesrv_addrs),
             producer,
+            next_queue: AtomicUsize::new(0),
             sessions: Sessions::default(),
         }))
     }
@@ -64,6 +77,147 @@ impl Gateway {
 
     pub async fn shutdown(&self) {
         self.producer.shutdown().await;
+    }
+
+    /// A receive: the queue named, or every readable queue of the broker group named (id
+    /// -1), first without waiting, then long polling them in turn in short slices until
+    /// `wait` is over. Messages the filter does not take are acknowledged here; those past
+    /// the maximum attempts go to the group's dead-letter queue.
+    async fn receive(
+        &self,
+        req: &v2::ReceiveMessageRequest,
+        deadline: Option<Duration>,
+    ) -> Result<Vec<v2::Message>, V2Error> {
+        let group = req
+            .group
+            .as_ref()
+            .filter(|g| !g.name.is_empty())
+            .ok_or_else(|| V2Error::new(Code::IllegalConsumerGroup, "a receive names its group"))?;
+        check_namespace(group)?;
+        let mq = req
+            .message_queue
+            .as_ref()
+            .ok_or_else(|| V2Error::new(Code::BadRequest, "a receive names its queue"))?;
+        let topic = mq
+            .topic
+            .as_ref()
+            .filter(|t| !t.name.is_empty())
+            .ok_or_else(|| V2Error::new(Code::IllegalTopic, "a receive names its topic"))?;
+        check_namespace(topic)?;
+        let broker = mq
+            .broker
+            .as_ref()
+            .map(|b| b.name.clone())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| V2Error::new(Code::BadRequest, "a receive names the queue's broker"))?;
+        let filter = TagFilter::parse(req.filter_expression.as_ref())?;
+        let invisible = receive::invisible(req)?;
+        if req.batch_size <= 0 || req.batch_size > receive::BATCH_MAX {
+            return Err(V2Error::new(
+                Code::BadRequest,
+                format!(
+                    "batch size {} (1 to {})",
+                    req.batch_size,
+                    receive::BATCH_MAX
+                ),
+            ));
+        }
+        let wait = receive::long_poll(req, deadline);
+        let queues: Vec<Queue> = if mq.id >= 0 {
+            vec![Queue::new(&topic.name, &broker, mq.id as u32)]
+        } else {
+            self.pop
+                .read_queues(&topic.name)
+                .await
+                .map_err(V2Error::from)?
+                .into_iter()
+                .filter(|q| q.group == broker)
+                .collect()
+        };
+        if queues.is_empty() {
+            return Err(V2Error::new(
+                Code::TopicNotFound,
+                format!(
+                    "broker group {broker:?} holds no readable queue of {:?}",
+                    topic.name
+                ),
+            ));
+        }
+        let start = self.next_queue.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + wait;
+        let mut round = 0;
+        loop {
+            for i in 0..queues.len() {
+                let q = &queues[(start + i) % queues.len()];
+                let hold = if round == 0 {
+                    Duration::ZERO
+                } else {
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .min(RECEIVE_SLICE)
+                };
+                let popped = self
+                    .pop
+                    .receive(q, &group.name, req.batch_size as u32, invisible, hold)
+                    .await
+                    .map_err(V2Error::from)?;
+                let out = self
+                    .hand_out(q, &group.name, topic, &filter, invisible, popped)
+                    .await;
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            round += 1;
+            if Instant::now() >= until {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// What a claim handed out, as the client receives it: messages the filter does not
+    /// take are acknowledged; those past the maximum attempts go to the dead-letter queue.
+    async fn hand_out(
+        &self,
+        q: &Queue,
+        group: &str,
+        topic: &Resource,
+        filter: &TagFilter,
+        invisible: Duration,
+        popped: Vec<Popped>,
+    ) -> Vec<v2::Message> {
+        let mut out = Vec::new();
+        for p in popped {
+            let tag = p.stored.message.as_ref().map_or("", |m| m.tags.as_str());
+            let dead = p.attempts > settings::CONSUMER_MAX_ATTEMPTS as u32;
+            if dead {
+                let id = p.stored.offset_msg_id.clone();
+                if let Err(e) = self
+                    .pop
+                    .to_dead_letter_queue(q, group, &id, p.attempts)
+                    .await
+                {
+                    // Left in flight: handed out again (and tried again) later.
+                    tracing::warn!(error = %e, msg = %id, "moving to the dead-letter queue failed");
+                    continue;
+                }
+            }
+            if dead || !filter.matches(tag) {
+                let _ = self.pop.ack(q, group, p.offset(), p.epoch).await;
+                continue;
+            }
+            out.push(receive::to_v2(&p, topic, &q.group, invisible));
+        }
+        out
+    }
+
+    async fn ack(&self, group: &str, topic: &str, handle: &str) -> Result<(), V2Error> {
+        let r = Receipt::parse(handle)?;
+        let q = Queue::new(topic, &r.broker_group, r.queue_id);
+        self.pop
+            .ack(&q, group, r.offset, r.epoch)
+            .await
+            .map_err(V2Error::from)
     }
 
     async fn send_one(&self, o: Outgoing) -> Result<raftmq_client::SendResult, V2Error> {
@@ -213,17 +367,63 @@ impl MessagingService for Svc {
                 },
             });
         }
+        let statuses: Vec<v2::Status> = entries
+            .iter()
+            .map(|e| e.status.clone().unwrap_or_default())
+            .collect();
         Ok(Response::new(v2::SendMessageResponse {
-            status: Some(overall(&entries)),
+            status: Some(overall(&statuses)),
             entries,
         }))
     }
 
     async fn query_assignment(
         &self,
-        _req: Request<v2::QueryAssignmentRequest>,
+        req: Request<v2::QueryAssignmentRequest>,
     ) -> Res<v2::QueryAssignmentResponse> {
-        Err(unimplemented("QueryAssignment (POP consumption)"))
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let r = async {
+            id?;
+            let topic = req
+                .topic
+                .ok_or_else(|| V2Error::new(Code::IllegalTopic, "an assignment names its topic"))?;
+            check_namespace(&topic)?;
+            if let Some(g) = &req.group {
+                check_namespace(g)?;
+            }
+            let endpoints = req.endpoints.unwrap_or_default();
+            let route = self.0.namesrv.route(&topic.name).await?;
+            // One assignment per broker group, queue -1: any of its queues (POP spreads the
+            // messages; every consumer of the group gets every broker group).
+            let mut seen = std::collections::BTreeSet::new();
+            let out: Vec<v2::Assignment> = routes::queues(&topic, &route, &endpoints)
+                .into_iter()
+                .filter(|q| {
+                    q.permission == v2::Permission::Read as i32
+                        || q.permission == v2::Permission::ReadWrite as i32
+                })
+                .filter(|q| seen.insert(q.broker.as_ref().map(|b| b.name.clone())))
+                .map(|mut q| {
+                    q.id = -1;
+                    v2::Assignment {
+                        message_queue: Some(q),
+                    }
+                })
+                .collect();
+            if out.is_empty() {
+                return Err(V2Error::new(
+                    Code::Forbidden,
+                    format!("topic {:?} has no readable queue", topic.name),
+                ));
+            }
+            Ok(out)
+        }
+        .await;
+        Ok(Response::new(v2::QueryAssignmentResponse {
+            status: Some(status_of(&r)),
+            assignments: r.unwrap_or_default(),
+        }))
     }
 
     type ReceiveMessageStream =
@@ -231,25 +431,126 @@ impl MessagingService for Svc {
 
     async fn receive_message(
         &self,
-        _req: Request<v2::ReceiveMessageRequest>,
+        req: Request<v2::ReceiveMessageRequest>,
     ) -> Res<Self::ReceiveMessageStream> {
-        Err(unimplemented("ReceiveMessage (POP consumption)"))
+        let deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(receive::grpc_timeout);
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let r = match id {
+            Ok(_) => self.0.receive(&req, deadline).await,
+            Err(e) => Err(e),
+        };
+        use v2::receive_message_response::Content;
+        let content = |c| v2::ReceiveMessageResponse { content: Some(c) };
+        let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+        let out: Vec<v2::ReceiveMessageResponse> = match r {
+            Ok(msgs) if msgs.is_empty() => vec![
+                content(Content::Status(
+                    V2Error::new(Code::MessageNotFound, "no new message").status(),
+                )),
+                content(Content::DeliveryTimestamp(now)),
+            ],
+            Ok(msgs) => std::iter::once(content(Content::Status(ok())))
+                .chain(msgs.into_iter().map(|m| content(Content::Message(m))))
+                .chain(std::iter::once(content(Content::DeliveryTimestamp(now))))
+                .collect(),
+            Err(e) => vec![content(Content::Status(e.status()))],
+        };
+        Ok(Response::new(Box::pin(futures_util::stream::iter(
+            out.into_iter().map(Ok),
+        ))))
     }
 
     async fn ack_message(
         &self,
-        _req: Request<v2::AckMessageRequest>,
+        req: Request<v2::AckMessageRequest>,
     ) -> Res<v2::AckMessageResponse> {
-        Err(unimplemented("AckMessage (POP consumption)"))
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let head = (|| {
+            id?;
+            let group = req
+                .group
+                .as_ref()
+                .filter(|g| !g.name.is_empty())
+                .ok_or_else(|| {
+                    V2Error::new(Code::IllegalConsumerGroup, "an ack names its group")
+                })?;
+            check_namespace(group)?;
+            let topic = req
+                .topic
+                .as_ref()
+                .filter(|t| !t.name.is_empty())
+                .ok_or_else(|| V2Error::new(Code::IllegalTopic, "an ack names its topic"))?;
+            check_namespace(topic)?;
+            Ok::<_, V2Error>((group.name.clone(), topic.name.clone()))
+        })();
+        let (group, topic) = match head {
+            Ok(x) => x,
+            Err(e) => {
+                return Ok(Response::new(v2::AckMessageResponse {
+                    status: Some(e.status()),
+                    entries: vec![],
+                }));
+            }
+        };
+        let mut entries = Vec::with_capacity(req.entries.len());
+        for e in &req.entries {
+            let r = self.0.ack(&group, &topic, &e.receipt_handle).await;
+            entries.push(v2::AckMessageResultEntry {
+                message_id: e.message_id.clone(),
+                receipt_handle: e.receipt_handle.clone(),
+                status: Some(status_of(&r)),
+            });
+        }
+        let statuses: Vec<v2::Status> = entries
+            .iter()
+            .map(|e| e.status.clone().unwrap_or_default())
+            .collect();
+        Ok(Response::new(v2::AckMessageResponse {
+            status: Some(overall(&statuses)),
+            entries,
+        }))
     }
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
+        req: Request<v2::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Res<v2::ForwardMessageToDeadLetterQueueResponse> {
-        Err(unimplemented(
-            "ForwardMessageToDeadLetterQueue (POP consumption)",
-        ))
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let r = async {
+            id?;
+            let group = req.group.clone().unwrap_or_default();
+            let topic = req.topic.clone().unwrap_or_default();
+            check_namespace(&group)?;
+            check_namespace(&topic)?;
+            let receipt = Receipt::parse(&req.receipt_handle)?;
+            let q = Queue::new(&topic.name, &receipt.broker_group, receipt.queue_id);
+            self.0
+                .pop
+                .to_dead_letter_queue(
+                    &q,
+                    &group.name,
+                    &receipt.offset_msg_id(),
+                    req.delivery_attempt.max(1) as u32,
+                )
+                .await
+                .map_err(V2Error::from)?;
+            self.0
+                .pop
+                .ack(&q, &group.name, receipt.offset, receipt.epoch)
+                .await
+                .map_err(V2Error::from)
+        }
+        .await;
+        Ok(Response::new(v2::ForwardMessageToDeadLetterQueueResponse {
+            status: Some(status_of(&r)),
+        }))
     }
 
     type PullMessageStream =
@@ -344,9 +645,51 @@ impl MessagingService for Svc {
 
     async fn change_invisible_duration(
         &self,
-        _req: Request<v2::ChangeInvisibleDurationRequest>,
+        req: Request<v2::ChangeInvisibleDurationRequest>,
     ) -> Res<v2::ChangeInvisibleDurationResponse> {
-        Err(unimplemented("ChangeInvisibleDuration (POP consumption)"))
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let r = async {
+            id?;
+            let group = req.group.clone().unwrap_or_default();
+            let topic = req.topic.clone().unwrap_or_default();
+            check_namespace(&group)?;
+            check_namespace(&topic)?;
+            let d = req
+                .invisible_duration
+                .as_ref()
+                .map(receive::to_duration)
+                .ok_or_else(|| {
+                    V2Error::new(
+                        Code::IllegalInvisibleTime,
+                        "a change names the invisible duration",
+                    )
+                })?;
+            if d > receive::INVISIBLE_MAX {
+                return Err(V2Error::new(
+                    Code::IllegalInvisibleTime,
+                    format!(
+                        "invisible duration {d:?}: at most {:?}",
+                        receive::INVISIBLE_MAX
+                    ),
+                ));
+            }
+            let mut receipt = Receipt::parse(&req.receipt_handle)?;
+            let q = Queue::new(&topic.name, &receipt.broker_group, receipt.queue_id);
+            let (epoch, _) = self
+                .0
+                .pop
+                .change_invisible(&q, &group.name, receipt.offset, receipt.epoch, d)
+                .await
+                .map_err(V2Error::from)?;
+            receipt.epoch = epoch;
+            Ok(receipt.encode())
+        }
+        .await;
+        Ok(Response::new(v2::ChangeInvisibleDurationResponse {
+            status: Some(status_of(&r)),
+            receipt_handle: r.unwrap_or_default(),
+        }))
     }
 
     async fn recall_message(
@@ -382,9 +725,9 @@ impl MessagingService for Svc {
     }
 }
 
-/// A send's status: its entries' when they agree, else MULTIPLE_RESULTS.
-fn overall(entries: &[v2::SendResultEntry]) -> v2::Status {
-    let mut codes = entries.iter().map(|e| e.status.clone().unwrap_or_default());
+/// A batch's status: its entries' when they agree, else MULTIPLE_RESULTS.
+fn overall(statuses: &[v2::Status]) -> v2::Status {
+    let mut codes = statuses.iter().cloned();
     let first = codes.next().unwrap_or_else(ok);
     if codes.all(|c| c.code == first.code) {
         first

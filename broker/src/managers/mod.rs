@@ -25,6 +25,7 @@ pub mod group_configs;
 pub mod long_poll;
 pub mod messages;
 pub mod offsets;
+pub mod pop;
 pub mod timers;
 pub mod topics;
 pub mod transactions;
@@ -41,6 +42,7 @@ pub(crate) struct Managers {
     pub messages: messages::MessageManager,
     pub long_poll: long_poll::PullHolds,
     pub offsets: offsets::OffsetManager,
+    pub pop: pop::PopManager,
     pub consumer_groups: consumer_groups::ConsumerGroups,
     pub group_configs: group_configs::GroupConfigs,
     pub transactions: transactions::TransactionManager,
@@ -64,6 +66,7 @@ impl Managers {
             topics: topics.clone(),
             long_poll: long_poll::PullHolds::new(replica.clone()),
             offsets: offsets::OffsetManager::new(replica.clone()),
+            pop: pop::PopManager::new(replica.clone(), &config.group, topics.clone()),
             consumer_groups: consumer_groups::ConsumerGroups::new(config.client_expire_ms),
             group_configs: group_configs::GroupConfigs::new(replica.clone()),
             transactions: transactions::TransactionManager::new(

@@ -51,6 +51,40 @@ impl MessagingImpl {
         }
     }
 
+    /// A receive: held while nothing can be handed out (no write until something can), then
+    /// one claim through Raft at the leader's clock.
+    async fn pop_inner(&self, req: PopRequest) -> Result<Vec<PoppedMessage>, Refusal> {
+        self.leader_only()?;
+        let m = &self.shared.managers;
+        let spec = m.pop.spec(&req, &m.group_configs)?;
+        let now = raftmq_raft::replica::now_ms;
+        let deadline = now().saturating_add(u64::from(spec.hold_ms));
+        loop {
+            // Woken by an apply (new messages), or when an in-flight message's invisible
+            // time runs out (nothing is written then), or at the deadline.
+            let until = m
+                .pop
+                .next_visible_ms(&spec)?
+                .map_or(deadline, |v| v.min(deadline));
+            let hold = until.saturating_sub(now()).min(u64::from(u32::MAX)) as u32;
+            let claimable = m
+                .long_poll
+                .hold(
+                    hold,
+                    || m.pop.claimable(&spec, now()),
+                    |r| !matches!(r, Ok(false)),
+                )
+                .await?;
+            if claimable {
+                self.leader_only()?;
+                return m.pop.claim(&spec, now()).await;
+            }
+            if now() >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
     async fn pull_inner(&self, req: PullRequest) -> Result<PullResponse, Refusal> {
         let m = &self.shared.managers;
         let spec = m.messages.pull_spec(&req)?;
@@ -121,6 +155,43 @@ impl Messaging for MessagingImpl {
             status: None,
             topic,
             max_reconsume_times,
+        }))
+    }
+
+    async fn pop(&self, req: Request<PopRequest>) -> Res<PopResponse> {
+        respond(
+            self.pop_inner(req.into_inner())
+                .await
+                .map(|messages| PopResponse {
+                    status: None,
+                    messages,
+                }),
+        )
+    }
+
+    async fn pop_ack(&self, req: Request<PopAckRequest>) -> Res<PopAckResponse> {
+        let req = req.into_inner();
+        let r = match self.leader_only() {
+            Ok(()) => self.shared.managers.pop.ack(&req).await,
+            Err(e) => Err(e),
+        };
+        respond(r.map(|()| PopAckResponse { status: None }))
+    }
+
+    async fn pop_change_invisible(
+        &self,
+        req: Request<PopChangeInvisibleRequest>,
+    ) -> Res<PopChangeInvisibleResponse> {
+        let req = req.into_inner();
+        let now = raftmq_raft::replica::now_ms();
+        let r = match self.leader_only() {
+            Ok(()) => self.shared.managers.pop.change(&req, now).await,
+            Err(e) => Err(e),
+        };
+        respond(r.map(|(epoch, visible_at_ms)| PopChangeInvisibleResponse {
+            status: None,
+            epoch,
+            visible_at_ms,
         }))
     }
 
