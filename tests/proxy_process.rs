@@ -297,3 +297,143 @@ async fn the_proxy_serves_routes_settings_and_sends() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+async fn receive(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    max: i32,
+) -> (Code, Vec<Message>) {
+    let r = c
+        .receive_message(req(ReceiveMessageRequest {
+            group: Some(resource("G")),
+            message_queue: Some(MessageQueue {
+                topic: Some(resource(topic)),
+                id: -1,
+                permission: Permission::ReadWrite as i32,
+                broker: Some(Broker {
+                    name: "g1".into(),
+                    id: 0,
+                    endpoints: None,
+                }),
+                accept_message_types: vec![],
+            }),
+            filter_expression: None,
+            batch_size: max,
+            invisible_duration: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            auto_renew: false,
+            long_polling_timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+            attempt_id: None,
+        }))
+        .await;
+    let Ok(r) = r else {
+        return (Code::InternalServerError, vec![]);
+    };
+    let mut stream = r.into_inner();
+    let (mut status, mut msgs) = (Code::Unspecified, Vec::new());
+    while let Ok(Some(x)) = stream.message().await {
+        match x.content {
+            Some(receive_message_response::Content::Status(s)) => {
+                status = Code::try_from(s.code).unwrap_or(Code::Unspecified)
+            }
+            Some(receive_message_response::Content::Message(m)) => msgs.push(m),
+            _ => {}
+        }
+    }
+    (status, msgs)
+}
+
+async fn ack_handle(c: &mut MessagingServiceClient<Channel>, topic: &str, handle: &str) -> Code {
+    match c
+        .ack_message(req(AckMessageRequest {
+            group: Some(resource("G")),
+            topic: Some(resource(topic)),
+            entries: vec![AckMessageEntry {
+                message_id: String::new(),
+                receipt_handle: handle.into(),
+                lite_topic: None,
+            }],
+        }))
+        .await
+    {
+        Ok(r) => code(&r.into_inner().status),
+        Err(_) => Code::InternalServerError,
+    }
+}
+
+/// Receipts handed out before the leader is SIGKILLed still ack after the failover (the POP
+/// state is in the Raft log), exactly once; nothing acked comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_outlive_a_leader_failover() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut procs, ns, _port, mut c) = start(dir.path()).await;
+    create_topic(&ns, "F", 1).await;
+    wait_for(Duration::from_secs(10), "topic F routed", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .query_route(req(QueryRouteRequest {
+                    topic: Some(resource("F")),
+                    endpoints: Some(endpoints(1)),
+                }))
+                .await
+                .ok()?
+                .into_inner();
+            (code(&r.status) == Code::Ok).then_some(())
+        }
+    })
+    .await;
+    for i in 0..10 {
+        let r = c
+            .send_message(req(SendMessageRequest {
+                messages: vec![message("F", &format!("01F{i:04}"), |_| {})],
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    }
+    let mut handles = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handles.len() < 10 && std::time::Instant::now() < deadline {
+        let (_, msgs) = receive(&mut c, "F", 10).await;
+        for m in msgs {
+            let sp = m.system_properties.expect("system properties");
+            assert_eq!(sp.delivery_attempt, Some(1));
+            handles.push(sp.receipt_handle.expect("a receipt"));
+        }
+    }
+    assert_eq!(handles.len(), 10, "every message handed out once");
+
+    let leader = wait_leader(&ns, None, Duration::from_secs(10)).await;
+    common::sigkill(&mut procs, &leader);
+    wait_leader(&ns, Some(&leader), Duration::from_secs(30)).await;
+    for h in &handles {
+        let acked = wait_for(Duration::from_secs(30), "an ack after the failover", || {
+            let mut c = c.clone();
+            let h = h.clone();
+            async move {
+                match ack_handle(&mut c, "F", &h).await {
+                    Code::Ok => Some(Code::Ok),
+                    Code::InvalidReceiptHandle => Some(Code::InvalidReceiptHandle),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert_eq!(acked, Code::Ok, "a receipt from before the failover acks");
+        assert_eq!(
+            ack_handle(&mut c, "F", h).await,
+            Code::InvalidReceiptHandle,
+            "acked once"
+        );
+    }
+    let (status, msgs) = receive(&mut c, "F", 10).await;
+    assert!(msgs.is_empty(), "nothing acked comes back: {msgs:?}");
+    assert_eq!(status, Code::MessageNotFound);
+    Ok(())
+}
