@@ -45,6 +45,7 @@ pub struct GroupEdit {
     pub max_reconsume_times: Option<u32>,
     pub retry_backoff_ms: Option<Vec<u64>>,
     pub consume_first: Option<bool>,
+    pub fifo: Option<bool>,
 }
 
 /// Puts a consumer group's configuration on every target broker group (`update`: each must
@@ -75,6 +76,7 @@ pub async fn group_put(
                 .clone()
                 .unwrap_or(old.retry_backoff_ms),
             consume_first: edit.consume_first.unwrap_or(old.consume_first),
+            fifo: edit.fifo.unwrap_or(old.fifo),
         };
         on_leader(cluster, g, |addr| {
             let req = PutGroupRequest {
@@ -131,10 +133,11 @@ pub fn describe(broker_group: &str, c: &ConsumerGroupConfig) -> String {
             .join(" ")
     };
     format!(
-        "{broker_group}\t{}\tmax_reconsume_times {}\tretry_backoff {backoff}\tconsume_from {}",
+        "{broker_group}\t{}\tmax_reconsume_times {}\tretry_backoff {backoff}\tconsume_from {}{}",
         c.name,
         or_default(c.max_reconsume_times),
-        if c.consume_first { "first" } else { "last" }
+        if c.consume_first { "first" } else { "last" },
+        if c.fifo { "\tfifo" } else { "" }
     )
 }
 

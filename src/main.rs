@@ -282,6 +282,9 @@ struct GroupConfigArgs {
     /// Where a member with no committed offset starts: first or last.
     #[arg(long)]
     consume_from: Option<String>,
+    /// RocketMQ 5 FIFO consumption through `raftmq proxy`: true or false (docs/rocketmq5.md).
+    #[arg(long)]
+    fifo: Option<bool>,
     #[arg(long = "broker-group")]
     broker_groups: Vec<String>,
 }
@@ -777,6 +780,7 @@ async fn group_put(a: GroupConfigArgs, update: bool) -> anyhow::Result<()> {
         max_reconsume_times: a.max_reconsume_times,
         retry_backoff_ms,
         consume_first,
+        fifo: a.fifo,
     };
     let cluster = ops::Cluster::new(&a.namesrv);
     let done = dlq::group_put(&cluster, &edit, update, &a.broker_groups).await?;

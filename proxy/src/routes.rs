@@ -11,6 +11,7 @@ use raftmq_proto::ErrorCode;
 use raftmq_proto::rocketmq::v2::{
     Broker, Code, Endpoints, MessageQueue, MessageType, Permission, Resource,
 };
+use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse};
 use tonic::transport::Channel;
@@ -91,6 +92,45 @@ impl Namesrv {
             Code::InternalServerError,
             format!("no name server answered: {last}"),
         ))
+    }
+}
+
+impl Namesrv {
+    /// Whether consumer group `group` is configured for FIFO consumption (`raftmq group
+    /// create --fifo true`), as the first broker group that knows it says; false when none
+    /// does or none answers.
+    pub async fn group_is_fifo(&self, group: &str) -> bool {
+        let Some(addr) = self.addrs.first() else {
+            return false;
+        };
+        let Ok(ch) = self.channel(addr).await else {
+            return false;
+        };
+        let mut ns = NameServerClient::new(ch);
+        let call = ns.get_cluster_info(raftmq_proto::v1::GetClusterInfoRequest {});
+        let Ok(Ok(info)) = tokio::time::timeout(NAMESRV_TIMEOUT, call).await else {
+            return false;
+        };
+        for g in info.into_inner().groups {
+            if g.leader_addr.is_empty() {
+                continue;
+            }
+            let look = async {
+                let mut a = AdminClient::connect(format!("http://{}", g.leader_addr))
+                    .await
+                    .ok()?;
+                let r = a
+                    .list_groups(raftmq_proto::v1::ListGroupsRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                r.groups.into_iter().find(|c| c.name == group)
+            };
+            if let Ok(Some(c)) = tokio::time::timeout(NAMESRV_TIMEOUT, look).await {
+                return c.fifo;
+            }
+        }
+        false
     }
 }
 

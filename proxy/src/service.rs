@@ -606,7 +606,14 @@ impl MessagingService for Svc {
                     // Answers to commands the gateway never sends (stack traces, verify).
                     continue;
                 };
-                let Some(merged) = settings::merge(&s) else {
+                let fifo = match &s.pub_sub {
+                    Some(v2::settings::PubSub::Subscription(sub)) => match &sub.group {
+                        Some(g) => gateway.namesrv.group_is_fifo(&g.name).await,
+                        None => false,
+                    },
+                    _ => false,
+                };
+                let Some(merged) = settings::merge(&s, fifo) else {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
                             "settings name what the client publishes or subscribes to",

@@ -25,9 +25,9 @@ pub const CONSUMER_BACKOFF_S: [u64; 18] = [
 ];
 
 /// The settings the server answers to `client`'s: the client's own, with every server-owned
-/// value set. `None` when they say neither what it publishes nor what it subscribes to (a
+/// value set (`fifo`: the consumer group's configuration). `None` when they say neither what it publishes nor what it subscribes to (a
 /// malformed settings write).
-pub fn merge(client: &Settings) -> Option<Settings> {
+pub fn merge(client: &Settings, fifo: bool) -> Option<Settings> {
     let mut s = client.clone();
     match s.pub_sub.as_mut()? {
         settings::PubSub::Publishing(p) => {
@@ -45,8 +45,8 @@ pub fn merge(client: &Settings) -> Option<Settings> {
             });
         }
         settings::PubSub::Subscription(sub) => {
-            // FIFO groups are not served yet: every group is concurrent.
-            sub.fifo = Some(false);
+            // From the group's configuration, never from the client.
+            sub.fifo = Some(fifo);
             sub.receive_batch_size = Some(RECEIVE_BATCH_SIZE);
             sub.long_polling_timeout = Some(duration(LONG_POLLING_TIMEOUT));
             s.backoff_policy = Some(RetryPolicy {
@@ -88,7 +88,7 @@ mod tests {
             pub_sub: Some(settings::PubSub::Publishing(Publishing::default())),
             ..Default::default()
         };
-        let s = merge(&c).expect("publishing");
+        let s = merge(&c, false).expect("publishing");
         let Some(settings::PubSub::Publishing(p)) = &s.pub_sub else {
             panic!("publishing kept")
         };
@@ -106,7 +106,7 @@ mod tests {
             pub_sub: Some(settings::PubSub::Subscription(Subscription::default())),
             ..Default::default()
         };
-        let s = merge(&c).expect("subscription");
+        let s = merge(&c, true).expect("subscription");
         let Some(settings::PubSub::Subscription(sub)) = &s.pub_sub else {
             panic!("subscription kept")
         };
@@ -115,6 +115,7 @@ mod tests {
             Some(20)
         );
         assert_eq!(sub.receive_batch_size, Some(RECEIVE_BATCH_SIZE));
-        assert!(merge(&Settings::default()).is_none());
+        assert_eq!(sub.fifo, Some(true));
+        assert!(merge(&Settings::default(), false).is_none());
     }
 }

@@ -83,6 +83,7 @@ fn entries() -> Vec<Entry> {
                 now_ms: 1_000,
                 invisible_ms: 30_000,
                 from_first: true,
+                fifo: true,
             })),
         },
         Entry {

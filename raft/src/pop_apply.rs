@@ -6,6 +6,9 @@
 //!   before it applies, so every replica sees the same end). Each gets the claim's log index
 //!   as its epoch. At most [`INFLIGHT_MAX`] messages are in flight per queue. In-flight
 //!   messages below the queue's first retained offset (purged by retention) are dropped.
+//! - A FIFO group's claim (`fifo`) hands out nothing while any message of the queue is in
+//!   flight and invisible; once all their times ran out, the unacknowledged ones go again, in
+//!   offset order, before anything new.
 //! - [`MetaCommand::PopAck`] removes the message if its epoch matches; else `Stale`.
 //! - [`MetaCommand::PopChangeInvisible`] sets a new visible time and the command's index as
 //!   the new epoch if the epoch matches; else `Stale`.
@@ -42,6 +45,7 @@ pub fn apply_pop_command(
             now_ms,
             invisible_ms,
             from_first,
+            fifo,
         } => {
             let q = pop_queue(group, topic, *queue_id);
             let (first, end) = store.queue_bounds(&QueueId {
@@ -57,6 +61,26 @@ pub fn apply_pop_command(
             }
             inflight.retain(|(o, _)| *o >= first.0);
             let max = *max as usize;
+            // FIFO: held while a message handed out is invisible and unacknowledged; once
+            // their time ran out, the unacknowledged ones go again, in order, alone.
+            if *fifo {
+                if inflight.iter().any(|(_, f)| f.visible_at_ms > *now_ms) {
+                    return Ok(Some(PopOutcome::Claimed(Vec::new())));
+                }
+                if !inflight.is_empty() {
+                    for (offset, f) in inflight.iter().take(max) {
+                        let n = Inflight {
+                            visible_at_ms,
+                            epoch: index,
+                            attempts: f.attempts.saturating_add(1),
+                        };
+                        txn.put_pop_inflight(&q, *offset, &n)?;
+                        claimed.push(claimed_of(*offset, &n));
+                    }
+                    commit_progress(txn, &q)?;
+                    return Ok(Some(PopOutcome::Claimed(claimed)));
+                }
+            }
             for (offset, f) in &inflight {
                 if claimed.len() >= max {
                     break;

@@ -119,6 +119,11 @@ pub enum MetaCommand {
         now_ms: u64,
         invisible_ms: u64,
         from_first: bool,
+        /// The group consumes in FIFO order: the queue is held while a message handed out
+        /// is neither acknowledged nor visible again; then the unacknowledged ones are
+        /// handed out again, in order, before anything new.
+        #[serde(default)]
+        fifo: bool,
     },
     /// POP: the message at `offset`, handed out under receipt `epoch`, is consumed.
     PopAck {
@@ -151,6 +156,9 @@ pub struct GroupSpec {
     /// A group without a committed offset starts at the first retained message (else at
     /// the end).
     pub consume_first: bool,
+    /// RocketMQ 5 FIFO consumption (see `raftmq_store::groups`).
+    #[serde(default)]
+    pub fifo: bool,
 }
 
 impl GroupSpec {
@@ -165,6 +173,7 @@ impl GroupSpec {
             } else {
                 raftmq_store::groups::GroupConsumeFrom::Last
             },
+            fifo: self.fifo,
         }
     }
 }

@@ -15,6 +15,16 @@ use raftmq_store::Message;
 use raftmq_testkit::wait_until;
 
 async fn claim(r: &Replica, max: u32, now_ms: u64, invisible_ms: u64) -> Vec<PopClaimed> {
+    claim_as(r, max, now_ms, invisible_ms, false).await
+}
+
+async fn claim_as(
+    r: &Replica,
+    max: u32,
+    now_ms: u64,
+    invisible_ms: u64,
+    fifo: bool,
+) -> Vec<PopClaimed> {
     let cmd = MetaCommand::PopClaim {
         group: "G".into(),
         topic: "T".into(),
@@ -23,6 +33,7 @@ async fn claim(r: &Replica, max: u32, now_ms: u64, invisible_ms: u64) -> Vec<Pop
         now_ms,
         invisible_ms,
         from_first: true,
+        fifo,
     };
     match retry_not_leader(|| r.propose(cmd.clone()))
         .await
@@ -57,10 +68,10 @@ fn committed(r: &Replica) -> Option<u64> {
         .map(|o| o.0)
 }
 
-#[tokio::test]
-async fn claims_acks_and_changes_follow_the_receipts() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let nodes = start_group(tmp.path(), 1).await?;
+async fn one_replica_with_five_messages(
+    tmp: &std::path::Path,
+) -> anyhow::Result<(Vec<Option<common::Node>>, Replica)> {
+    let nodes = start_group(tmp, 1).await?;
     let i = wait_until(Duration::from_secs(10), "a leader", || leader_of(&nodes)).await;
     let r = nodes[i].as_ref().expect("started").replica.clone();
     let topic = MetaCommand::PutTopic(TopicSpec {
@@ -80,7 +91,13 @@ async fn claims_acks_and_changes_follow_the_receipts() -> anyhow::Result<()> {
         })
         .collect();
     retry_not_leader(|| r.write(msgs.clone())).await?;
+    Ok((nodes, r))
+}
 
+#[tokio::test]
+async fn claims_acks_and_changes_follow_the_receipts() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, r) = one_replica_with_five_messages(tmp.path()).await?;
     let first = claim(&r, 3, 1_000, 10_000).await;
     assert_eq!(
         first.iter().map(|c| c.offset).collect::<Vec<_>>(),
@@ -136,6 +153,39 @@ async fn claims_acks_and_changes_follow_the_receipts() -> anyhow::Result<()> {
         assert_eq!(ack(&r, c.offset, c.epoch).await, Some(PopOutcome::Acked));
     }
     assert_eq!(committed(&r), Some(5));
+    for n in nodes.into_iter().flatten() {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+/// A FIFO group's queue is held while a message handed out is unacknowledged and invisible;
+/// then the unacknowledged ones go again, in order and alone, before anything new.
+#[tokio::test]
+async fn a_fifo_queue_is_held_until_its_messages_are_acknowledged() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (nodes, r) = one_replica_with_five_messages(tmp.path()).await?;
+    let offsets = |c: &[PopClaimed]| c.iter().map(|c| c.offset).collect::<Vec<_>>();
+    let first = claim_as(&r, 2, 1_000, 10_000, true).await;
+    assert_eq!(offsets(&first), [0, 1]);
+    assert!(
+        claim_as(&r, 2, 2_000, 10_000, true).await.is_empty(),
+        "held"
+    );
+    assert_eq!(ack(&r, 0, first[0].epoch).await, Some(PopOutcome::Acked));
+    assert!(
+        claim_as(&r, 2, 3_000, 10_000, true).await.is_empty(),
+        "held while 1 is invisible"
+    );
+    // 1's time ran out: it goes again, alone, before 2.
+    let again = claim_as(&r, 2, 12_000, 10_000, true).await;
+    assert_eq!(offsets(&again), [1]);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(ack(&r, 1, again[0].epoch).await, Some(PopOutcome::Acked));
+    assert_eq!(
+        offsets(&claim_as(&r, 2, 13_000, 10_000, true).await),
+        [2, 3]
+    );
     for n in nodes.into_iter().flatten() {
         n.stop().await;
     }

@@ -168,6 +168,7 @@ fn fuzz_store_values() {
             max_reconsume_times: 3,
             retry_backoff_ms: vec![1_000, 5_000],
             consume_from: GroupConsumeFrom::First,
+            fifo: false,
         }
         .encode(),
         GroupConfig {
@@ -175,9 +176,24 @@ fn fuzz_store_values() {
             max_reconsume_times: 0,
             retry_backoff_ms: vec![],
             consume_from: GroupConsumeFrom::Last,
+            fifo: true,
         }
         .encode(),
     ];
+    let inflight = vec![
+        crate::pop::Inflight {
+            visible_at_ms: 60_000,
+            epoch: 42,
+            attempts: 3,
+        }
+        .encode(),
+    ];
+    fuzz::decoder(
+        "pop::Inflight::decode",
+        &inflight,
+        bound(),
+        crate::pop::Inflight::decode,
+    );
     fuzz::decoder("GroupConfig::decode", &groups, bound(), |b| {
         GroupConfig::decode("G", b)
     });

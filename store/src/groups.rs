@@ -11,6 +11,9 @@
 //! | 1      | `consume_from`: 0 last, 1 first |
 //! | 2      | `n`, the number of backoff steps (≤ [`MAX_BACKOFF_STEPS`]) |
 //! | 8 × n  | backoff of retry `i + 1`, in ms (`n` = 0: the broker's default) |
+//! | 1      | version 2 only: flags, bit 0 `fifo` (other bits zero) |
+//!
+//! A group without flags is written as version 1 (as before flags existed).
 //!
 //! A record that does not parse (bad version, bad length, too many steps, unknown
 //! `consume_from`) is reported as malformed, never guessed at.
@@ -23,6 +26,9 @@ use crate::meta::{MetaStore, MetaTxn, meta_err};
 
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const VERSION: u8 = 1;
+/// The version with a flags byte.
+const VERSION_FLAGS: u8 = 2;
+const FLAG_FIFO: u8 = 1;
 
 /// The most backoff steps a group may name.
 pub const MAX_BACKOFF_STEPS: usize = 64;
@@ -49,6 +55,9 @@ pub struct GroupConfig {
     /// The delay before retry `i + 1` (empty: the broker's `timer.retry_backoff`).
     pub retry_backoff_ms: Vec<u64>,
     pub consume_from: GroupConsumeFrom,
+    /// RocketMQ 5 FIFO consumption (POP): a queue is held while a message of it handed out
+    /// is neither acknowledged nor visible again.
+    pub fifo: bool,
 }
 
 impl GroupConfig {
@@ -77,8 +86,8 @@ impl GroupConfig {
 
     /// The record (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(8 + 8 * self.retry_backoff_ms.len());
-        b.put_u8(VERSION);
+        let mut b = Vec::with_capacity(9 + 8 * self.retry_backoff_ms.len());
+        b.put_u8(if self.fifo { VERSION_FLAGS } else { VERSION });
         b.put_u32(self.max_reconsume_times);
         b.put_u8(match self.consume_from {
             GroupConsumeFrom::Last => 0,
@@ -88,6 +97,9 @@ impl GroupConfig {
         for d in &self.retry_backoff_ms {
             b.put_u64(*d);
         }
+        if self.fifo {
+            b.put_u8(FLAG_FIFO);
+        }
         b
     }
 
@@ -95,7 +107,7 @@ impl GroupConfig {
     pub fn decode(name: &str, b: &[u8]) -> Result<GroupConfig> {
         let mut r = Reader::new(b, "group config");
         let v = r.u8()?;
-        if v != VERSION {
+        if v != VERSION && v != VERSION_FLAGS {
             return Err(StoreError::malformed(
                 "group config",
                 format!("unknown version {v}"),
@@ -123,12 +135,27 @@ impl GroupConfig {
         for _ in 0..n {
             retry_backoff_ms.push(r.u64()?);
         }
+        let fifo = if v == VERSION_FLAGS {
+            match r.u8()? {
+                0 => false,
+                FLAG_FIFO => true,
+                x => {
+                    return Err(StoreError::malformed(
+                        "group config",
+                        format!("unknown flags {x:#x}"),
+                    ));
+                }
+            }
+        } else {
+            false
+        };
         r.finish()?;
         let g = GroupConfig {
             name: name.to_string(),
             max_reconsume_times,
             retry_backoff_ms,
             consume_from,
+            fifo,
         };
         g.validate()?;
         Ok(g)
@@ -195,6 +222,7 @@ mod tests {
             max_reconsume_times: 3,
             retry_backoff_ms: vec![1_000, 60_000],
             consume_from: GroupConsumeFrom::First,
+            fifo: false,
         }
     }
 
@@ -216,10 +244,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_group_is_version_2_with_its_flag() {
+        let f = GroupConfig { fifo: true, ..g() };
+        let b = f.encode();
+        assert_eq!(b[0], 2);
+        assert_eq!(*b.last().unwrap(), 1);
+        assert_eq!(GroupConfig::decode("G", &b).unwrap(), f);
+        let mut bad = b.clone();
+        *bad.last_mut().unwrap() = 4;
+        assert!(GroupConfig::decode("G", &bad).is_err(), "unknown flag");
+        assert!(
+            GroupConfig::decode("G", &b[..b.len() - 1]).is_err(),
+            "flags cut"
+        );
+    }
+
+    #[test]
     fn bad_records_are_malformed() {
         let good = g().encode();
         let mut bad_version = good.clone();
-        bad_version[0] = 2;
+        bad_version[0] = 3;
         let mut bad_from = good.clone();
         bad_from[5] = 7;
         let mut too_many = good.clone();

@@ -162,3 +162,67 @@ def test_a_push_listeners_failure_is_redelivered(config, topic):
         c.shutdown()
     assert listener.seen == ids
     assert all(n >= 2 for n in listener.attempts.values())
+
+
+class FifoListener(MessageListener):
+    """Records, per message group, the bodies consumed successfully in order; fails the
+    message `fail_body` once."""
+
+    def __init__(self, fail_body=None):
+        self.order = {}
+        self.failed = set()
+        self.fail_body = fail_body
+        self.lock = threading.Lock()
+
+    def consume(self, message):
+        body = message.body.decode()
+        time.sleep(0.002)
+        with self.lock:
+            if body == self.fail_body and body not in self.failed:
+                self.failed.add(body)
+                return ConsumeResult.FAILURE
+            self.order.setdefault(message.message_group, []).append(body)
+        return ConsumeResult.SUCCESS
+
+    def count(self):
+        with self.lock:
+            return sum(len(v) for v in self.order.values())
+
+
+def test_fifo_message_groups_are_consumed_in_order(config, topic):
+    from conftest import NAMESRV, raftmq
+
+    group = f"F{uuid.uuid4().hex[:8]}"
+    raftmq("group", "create", "--namesrv", NAMESRV, "--group", group, "--fifo", "true",
+           "--consume-from", "first")
+    p = Producer(config, (topic,))
+    p.startup()
+    sent = {}
+    try:
+        # More per group than one receive hands out (32), so that the two consumers would
+        # interleave a queue without the server holding it.
+        for i in range(100):
+            for g in ("A", "B", "C"):
+                m = Message()
+                m.topic = topic
+                m.body = f"{g}-{i}".encode()
+                m.message_group = g
+                p.send(m)
+                sent.setdefault(g, []).append(f"{g}-{i}")
+    finally:
+        p.shutdown()
+    listener = FifoListener(fail_body="A-5")
+    consumers = [PushConsumer(config, group, listener, {topic: FilterExpression("*")})
+                 for _ in range(2)]
+    for c in consumers:
+        c.startup()
+    try:
+        deadline = time.time() + 90
+        while listener.count() < 300 and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        for c in consumers:
+            c.shutdown()
+    assert listener.failed == {"A-5"}
+    with listener.lock:
+        assert listener.order == sent

@@ -49,6 +49,7 @@ impl GroupConfigs {
                 max_reconsume_times: g.max_reconsume_times,
                 retry_backoff_ms: g.retry_backoff_ms,
                 consume_first: g.consume_first,
+                fifo: g.fifo,
             }))
             .await?;
         Ok(())
@@ -79,5 +80,6 @@ fn to_wire(g: GroupConfig) -> ConsumerGroupConfig {
         max_reconsume_times: g.max_reconsume_times,
         retry_backoff_ms: g.retry_backoff_ms,
         consume_first: g.consume_from == GroupConsumeFrom::First,
+        fifo: g.fifo,
     }
 }

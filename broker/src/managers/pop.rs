@@ -30,6 +30,7 @@ pub struct PopSpec {
     pub invisible_ms: u64,
     pub hold_ms: u32,
     pub from_first: bool,
+    pub fifo: bool,
 }
 
 pub struct PopManager {
@@ -66,9 +67,11 @@ impl PopManager {
             )));
         }
         self.topics.for_pull(&req.topic, req.queue_id)?;
-        let from_first = configs
-            .get(&req.consumer_group)?
+        let config = configs.get(&req.consumer_group)?;
+        let from_first = config
+            .as_ref()
             .is_none_or(|g| g.consume_from == GroupConsumeFrom::First);
+        let fifo = config.is_some_and(|g| g.fifo);
         Ok(PopSpec {
             queue: PopQueue {
                 group: req.consumer_group.clone(),
@@ -79,6 +82,7 @@ impl PopManager {
             invisible_ms: req.invisible_ms,
             hold_ms: req.long_poll_ms,
             from_first,
+            fifo,
         })
     }
 
@@ -90,6 +94,10 @@ impl PopManager {
         let Some(cursor) = meta.pop_cursor(&spec.queue)? else {
             return Ok(true);
         };
+        let inflight = meta.pop_inflight(&spec.queue)?;
+        if spec.fifo && inflight.iter().any(|(_, f)| f.visible_at_ms > now_ms) {
+            return Ok(false);
+        }
         let (_, end) = view.queue_bounds(&QueueId {
             topic: spec.queue.topic.clone(),
             queue_id: spec.queue.queue_id,
@@ -97,10 +105,7 @@ impl PopManager {
         if cursor < end.0 {
             return Ok(true);
         }
-        Ok(meta
-            .pop_inflight(&spec.queue)?
-            .iter()
-            .any(|(_, f)| f.visible_at_ms <= now_ms))
+        Ok(inflight.iter().any(|(_, f)| f.visible_at_ms <= now_ms))
     }
 
     /// When the first in-flight message of the queue becomes visible again, if any is.
@@ -126,6 +131,7 @@ impl PopManager {
                 now_ms,
                 invisible_ms: spec.invisible_ms,
                 from_first: spec.from_first,
+                fifo: spec.fifo,
             })
             .await?;
         let Some(PopOutcome::Claimed(claimed)) = r.pop else {
