@@ -314,6 +314,7 @@ async fn group_configs_set_the_maximum_and_the_backoff() -> anyhow::Result<()> {
         max_reconsume_times: max,
         retry_backoff_ms: backoff,
         consume_first: false,
+        fifo: false,
     };
     // An update of a group never created, and configs past the limits, are refused.
     assert_eq!(
