@@ -5,7 +5,8 @@
 //!   cursor up to the queue's end as this entry sees it (every earlier entry is dispatched
 //!   before it applies, so every replica sees the same end). Each gets the claim's log index
 //!   as its epoch. At most [`INFLIGHT_MAX`] messages are in flight per queue. In-flight
-//!   messages below the queue's first retained offset (purged by retention) are dropped.
+//!   messages below the queue's first retained offset as the leader saw it (purged by
+//!   retention) are dropped. Nothing is read from the applying replica's retention.
 //! - A FIFO group's claim (`fifo`) hands out nothing while any message of the queue is in
 //!   flight and invisible; once all their times ran out, the unacknowledged ones go again, in
 //!   offset order, before anything new.
@@ -44,14 +45,18 @@ pub fn apply_pop_command(
             max,
             now_ms,
             invisible_ms,
-            from_first,
+            start_offset,
+            retained_from,
             fifo,
         } => {
             let q = pop_queue(group, topic, *queue_id);
-            let (first, end) = store.queue_bounds(&QueueId {
+            // The end is the same on every replica (every earlier entry is dispatched); the
+            // first retained offset is not (retention, snapshot installs): the leader's.
+            let (_, end) = store.queue_bounds(&QueueId {
                 topic: topic.clone(),
                 queue_id: *queue_id,
             });
+            let first = QueueOffset(*retained_from);
             let visible_at_ms = now_ms.saturating_add(*invisible_ms);
             let mut claimed = Vec::new();
             let mut inflight = txn.pop_inflight(&q)?;
@@ -95,8 +100,11 @@ pub fn apply_pop_command(
                     claimed.push(claimed_of(*offset, &n));
                 }
             }
-            let start = if *from_first { first.0 } else { end.0 };
-            let cursor = txn.pop_cursor(&q)?.unwrap_or(start).max(first.0);
+            let cursor = txn
+                .pop_cursor(&q)?
+                .unwrap_or(*start_offset)
+                .max(first.0)
+                .min(end.0);
             let room = INFLIGHT_MAX.saturating_sub(inflight.len());
             let n = (max.saturating_sub(claimed.len()))
                 .min(room)

@@ -109,8 +109,10 @@ pub enum MetaCommand {
     /// POP: hands out up to `max` messages of `queue_id` to consumer `group` until
     /// `now_ms + invisible_ms` (leader clock): first those in flight whose time ran out
     /// (delivered again, attempts + 1), then new ones from the group's cursor (a group new
-    /// to the queue starts at the queue's first retained offset when `from_first`, else at its
-    /// end). See [`crate::pop_apply`].
+    /// to the queue starts at `start_offset`). `retained_from` is the queue's first retained
+    /// offset as the proposing leader saw it: in-flight messages below it are dropped and the
+    /// cursor raised to it. Both come from the leader, never from the applying replica's
+    /// store, whose retention may be elsewhere. See [`crate::pop_apply`].
     PopClaim {
         group: String,
         topic: String,
@@ -118,7 +120,8 @@ pub enum MetaCommand {
         max: u32,
         now_ms: u64,
         invisible_ms: u64,
-        from_first: bool,
+        start_offset: u64,
+        retained_from: u64,
         /// The group consumes in FIFO order: the queue is held while a message handed out
         /// is neither acknowledged nor visible again; then the unacknowledged ones are
         /// handed out again, in order, before anything new.

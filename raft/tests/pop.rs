@@ -32,7 +32,8 @@ async fn claim_as(
         max,
         now_ms,
         invisible_ms,
-        from_first: true,
+        start_offset: 0,
+        retained_from: 0,
         fifo,
     };
     match retry_not_leader(|| r.propose(cmd.clone()))

@@ -215,6 +215,7 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
         max_reconsume_times: 3,
         retry_backoff_ms: vec![100, 200],
         consume_first: true,
+        fifo: true,
     };
     retry_not_leader(|| leader.propose(MetaCommand::PutGroup(group.clone()))).await?;
     write_batches(&leader, 0, 10).await?;
@@ -233,6 +234,19 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
     nodes.remove(&lagging).expect("present").stop().await;
     write_batches(&leader, 10, 80).await?;
     commit_offset(&leader, 40).await?;
+    // POP state (a cursor, messages in flight) travels with the snapshot too.
+    let claim = MetaCommand::PopClaim {
+        group: "PG".into(),
+        topic: "T".into(),
+        queue_id: 0,
+        max: 3,
+        now_ms: 1_000,
+        invisible_ms: 1 << 40,
+        start_offset: 0,
+        retained_from: 0,
+        fifo: false,
+    };
+    retry_not_leader(|| leader.propose(claim.clone())).await?;
     // The undecided half holds its segment: nothing expires.
     for n in nodes.values() {
         let o = n.replica.run_retention(u64::MAX / 2).await?;
@@ -296,6 +310,12 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
             vec![group.to_config()],
             "the group config came with the snapshot"
         );
+        let pop = r.store().lock().meta().pop_state()?;
+        assert!(
+            !pop.cursors.is_empty(),
+            "a POP cursor came with the snapshot"
+        );
+        assert_eq!(pop, leader.store().lock().meta().pop_state()?);
     }
     // Decided on the new leader's word after the install: committed on every replica.
     commit_half(&leader, 3, h3).await?;

@@ -121,6 +121,10 @@ impl PopManager {
 
     /// Claims through Raft at `now_ms` and reads what was handed out.
     pub async fn claim(&self, spec: &PopSpec, now_ms: u64) -> Result<Vec<PoppedMessage>, Refusal> {
+        let (first, end) = self.replica.store().view().queue_bounds(&QueueId {
+            topic: spec.queue.topic.clone(),
+            queue_id: spec.queue.queue_id,
+        });
         let r = self
             .replica
             .propose(MetaCommand::PopClaim {
@@ -130,7 +134,8 @@ impl PopManager {
                 max: spec.max,
                 now_ms,
                 invisible_ms: spec.invisible_ms,
-                from_first: spec.from_first,
+                start_offset: if spec.from_first { first.0 } else { end.0 },
+                retained_from: first.0,
                 fifo: spec.fifo,
             })
             .await?;
