@@ -11,8 +11,11 @@
 //! - [`txn`]: transactions — each decided once, committed ones delivered, rolled-back ones not.
 //! - [`timer`]: timed messages — never early, delivered within bounds, recalled ones never.
 //! - [`retry`]: consumer retries — redelivery counts, the dead-letter queue.
+//! - [`pop`]: POP consumption (RocketMQ 5 clients) — nothing lost, acks stick, no
+//!   redelivery before the invisible time, attempts rise, FIFO queues held.
 
 pub mod log;
+pub mod pop;
 pub mod queue;
 pub mod retry;
 pub mod timer;

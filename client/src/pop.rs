@@ -32,6 +32,16 @@ const ATTEMPTS: usize = 5;
 /// The pause before trying again after `NOT_LEADER` or an unreachable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// Whether a call whose outcome is unknown (no answer, `UNAVAILABLE`) is tried again: a
+/// receive is (a claim whose answer was lost only hides its messages for their invisible
+/// time); an ack or a change is not (tried again, it would answer `RECEIPT_STALE` for what
+/// the first try did), and its caller learns the outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    Unsure,
+    NotLeaderOnly,
+}
+
 /// One message handed out by a receive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Popped {
@@ -93,7 +103,7 @@ impl PopClient {
             long_poll_ms: long_poll.as_millis().min(u128::from(u32::MAX)) as u32,
         };
         let r = self
-            .leader_call(queue, |addr| {
+            .leader_call(queue, Retry::Unsure, |addr| {
                 let req = req.clone();
                 let routes = self.routes.clone();
                 async move {
@@ -125,7 +135,7 @@ impl PopClient {
             offset,
             epoch,
         };
-        self.leader_call(queue, |addr| {
+        self.leader_call(queue, Retry::NotLeaderOnly, |addr| {
             let req = req.clone();
             let routes = self.routes.clone();
             async move {
@@ -156,7 +166,7 @@ impl PopClient {
             epoch,
             invisible_ms: invisible.as_millis() as u64,
         };
-        self.leader_call(queue, |addr| {
+        self.leader_call(queue, Retry::NotLeaderOnly, |addr| {
             let req = req.clone();
             let routes = self.routes.clone();
             async move {
@@ -189,7 +199,7 @@ impl PopClient {
             delay_level: 0,
             orderly: true,
         };
-        self.leader_call(queue, |addr| {
+        self.leader_call(queue, Retry::NotLeaderOnly, |addr| {
             let req = req.clone();
             let routes = self.routes.clone();
             async move {
@@ -204,7 +214,12 @@ impl PopClient {
 
     /// Calls the leader of `queue`'s broker group, following it while it moves: a refusal
     /// other than `NOT_LEADER` / `UNAVAILABLE` is answered as is.
-    async fn leader_call<T, F, Fut>(&self, queue: &MessageQueue, f: F) -> Result<T, ClientError>
+    async fn leader_call<T, F, Fut>(
+        &self,
+        queue: &MessageQueue,
+        unsure: Retry,
+        f: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(String) -> Fut,
         Fut: std::future::Future<Output = Result<(Option<raftmq_proto::v1::Status>, T), ClientError>>,
@@ -224,11 +239,27 @@ impl PopClient {
             match f(addr).await {
                 Ok((status, t)) => match code(&status) {
                     ErrorCode::Ok => return Ok(t),
-                    c @ (ErrorCode::NotLeader | ErrorCode::Unavailable) => {
+                    // Not the leader: nothing was done; try the leader.
+                    c @ ErrorCode::NotLeader => {
                         last = ClientError::Refused {
                             code: c,
                             message: status.map(|s| s.message).unwrap_or_default(),
                         };
+                    }
+                    // May or may not have been done: tried again only if that is harmless.
+                    c @ ErrorCode::Unavailable if unsure == Retry::Unsure => {
+                        last = ClientError::Refused {
+                            code: c,
+                            message: status.map(|s| s.message).unwrap_or_default(),
+                        };
+                    }
+                    // A receipt gone stale on a second try may be the first try's doing (a
+                    // leader that answered NOT_LEADER after appending it): unknown.
+                    ErrorCode::ReceiptStale if attempt > 0 => {
+                        return Err(ClientError::Unavailable(format!(
+                            "outcome unknown: an earlier try may have done it ({})",
+                            status.map(|s| s.message).unwrap_or_default()
+                        )));
                     }
                     c => {
                         return Err(ClientError::Refused {
@@ -237,7 +268,8 @@ impl PopClient {
                         });
                     }
                 },
-                Err(e) => last = e,
+                Err(e) if unsure == Retry::Unsure => last = e,
+                Err(e) => return Err(e),
             }
         }
         Err(last)

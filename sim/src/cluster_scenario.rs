@@ -190,6 +190,8 @@ pub struct ClusterConfig {
     pub transactions: u32,
     /// At most this many timed messages (0: no timed workload).
     pub timers: u32,
+    /// At most this many POP messages (0: no POP workload; see [`crate::pop_workload`]).
+    pub pop: u32,
 }
 
 impl Default for ClusterConfig {
@@ -203,6 +205,7 @@ impl Default for ClusterConfig {
             hold_ms: 200..1500,
             transactions: 0,
             timers: 0,
+            pop: 0,
         }
     }
 }
@@ -225,6 +228,9 @@ pub struct Outcome {
     /// The timed workload's history and what its checkers found.
     pub timer: TimerHistory,
     pub timer_violations: Vec<TimerViolation>,
+    /// The POP workload's history and what its checkers found.
+    pub pop: crate::pop_checks::PopHistory,
+    pub pop_violations: Vec<crate::pop_checks::PopViolation>,
 }
 
 impl Outcome {
@@ -234,6 +240,7 @@ impl Outcome {
             && self.liveness.is_empty()
             && self.txn_violations.is_empty()
             && self.timer_violations.is_empty()
+            && self.pop_violations.is_empty()
     }
 
     /// A readable report: a one-line reproduction, counts, violations, the timeline.
@@ -291,6 +298,55 @@ impl Outcome {
         }
         for v in &self.timer_violations {
             s.push_str(&format!("TIMER VIOLATION {v:?}\n"));
+        }
+        if !self.pop.sent.is_empty() {
+            let p = &self.pop;
+            s.push_str(&format!(
+                "pop: {} acked sends, {} indeterminate, {} deliveries, {} acks, {} changes\n",
+                p.sent.len(),
+                p.indeterminate.len(),
+                p.deliveries.len(),
+                p.acks.len(),
+                p.changes.len()
+            ));
+        }
+        for v in &self.pop_violations {
+            s.push_str(&format!("POP VIOLATION {v:?}\n"));
+        }
+        // The first violated message's story, for triage.
+        if let Some(body) = self.pop_violations.first().map(|v| format!("{v:?}"))
+            && let Some(b) = self
+                .pop
+                .sent
+                .iter()
+                .find(|b| body.contains(&format!("\"{b}\"")))
+        {
+            for d in self.pop.deliveries.iter().filter(|d| &d.body == b) {
+                s.push_str(&format!("  pop delivery {d:?}\n"));
+            }
+            let copies: Vec<(&String, u64)> = self
+                .pop
+                .deliveries
+                .iter()
+                .filter(|d| &d.body == b)
+                .map(|d| (&d.queue, d.offset))
+                .collect();
+            for c in self
+                .pop
+                .changes
+                .iter()
+                .filter(|c| copies.contains(&(&c.0, c.1)))
+            {
+                s.push_str(&format!("  pop change {c:?}\n"));
+            }
+            for a in self
+                .pop
+                .acks
+                .iter()
+                .filter(|a| copies.contains(&(&a.0, a.1)))
+            {
+                s.push_str(&format!("  pop ack {a:?}\n"));
+            }
         }
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
@@ -401,6 +457,7 @@ struct Sim {
     /// The transactional workload and its sender's node, when it runs.
     txn: Option<(TxnWorld, NodeHandle)>,
     timer: Option<TimerWorld>,
+    pop: Option<crate::pop_workload::PopWorld>,
 }
 
 impl Sim {
@@ -878,6 +935,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         hold_ms: cfg.hold_ms.clone(),
         txn: None,
         timer: None,
+        pop: None,
     };
 
     // Topics on both groups, routed by the name server.
@@ -886,6 +944,7 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             registry.clone(),
             cfg.transactions > 0,
             cfg.timers > 0,
+            cfg.pop > 0,
         ))
         .await
         .expect("control task");
@@ -921,6 +980,17 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
             ("trc1".into(), trc1),
         ]);
         sim.timer = Some(world);
+    }
+    if cfg.pop > 0 {
+        let world =
+            crate::pop_workload::PopWorld::new(start, cfg.pop, start.elapsed() + cfg.fault_window);
+        let [pp1, pc1, pc2] = crate::pop_workload::nodes(&handle, &world, NAMESRV);
+        sim.clients.extend([
+            ("pp1".into(), pp1),
+            ("pc1".into(), pc1),
+            ("pc2".into(), pc2),
+        ]);
+        sim.pop = Some(world);
     }
     let sim = sim;
 
@@ -1227,6 +1297,13 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         }
         None => Default::default(),
     };
+    let (pop, pop_violations) = match &sim.pop {
+        Some(world) => {
+            let note = |s: &str| sim.note(s);
+            crate::pop_workload::settle(world, note, within, &mut liveness).await
+        }
+        None => Default::default(),
+    };
     let history = lock(&history).clone();
     let violations = check_queue_history(&history);
     let timeline = lock(&sim.timeline).clone();
@@ -1242,6 +1319,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         txn_violations,
         timer,
         timer_violations,
+        pop,
+        pop_violations,
     }
 }
 
@@ -1590,8 +1669,11 @@ fn within(secs: u64) -> Deadline {
     Deadline::every(Duration::from_secs(secs), POLL)
 }
 
-async fn create_topics(registry: Registry, transactions: bool, timers: bool) {
+async fn create_topics(registry: Registry, transactions: bool, timers: bool, pop: bool) {
     let mut topics = TOPICS.to_vec();
+    if pop {
+        topics.push(crate::pop_workload::TOPIC);
+    }
     if transactions {
         topics.push(txn_workload::TOPIC);
     }

@@ -30,12 +30,15 @@ macro_rules! regressions {
 // The history checkers live in `raftmq-check`, shared with the chaos harness over real
 // processes; they keep their names here.
 pub use raftmq_check::log as history;
+pub use raftmq_check::pop as pop_checks;
 pub use raftmq_check::queue as queue_checks;
 pub mod replica_checks;
 pub use raftmq_check::retry as retry_checks;
 pub use raftmq_check::timer as timer_checks;
 pub use raftmq_check::txn as txn_checks;
 
+#[cfg(madsim)]
+pub mod pop_workload;
 #[cfg(madsim)]
 pub mod retry_workload;
 #[cfg(madsim)]

@@ -136,6 +136,32 @@ async fn cluster_timers_survive_faults() {
 /// Timed messages per timed run.
 const TIMERS: u32 = 150;
 
+/// POP consumption (what `raftmq proxy` serves RocketMQ 5 clients) under the fault mix:
+/// every acknowledged send handed out, no ack lost across failovers, no redelivery before
+/// the invisible time, attempts rising.
+#[madsim::test]
+async fn cluster_pop_survives_faults() {
+    log_if_asked();
+    let o = run(ClusterConfig {
+        faults: faults(),
+        pop: POP_MESSAGES,
+        ..ClusterConfig::default()
+    })
+    .await;
+    let report = o.report("cluster_pop_survives_faults");
+    if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+        eprintln!("{report}");
+    }
+    assert!(o.is_clean(), "checkers fired:\n{report}");
+    assert!(
+        o.pop.sent.len() >= 10 && !o.pop.acks.is_empty(),
+        "too few POP messages to test anything:\n{report}"
+    );
+}
+
+/// POP messages per POP run.
+const POP_MESSAGES: u32 = 200;
+
 /// Each deliberate timer bug is caught by a timer checker within a few seeds.
 #[test]
 fn timer_mutations_are_caught() {
