@@ -57,9 +57,12 @@ cluster_seeds cluster_transactions_survive_faults "$TXN_SEEDS"
 TIMER_SEEDS="${RAFTMQ_SIM_TIMER_SEEDS:-100}"
 echo "== madsim: whole cluster with the timed workload, $TIMER_SEEDS seeds"
 cluster_seeds cluster_timers_survive_faults "$TIMER_SEEDS"
+POP_SEEDS="${RAFTMQ_SIM_POP_SEEDS:-200}"
+echo "== madsim: whole cluster with the POP workload (RocketMQ 5 consumption), $POP_SEEDS seeds"
+cluster_seeds cluster_pop_survives_faults "$POP_SEEDS"
 echo "== madsim: whole cluster without faults (20 seeds), the mutation checks, named regression seeds"
 MADSIM_TEST_SEED="$SEED" MADSIM_TEST_NUM=20 MADSIM_TEST_JOBS=2 \
-  cargo test -p raftmq-sim --test cluster -- cluster_delivers_every_acknowledged_message serving_uncommitted_pulls_is_caught transaction_mutations_are_caught timer_mutations_are_caught regression_
+  cargo test -p raftmq-sim --test cluster -- cluster_delivers_every_acknowledged_message serving_uncommitted_pulls_is_caught transaction_mutations_are_caught timer_mutations_are_caught pop_mutations_are_caught regression_
 echo "== madsim determinism check"
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test store_crash store_survives
@@ -69,3 +72,5 @@ MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=5 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test cluster cluster_survives_faults -- --exact
 MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
   cargo test -p raftmq-sim --test cluster cluster_transactions_survive_faults -- --exact
+MADSIM_TEST_SEED=1000 MADSIM_TEST_NUM=3 MADSIM_TEST_CHECK_DETERMINISM=1 \
+  cargo test -p raftmq-sim --test cluster cluster_pop_survives_faults -- --exact

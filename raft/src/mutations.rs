@@ -41,6 +41,9 @@ pub struct Mutations {
     /// so the DLQ comes one attempt late (used by `raftmq-broker`).
     #[cfg(feature = "mutations")]
     pub retry_count_off_by_one: bool,
+    /// A POP claim hands in-flight messages out again whatever their invisible time.
+    #[cfg(feature = "mutations")]
+    pub pop_ignores_invisible: bool,
 }
 
 macro_rules! switches {
@@ -71,5 +74,6 @@ switches!(
     checks_in_memory,
     timers_immediate,
     timer_cursor_in_memory,
-    retry_count_off_by_one
+    retry_count_off_by_one,
+    pop_ignores_invisible
 );

@@ -25,6 +25,7 @@ use raftmq_store::meta::MetaTxn;
 use raftmq_store::pop::{Inflight, PopQueue};
 use raftmq_store::{QueueOffset, Store, StoreError};
 
+use crate::mutations::Mutations;
 use crate::types::{MetaCommand, PopClaimed, PopOutcome};
 
 /// Most messages in flight per (group, topic, queue): a claim past it hands out fewer.
@@ -36,6 +37,7 @@ pub fn apply_pop_command(
     store: &Store,
     index: u64,
     m: &MetaCommand,
+    mutations: Mutations,
 ) -> Result<Option<PopOutcome>, StoreError> {
     let outcome = match m {
         MetaCommand::PopClaim {
@@ -90,7 +92,8 @@ pub fn apply_pop_command(
                 if claimed.len() >= max {
                     break;
                 }
-                if f.visible_at_ms <= *now_ms {
+                // The deliberate bug: handed out again while still invisible.
+                if f.visible_at_ms <= *now_ms || mutations.pop_ignores_invisible() {
                     let n = Inflight {
                         visible_at_ms,
                         epoch: index,

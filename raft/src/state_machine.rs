@@ -346,7 +346,8 @@ impl StateMachine {
                     return Ok((None, Some(outcome), None));
                 }
                 if let Some(outcome) =
-                    apply_pop_command(txn, store, e.log_id.index, m).map_err(io_err)?
+                    apply_pop_command(txn, store, e.log_id.index, m, self.rs.mutations())
+                        .map_err(io_err)?
                 {
                     return Ok((None, None, Some(outcome)));
                 }

@@ -162,6 +162,34 @@ async fn cluster_pop_survives_faults() {
 /// POP messages per POP run.
 const POP_MESSAGES: u32 = 200;
 
+/// The deliberate POP bug is caught by a POP checker within a few seeds.
+#[test]
+fn pop_mutations_are_caught() {
+    log_if_asked();
+    let cfg = ClusterConfig {
+        mutations: Mutations {
+            pop_ignores_invisible: true,
+            ..Mutations::default()
+        },
+        faults: vec![],
+        pop: POP_MESSAGES,
+        ..ClusterConfig::default()
+    };
+    let seeds = 3;
+    let (caught, panicked, which) = caught_on(seeds, cfg, |o| {
+        if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+            eprintln!("{}", o.report("pop_mutations_are_caught"));
+        }
+        o.pop_violations
+            .iter()
+            .any(|v| matches!(v, raftmq_sim::pop_checks::PopViolation::Early { .. }))
+    });
+    eprintln!(
+        "claim ignores invisible time: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}"
+    );
+    assert!(caught > 0, "no POP checker fired on {seeds} seeds");
+}
+
 /// Each deliberate timer bug is caught by a timer checker within a few seeds.
 #[test]
 fn timer_mutations_are_caught() {
