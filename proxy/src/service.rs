@@ -34,6 +34,12 @@ const RECEIVE_SLICE: Duration = Duration::from_millis(300);
 /// Most commands waiting to be written on one client's Telemetry stream.
 const TELEMETRY_BUFFER: usize = 64;
 
+/// The tonic service type (the simulated build's server type carries an interceptor).
+#[cfg(not(madsim))]
+pub type ProxyService = MessagingServiceServer<Svc>;
+#[cfg(madsim)]
+pub type ProxyService = MessagingServiceServer<Svc, tonic::codegen::IdentityInterceptor>;
+
 /// The gateway: what it needs to answer RocketMQ 5 clients.
 pub struct Gateway {
     namesrv: Namesrv,
@@ -69,7 +75,7 @@ impl Gateway {
 
     /// The gRPC service (its decode limit above the body limit: a 4 MiB body and its envelope
     /// must not be refused by the decoder before the gateway can answer PAYLOAD_TOO_LARGE).
-    pub fn service(self: &Arc<Self>) -> MessagingServiceServer<Svc> {
+    pub fn service(self: &Arc<Self>) -> ProxyService {
         MessagingServiceServer::new(Svc(self.clone()))
             .max_decoding_message_size(GRPC_MESSAGE_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_MAX)
