@@ -69,6 +69,9 @@ pub enum BenchCommand {
     /// Kills the leader of a group (brokers on this machine, restarted by a supervisor) while
     /// a producer sends, and reports detection, election, first commit and first ack.
     Failover(crate::bench_failover::Failover),
+    /// The RocketMQ 5 gateway's send and receive + ack, spoken to as RocketMQ 5 clients speak
+    /// (see `bench_proxy`).
+    Proxy(crate::bench_proxy::ProxyBench),
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -377,6 +380,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::TxnCheck(t) => crate::bench_txn::txn_check(t).await?,
         BenchCommand::Timers(t) => crate::bench_timers::run(t).await?,
         BenchCommand::Failover(f) => crate::bench_failover::run(f).await?,
+        BenchCommand::Proxy(p) => crate::bench_proxy::run(p).await?,
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 
 mod bench;
 mod bench_failover;
+mod bench_proxy;
 mod bench_timers;
 mod bench_txn;
 mod dlq;
