@@ -72,6 +72,10 @@ enum Command {
         /// Name servers, comma-separated.
         #[arg(long, default_value = "127.0.0.1:9876", value_delimiter = ',')]
         namesrv: Vec<String>,
+        /// For tests: the invisible time of auto-renewed receives (renewed a third of it
+        /// ahead); default 60 s, renewed 10 s ahead.
+        #[arg(long, hide = true)]
+        renew_invisible_ms: Option<u64>,
     },
     /// Runs a name server, a three-replica broker group and the RocketMQ 5 gateway in one
     /// process, on localhost.
@@ -387,9 +391,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             b.0.shutdown().await;
             Ok(())
         }
-        Command::Proxy { listen, namesrv } => {
+        Command::Proxy {
+            listen,
+            namesrv,
+            renew_invisible_ms,
+        } => {
+            let mut renew = raftmq_proxy::renew::RenewPolicy::default();
+            if let Some(ms) = renew_invisible_ms {
+                renew.invisible = Duration::from_millis(ms);
+                renew.before = renew.invisible / 3;
+            }
             let gateway = raftmq_proxy::Gateway::start(raftmq_proxy::ProxyConfig {
                 namesrv_addrs: namesrv,
+                renew,
             })
             .await?;
             println!("proxy listening on {listen} (apache.rocketmq.v2)");
@@ -730,6 +744,7 @@ async fn dev(
         let addr: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
         let gateway = raftmq_proxy::Gateway::start(raftmq_proxy::ProxyConfig {
             namesrv_addrs: vec![ns_addr.to_string()],
+            ..Default::default()
         })
         .await?;
         let svc = gateway.service();

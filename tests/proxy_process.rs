@@ -65,13 +65,19 @@ fn code(s: &Option<Status>) -> Code {
 }
 
 async fn start(dir: &std::path::Path) -> (Procs, String, u16, MessagingServiceClient<Channel>) {
+    start_with(dir, &[]).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    proxy_args: &[&str],
+) -> (Procs, String, u16, MessagingServiceClient<Channel>) {
     let (mut procs, ns) = start_group(dir, "");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    procs.0.insert(
-        listen.clone(),
-        spawn(&["proxy", "--listen", &listen, "--namesrv", &ns]),
-    );
+    let mut args = vec!["proxy", "--listen", &listen, "--namesrv", &ns];
+    args.extend_from_slice(proxy_args);
+    procs.0.insert(listen.clone(), spawn(&args));
     wait_leader(&ns, None, Duration::from_secs(20)).await;
     create_topic(&ns, "T", 4).await;
     let client = wait_for(Duration::from_secs(20), "the proxy listening", || async {
@@ -303,6 +309,17 @@ async fn receive(
     topic: &str,
     max: i32,
 ) -> (Code, Vec<Message>) {
+    receive_as(c, topic, max, false).await
+}
+
+/// A receive: with `auto_renew` as a push consumer does (no invisible time), else invisible
+/// for 60 s.
+async fn receive_as(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    max: i32,
+    auto_renew: bool,
+) -> (Code, Vec<Message>) {
     let r = c
         .receive_message(req(ReceiveMessageRequest {
             group: Some(resource("G")),
@@ -319,11 +336,11 @@ async fn receive(
             }),
             filter_expression: None,
             batch_size: max,
-            invisible_duration: Some(prost_types::Duration {
+            invisible_duration: (!auto_renew).then_some(prost_types::Duration {
                 seconds: 60,
                 nanos: 0,
             }),
-            auto_renew: false,
+            auto_renew,
             long_polling_timeout: Some(prost_types::Duration {
                 seconds: 1,
                 nanos: 0,
@@ -435,5 +452,91 @@ async fn receipts_outlive_a_leader_failover() -> anyhow::Result<()> {
     let (status, msgs) = receive(&mut c, "F", 10).await;
     assert!(msgs.is_empty(), "nothing acked comes back: {msgs:?}");
     assert_eq!(status, Code::MessageNotFound);
+    Ok(())
+}
+
+async fn routed(c: &MessagingServiceClient<Channel>, topic: &str) {
+    let what = format!("topic {topic} routed");
+    wait_for(Duration::from_secs(10), &what, || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .query_route(req(QueryRouteRequest {
+                    topic: Some(resource(topic)),
+                    endpoints: Some(endpoints(1)),
+                }))
+                .await
+                .ok()?
+                .into_inner();
+            (code(&r.status) == Code::Ok).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A push consumer's receive (auto-renew, no invisible time) stays invisible past several
+/// invisible times while the gateway renews it, and acks with the receipt it was handed;
+/// a client that ends its session gives its messages back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_renewed_messages_stay_invisible_until_acked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Invisible 1.5 s per claim or renewal (renewed 0.5 s ahead).
+    let (_procs, ns, _port, mut c) =
+        start_with(dir.path(), &["--renew-invisible-ms", "1500"]).await;
+    create_topic(&ns, "R", 1).await;
+    routed(&c, "R").await;
+    for i in 0..5 {
+        let r = c
+            .send_message(req(SendMessageRequest {
+                messages: vec![message("R", &format!("01R{i:04}"), |_| {})],
+            }))
+            .await?
+            .into_inner();
+        assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    }
+    let mut handed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handed.len() < 5 && std::time::Instant::now() < deadline {
+        handed.extend(receive_as(&mut c, "R", 5, true).await.1);
+    }
+    assert_eq!(handed.len(), 5);
+    // Four invisible times later, still held.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, back) = receive(&mut c, "R", 5).await;
+    assert!(back.is_empty(), "renewed messages came back: {back:?}");
+    assert_eq!(status, Code::MessageNotFound);
+    // Acked with the receipts handed out (each renewal replaced it in the group).
+    let (first, rest) = handed.split_first().expect("five");
+    for m in rest {
+        let h = m
+            .system_properties
+            .as_ref()
+            .and_then(|s| s.receipt_handle.clone());
+        assert_eq!(
+            ack_handle(&mut c, "R", &h.expect("a receipt")).await,
+            Code::Ok
+        );
+    }
+    // The client ends its session: the one left comes back at once, attempt 2.
+    let end = c
+        .notify_client_termination(req(NotifyClientTerminationRequest { group: None }))
+        .await?
+        .into_inner();
+    assert_eq!(code(&end.status), Code::Ok);
+    let mut again = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while again.is_empty() && std::time::Instant::now() < deadline {
+        again = receive(&mut c, "R", 5).await.1;
+    }
+    assert_eq!(again.len(), 1, "only the unacked one");
+    let sp = again[0]
+        .system_properties
+        .clone()
+        .expect("system properties");
+    assert_eq!(
+        sp.message_id,
+        first.system_properties.as_ref().expect("sp").message_id
+    );
+    assert_eq!(sp.delivery_attempt, Some(2));
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 pub mod codes;
 pub mod receive;
+pub mod renew;
 pub mod routes;
 pub mod send;
 pub mod service;

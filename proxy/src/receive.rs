@@ -15,9 +15,6 @@ use crate::codes::V2Error;
 use crate::send::{PROPERTY_BODY_ENCODING, PROPERTY_MESSAGE_GROUP};
 use crate::settings::{LONG_POLLING_TIMEOUT, duration};
 
-/// The invisible time of a push consumer's receive (it asks the server to renew; see
-/// docs/rocketmq5.md for what is renewed today).
-pub const AUTO_RENEW_INVISIBLE: Duration = Duration::from_secs(60);
 /// The shortest and longest invisible time a receive or change may ask for.
 pub const INVISIBLE_MIN: Duration = Duration::from_secs(1);
 pub const INVISIBLE_MAX: Duration = Duration::from_secs(12 * 3600);
@@ -114,11 +111,14 @@ impl TagFilter {
     }
 }
 
-/// The receive's invisible time: the request's, or the auto-renew default.
-pub fn invisible(req: &v2::ReceiveMessageRequest) -> Result<Duration, V2Error> {
+/// The receive's invisible time: the request's, or `auto_renew` (the gateway renews).
+pub fn invisible(
+    req: &v2::ReceiveMessageRequest,
+    auto_renew: Duration,
+) -> Result<Duration, V2Error> {
     let d = match &req.invisible_duration {
         Some(d) => to_duration(d),
-        None if req.auto_renew => return Ok(AUTO_RENEW_INVISIBLE),
+        None if req.auto_renew => return Ok(auto_renew),
         None => {
             return Err(V2Error::new(
                 Code::IllegalInvisibleTime,

@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::codes::{V2Error, ok, status_of};
 use crate::receive::{self, Receipt, TagFilter};
+use crate::renew::{Held, RenewPolicy, Renewals};
 use crate::routes::{self, Namesrv};
 use crate::send::{self, Outgoing};
 use crate::sessions::Sessions;
@@ -28,6 +29,22 @@ use crate::settings;
 
 /// The metadata header naming the client (every RPC; sessions are keyed by it).
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
+/// How soon messages a terminated client held under auto-renew become visible again.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
+/// How often the renewal table is looked at.
+const RENEW_EVERY: Duration = Duration::from_millis(200);
+
+/// Renews what is due until the gateway is dropped.
+async fn renew_loop(gw: std::sync::Weak<Gateway>) {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let Some(gw) = gw.upgrade() else {
+            return;
+        };
+        gw.renew_due().await;
+    }
+}
+
 /// How long a receive waits on one queue before looking at the next, while long polling
 /// every queue of a broker group.
 const RECEIVE_SLICE: Duration = Duration::from_millis(300);
@@ -47,13 +64,17 @@ pub struct Gateway {
     pop: PopClient,
     /// Rotates where a receive of "any queue of the broker" starts.
     next_queue: AtomicUsize,
+    renewals: Renewals,
+    renew: RenewPolicy,
     pub(crate) sessions: Sessions,
 }
 
 /// What `raftmq proxy` is started with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
     pub namesrv_addrs: Vec<String>,
+    /// Auto-renew timing (tests shorten it).
+    pub renew: RenewPolicy,
 }
 
 impl Gateway {
@@ -64,13 +85,17 @@ impl Gateway {
             .group("raftmq-proxy")
             .build()?;
         producer.start().await?;
-        Ok(Arc::new(Self {
+        let gw = Arc::new(Self {
             pop: PopClient::new(config.namesrv_addrs.iter().cloned()),
             namesrv: Namesrv::new(config.namesrv_addrs),
             producer,
             next_queue: AtomicUsize::new(0),
+            renewals: Renewals::default(),
+            renew: config.renew,
             sessions: Sessions::default(),
-        }))
+        });
+        tokio::spawn(renew_loop(Arc::downgrade(&gw)));
+        Ok(gw)
     }
 
     /// The gRPC service (its decode limit above the body limit: a 4 MiB body and its envelope
@@ -91,6 +116,7 @@ impl Gateway {
     /// the maximum attempts go to the group's dead-letter queue.
     async fn receive(
         &self,
+        client: &str,
         req: &v2::ReceiveMessageRequest,
         deadline: Option<Duration>,
     ) -> Result<Vec<v2::Message>, V2Error> {
@@ -117,7 +143,9 @@ impl Gateway {
             .filter(|b| !b.is_empty())
             .ok_or_else(|| V2Error::new(Code::BadRequest, "a receive names the queue's broker"))?;
         let filter = TagFilter::parse(req.filter_expression.as_ref())?;
-        let invisible = receive::invisible(req)?;
+        let invisible = receive::invisible(req, self.renew.invisible)?;
+        // Renewed by the gateway: a push consumer that names no invisible time.
+        let renewed = req.auto_renew && req.invisible_duration.is_none();
         if req.batch_size <= 0 || req.batch_size > receive::BATCH_MAX {
             return Err(V2Error::new(
                 Code::BadRequest,
@@ -171,6 +199,9 @@ impl Gateway {
                     .hand_out(q, &group.name, topic, &filter, invisible, popped)
                     .await;
                 if !out.is_empty() {
+                    if renewed {
+                        self.hold_for_renewal(client, &group.name, &topic.name, &out);
+                    }
                     return Ok(out);
                 }
             }
@@ -217,8 +248,71 @@ impl Gateway {
         out
     }
 
+    /// Renews `msgs` (just handed to `client`) until acked, changed or the session ends.
+    fn hold_for_renewal(&self, client: &str, group: &str, topic: &str, msgs: &[v2::Message]) {
+        let now = Instant::now();
+        for m in msgs {
+            let Some(r) = m
+                .system_properties
+                .as_ref()
+                .and_then(|s| s.receipt_handle.as_deref())
+                .and_then(|h| Receipt::parse(h).ok())
+            else {
+                continue;
+            };
+            self.renewals.hold(
+                (
+                    r.broker_group.clone(),
+                    topic.to_string(),
+                    r.queue_id,
+                    r.offset,
+                ),
+                Held {
+                    client: client.to_string(),
+                    group: group.to_string(),
+                    handed_epoch: r.epoch,
+                    epoch: r.epoch,
+                    position: r.position,
+                    due: now + self.renew.invisible.saturating_sub(self.renew.before),
+                    since: now,
+                },
+            );
+        }
+    }
+
+    /// One round of renewals: those due get another invisible time; those renewed for the
+    /// maximum are left to come back.
+    async fn renew_due(&self) {
+        let now = Instant::now();
+        let (renew, _expired) = self.renewals.due(now, &self.renew);
+        for (key, held) in renew {
+            let q = Queue::new(&key.1, &key.0, key.2);
+            match self
+                .pop
+                .change_invisible(&q, &held.group, key.3, held.epoch, self.renew.invisible)
+                .await
+            {
+                Ok((epoch, _)) => self.renewals.renewed(key, held, epoch, now, &self.renew),
+                // Acked or changed meanwhile (stale), or unknown: it is not held any more, or
+                // comes back after its invisible time.
+                Err(e) => tracing::debug!(error = %e, "renewal not done"),
+            }
+        }
+    }
+
+    /// `client` ended its session: what it held under auto-renew becomes visible again soon.
+    async fn release_client(&self, client: &str) {
+        for (key, held) in self.renewals.of_client(client) {
+            let q = Queue::new(&key.1, &key.0, key.2);
+            let _ = self
+                .pop
+                .change_invisible(&q, &held.group, key.3, held.epoch, RELEASE_AFTER)
+                .await;
+        }
+    }
+
     async fn ack(&self, group: &str, topic: &str, handle: &str) -> Result<(), V2Error> {
-        let r = Receipt::parse(handle)?;
+        let r = self.renewals.current(topic, &Receipt::parse(handle)?, true);
         let q = Queue::new(topic, &r.broker_group, r.queue_id);
         self.pop
             .ack(&q, group, r.offset, r.epoch)
@@ -447,7 +541,7 @@ impl MessagingService for Svc {
         let id = client_id(&req);
         let req = req.into_inner();
         let r = match id {
-            Ok(_) => self.0.receive(&req, deadline).await,
+            Ok(client) => self.0.receive(&client, &req, deadline).await,
             Err(e) => Err(e),
         };
         use v2::receive_message_response::Content;
@@ -535,7 +629,10 @@ impl MessagingService for Svc {
             let topic = req.topic.clone().unwrap_or_default();
             check_namespace(&group)?;
             check_namespace(&topic)?;
-            let receipt = Receipt::parse(&req.receipt_handle)?;
+            let receipt =
+                self.0
+                    .renewals
+                    .current(&topic.name, &Receipt::parse(&req.receipt_handle)?, true);
             let q = Queue::new(&topic.name, &receipt.broker_group, receipt.queue_id);
             self.0
                 .pop
@@ -650,7 +747,12 @@ impl MessagingService for Svc {
         &self,
         req: Request<v2::NotifyClientTerminationRequest>,
     ) -> Res<v2::NotifyClientTerminationResponse> {
-        let r = client_id(&req).map(|id| self.0.sessions.end(&id));
+        let r = client_id(&req);
+        if let Ok(id) = &r {
+            self.0.sessions.end(id);
+            self.0.release_client(id).await;
+        }
+        let r = r.map(|_| ());
         Ok(Response::new(v2::NotifyClientTerminationResponse {
             status: Some(status_of(&r)),
         }))
@@ -687,7 +789,10 @@ impl MessagingService for Svc {
                     ),
                 ));
             }
-            let mut receipt = Receipt::parse(&req.receipt_handle)?;
+            let mut receipt =
+                self.0
+                    .renewals
+                    .current(&topic.name, &Receipt::parse(&req.receipt_handle)?, true);
             let q = Queue::new(&topic.name, &receipt.broker_group, receipt.queue_id);
             let (epoch, _) = self
                 .0
