@@ -37,6 +37,8 @@ impl Default for RenewPolicy {
 
 /// What is renewed: a message as (broker group, topic, queue, offset).
 pub type Key = (String, String, u32, u64);
+/// Messages taken out of the table, with what is known of each.
+pub type Taken = Vec<(Key, Held)>;
 
 #[derive(Debug, Clone)]
 pub struct Held {
@@ -90,7 +92,7 @@ impl Renewals {
 
     /// Those due for renewal at `now` (taken out: put back by [`Renewals::renewed`]), and
     /// those renewed long enough (dropped).
-    pub fn due(&self, now: Instant, p: &RenewPolicy) -> (Vec<(Key, Held)>, Vec<(Key, Held)>) {
+    pub fn due(&self, now: Instant, p: &RenewPolicy) -> (Taken, Taken) {
         let mut held = lock(&self.held);
         let keys: Vec<Key> = held
             .iter()
@@ -119,7 +121,7 @@ impl Renewals {
     }
 
     /// Everything `client` holds (it ended its session), taken out.
-    pub fn of_client(&self, client: &str) -> Vec<(Key, Held)> {
+    pub fn of_client(&self, client: &str) -> Taken {
         let mut held = lock(&self.held);
         let keys: Vec<Key> = held
             .iter()
