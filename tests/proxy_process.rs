@@ -283,6 +283,18 @@ async fn the_proxy_serves_routes_settings_and_sends() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(code(&r.status), Code::TopicNotFound, "{:?}", r.status);
+    let end = c
+        .end_transaction(req(EndTransactionRequest {
+            topic: Some(resource("T")),
+            message_id: "01X".into(),
+            transaction_id: "not a transaction".into(),
+            resolution: TransactionResolution::Commit as i32,
+            source: TransactionSource::SourceClient as i32,
+            trace_context: String::new(),
+        }))
+        .await?
+        .into_inner();
+    assert_eq!(code(&end.status), Code::InvalidTransactionId);
     let err = c
         .update_offset(req(UpdateOffsetRequest::default()))
         .await

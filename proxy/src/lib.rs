@@ -6,9 +6,11 @@
 //!
 //! Served: QueryRoute, Heartbeat, Telemetry (settings merged with the server's values and
 //! echoed with status OK), SendMessage (NORMAL, FIFO by message group, DELAY by delivery
-//! time), RecallMessage, NotifyClientTermination, and POP consumption — QueryAssignment,
-//! ReceiveMessage, AckMessage, ChangeInvisibleDuration, ForwardMessageToDeadLetterQueue —
-//! whose state is in each broker group's Raft log. The others answer gRPC `UNIMPLEMENTED`.
+//! time, TRANSACTION as a half message), EndTransaction (and the broker's check relayed to a
+//! client over Telemetry), RecallMessage, NotifyClientTermination, and POP consumption —
+//! QueryAssignment, ReceiveMessage, AckMessage, ChangeInvisibleDuration,
+//! ForwardMessageToDeadLetterQueue — whose state is in each broker group's Raft log. The
+//! others answer gRPC `UNIMPLEMENTED`.
 //! See `docs/rocketmq5.md`.
 
 pub mod codes;
@@ -19,5 +21,6 @@ pub mod send;
 pub mod service;
 pub mod sessions;
 pub mod settings;
+pub mod txn;
 
 pub use service::{Gateway, ProxyConfig};

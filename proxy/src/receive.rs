@@ -248,7 +248,7 @@ pub fn to_v2(p: &Popped, topic: &Resource, broker_group: &str, invisible: Durati
     }
 }
 
-fn md5_upper_hex(b: &[u8]) -> String {
+pub(crate) fn md5_upper_hex(b: &[u8]) -> String {
     Md5::digest(b).iter().map(|x| format!("{x:02X}")).collect()
 }
 

@@ -140,7 +140,12 @@ pub fn outgoing(m: &v2::Message, now_ms: u64) -> Result<Outgoing, V2Error> {
                 "a NORMAL message has neither a message group nor a delivery time",
             ));
         }
-        MessageType::Transaction | MessageType::Lite | MessageType::Priority => {
+        MessageType::Transaction if group.is_some() || deliver_at_ms.is_some() => {
+            return Err(conflict(
+                "a TRANSACTION message has neither a message group nor a delivery time",
+            ));
+        }
+        MessageType::Lite | MessageType::Priority => {
             return Err(V2Error::new(
                 Code::Unsupported,
                 format!("{} messages are not served yet", message_type.as_str_name()),

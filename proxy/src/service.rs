@@ -26,6 +26,7 @@ use crate::routes::{self, Namesrv};
 use crate::send::{self, Outgoing};
 use crate::sessions::Sessions;
 use crate::settings;
+use crate::txn::Transactions;
 
 /// The metadata header naming the client (every RPC; sessions are keyed by it).
 pub const CLIENT_ID_HEADER: &str = "x-mq-client-id";
@@ -66,7 +67,8 @@ pub struct Gateway {
     next_queue: AtomicUsize,
     renewals: Renewals,
     renew: RenewPolicy,
-    pub(crate) sessions: Sessions,
+    pub(crate) sessions: Arc<Sessions>,
+    txn: Transactions,
 }
 
 /// What `raftmq proxy` is started with.
@@ -85,14 +87,16 @@ impl Gateway {
             .group("raftmq-proxy")
             .build()?;
         producer.start().await?;
+        let sessions = Arc::new(Sessions::default());
         let gw = Arc::new(Self {
+            txn: Transactions::new(config.namesrv_addrs.clone(), sessions.clone()),
             pop: PopClient::new(config.namesrv_addrs.iter().cloned()),
             namesrv: Namesrv::new(config.namesrv_addrs),
             producer,
             next_queue: AtomicUsize::new(0),
             renewals: Renewals::default(),
             renew: config.renew,
-            sessions: Sessions::default(),
+            sessions,
         });
         tokio::spawn(renew_loop(Arc::downgrade(&gw)));
         Ok(gw)
@@ -108,6 +112,7 @@ impl Gateway {
 
     pub async fn shutdown(&self) {
         self.producer.shutdown().await;
+        self.txn.shutdown().await;
     }
 
     /// A receive: the queue named, or every readable queue of the broker group named (id
@@ -320,6 +325,11 @@ impl Gateway {
             .map_err(V2Error::from)
     }
 
+    /// A transactional message: its half stored; the transaction id.
+    async fn send_half(&self, o: Outgoing) -> Result<String, V2Error> {
+        self.txn.send_half(o.message).await
+    }
+
     async fn send_one(&self, o: Outgoing) -> Result<raftmq_client::SendResult, V2Error> {
         let r = match &o.message_group {
             Some(g) => {
@@ -448,10 +458,34 @@ impl MessagingService for Svc {
                 .as_ref()
                 .map(|s| s.message_id.clone())
                 .unwrap_or_default();
-            let r = match send::outgoing(m, send::now_ms()) {
-                Ok(o) => self.0.send_one(o).await,
-                Err(e) => Err(e),
+            let o = match send::outgoing(m, send::now_ms()) {
+                Ok(o) => o,
+                Err(e) => {
+                    entries.push(v2::SendResultEntry {
+                        status: Some(e.status()),
+                        message_id: id,
+                        ..Default::default()
+                    });
+                    continue;
+                }
             };
+            if o.message_type == v2::MessageType::Transaction {
+                entries.push(match self.0.send_half(o).await {
+                    Ok(transaction_id) => v2::SendResultEntry {
+                        status: Some(ok()),
+                        message_id: id,
+                        transaction_id,
+                        ..Default::default()
+                    },
+                    Err(e) => v2::SendResultEntry {
+                        status: Some(e.status()),
+                        message_id: id,
+                        ..Default::default()
+                    },
+                });
+                continue;
+            }
+            let r = self.0.send_one(o).await;
             entries.push(match r {
                 Ok(s) => v2::SendResultEntry {
                     status: Some(ok()),
@@ -686,9 +720,39 @@ impl MessagingService for Svc {
 
     async fn end_transaction(
         &self,
-        _req: Request<v2::EndTransactionRequest>,
+        req: Request<v2::EndTransactionRequest>,
     ) -> Res<v2::EndTransactionResponse> {
-        Err(unimplemented("EndTransaction (transactional messages)"))
+        let id = client_id(&req);
+        let req = req.into_inner();
+        let r = async {
+            id?;
+            let topic = req
+                .topic
+                .as_ref()
+                .filter(|t| !t.name.is_empty())
+                .ok_or_else(|| V2Error::new(Code::IllegalTopic, "an end names its topic"))?;
+            check_namespace(topic)?;
+            if req.transaction_id.is_empty() {
+                return Err(V2Error::new(
+                    Code::InvalidTransactionId,
+                    "an end names its transaction",
+                ));
+            }
+            let commit = match v2::TransactionResolution::try_from(req.resolution) {
+                Ok(v2::TransactionResolution::Commit) => true,
+                Ok(v2::TransactionResolution::Rollback) => false,
+                // Unknown: the broker's check asks again later.
+                _ => return Ok(()),
+            };
+            self.0
+                .txn
+                .end(&topic.name, &req.message_id, &req.transaction_id, commit)
+                .await
+        }
+        .await;
+        Ok(Response::new(v2::EndTransactionResponse {
+            status: Some(status_of(&r)),
+        }))
     }
 
     type TelemetryStream =

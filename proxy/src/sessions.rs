@@ -95,6 +95,30 @@ impl Sessions {
             .and_then(|s| s.settings.clone())
     }
 
+    /// Writes `cmd` on the Telemetry stream of a live client whose settings publish `topic`
+    /// (the most recently heard first); whether one took it.
+    pub fn push_to_publisher(&self, topic: &str, cmd: TelemetryCommand) -> bool {
+        let g = lock(&self.inner);
+        let mut candidates: Vec<&Session> = g
+            .by_client
+            .values()
+            .filter(|s| s.telemetry.is_some())
+            .filter(|s| {
+                matches!(
+                    s.settings.as_ref().and_then(|x| x.pub_sub.as_ref()),
+                    Some(raftmq_proto::rocketmq::v2::settings::PubSub::Publishing(p))
+                        if p.topics.iter().any(|t| t.name == topic)
+                )
+            })
+            .collect();
+        candidates.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+        candidates.into_iter().any(|s| {
+            s.telemetry
+                .as_ref()
+                .is_some_and(|(_, tx)| tx.try_send(Ok(cmd.clone())).is_ok())
+        })
+    }
+
     /// The client said it terminates.
     pub fn end(&self, id: &str) {
         lock(&self.inner).by_client.remove(id);
