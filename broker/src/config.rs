@@ -10,6 +10,7 @@
 //! namesrv_addrs = ["127.0.0.1:9876"]  # every name server (registered with all of them)
 //! auto_create_topics = false          # create unknown topics on first send (4 queues)
 //! flush = "sync"                      # "sync" (ack after fsync) or "async"
+//! flush_interval_ms = 500             # with "async": the background sync's period
 //! segment_mib = 1024                  # CommitLog segment size (same on every replica)
 //! index_max_entries = 20000000        # keys per IndexFile (RocketMQ's maxIndexNum)
 //! index_hash_slots = 5000000          # hash slots per IndexFile (maxHashSlotNum)
@@ -183,6 +184,9 @@ fn default_cluster() -> String {
 fn default_segment_mib() -> u64 {
     1024
 }
+fn default_flush_interval_ms() -> u64 {
+    500
+}
 fn default_reserved_hours() -> u64 {
     72
 }
@@ -219,6 +223,10 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     #[serde(default)]
     pub flush: Flush,
+    /// With `flush = "async"`: how often the background sync runs (RocketMQ's
+    /// `flushIntervalCommitLog`).
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
     #[serde(default = "default_segment_mib")]
     pub segment_mib: u64,
     #[serde(default = "default_reserved_hours")]
@@ -400,6 +408,7 @@ impl BrokerConfig {
             Flush::Sync => FlushMode::Sync,
             Flush::Async => FlushMode::Async,
         };
+        store.flush_interval_ms = self.flush_interval_ms;
         store.file_reserved_time_ms = self.file_reserved_hours * 3_600_000;
         store.index_max_entries = self.index_max_entries;
         store.index_slots = self.index_hash_slots;
