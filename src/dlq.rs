@@ -141,13 +141,25 @@ pub fn describe(broker_group: &str, c: &ConsumerGroupConfig) -> String {
     )
 }
 
-/// Changes an existing topic's perm (and queue counts, if given) on every group holding it.
+/// What `raftmq topic update` changes (what is `None` stays).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TopicChange {
+    pub perm: Option<u32>,
+    pub queues: Option<u32>,
+    pub message_type: Option<i32>,
+}
+
+/// Changes an existing topic's perm, queue counts or message type on every group holding it.
 pub async fn topic_update(
     cluster: &Cluster,
     topic: &str,
-    perm: Option<u32>,
-    queues: Option<u32>,
+    change: TopicChange,
 ) -> anyhow::Result<Vec<String>> {
+    let TopicChange {
+        perm,
+        queues,
+        message_type,
+    } = change;
     let mut done = Vec::new();
     for (g, topics) in topic_list(cluster).await? {
         let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
@@ -158,6 +170,7 @@ pub async fn topic_update(
             read_queue_nums: queues.unwrap_or(t.read_queue_nums),
             write_queue_nums: queues.unwrap_or(t.write_queue_nums),
             perm: perm.unwrap_or(t.perm),
+            message_type: message_type.unwrap_or(t.message_type),
         };
         topic_create(cluster, &cfg, std::slice::from_ref(&g)).await?;
         done.push(g);

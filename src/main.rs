@@ -214,6 +214,9 @@ enum TopicCommand {
         perm: Option<u32>,
         #[arg(long)]
         queues: Option<u32>,
+        /// MIXED, NORMAL, FIFO, DELAY or TRANSACTION.
+        #[arg(long, value_parser = parse_message_type)]
+        message_type: Option<i32>,
     },
     /// Creates or updates a topic on the named groups (default: every group).
     Create {
@@ -227,6 +230,10 @@ enum TopicCommand {
         perm: u32,
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// The kind of messages it takes (RocketMQ 5 clients are refused others): MIXED
+        /// (any), NORMAL, FIFO, DELAY or TRANSACTION.
+        #[arg(long, default_value = "MIXED", value_parser = parse_message_type)]
+        message_type: i32,
     },
     /// Lists the topics of every group.
     List {
@@ -829,13 +836,18 @@ async fn topic(t: TopicCommand) -> anyhow::Result<()> {
             topic,
             perm,
             queues,
+            message_type,
         } => {
             anyhow::ensure!(
-                perm.is_some() || queues.is_some(),
-                "nothing to update: give --perm or --queues"
+                perm.is_some() || queues.is_some() || message_type.is_some(),
+                "nothing to update: give --perm, --queues or --message-type"
             );
-            let done =
-                dlq::topic_update(&ops::Cluster::new(&namesrv), &topic, perm, queues).await?;
+            let change = dlq::TopicChange {
+                perm,
+                queues,
+                message_type,
+            };
+            let done = dlq::topic_update(&ops::Cluster::new(&namesrv), &topic, change).await?;
             println!("topic {topic} updated on {}", done.join(", "));
         }
         TopicCommand::Create {
@@ -844,6 +856,7 @@ async fn topic(t: TopicCommand) -> anyhow::Result<()> {
             queues,
             perm,
             groups,
+            message_type,
         } => {
             let cluster = ops::Cluster::new(&namesrv);
             let cfg = TopicConfig {
@@ -851,10 +864,12 @@ async fn topic(t: TopicCommand) -> anyhow::Result<()> {
                 read_queue_nums: queues,
                 write_queue_nums: queues,
                 perm,
+                message_type,
             };
             let done = ops::topic_create(&cluster, &cfg, &groups).await?;
             println!(
-                "topic {topic}: {queues} queues, perm {perm} on {}",
+                "topic {topic}: {queues} queues, perm {perm}, {} messages on {}",
+                message_type_name(message_type),
                 done.join(", ")
             );
         }
@@ -862,8 +877,12 @@ async fn topic(t: TopicCommand) -> anyhow::Result<()> {
             for (g, topics) in ops::topic_list(&ops::Cluster::new(&namesrv)).await? {
                 for t in topics {
                     println!(
-                        "{g}\t{}\tread {}\twrite {}\tperm {}",
-                        t.name, t.read_queue_nums, t.write_queue_nums, t.perm
+                        "{g}\t{}\tread {}\twrite {}\tperm {}\t{}",
+                        t.name,
+                        t.read_queue_nums,
+                        t.write_queue_nums,
+                        t.perm,
+                        message_type_name(t.message_type)
                     );
                 }
             }
@@ -1018,4 +1037,16 @@ fn check(data_dir: PathBuf, segment_bytes: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A topic message type's name (any case) as its `raftmq.v1.TopicMessageType` number.
+fn parse_message_type(s: &str) -> Result<i32, String> {
+    raftmq_proto::v1::TopicMessageType::from_str_name(&s.to_ascii_uppercase())
+        .map(|t| t as i32)
+        .ok_or_else(|| format!("{s:?}: one of MIXED, NORMAL, FIFO, DELAY, TRANSACTION"))
+}
+
+/// The name of a topic message type number.
+fn message_type_name(code: i32) -> &'static str {
+    raftmq_proto::v1::TopicMessageType::try_from(code).map_or("UNKNOWN", |t| t.as_str_name())
 }

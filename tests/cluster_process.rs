@@ -40,6 +40,7 @@ async fn ten_thousand_messages_through_a_sigkilled_leader() -> anyhow::Result<()
                     read_queue_nums: QUEUES,
                     write_queue_nums: QUEUES,
                     perm: 6,
+                    ..Default::default()
                 }),
             })
             .await

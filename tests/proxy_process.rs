@@ -265,6 +265,86 @@ async fn the_proxy_serves_routes_settings_and_sends() -> anyhow::Result<()> {
         .into_inner();
     assert_eq!(code(&bad.status), Code::BadRequest, "{:?}", bad.status);
 
+    // A typed topic (made with the CLI): its route accepts FIFO messages only, a NORMAL send
+    // is refused with MESSAGE_PROPERTY_CONFLICT_WITH_TYPE and stores nothing, a FIFO one is
+    // taken; `topic list` prints the type and `topic update` keeps it.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftmq"))
+            .args(args)
+            .args(["--namesrv", &ns])
+            .output()
+            .expect("raftmq runs");
+        assert!(out.status.success(), "raftmq {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&[
+        "topic",
+        "create",
+        "--topic",
+        "TF",
+        "--queues",
+        "2",
+        "--message-type",
+        "fifo",
+    ]);
+    let r = wait_for(Duration::from_secs(10), "topic TF routed", || {
+        let (mut c, ep) = (c.clone(), ep.clone());
+        async move {
+            let r = c
+                .query_route(req(QueryRouteRequest {
+                    topic: Some(resource("TF")),
+                    endpoints: Some(ep),
+                }))
+                .await
+                .ok()?
+                .into_inner();
+            (code(&r.status) == Code::Ok).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r.message_queues.len(), 2);
+    for q in &r.message_queues {
+        assert_eq!(q.accept_message_types, [MessageType::Fifo as i32]);
+    }
+    let r = c
+        .send_message(req(SendMessageRequest {
+            messages: vec![message("TF", "01TYPED-NORMAL", |_| {})],
+        }))
+        .await?
+        .into_inner();
+    assert_eq!(
+        code(&r.status),
+        Code::MessagePropertyConflictWithType,
+        "{:?}",
+        r.status
+    );
+    let r = c
+        .send_message(req(SendMessageRequest {
+            messages: vec![message("TF", "01TYPED-FIFO", |sp| {
+                sp.message_type = MessageType::Fifo as i32;
+                sp.message_group = Some("g".into());
+            })],
+        }))
+        .await?
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok, "{:?}", r.status);
+    let leader = wait_leader(&ns, None, Duration::from_secs(10)).await;
+    let counts = consume_all(&leader, "TF", 2).await?;
+    assert_eq!(counts.get("01TYPED-FIFO"), Some(&1));
+    assert_eq!(
+        counts.get("01TYPED-NORMAL"),
+        None,
+        "the refused send stored nothing"
+    );
+    cli(&["topic", "update", "--topic", "TF", "--perm", "6"]);
+    let listed = cli(&["topic", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("\tTF\t") && l.ends_with("\tFIFO")),
+        "topic list prints the type, kept by an update: {listed}"
+    );
+
     // Bad input gets the v2 code, not a gRPC error: a body over the limit passes the decoder
     // and is refused by the gateway.
     let mut big = message("T", "01BIG", |_| {});

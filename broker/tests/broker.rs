@@ -598,24 +598,28 @@ async fn bad_input_gets_its_code_and_stores_nothing() -> anyhow::Result<()> {
             read_queue_nums: 1,
             write_queue_nums: 1,
             perm: 6,
+            ..Default::default()
         },
         TopicConfig {
             name: "Z".into(),
             read_queue_nums: 0,
             write_queue_nums: 1,
             perm: 6,
+            ..Default::default()
         },
         TopicConfig {
             name: "Z".into(),
             read_queue_nums: 1,
             write_queue_nums: 5000,
             perm: 6,
+            ..Default::default()
         },
         TopicConfig {
             name: "Z".into(),
             read_queue_nums: 1,
             write_queue_nums: 1,
             perm: 7,
+            ..Default::default()
         },
     ];
     for t in bad_topics {

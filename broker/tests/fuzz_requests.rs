@@ -326,6 +326,7 @@ async fn every_request_is_answered_without_a_panic_and_stored_data_survives() ->
                 read_queue_nums: 2,
                 write_queue_nums: 2,
                 perm: 6,
+                ..Default::default()
             }),
         }],
         |r| {

@@ -347,6 +347,7 @@ pub async fn create_topic(topic: &str, queues: u32, limit: Duration) -> anyhow::
                             read_queue_nums: queues,
                             write_queue_nums: queues,
                             perm: 6,
+                            ..Default::default()
                         }),
                     })
                     .await

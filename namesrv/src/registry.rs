@@ -131,6 +131,7 @@ impl Registry {
                 read_queue_nums: t.read_queue_nums,
                 write_queue_nums: t.write_queue_nums,
                 perm: t.perm,
+                message_type: t.message_type,
             });
             route.groups.push(group_route(name, g, now_ms));
         }
@@ -208,6 +209,7 @@ fn group_route(name: &str, g: &Group, now_ms: u64) -> GroupRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raftmq_proto::v1::TopicMessageType;
 
     fn reg(
         group: &str,
@@ -230,6 +232,7 @@ mod tests {
                     read_queue_nums: *q,
                     write_queue_nums: *q,
                     perm: 6,
+                    message_type: TopicMessageType::Fifo as i32,
                 })
                 .collect(),
             applied_index: 0,
@@ -252,6 +255,11 @@ mod tests {
         assert_eq!(route.queues.len(), 2);
         assert_eq!(route.queues[0].group, "g1");
         assert_eq!(route.queues[0].write_queue_nums, 4);
+        assert_eq!(
+            route.queues[0].message_type,
+            TopicMessageType::Fifo as i32,
+            "the route carries the message type"
+        );
         assert_eq!(route.groups[0].leader_addr, "g1-1:1");
         assert_eq!(route.groups[0].replicas.len(), 3);
         assert_eq!(route.queues[1].write_queue_nums, 8);

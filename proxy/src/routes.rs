@@ -13,7 +13,7 @@ use raftmq_proto::rocketmq::v2::{
 };
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
-use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse};
+use raftmq_proto::v1::{GetRouteRequest, GetRouteResponse, TopicMessageType};
 use tonic::transport::Channel;
 
 use crate::codes::{V2Error, from_wire};
@@ -24,10 +24,16 @@ pub const NAMESRV_TIMEOUT: Duration = Duration::from_secs(3);
 const PERM_READ: u32 = 4;
 const PERM_WRITE: u32 = 2;
 
+/// How long a topic's message type, as a route said it, is used before the route is asked
+/// again (a changed type reaches sends within this; the SDK's routes are refreshed as often).
+pub const TOPIC_TYPE_TTL: Duration = Duration::from_secs(30);
+
 /// The name servers, asked in turn until one answers.
 pub struct Namesrv {
     addrs: Vec<String>,
     channels: Mutex<BTreeMap<String, Channel>>,
+    /// Each topic's message type as its last route said, and when.
+    types: Mutex<BTreeMap<String, (TopicMessageType, tokio::time::Instant)>>,
 }
 
 impl Namesrv {
@@ -35,6 +41,25 @@ impl Namesrv {
         Self {
             addrs,
             channels: Mutex::default(),
+            types: Mutex::default(),
+        }
+    }
+
+    /// The message type of `topic` (see [`topic_type`]), from a route at most
+    /// [`TOPIC_TYPE_TTL`] old. When no name server answers, the last type known is used, or
+    /// `Mixed` (nothing refused: the send itself finds out whether the topic exists).
+    pub async fn topic_type(&self, topic: &str) -> Result<TopicMessageType, V2Error> {
+        let now = tokio::time::Instant::now();
+        let known = lock(&self.types).get(topic).copied();
+        if let Some((t, at)) = known
+            && now.duration_since(at) < TOPIC_TYPE_TTL
+        {
+            return Ok(t);
+        }
+        match self.route(topic).await {
+            Ok(r) => Ok(topic_type(&r)),
+            Err(e) if e.code == Code::TopicNotFound => Err(e),
+            Err(_) => Ok(known.map_or(TopicMessageType::Mixed, |(t, _)| t)),
         }
     }
 
@@ -76,7 +101,13 @@ impl Namesrv {
                         .and_then(|s| ErrorCode::try_from(s.code).ok())
                         .unwrap_or(ErrorCode::Internal);
                     return match code {
-                        ErrorCode::Ok => Ok(r),
+                        ErrorCode::Ok => {
+                            lock(&self.types).insert(
+                                topic.to_string(),
+                                (topic_type(&r), tokio::time::Instant::now()),
+                            );
+                            Ok(r)
+                        }
                         c => Err(V2Error::new(
                             from_wire(c),
                             r.status.map(|s| s.message).unwrap_or_default(),
@@ -134,13 +165,37 @@ impl Namesrv {
     }
 }
 
-/// The message types every topic accepts until topics carry a type of their own (MIXED).
-pub const ACCEPTED_TYPES: [MessageType; 4] = [
-    MessageType::Normal,
-    MessageType::Fifo,
-    MessageType::Delay,
-    MessageType::Transaction,
-];
+/// A topic's message type as its route gives it: the type its groups agree on, or `Mixed`
+/// (anything accepted) when they disagree — a topic being retyped group by group.
+pub fn topic_type(route: &GetRouteResponse) -> TopicMessageType {
+    let mut types = route.queues.iter().map(|q| type_of(q.message_type));
+    let first = types.next().unwrap_or(TopicMessageType::Mixed);
+    if types.all(|t| t == first) {
+        first
+    } else {
+        TopicMessageType::Mixed
+    }
+}
+
+fn type_of(code: i32) -> TopicMessageType {
+    TopicMessageType::try_from(code).unwrap_or(TopicMessageType::Mixed)
+}
+
+/// The v2 message types a topic of type `t` accepts (a MIXED topic: the four kinds).
+pub fn accepted_types(t: TopicMessageType) -> Vec<MessageType> {
+    match t {
+        TopicMessageType::Mixed => vec![
+            MessageType::Normal,
+            MessageType::Fifo,
+            MessageType::Delay,
+            MessageType::Transaction,
+        ],
+        TopicMessageType::Normal => vec![MessageType::Normal],
+        TopicMessageType::Fifo => vec![MessageType::Fifo],
+        TopicMessageType::Delay => vec![MessageType::Delay],
+        TopicMessageType::Transaction => vec![MessageType::Transaction],
+    }
+}
 
 /// The v2 queues of `topic` from its raftmq route, each group's broker reached at `endpoints`.
 pub fn queues(
@@ -170,7 +225,10 @@ pub fn queues(
                     id: 0,
                     endpoints: Some(endpoints.clone()),
                 }),
-                accept_message_types: ACCEPTED_TYPES.iter().map(|t| *t as i32).collect(),
+                accept_message_types: accepted_types(type_of(q.message_type))
+                    .into_iter()
+                    .map(|t| t as i32)
+                    .collect(),
             });
         }
     }
@@ -197,12 +255,14 @@ mod tests {
                     read_queue_nums: 2,
                     write_queue_nums: 2,
                     perm: 6,
+                    message_type: TopicMessageType::Fifo as i32,
                 },
                 QueueData {
                     group: "g2".into(),
                     read_queue_nums: 1,
                     write_queue_nums: 2,
                     perm: 6,
+                    message_type: TopicMessageType::Fifo as i32,
                 },
             ],
             groups: vec![],
@@ -225,5 +285,33 @@ mod tests {
         assert_eq!(qs[3].permission, Permission::Write as i32);
         assert_eq!(qs[0].permission, Permission::ReadWrite as i32);
         assert_eq!(qs[0].broker.as_ref().unwrap().endpoints.as_ref(), Some(&ep));
+        assert!(
+            qs.iter()
+                .all(|q| q.accept_message_types == [MessageType::Fifo as i32]),
+            "a FIFO topic's queues accept FIFO messages only"
+        );
+        assert_eq!(topic_type(&route), TopicMessageType::Fifo);
+    }
+
+    #[test]
+    fn groups_that_disagree_make_a_mixed_topic() {
+        let q = |t: TopicMessageType| QueueData {
+            group: "g".into(),
+            read_queue_nums: 1,
+            write_queue_nums: 1,
+            perm: 6,
+            message_type: t as i32,
+        };
+        let route = |qs| GetRouteResponse {
+            status: None,
+            queues: qs,
+            groups: vec![],
+        };
+        use TopicMessageType::*;
+        assert_eq!(topic_type(&route(vec![q(Delay), q(Delay)])), Delay);
+        assert_eq!(topic_type(&route(vec![q(Delay), q(Normal)])), Mixed);
+        assert_eq!(topic_type(&route(vec![])), Mixed);
+        assert_eq!(accepted_types(Mixed).len(), 4);
+        assert_eq!(accepted_types(Transaction), [MessageType::Transaction]);
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use raftmq_client::Message;
 use raftmq_proto::limits::{BODY_MAX, FIELD_MAX};
 use raftmq_proto::rocketmq::v2::{self as v2, Code, Encoding, MessageType};
+use raftmq_proto::v1::TopicMessageType;
 
 use crate::codes::V2Error;
 
@@ -153,6 +154,13 @@ pub fn outgoing(m: &v2::Message, now_ms: u64) -> Result<Outgoing, V2Error> {
         }
         _ => {}
     }
+    // A message that does not say its type has the one its properties give it.
+    let message_type = match message_type {
+        MessageType::Unspecified if group.is_some() => MessageType::Fifo,
+        MessageType::Unspecified if deliver_at_ms.is_some() => MessageType::Delay,
+        MessageType::Unspecified => MessageType::Normal,
+        t => t,
+    };
     let mut msg = Message::new(topic.name.clone(), m.body.clone())
         .with_tags(tag)
         .with_keys(sp.keys.iter().cloned())
@@ -184,6 +192,19 @@ pub fn outgoing(m: &v2::Message, now_ms: u64) -> Result<Outgoing, V2Error> {
         message_id: sp.message_id.clone(),
         message_type,
     })
+}
+
+/// Refuses a message of a type its topic does not take (a MIXED topic takes any).
+pub fn check_topic_type(topic_type: TopicMessageType, o: &Outgoing) -> Result<(), V2Error> {
+    if crate::routes::accepted_types(topic_type).contains(&o.message_type) {
+        return Ok(());
+    }
+    Err(conflict(&format!(
+        "topic {:?} takes {} messages, not {}",
+        o.message.topic(),
+        topic_type.as_str_name(),
+        o.message_type.as_str_name()
+    )))
 }
 
 fn conflict(what: &str) -> V2Error {
@@ -307,6 +328,42 @@ mod tests {
             )),
             Code::BadRequest
         );
+    }
+
+    #[test]
+    fn a_typed_topic_takes_only_its_type() {
+        let normal = outgoing(&msg(|_| {}), 1_000).unwrap();
+        let fifo = outgoing(
+            &msg(|m| {
+                let s = m.system_properties.as_mut().unwrap();
+                s.message_type = MessageType::Unspecified as i32;
+                s.message_group = Some("g".into());
+            }),
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(
+            fifo.message_type,
+            MessageType::Fifo,
+            "inferred from the group"
+        );
+        for o in [&normal, &fifo] {
+            assert!(check_topic_type(TopicMessageType::Mixed, o).is_ok());
+        }
+        assert!(check_topic_type(TopicMessageType::Normal, &normal).is_ok());
+        assert!(check_topic_type(TopicMessageType::Fifo, &fifo).is_ok());
+        for (t, o) in [
+            (TopicMessageType::Fifo, &normal),
+            (TopicMessageType::Normal, &fifo),
+            (TopicMessageType::Transaction, &normal),
+            (TopicMessageType::Delay, &fifo),
+        ] {
+            assert_eq!(
+                check_topic_type(t, o).unwrap_err().code,
+                Code::MessagePropertyConflictWithType,
+                "{t:?}"
+            );
+        }
     }
 
     #[test]

@@ -458,7 +458,13 @@ impl MessagingService for Svc {
                 .as_ref()
                 .map(|s| s.message_id.clone())
                 .unwrap_or_default();
-            let o = match send::outgoing(m, send::now_ms()) {
+            let checked = async {
+                let o = send::outgoing(m, send::now_ms())?;
+                let t = self.0.namesrv.topic_type(o.message.topic()).await?;
+                send::check_topic_type(t, &o)?;
+                Ok::<_, V2Error>(o)
+            };
+            let o = match checked.await {
                 Ok(o) => o,
                 Err(e) => {
                     entries.push(v2::SendResultEntry {

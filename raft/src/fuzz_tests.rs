@@ -61,6 +61,7 @@ fn entries() -> Vec<Entry> {
                 read_queue_nums: 8,
                 write_queue_nums: 8,
                 perm: 6,
+                message_type: raftmq_store::meta::TopicMessageType::Delay,
             }))),
         },
         Entry {
@@ -202,6 +203,7 @@ fn fuzz_stored_and_sent_values() {
         last_log_id: Some(id),
         membership: openraft::StoredMembership::new(Some(id), membership()),
         topics: vec![("T".into(), 8, 8, 6)],
+        topic_types: vec![("T".into(), raftmq_store::meta::TopicMessageType::Fifo)],
         consumer_offsets: vec![("G".into(), "T".into(), 0, raftmq_store::QueueOffset(5))],
         queue_ends: vec![("T".into(), 0, 9)],
         transactions: vec!["00ff".into()],

@@ -29,6 +29,7 @@
 //! ([`raftmq_store::Store::reset_to`]); every entry from `F` on then lands at the position it
 //! has on the leader, byte for byte.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use futures_util::StreamExt;
@@ -37,7 +38,7 @@ use openraft::{EntryPayload, RaftTypeConfig};
 use raftmq_store::commitlog::ChainPoint;
 use raftmq_store::consumequeue::QueueId;
 use raftmq_store::groups::GroupConfig;
-use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig};
+use raftmq_store::meta::{MetaStore, MetaTxn, TopicConfig, TopicMessageType};
 use raftmq_store::pop::{Inflight, PopQueue};
 use raftmq_store::store::ResetPoint;
 use raftmq_store::timer::TimerKey;
@@ -73,6 +74,9 @@ pub struct SnapshotState {
     pub last_log_id: Option<LogId>,
     pub membership: StoredMembership,
     pub topics: Vec<(String, u32, u32, u32)>,
+    /// The message types of the topics that have one (`Mixed` ones are left out).
+    #[serde(default)]
+    pub topic_types: Vec<(String, TopicMessageType)>,
     pub consumer_offsets: Vec<(String, String, u32, QueueOffset)>,
     /// (topic, queue id, next offset).
     pub queue_ends: Vec<(String, u32, u64)>,
@@ -137,12 +141,16 @@ fn state_of(
 ) -> io::Result<SnapshotState> {
     let meta = store.meta();
     let pop = meta.pop_state().map_err(io_err)?;
+    let topics = meta.topics().map_err(io_err)?;
     Ok(SnapshotState {
         last_log_id: applied,
         membership: membership.clone(),
-        topics: meta
-            .topics()
-            .map_err(io_err)?
+        topic_types: topics
+            .iter()
+            .filter(|t| t.message_type != TopicMessageType::Mixed)
+            .map(|t| (t.name.clone(), t.message_type))
+            .collect(),
+        topics: topics
             .into_iter()
             .map(|t| (t.name, t.read_queue_nums, t.write_queue_nums, t.perm))
             .collect(),
@@ -449,12 +457,18 @@ impl StateMachine {
         store
             .reset_to(&point, |txn| {
                 txn.clear_topics()?;
+                let types: BTreeMap<&str, TopicMessageType> = state
+                    .topic_types
+                    .iter()
+                    .map(|(n, t)| (n.as_str(), *t))
+                    .collect();
                 for (name, r, w, perm) in &state.topics {
                     txn.put_topic(&TopicConfig {
                         name: name.clone(),
                         read_queue_nums: *r,
                         write_queue_nums: *w,
                         perm: *perm,
+                        message_type: types.get(name.as_str()).copied().unwrap_or_default(),
                     })?;
                 }
                 txn.clear_consumer_offsets()?;
@@ -562,6 +576,7 @@ fn apply_meta(txn: &mut MetaTxn, m: &MetaCommand) -> Result<(), StoreError> {
             read_queue_nums: t.read_queue_nums,
             write_queue_nums: t.write_queue_nums,
             perm: t.perm,
+            message_type: t.message_type,
         }),
         MetaCommand::DeleteTopic { name } => txn.delete_topic(name).map(|_| ()),
         // The broker checks the limits before proposing; a config past them (from a broker

@@ -188,6 +188,9 @@ pub struct TopicSpec {
     pub read_queue_nums: u32,
     pub write_queue_nums: u32,
     pub perm: u32,
+    /// Absent in entries written before topics had types: `Mixed`.
+    #[serde(default)]
+    pub message_type: raftmq_store::meta::TopicMessageType,
 }
 
 /// One queue's committed consumer offset.
@@ -407,6 +410,26 @@ pub(crate) fn decode_value<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_written_before_types_is_mixed() {
+        let old = br#"{"PutTopic":{"name":"T","read_queue_nums":4,"write_queue_nums":4,"perm":6}}"#;
+        let mut payload = vec![JSON_VERSION];
+        payload.extend_from_slice(old);
+        let m: MetaCommand = from_json(&payload, "meta").unwrap();
+        let MetaCommand::PutTopic(t) = m else {
+            panic!("a topic: {m:?}")
+        };
+        assert_eq!(t.message_type, raftmq_store::meta::TopicMessageType::Mixed);
+        let typed = MetaCommand::PutTopic(TopicSpec {
+            message_type: raftmq_store::meta::TopicMessageType::Transaction,
+            ..t
+        });
+        assert_eq!(
+            from_json::<MetaCommand>(&json_payload(&typed), "meta").unwrap(),
+            typed
+        );
+    }
 
     #[test]
     fn entries_round_trip_through_records() {

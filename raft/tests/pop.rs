@@ -80,6 +80,7 @@ async fn one_replica_with_five_messages(
         read_queue_nums: 1,
         write_queue_nums: 1,
         perm: 6,
+        message_type: Default::default(),
     });
     retry_not_leader(|| r.propose(topic.clone())).await?;
     let msgs: Vec<Message> = (0..5)

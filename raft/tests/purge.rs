@@ -208,6 +208,7 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
         read_queue_nums: QUEUES,
         write_queue_nums: QUEUES,
         perm: 6,
+        message_type: raftmq_store::meta::TopicMessageType::Fifo,
     });
     retry_not_leader(|| leader.propose(topic.clone())).await?;
     let group = GroupSpec {
@@ -309,6 +310,11 @@ async fn lagging_and_new_replicas_catch_up_from_a_boundary_snapshot() -> anyhow:
             r.store().lock().meta().groups()?,
             vec![group.to_config()],
             "the group config came with the snapshot"
+        );
+        assert_eq!(
+            r.store().lock().meta().topic("T")?.map(|t| t.message_type),
+            Some(raftmq_store::meta::TopicMessageType::Fifo),
+            "the topic's message type came with the snapshot"
         );
         let pop = r.store().lock().meta().pop_state()?;
         assert!(

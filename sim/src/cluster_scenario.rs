@@ -1690,6 +1690,7 @@ async fn create_topics(registry: Registry, transactions: bool, timers: bool, pop
                         read_queue_nums: queues,
                         write_queue_nums: queues,
                         perm: 6,
+                        ..Default::default()
                     }),
                 })
                 .await

@@ -204,6 +204,15 @@ fn fuzz_store_values() {
             read_queue_nums: 8,
             write_queue_nums: 8,
             perm: meta::perm::READ | meta::perm::WRITE,
+            message_type: meta::TopicMessageType::Mixed,
+        }
+        .encode(),
+        TopicConfig {
+            name: "T".into(),
+            read_queue_nums: 8,
+            write_queue_nums: 8,
+            perm: meta::perm::READ | meta::perm::WRITE,
+            message_type: meta::TopicMessageType::Transaction,
         }
         .encode(),
     ];

@@ -26,7 +26,7 @@
 //! - `pop_cursors`, `pop_inflight`: POP consumption state (see [`crate::pop`]).
 //!
 //! Encodings of values (little-endian, each starting with a version byte = 1):
-//! - `TopicConfig`: version u8, read_queue_nums u32, write_queue_nums u32, perm u32;
+//! - `TopicConfig`: see [`TopicConfig`] (version 2 adds a message type);
 //! - `LogId`: version u8, term u64, node_id u64, index u64;
 //! - `Checkpoint`: version u8, position u64, prev_crc u32, has_last u8, last_index u64,
 //!   log_first u64, dispatched_has u8, dispatched_index u64, dispatched_position u64, index_seq u64,
@@ -48,6 +48,7 @@ use crate::error::{Result, StoreError};
 use crate::indexfile::IndexCheckpoint;
 use crate::txn::TxnRecord;
 use crate::types::{LogId, LogIndex, Position, QueueOffset};
+use serde::{Deserialize, Serialize};
 
 /// The redb file.
 pub const FILE: &str = "meta.redb";
@@ -77,34 +78,111 @@ pub mod perm {
 /// Identifies a committed consumer offset: (consumer group, topic, queue id).
 pub type OffsetKey = (String, String, u32);
 
+/// The kind of messages a topic takes (RocketMQ 5's `message.type` topic attribute). Sends
+/// of another kind are refused by the RocketMQ 5 gateway; `Mixed` (every topic made before
+/// types existed, and the default) takes any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+pub enum TopicMessageType {
+    #[default]
+    Mixed,
+    Normal,
+    Fifo,
+    Delay,
+    Transaction,
+}
+
+impl TopicMessageType {
+    /// Every type, in code order (the code is the index).
+    pub const ALL: [TopicMessageType; 5] = [
+        TopicMessageType::Mixed,
+        TopicMessageType::Normal,
+        TopicMessageType::Fifo,
+        TopicMessageType::Delay,
+        TopicMessageType::Transaction,
+    ];
+
+    /// The stable code (the record byte and the `raftmq.v1.TopicMessageType` number).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The type of `code`, if any.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// Its name as the CLI takes and prints it (RocketMQ's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            TopicMessageType::Mixed => "MIXED",
+            TopicMessageType::Normal => "NORMAL",
+            TopicMessageType::Fifo => "FIFO",
+            TopicMessageType::Delay => "DELAY",
+            TopicMessageType::Transaction => "TRANSACTION",
+        }
+    }
+
+    /// The type named `s` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+}
+
 /// A topic's configuration in this broker group.
+///
+/// Its record: version u8 (1, or 2 when it has a message type), read_queue_nums u32,
+/// write_queue_nums u32, perm u32, and for version 2 the message type's code u8. A `Mixed`
+/// topic is written as version 1, as before types existed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
     pub name: String,
     pub read_queue_nums: u32,
     pub write_queue_nums: u32,
     pub perm: u32,
+    pub message_type: TopicMessageType,
 }
+
+/// The topic record version with a message type byte.
+const TOPIC_VERSION_TYPED: u8 = 2;
 
 impl TopicConfig {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(13);
-        b.put_u8(VERSION);
+        let typed = self.message_type != TopicMessageType::Mixed;
+        let mut b = Vec::with_capacity(14);
+        b.put_u8(if typed { TOPIC_VERSION_TYPED } else { VERSION });
         b.put_u32(self.read_queue_nums);
         b.put_u32(self.write_queue_nums);
         b.put_u32(self.perm);
+        if typed {
+            b.put_u8(self.message_type.code());
+        }
         b
     }
 
     pub(crate) fn decode(name: &str, b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "topic config");
-        check_version(r.u8()?, "topic config")?;
-        let t = TopicConfig {
+        let v = r.u8()?;
+        if v != VERSION && v != TOPIC_VERSION_TYPED {
+            return Err(StoreError::malformed(
+                "topic config",
+                format!("unknown version {v}"),
+            ));
+        }
+        let mut t = TopicConfig {
             name: name.to_string(),
             read_queue_nums: r.u32()?,
             write_queue_nums: r.u32()?,
             perm: r.u32()?,
+            message_type: TopicMessageType::Mixed,
         };
+        if v == TOPIC_VERSION_TYPED {
+            let code = r.u8()?;
+            t.message_type = TopicMessageType::from_code(code).ok_or_else(|| {
+                StoreError::malformed("topic config", format!("unknown message type {code}"))
+            })?;
+        }
         r.finish()?;
         Ok(t)
     }
@@ -723,6 +801,7 @@ mod tests {
             read_queue_nums: 4,
             write_queue_nums: 2,
             perm: 6,
+            message_type: TopicMessageType::Mixed,
         };
         assert_eq!(
             t.encode(),
@@ -735,6 +814,33 @@ mod tests {
             .concat()
         );
         assert_eq!(TopicConfig::decode("T", &t.encode()).unwrap(), t);
+        for ty in TopicMessageType::ALL {
+            let typed = TopicConfig {
+                message_type: ty,
+                ..t.clone()
+            };
+            let b = typed.encode();
+            if ty == TopicMessageType::Mixed {
+                assert_eq!(b, t.encode(), "a mixed topic is still a version 1 record");
+            } else {
+                assert_eq!((b[0], b.len(), b[13]), (2, 14, ty.code()));
+            }
+            assert_eq!(TopicConfig::decode("T", &b).unwrap(), typed);
+            assert_eq!(TopicMessageType::parse(&ty.name().to_lowercase()), Some(ty));
+        }
+        let mut bad = TopicConfig {
+            message_type: TopicMessageType::Fifo,
+            ..t.clone()
+        }
+        .encode();
+        bad[13] = 5;
+        assert!(TopicConfig::decode("T", &bad).is_err(), "unknown type code");
+        assert!(
+            TopicConfig::decode("T", &bad[..13]).is_err(),
+            "type byte cut"
+        );
+        bad[0] = 3;
+        assert!(TopicConfig::decode("T", &bad).is_err(), "unknown version");
         let id = LogId {
             term: 7,
             node_id: 2,

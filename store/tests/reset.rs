@@ -29,6 +29,7 @@ fn topic(name: &str) -> TopicConfig {
         read_queue_nums: 2,
         write_queue_nums: 2,
         perm: 6,
+        message_type: Default::default(),
     }
 }
 

@@ -350,6 +350,7 @@ fn meta_tables_round_trip_and_survive_power_loss() {
         read_queue_nums: 4,
         write_queue_nums: 4,
         perm: 6,
+        message_type: raftmq_store::meta::TopicMessageType::Fifo,
     };
     let mut txn = s.meta().begin(true).unwrap();
     txn.put_topic(&t).unwrap();

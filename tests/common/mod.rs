@@ -156,6 +156,7 @@ pub async fn create_topic(namesrv: &str, topic: &str, queues: u32) {
                     read_queue_nums: queues,
                     write_queue_nums: queues,
                     perm: 6,
+                    ..Default::default()
                 }),
             })
             .await

@@ -28,8 +28,11 @@ def raftmq(*args, timeout=60):
     return out.stdout
 
 
-def create_topic(name, queues=4):
-    raftmq("topic", "create", "--namesrv", NAMESRV, "--topic", name, "--queues", str(queues))
+def create_topic(name, queues=4, message_type="MIXED"):
+    raftmq(
+        "topic", "create", "--namesrv", NAMESRV, "--topic", name, "--queues", str(queues),
+        "--message-type", message_type,
+    )
     deadline = time.time() + 20
     while True:
         try:

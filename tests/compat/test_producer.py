@@ -4,6 +4,7 @@ their order in one queue, delivery times hold messages back, recalls cancel them
 sends get the errors the client maps."""
 
 import time
+import uuid
 
 import pytest
 from rocketmq import Message, Producer
@@ -94,3 +95,21 @@ def test_bad_sends_get_errors(config, topic):
     finally:
         p.shutdown()
     assert stored(topic, 1, idle_ms=1000) == []
+
+
+def test_a_typed_topic_takes_only_its_type(config):
+    """A FIFO topic's route accepts FIFO messages only: the client itself refuses a normal
+    message (the server sets `validate_message_type`; the gateway's own refusal, code
+    MESSAGE_PROPERTY_CONFLICT_WITH_TYPE, is shown in tests/proxy_process.rs), and FIFO
+    messages are taken."""
+    topic = create_topic(f"CompatFifoOnly{uuid.uuid4().hex[:8]}", queues=2, message_type="FIFO")
+    p = started(config, topic)
+    try:
+        with pytest.raises(IllegalArgumentException, match="accept message types"):
+            p.send(message(topic, "normal"))
+        m = message(topic, "fifo")
+        m.message_group = "g"
+        sent = p.send(m).message_id
+    finally:
+        p.shutdown()
+    assert [r["id"] for r in stored(topic, 2, idle_ms=1000)] == [sent]

@@ -6,7 +6,7 @@ use raftmq_proto::v1::{QueueStats, TopicConfig};
 use raftmq_raft::types::TopicSpec;
 use raftmq_raft::{MetaCommand, Replica};
 use raftmq_store::consumequeue::QueueId;
-use raftmq_store::meta::{self, perm};
+use raftmq_store::meta::{self, TopicMessageType, perm};
 
 use crate::config::AUTO_CREATE_QUEUES;
 use crate::error::Refusal;
@@ -48,6 +48,7 @@ impl TopicManager {
                     read_queue_nums: AUTO_CREATE_QUEUES,
                     write_queue_nums: AUTO_CREATE_QUEUES,
                     perm: perm::READ | perm::WRITE,
+                    message_type: TopicMessageType::Mixed,
                 })
                 .await?;
                 self.get(name)?
@@ -83,6 +84,7 @@ impl TopicManager {
                     read_queue_nums: 1,
                     write_queue_nums: 1,
                     perm,
+                    message_type: TopicMessageType::Mixed,
                 })
                 .await?;
                 self.get(name)
@@ -111,12 +113,13 @@ impl TopicManager {
 
     /// Creates or updates a topic (leader only: through Raft).
     pub async fn create(&self, t: TopicConfig) -> Result<(), Refusal> {
-        check_topic(&t)?;
+        let message_type = check_topic(&t)?;
         self.put(TopicSpec {
             name: t.name,
             read_queue_nums: t.read_queue_nums,
             write_queue_nums: t.write_queue_nums,
             perm: t.perm,
+            message_type,
         })
         .await
     }
@@ -150,6 +153,7 @@ impl TopicManager {
                 read_queue_nums: t.read_queue_nums,
                 write_queue_nums: t.write_queue_nums,
                 perm: t.perm,
+                message_type: i32::from(t.message_type.code()),
             })
             .collect()
     }
@@ -174,7 +178,6 @@ impl TopicManager {
     }
 }
 
-/// A topic configuration as the wire gives it, checked.
 /// Topics whose names start with this are the broker's own (the transaction half queue);
 /// clients can neither create, send to nor pull from them.
 pub const SYSTEM_TOPIC_PREFIX: &str = "RMQ_SYS_";
@@ -189,7 +192,8 @@ pub fn refuse_system(name: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-pub fn check_topic(t: &TopicConfig) -> Result<(), Refusal> {
+/// Checks a topic configuration from the wire; answers its message type.
+pub fn check_topic(t: &TopicConfig) -> Result<TopicMessageType, Refusal> {
     check_name("topic", &t.name)?;
     refuse_system(&t.name)?;
     for (what, n) in [
@@ -208,5 +212,14 @@ pub fn check_topic(t: &TopicConfig) -> Result<(), Refusal> {
             t.perm
         )));
     }
-    Ok(())
+    u8::try_from(t.message_type)
+        .ok()
+        .and_then(TopicMessageType::from_code)
+        .ok_or_else(|| {
+            Refusal::InvalidArgument(format!(
+                "message_type must be 0 (MIXED), 1 (NORMAL), 2 (FIFO), 3 (DELAY) or 4 \
+                 (TRANSACTION), got {}",
+                t.message_type
+            ))
+        })
 }

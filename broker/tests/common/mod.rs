@@ -143,6 +143,7 @@ impl Cluster {
             read_queue_nums: queues,
             write_queue_nums: queues,
             perm,
+            ..Default::default()
         };
         let what = format!("topic {name} created by a leader");
         let r = wait_for(Duration::from_secs(10), &what, || async {

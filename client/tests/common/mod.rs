@@ -81,6 +81,7 @@ pub async fn local_with(edit: impl Fn(&mut BrokerConfig)) -> anyhow::Result<Loca
                     read_queue_nums: 4,
                     write_queue_nums: 4,
                     perm: 6,
+                    ..Default::default()
                 }),
             })
             .await
@@ -132,6 +133,7 @@ impl Local {
                         read_queue_nums: 1,
                         write_queue_nums: 1,
                         perm,
+                        ..Default::default()
                     }),
                 })
                 .await
