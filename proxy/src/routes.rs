@@ -34,6 +34,8 @@ pub struct Namesrv {
     channels: Mutex<BTreeMap<String, Channel>>,
     /// Each topic's message type as its last route said, and when.
     types: Mutex<BTreeMap<String, (TopicMessageType, tokio::time::Instant)>>,
+    /// Each consumer group's policy as a broker last said, and when.
+    policies: Mutex<BTreeMap<String, (GroupPolicy, tokio::time::Instant)>>,
 }
 
 impl Namesrv {
@@ -42,6 +44,7 @@ impl Namesrv {
             addrs,
             channels: Mutex::default(),
             types: Mutex::default(),
+            policies: Mutex::default(),
         }
     }
 
@@ -126,22 +129,68 @@ impl Namesrv {
     }
 }
 
+/// What the gateway takes from a consumer group's configuration (`raftmq group create`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// FIFO consumption (`--fifo true`).
+    pub fifo: bool,
+    /// Deliveries before a message goes to the group's dead-letter queue: its
+    /// `max_reconsume_times` + 1, as RocketMQ 5 counts (the first delivery is attempt 1).
+    pub max_attempts: u32,
+}
+
+impl Default for GroupPolicy {
+    /// A group nobody configured: the broker's default of 16 reconsumptions.
+    fn default() -> Self {
+        GroupPolicy {
+            fifo: false,
+            max_attempts: crate::settings::CONSUMER_MAX_ATTEMPTS as u32,
+        }
+    }
+}
+
+impl GroupPolicy {
+    fn of(c: &raftmq_proto::v1::ConsumerGroupConfig) -> Self {
+        GroupPolicy {
+            fifo: c.fifo,
+            max_attempts: match c.max_reconsume_times {
+                0 => crate::settings::CONSUMER_MAX_ATTEMPTS as u32,
+                n => n.saturating_add(1),
+            },
+        }
+    }
+}
+
 impl Namesrv {
-    /// Whether consumer group `group` is configured for FIFO consumption (`raftmq group
-    /// create --fifo true`), as the first broker group that knows it says; false when none
-    /// does or none answers.
-    pub async fn group_is_fifo(&self, group: &str) -> bool {
-        let Some(addr) = self.addrs.first() else {
-            return false;
-        };
-        let Ok(ch) = self.channel(addr).await else {
-            return false;
-        };
+    /// Consumer group `group`'s policy as the first broker group that knows it says (the
+    /// default when none does), from an answer at most [`TOPIC_TYPE_TTL`] old; when no
+    /// broker answers, the last policy known, or the default.
+    pub async fn group_policy(&self, group: &str) -> GroupPolicy {
+        let now = tokio::time::Instant::now();
+        let known = lock(&self.policies).get(group).copied();
+        if let Some((p, at)) = known
+            && now.duration_since(at) < TOPIC_TYPE_TTL
+        {
+            return p;
+        }
+        match self.ask_group_policy(group).await {
+            Some(p) => {
+                lock(&self.policies).insert(group.to_string(), (p, now));
+                p
+            }
+            None => known.map(|(p, _)| p).unwrap_or_default(),
+        }
+    }
+
+    /// `Some(policy)` once a broker group's leader answered its group list (the default if
+    /// the group is not in it); `None` when none answered.
+    async fn ask_group_policy(&self, group: &str) -> Option<GroupPolicy> {
+        let addr = self.addrs.first()?;
+        let ch = self.channel(addr).await.ok()?;
         let mut ns = NameServerClient::new(ch);
         let call = ns.get_cluster_info(raftmq_proto::v1::GetClusterInfoRequest {});
-        let Ok(Ok(info)) = tokio::time::timeout(NAMESRV_TIMEOUT, call).await else {
-            return false;
-        };
+        let info = tokio::time::timeout(NAMESRV_TIMEOUT, call).await.ok()?.ok()?;
+        let mut answered = false;
         for g in info.into_inner().groups {
             if g.leader_addr.is_empty() {
                 continue;
@@ -155,13 +204,15 @@ impl Namesrv {
                     .await
                     .ok()?
                     .into_inner();
-                r.groups.into_iter().find(|c| c.name == group)
+                Some(r.groups.into_iter().find(|c| c.name == group))
             };
-            if let Ok(Some(c)) = tokio::time::timeout(NAMESRV_TIMEOUT, look).await {
-                return c.fifo;
+            match tokio::time::timeout(NAMESRV_TIMEOUT, look).await {
+                Ok(Some(Some(c))) => return Some(GroupPolicy::of(&c)),
+                Ok(Some(None)) => answered = true,
+                _ => {}
             }
         }
-        false
+        answered.then(GroupPolicy::default)
     }
 }
 

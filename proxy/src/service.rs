@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::codes::{V2Error, ok, status_of};
 use crate::receive::{self, Receipt, TagFilter};
 use crate::renew::{Held, RenewPolicy, Renewals};
-use crate::routes::{self, Namesrv};
+use crate::routes::{self, GroupPolicy, Namesrv};
 use crate::send::{self, Outgoing};
 use crate::sessions::Sessions;
 use crate::settings;
@@ -218,7 +218,8 @@ impl Gateway {
     }
 
     /// What a claim handed out, as the client receives it: messages the filter does not
-    /// take are acknowledged; those past the maximum attempts go to the dead-letter queue.
+    /// take are acknowledged; those past the group's maximum attempts go to the dead-letter
+    /// queue.
     async fn hand_out(
         &self,
         q: &Queue,
@@ -229,9 +230,10 @@ impl Gateway {
         popped: Vec<Popped>,
     ) -> Vec<v2::Message> {
         let mut out = Vec::new();
+        let max_attempts = self.namesrv.group_policy(group).await.max_attempts;
         for p in popped {
             let tag = p.stored.message.as_ref().map_or("", |m| m.tags.as_str());
-            let dead = p.attempts > settings::CONSUMER_MAX_ATTEMPTS as u32;
+            let dead = p.attempts > max_attempts;
             if dead {
                 let id = p.stored.offset_msg_id.clone();
                 if let Err(e) = self
@@ -779,14 +781,14 @@ impl MessagingService for Svc {
                     // Answers to commands the gateway never sends (stack traces, verify).
                     continue;
                 };
-                let fifo = match &s.pub_sub {
+                let policy = match &s.pub_sub {
                     Some(v2::settings::PubSub::Subscription(sub)) => match &sub.group {
-                        Some(g) => gateway.namesrv.group_is_fifo(&g.name).await,
-                        None => false,
+                        Some(g) => gateway.namesrv.group_policy(&g.name).await,
+                        None => GroupPolicy::default(),
                     },
-                    _ => false,
+                    _ => GroupPolicy::default(),
                 };
-                let Some(merged) = settings::merge(&s, fifo) else {
+                let Some(merged) = settings::merge(&s, policy) else {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
                             "settings name what the client publishes or subscribes to",

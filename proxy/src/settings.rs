@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use raftmq_proto::limits::BODY_MAX;
+
+use crate::routes::GroupPolicy;
 use raftmq_proto::rocketmq::v2::{
     CustomizedBackoff, ExponentialBackoff, Metric, RetryPolicy, Settings, retry_policy, settings,
 };
@@ -17,7 +19,8 @@ pub const PRODUCER_MAX_ATTEMPTS: i32 = 3;
 pub const RECEIVE_BATCH_SIZE: i32 = 32;
 /// How long a receive may wait for messages.
 pub const LONG_POLLING_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often a message is delivered before it goes to the group's dead-letter queue.
+/// How often a message is delivered before it goes to the dead-letter queue, for a group with
+/// the default configuration (16 reconsumptions).
 pub const CONSUMER_MAX_ATTEMPTS: i32 = 17;
 /// The redelivery delays after a failed consumption (RocketMQ's, from 1 s to 2 h).
 pub const CONSUMER_BACKOFF_S: [u64; 18] = [
@@ -25,9 +28,9 @@ pub const CONSUMER_BACKOFF_S: [u64; 18] = [
 ];
 
 /// The settings the server answers to `client`'s: the client's own, with every server-owned
-/// value set (`fifo`: the consumer group's configuration). `None` when they say neither what it publishes nor what it subscribes to (a
-/// malformed settings write).
-pub fn merge(client: &Settings, fifo: bool) -> Option<Settings> {
+/// value set (`group`: the consumer group's configuration, for a consumer). `None` when they
+/// say neither what it publishes nor what it subscribes to (a malformed settings write).
+pub fn merge(client: &Settings, group: GroupPolicy) -> Option<Settings> {
     let mut s = client.clone();
     match s.pub_sub.as_mut()? {
         settings::PubSub::Publishing(p) => {
@@ -46,11 +49,11 @@ pub fn merge(client: &Settings, fifo: bool) -> Option<Settings> {
         }
         settings::PubSub::Subscription(sub) => {
             // From the group's configuration, never from the client.
-            sub.fifo = Some(fifo);
+            sub.fifo = Some(group.fifo);
             sub.receive_batch_size = Some(RECEIVE_BATCH_SIZE);
             sub.long_polling_timeout = Some(duration(LONG_POLLING_TIMEOUT));
             s.backoff_policy = Some(RetryPolicy {
-                max_attempts: CONSUMER_MAX_ATTEMPTS,
+                max_attempts: group.max_attempts.min(i32::MAX as u32) as i32,
                 strategy: Some(retry_policy::Strategy::CustomizedBackoff(
                     CustomizedBackoff {
                         next: CONSUMER_BACKOFF_S
@@ -88,7 +91,7 @@ mod tests {
             pub_sub: Some(settings::PubSub::Publishing(Publishing::default())),
             ..Default::default()
         };
-        let s = merge(&c, false).expect("publishing");
+        let s = merge(&c, GroupPolicy::default()).expect("publishing");
         let Some(settings::PubSub::Publishing(p)) = &s.pub_sub else {
             panic!("publishing kept")
         };
@@ -106,7 +109,11 @@ mod tests {
             pub_sub: Some(settings::PubSub::Subscription(Subscription::default())),
             ..Default::default()
         };
-        let s = merge(&c, true).expect("subscription");
+        let group = GroupPolicy {
+            fifo: true,
+            max_attempts: 3,
+        };
+        let s = merge(&c, group).expect("subscription");
         let Some(settings::PubSub::Subscription(sub)) = &s.pub_sub else {
             panic!("subscription kept")
         };
@@ -116,6 +123,11 @@ mod tests {
         );
         assert_eq!(sub.receive_batch_size, Some(RECEIVE_BATCH_SIZE));
         assert_eq!(sub.fifo, Some(true));
-        assert!(merge(&Settings::default(), false).is_none());
+        assert_eq!(
+            s.backoff_policy.map(|b| b.max_attempts),
+            Some(3),
+            "the group's maximum attempts"
+        );
+        assert!(merge(&Settings::default(), GroupPolicy::default()).is_none());
     }
 }

@@ -164,6 +164,40 @@ def test_a_push_listeners_failure_is_redelivered(config, topic):
     assert all(n >= 2 for n in listener.attempts.values())
 
 
+def test_failures_past_the_groups_max_attempts_go_to_the_dlq(config, topic):
+    """A group configured for 2 reconsumptions (3 attempts): a listener that always fails
+    sees each message 3 times, each nack redelivered after the backoff; then the gateway
+    moves it to %DLQ%<group> and it is not delivered again."""
+    from conftest import NAMESRV, raftmq
+
+    group = f"D{uuid.uuid4().hex[:8]}"
+    raftmq("group", "create", "--namesrv", NAMESRV, "--group", group,
+           "--max-reconsume-times", "2", "--consume-from", "first")
+    ids = send(config, topic, ["dead-0", "dead-1"])
+    listener = Listener(fail_first=1000)
+    c = PushConsumer(config, group, listener, {topic: FilterExpression("*")})
+    c.startup()
+
+    def dead_letters():
+        try:
+            out = raftmq("dlq", "list", "--namesrv", NAMESRV, "--group", group)
+        except RuntimeError:  # no DLQ yet
+            return set()
+        return {line.split("msgId ")[1].split("\t")[0]
+                for line in out.splitlines() if "msgId " in line}
+
+    try:
+        deadline = time.time() + 90
+        while dead_letters() != set(ids) and time.time() < deadline:
+            time.sleep(1)
+        assert dead_letters() == set(ids)
+        time.sleep(3)  # nothing delivered after the move
+    finally:
+        c.shutdown()
+    assert listener.attempts == {i: 3 for i in ids}
+    assert listener.seen == {}
+
+
 class FifoListener(MessageListener):
     """Records, per message group, the bodies consumed successfully in order; fails the
     message `fail_body` once."""
