@@ -115,8 +115,9 @@ impl Gateway {
         self.txn.shutdown().await;
     }
 
-    /// A receive: the queue named, or every readable queue of the broker group named (id
-    /// -1), first without waiting, then long polling them in turn in short slices until
+    /// A receive: every readable queue of the broker group named — whatever queue id the
+    /// request gives, as Apache's proxy does (a receive selects a broker; the Node.js client
+    /// names queue 0 of each broker only, others -1) — first without waiting, then long polling them in turn in short slices until
     /// `wait` is over. Messages the filter does not take are acknowledged here; those past
     /// the maximum attempts go to the group's dead-letter queue.
     async fn receive(
@@ -162,17 +163,14 @@ impl Gateway {
             ));
         }
         let wait = receive::long_poll(req, deadline);
-        let queues: Vec<Queue> = if mq.id >= 0 {
-            vec![Queue::new(&topic.name, &broker, mq.id as u32)]
-        } else {
-            self.pop
-                .read_queues(&topic.name)
-                .await
-                .map_err(V2Error::from)?
-                .into_iter()
-                .filter(|q| q.group == broker)
-                .collect()
-        };
+        let queues: Vec<Queue> = self
+            .pop
+            .read_queues(&topic.name)
+            .await
+            .map_err(V2Error::from)?
+            .into_iter()
+            .filter(|q| q.group == broker)
+            .collect();
         if queues.is_empty() {
             return Err(V2Error::new(
                 Code::TopicNotFound,

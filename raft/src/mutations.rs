@@ -44,6 +44,10 @@ pub struct Mutations {
     /// A POP claim hands in-flight messages out again whatever their invisible time.
     #[cfg(feature = "mutations")]
     pub pop_ignores_invisible: bool,
+    /// A FIFO group's claim does not hold the queue: it hands out new messages while earlier
+    /// ones are invisible and unacknowledged, as for a normal group.
+    #[cfg(feature = "mutations")]
+    pub pop_ignores_fifo_hold: bool,
 }
 
 macro_rules! switches {
@@ -75,5 +79,6 @@ switches!(
     timers_immediate,
     timer_cursor_in_memory,
     retry_count_off_by_one,
-    pop_ignores_invisible
+    pop_ignores_invisible,
+    pop_ignores_fifo_hold
 );

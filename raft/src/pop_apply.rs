@@ -70,7 +70,8 @@ pub fn apply_pop_command(
             let max = *max as usize;
             // FIFO: held while a message handed out is invisible and unacknowledged; once
             // their time ran out, the unacknowledged ones go again, in order, alone.
-            if *fifo {
+            // (The deliberate bug: no hold.)
+            if *fifo && !mutations.pop_ignores_fifo_hold() {
                 if inflight.iter().any(|(_, f)| f.visible_at_ms > *now_ms) {
                     return Ok(Some(PopOutcome::Claimed(Vec::new())));
                 }

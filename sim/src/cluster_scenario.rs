@@ -47,8 +47,8 @@ use raftmq_client::{ConsumeResult, Message, Producer, PushConsumer};
 use raftmq_proto::v1::admin_client::AdminClient;
 use raftmq_proto::v1::name_server_client::NameServerClient;
 use raftmq_proto::v1::{
-    AddReplicaRequest, ChangeVotersRequest, CreateTopicRequest, GetRouteRequest, Status,
-    TopicConfig, TransferLeaderRequest,
+    AddReplicaRequest, ChangeVotersRequest, ConsumerGroupConfig, CreateTopicRequest,
+    GetRouteRequest, PutGroupRequest, Status, TopicConfig, TransferLeaderRequest,
 };
 use raftmq_raft::inspect::consumer_offsets;
 use raftmq_raft::{Mutations, NodeId, Replica};
@@ -231,6 +231,53 @@ pub struct Outcome {
     /// The POP workload's history and what its checkers found.
     pub pop: crate::pop_checks::PopHistory,
     pub pop_violations: Vec<crate::pop_checks::PopViolation>,
+    /// The same for the FIFO consumer group.
+    pub pop_fifo: crate::pop_checks::PopHistory,
+    pub pop_fifo_violations: Vec<crate::pop_checks::PopViolation>,
+}
+
+/// The POP part of a report: counts, violations, and the first violated message's story.
+fn pop_report(
+    label: &str,
+    p: &crate::pop_checks::PopHistory,
+    violations: &[crate::pop_checks::PopViolation],
+) -> String {
+    let mut s = String::new();
+    if !p.sent.is_empty() {
+        s.push_str(&format!(
+            "pop{label}: {} acked sends, {} indeterminate, {} deliveries, {} acks, {} changes\n",
+            p.sent.len(),
+            p.indeterminate.len(),
+            p.deliveries.len(),
+            p.acks.len(),
+            p.changes.len()
+        ));
+    }
+    for v in violations {
+        s.push_str(&format!("POP{label} VIOLATION {v:?}\n"));
+    }
+    let Some(body) = violations.first().map(|v| format!("{v:?}")) else {
+        return s;
+    };
+    let Some(b) = p.sent.iter().find(|b| body.contains(&format!("\"{b}\""))) else {
+        return s;
+    };
+    for d in p.deliveries.iter().filter(|d| &d.body == b) {
+        s.push_str(&format!("  pop delivery {d:?}\n"));
+    }
+    let copies: Vec<(&String, u64)> = p
+        .deliveries
+        .iter()
+        .filter(|d| &d.body == b)
+        .map(|d| (&d.queue, d.offset))
+        .collect();
+    for c in p.changes.iter().filter(|c| copies.contains(&(&c.0, c.1))) {
+        s.push_str(&format!("  pop change {c:?}\n"));
+    }
+    for a in p.acks.iter().filter(|a| copies.contains(&(&a.0, a.1))) {
+        s.push_str(&format!("  pop ack {a:?}\n"));
+    }
+    s
 }
 
 impl Outcome {
@@ -241,6 +288,7 @@ impl Outcome {
             && self.txn_violations.is_empty()
             && self.timer_violations.is_empty()
             && self.pop_violations.is_empty()
+            && self.pop_fifo_violations.is_empty()
     }
 
     /// A readable report: a one-line reproduction, counts, violations, the timeline.
@@ -299,55 +347,8 @@ impl Outcome {
         for v in &self.timer_violations {
             s.push_str(&format!("TIMER VIOLATION {v:?}\n"));
         }
-        if !self.pop.sent.is_empty() {
-            let p = &self.pop;
-            s.push_str(&format!(
-                "pop: {} acked sends, {} indeterminate, {} deliveries, {} acks, {} changes\n",
-                p.sent.len(),
-                p.indeterminate.len(),
-                p.deliveries.len(),
-                p.acks.len(),
-                p.changes.len()
-            ));
-        }
-        for v in &self.pop_violations {
-            s.push_str(&format!("POP VIOLATION {v:?}\n"));
-        }
-        // The first violated message's story, for triage.
-        if let Some(body) = self.pop_violations.first().map(|v| format!("{v:?}"))
-            && let Some(b) = self
-                .pop
-                .sent
-                .iter()
-                .find(|b| body.contains(&format!("\"{b}\"")))
-        {
-            for d in self.pop.deliveries.iter().filter(|d| &d.body == b) {
-                s.push_str(&format!("  pop delivery {d:?}\n"));
-            }
-            let copies: Vec<(&String, u64)> = self
-                .pop
-                .deliveries
-                .iter()
-                .filter(|d| &d.body == b)
-                .map(|d| (&d.queue, d.offset))
-                .collect();
-            for c in self
-                .pop
-                .changes
-                .iter()
-                .filter(|c| copies.contains(&(&c.0, c.1)))
-            {
-                s.push_str(&format!("  pop change {c:?}\n"));
-            }
-            for a in self
-                .pop
-                .acks
-                .iter()
-                .filter(|a| copies.contains(&(&a.0, a.1)))
-            {
-                s.push_str(&format!("  pop ack {a:?}\n"));
-            }
-        }
+        s.push_str(&pop_report("", &self.pop, &self.pop_violations));
+        s.push_str(&pop_report(" fifo", &self.pop_fifo, &self.pop_fifo_violations));
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
             QueueViolation::Lost { id } => self.history.acked.get(id).map(|a| a.0.clone()),
@@ -1297,10 +1298,11 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         }
         None => Default::default(),
     };
-    let (pop, pop_violations) = match &sim.pop {
+    let (pop, pop_violations, pop_fifo, pop_fifo_violations) = match &sim.pop {
         Some(world) => {
             let note = |s: &str| sim.note(s);
-            crate::pop_workload::settle(world, note, within, &mut liveness).await
+            let s = crate::pop_workload::settle(world, note, within, &mut liveness).await;
+            (s.history, s.violations, s.fifo_history, s.fifo_violations)
         }
         None => Default::default(),
     };
@@ -1321,6 +1323,8 @@ pub async fn run(cfg: ClusterConfig) -> Outcome {
         timer_violations,
         pop,
         pop_violations,
+        pop_fifo,
+        pop_fifo_violations,
     }
 }
 
@@ -1698,6 +1702,23 @@ async fn create_topics(registry: Registry, transactions: bool, timers: bool, pop
             })
             .await;
             r.unwrap_or_else(|e| panic!("creating {name} on {}: {e}", GROUPS[g]));
+        }
+        if pop {
+            let r = admin(&registry, g, Duration::from_secs(60), |mut a| async move {
+                a.put_group(PutGroupRequest {
+                    group: Some(ConsumerGroupConfig {
+                        name: crate::pop_workload::FIFO_GROUP.into(),
+                        consume_first: true,
+                        fifo: true,
+                        ..Default::default()
+                    }),
+                    must_exist: false,
+                })
+                .await
+                .map(|r| r.into_inner().status)
+            })
+            .await;
+            r.unwrap_or_else(|e| panic!("configuring the FIFO POP group on {}: {e}", GROUPS[g]));
         }
     }
     let routed_by = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -154,7 +154,7 @@ async fn cluster_pop_survives_faults() {
     }
     assert!(o.is_clean(), "checkers fired:\n{report}");
     assert!(
-        o.pop.sent.len() >= 10 && !o.pop.acks.is_empty(),
+        o.pop.sent.len() >= 10 && !o.pop.acks.is_empty() && !o.pop_fifo.acks.is_empty(),
         "too few POP messages to test anything:\n{report}"
     );
 }
@@ -188,6 +188,28 @@ fn pop_mutations_are_caught() {
         "claim ignores invisible time: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}"
     );
     assert!(caught > 0, "no POP checker fired on {seeds} seeds");
+
+    let cfg = ClusterConfig {
+        mutations: Mutations {
+            pop_ignores_fifo_hold: true,
+            ..Mutations::default()
+        },
+        faults: vec![],
+        pop: POP_MESSAGES,
+        ..ClusterConfig::default()
+    };
+    let (caught, panicked, which) = caught_on(seeds, cfg, |o| {
+        if std::env::var("RAFTMQ_SIM_REPORT").is_ok() {
+            eprintln!("{}", o.report("pop_mutations_are_caught"));
+        }
+        o.pop_fifo_violations
+            .iter()
+            .any(|v| matches!(v, raftmq_sim::pop_checks::PopViolation::FifoOrder { .. }))
+    });
+    eprintln!(
+        "FIFO group not held: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}"
+    );
+    assert!(caught > 0, "the FIFO order checker did not fire on {seeds} seeds");
 }
 
 /// Each deliberate timer bug is caught by a timer checker within a few seeds.

@@ -28,15 +28,15 @@ def raftmq(*args, timeout=60):
     return out.stdout
 
 
-def create_topic(name, queues=4, message_type="MIXED"):
+def create_topic(name, queues=4, message_type="MIXED", namesrv=NAMESRV):
     raftmq(
-        "topic", "create", "--namesrv", NAMESRV, "--topic", name, "--queues", str(queues),
+        "topic", "create", "--namesrv", namesrv, "--topic", name, "--queues", str(queues),
         "--message-type", message_type,
     )
     deadline = time.time() + 20
     while True:
         try:
-            raftmq("topic", "route", "--namesrv", NAMESRV, "--topic", name)
+            raftmq("topic", "route", "--namesrv", namesrv, "--topic", name)
             return name
         except RuntimeError:
             if time.time() > deadline:
@@ -50,11 +50,11 @@ LINE = re.compile(
 )
 
 
-def stored(topic, count, idle_ms=3000):
+def stored(topic, count, idle_ms=3000, namesrv=NAMESRV):
     """Every message of `topic` as the native consumer reads it, from the first offset: dicts
     with group, queue, offset, tag, keys, id, body (stops after `count` or when idle)."""
     out = raftmq(
-        "consume", "--namesrv", NAMESRV, "--topic", topic,
+        "consume", "--namesrv", namesrv, "--topic", topic,
         "--group", f"compat-check-{uuid.uuid4().hex[:8]}",
         "--count", str(count), "--idle-ms", str(idle_ms), "--from", "first",
         timeout=120,

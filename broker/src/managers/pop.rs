@@ -108,15 +108,19 @@ impl PopManager {
         Ok(inflight.iter().any(|(_, f)| f.visible_at_ms <= now_ms))
     }
 
-    /// When the first in-flight message of the queue becomes visible again, if any is.
-    pub fn next_visible_ms(&self, spec: &PopSpec) -> Result<Option<u64>, Refusal> {
+    /// When, after `now_ms`, the in-flight messages of the queue next make a claim possible
+    /// without a write: the first to become visible again, or for a FIFO group the last (it
+    /// holds the queue until every one is). `None` if none is invisible. Times already past
+    /// are not answered: waiting for them would not wait (a FIFO queue held by one message
+    /// while another is visible again spun here, found by the simulator).
+    pub fn next_visible_ms(&self, spec: &PopSpec, now_ms: u64) -> Result<Option<u64>, Refusal> {
         let view = self.replica.store().view();
-        Ok(view
-            .meta()
-            .pop_inflight(&spec.queue)?
+        let inflight = view.meta().pop_inflight(&spec.queue)?;
+        let ahead = inflight
             .iter()
             .map(|(_, f)| f.visible_at_ms)
-            .min())
+            .filter(|v| *v > now_ms);
+        Ok(if spec.fifo { ahead.max() } else { ahead.min() })
     }
 
     /// Claims through Raft at `now_ms` and reads what was handed out.

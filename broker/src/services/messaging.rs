@@ -64,7 +64,7 @@ impl MessagingImpl {
             // time runs out (nothing is written then), or at the deadline.
             let until = m
                 .pop
-                .next_visible_ms(&spec)?
+                .next_visible_ms(&spec, now())?
                 .map_or(deadline, |v| v.min(deadline));
             let hold = until.saturating_sub(now()).min(u64::from(u32::MAX)) as u32;
             let claimable = m
