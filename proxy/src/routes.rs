@@ -189,7 +189,10 @@ impl Namesrv {
         let ch = self.channel(addr).await.ok()?;
         let mut ns = NameServerClient::new(ch);
         let call = ns.get_cluster_info(raftmq_proto::v1::GetClusterInfoRequest {});
-        let info = tokio::time::timeout(NAMESRV_TIMEOUT, call).await.ok()?.ok()?;
+        let info = tokio::time::timeout(NAMESRV_TIMEOUT, call)
+            .await
+            .ok()?
+            .ok()?;
         let mut answered = false;
         for g in info.into_inner().groups {
             if g.leader_addr.is_empty() {

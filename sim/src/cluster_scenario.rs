@@ -259,23 +259,32 @@ fn pop_report(
     let Some(body) = violations.first().map(|v| format!("{v:?}")) else {
         return s;
     };
-    let Some(b) = p.sent.iter().find(|b| body.contains(&format!("\"{b}\""))) else {
-        return s;
-    };
-    for d in p.deliveries.iter().filter(|d| &d.body == b) {
-        s.push_str(&format!("  pop delivery {d:?}\n"));
-    }
-    let copies: Vec<(&String, u64)> = p
-        .deliveries
+    // Every message the violation names (a FIFO one names two).
+    for b in p
+        .sent
         .iter()
-        .filter(|d| &d.body == b)
-        .map(|d| (&d.queue, d.offset))
-        .collect();
-    for c in p.changes.iter().filter(|c| copies.contains(&(&c.0, c.1))) {
-        s.push_str(&format!("  pop change {c:?}\n"));
-    }
-    for a in p.acks.iter().filter(|a| copies.contains(&(&a.0, a.1))) {
-        s.push_str(&format!("  pop ack {a:?}\n"));
+        .chain(&p.indeterminate)
+        .filter(|b| body.contains(&format!("\"{b}\"")))
+    {
+        s.push_str(&format!("  story of {b}:\n"));
+        for d in p.deliveries.iter().filter(|d| &d.body == b) {
+            s.push_str(&format!("  pop delivery {d:?}\n"));
+        }
+        let copies: Vec<(&String, u64)> = p
+            .deliveries
+            .iter()
+            .filter(|d| &d.body == b)
+            .map(|d| (&d.queue, d.offset))
+            .collect();
+        for c in p.changes.iter().filter(|c| copies.contains(&(&c.0, c.1))) {
+            s.push_str(&format!("  pop change {c:?}\n"));
+        }
+        for a in p.acks.iter().filter(|a| copies.contains(&(&a.0, a.1))) {
+            s.push_str(&format!("  pop ack {a:?}\n"));
+        }
+        for u in p.unknown.iter().filter(|u| copies.contains(&(&u.0, u.1))) {
+            s.push_str(&format!("  pop unknown outcome {u:?}\n"));
+        }
     }
     s
 }
@@ -348,7 +357,11 @@ impl Outcome {
             s.push_str(&format!("TIMER VIOLATION {v:?}\n"));
         }
         s.push_str(&pop_report("", &self.pop, &self.pop_violations));
-        s.push_str(&pop_report(" fifo", &self.pop_fifo, &self.pop_fifo_violations));
+        s.push_str(&pop_report(
+            " fifo",
+            &self.pop_fifo,
+            &self.pop_fifo_violations,
+        ));
         // The first violated queue's timeline, for triage.
         let queue = self.violations.iter().find_map(|v| match v {
             QueueViolation::Lost { id } => self.history.acked.get(id).map(|a| a.0.clone()),

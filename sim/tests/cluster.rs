@@ -209,7 +209,10 @@ fn pop_mutations_are_caught() {
     eprintln!(
         "FIFO group not held: caught on {caught}/{seeds} seeds {which:?}; a panic on {panicked}"
     );
-    assert!(caught > 0, "the FIFO order checker did not fire on {seeds} seeds");
+    assert!(
+        caught > 0,
+        "the FIFO order checker did not fire on {seeds} seeds"
+    );
 }
 
 /// Each deliberate timer bug is caught by a timer checker within a few seeds.
