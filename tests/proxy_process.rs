@@ -130,21 +130,7 @@ async fn the_proxy_serves_routes_settings_and_sends() -> anyhow::Result<()> {
     // Routes: the group's queues, as broker g1 with id 0 at the address the client dialled.
     // (The topic reaches the name server at the leader's next registration.)
     let ep = endpoints(port);
-    let r = wait_for(Duration::from_secs(10), "topic T routed", || {
-        let (mut c, ep) = (c.clone(), ep.clone());
-        async move {
-            let r = c
-                .query_route(req(QueryRouteRequest {
-                    topic: Some(resource("T")),
-                    endpoints: Some(ep),
-                }))
-                .await
-                .ok()?
-                .into_inner();
-            (code(&r.status) == Code::Ok).then_some(r)
-        }
-    })
-    .await;
+    let r = routed_at(&c, "T", &ep).await;
     assert_eq!(r.message_queues.len(), 4);
     for q in &r.message_queues {
         let b = q.broker.as_ref().expect("a broker");
@@ -287,21 +273,7 @@ async fn the_proxy_serves_routes_settings_and_sends() -> anyhow::Result<()> {
         "--message-type",
         "fifo",
     ]);
-    let r = wait_for(Duration::from_secs(10), "topic TF routed", || {
-        let (mut c, ep) = (c.clone(), ep.clone());
-        async move {
-            let r = c
-                .query_route(req(QueryRouteRequest {
-                    topic: Some(resource("TF")),
-                    endpoints: Some(ep),
-                }))
-                .await
-                .ok()?
-                .into_inner();
-            (code(&r.status) == Code::Ok).then_some(r)
-        }
-    })
-    .await;
+    let r = routed_at(&c, "TF", &ep).await;
     assert_eq!(r.message_queues.len(), 2);
     for q in &r.message_queues {
         assert_eq!(q.accept_message_types, [MessageType::Fifo as i32]);
@@ -547,23 +519,33 @@ async fn receipts_outlive_a_leader_failover() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn routed(c: &MessagingServiceClient<Channel>, topic: &str) {
+/// The route of `topic` as a client that dialled `ep` gets it, once the gateway answers OK
+/// (a topic reaches the name server at its leader's next registration).
+async fn routed_at(
+    c: &MessagingServiceClient<Channel>,
+    topic: &str,
+    ep: &Endpoints,
+) -> QueryRouteResponse {
     let what = format!("topic {topic} routed");
     wait_for(Duration::from_secs(10), &what, || {
-        let mut c = c.clone();
+        let (mut c, ep) = (c.clone(), ep.clone());
         async move {
             let r = c
                 .query_route(req(QueryRouteRequest {
                     topic: Some(resource(topic)),
-                    endpoints: Some(endpoints(1)),
+                    endpoints: Some(ep),
                 }))
                 .await
                 .ok()?
                 .into_inner();
-            (code(&r.status) == Code::Ok).then_some(())
+            (code(&r.status) == Code::Ok).then_some(r)
         }
     })
-    .await;
+    .await
+}
+
+async fn routed(c: &MessagingServiceClient<Channel>, topic: &str) {
+    routed_at(c, topic, &endpoints(1)).await;
 }
 
 /// A push consumer's receive (auto-renew, no invisible time) stays invisible past several
